@@ -249,12 +249,12 @@ class DiscreteVAEDecoder(nn.Module):
     `self.autoregress = False`; the training loop switches it on after warm-up.
     """
 
-    def __init__(self, capacity=32, depth=51, autoregress=False):
+    def __init__(self, capacity=32, depth=51, autoregress=False, pixelcnn_capacity=32, pixelcnn_depth=9):
         super().__init__()
         self.trunk = _LatentTrunk(capacity, depth)
         _init_weights(self)
-        if autoregress:
-            self.pixelcnn = PixelCNN()
+        if autoregress:  # pixelcnn_depth < 9 gives a weaker decoder with a smaller receptive field
+            self.pixelcnn = PixelCNN(pixelcnn_capacity, pixelcnn_depth)
         self.autoregress = False
 
     def latent_logits(self, z):  # (B, 49) -> (B, 1, 28, 28): the term that depends on z
@@ -306,13 +306,17 @@ class IAF(nn.Module):
 
     def forward(self, z, h):
         """z (B, 49), h (B, filters, 7, 7) -> z' (B, 49), log|det dz'/dz| (B,)."""
-        zg = z.view(-1, 1, LATENT, LATENT)
+        z_new, log_gate = self.step(z, h)
+        return z_new, log_gate.sum(1)
+
+    def step(self, z, h):
+        """z' (B, 49) and the Jacobian's diagonal in log form, log sigma (B, 49)."""
+        zg = z.reshape(-1, 1, LATENT, LATENT)
         a = self.block(self.embed(zg) + self.context(h))
-        m, s = self.head(F.relu(a)).unbind(1)       # (B, 7, 7) each
+        m, s = self.head(F.relu(a)).unbind(1)  # (B, 7, 7) each
         gate = torch.sigmoid(s)
         z_new = gate * zg[:, 0] + (1 - gate) * m
-        logdet = F.logsigmoid(s).flatten(1).sum(1)  # log sigma, computed stably
-        return z_new.flatten(1), logdet
+        return z_new.flatten(1), F.logsigmoid(s).flatten(1)  # log sigma, computed stably
 
 
 class VAEEncoder(nn.Module):
@@ -338,20 +342,24 @@ class VAEEncoder(nn.Module):
         h = F.relu(self.blocks(self.embed(x)))
         return h, self.mu(h).flatten(1), self.logvar(h).flatten(1)
 
-    def reparameterize(self, h, mu, logvar, epsilon):
-        """z = flows(mu + exp(logvar / 2) * eps) and logqzx = -log q(z|x) - (49/2) log 2pi."""
+    def reparameterize(self, h, mu, logvar, epsilon, per_dim=False):
+        """z = flows(mu + exp(logvar / 2) * eps) and logqzx = -log q(z|x) - (49/2) log 2pi.
+
+        per_dim=True returns logqzx as its (B, 49) terms, one per latent dimension (their sum
+        is logqzx: the Jacobian of every step is triangular, so log|det| splits per dimension).
+        """
         eps = epsilon.reshape(mu.shape)
         z = mu + torch.exp(0.5 * logvar) * eps
         # -log N(z; mu, diag exp(logvar)) - (49/2) log 2pi = 0.5 sum(logvar + (z - mu)^2 / exp(logvar))
-        logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)
+        terms = 0.5 * (logvar + eps.pow(2))  # (B, 49)
         for t, flow in enumerate(self.flows):
             if t % 2:  # reversed raster order on odd steps
-                z, logdet = flow(z.flip(1), h.flip(2, 3))
-                z = z.flip(1)
+                z, log_gate = flow.step(z.flip(1), h.flip(2, 3))
+                z, log_gate = z.flip(1), log_gate.flip(1)
             else:
-                z, logdet = flow(z, h)
-            logqzx = logqzx + logdet  # -log q_t(z_t) = -log q_{t-1}(z_{t-1}) + log|det dz_t/dz_{t-1}|
-        return z, logqzx
+                z, log_gate = flow.step(z, h)
+            terms = terms + log_gate  # -log q_t(z_t) = -log q_{t-1}(z_{t-1}) + log|det dz_t/dz_{t-1}|
+        return z, (terms if per_dim else terms.sum(1))
 
     def forward(self, x, epsilon):
         h, mu, logvar = self.encode(x)

@@ -56,7 +56,8 @@ def test_pixelcnn_is_autoregressive(mode):
 
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_pixelvae_decoder_is_autoregressive(mode):
-    g = randomize(models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True)).double()
+    g = randomize(models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True,
+                                            pixelcnn_capacity=8, pixelcnn_depth=2)).double()
     g.autoregress = True
     z = torch.randn(1, 49, dtype=torch.float64)
     leak, past = causal_violations(g, lambda x: g(z, x), mode)
@@ -91,6 +92,11 @@ def test_iaf_logqzx_is_exact(flows):
     for seed in range(3):
         got, expected, jac = flow_logdet_check(flows, seed)
         assert got == pytest.approx(expected, abs=1e-6, rel=0)
+    f = models.VAEEncoder(capacity=4, depth=1, flows=flows).double()
+    h, mu, logvar = f.encode(torch.rand(2, 1, 28, 28, dtype=torch.float64))
+    eps = torch.randn(2, 49, dtype=torch.float64)
+    z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)
+    torch.testing.assert_close(terms.sum(1), f.reparameterize(h, mu, logvar, eps)[1])
     if flows == 1:  # one step is triangular in raster order: it really is autoregressive
         assert torch.triu(jac.squeeze(), 1).abs().max() == 0
     if flows == 8:  # the alternating orders make every latent depend on every other
@@ -171,7 +177,8 @@ def test_cached_sampler_equals_naive_sampler(autoregressive_vae):
 
 def test_pixelvae_sample_uses_latent_and_pixelcnn():
     torch.manual_seed(0)
-    d = randomize(models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True), std=0.4).double()
+    d = randomize(models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True,
+                                            pixelcnn_capacity=4, pixelcnn_depth=1), std=0.4).double()
     d.autoregress = True
     z = torch.randn(3, 49, dtype=torch.float64)
     u = torch.rand(3, 1, 28, 28, dtype=torch.float64)
