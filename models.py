@@ -26,6 +26,14 @@ import torch.nn.functional as F
 
 IMAGE = 28   # image side
 LATENT = 7   # latent grid side; 49 latent dimensions
+CHANNELS_LAST = True  # on the CPU, run convolutions in NHWC layout (oneDNN's fast path; see bench.py)
+
+
+def _nhwc(x):
+    """x in channels-last layout on the CPU (same values, faster convolutions); unchanged elsewhere."""
+    if CHANNELS_LAST and x.device.type == 'cpu' and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _init_weights(module, std=0.01):
@@ -113,7 +121,7 @@ class PixelCNN(nn.Module):
 
     def forward(self, x):  # (B, 1, 28, 28) in {0, 1} -> logits (B, 1, 28, 28)
         _check_images(x)
-        h = self.blocks(self.embed(x))
+        h = self.blocks(self.embed(_nhwc(x)))
         return self.out(F.relu(h)) + self.bias
 
     @torch.no_grad()
@@ -219,7 +227,7 @@ class _LatentTrunk(nn.Module):
 
     def forward(self, z):
         h = self.embed(_as_latent(z)).view(-1, self.capacity, LATENT, LATENT)  # (B, C, 7, 7)
-        h = self.blocks(h)
+        h = self.blocks(_nhwc(h))
         return self.up(F.relu(h)) + self.bias  # (B, 1, 28, 28)
 
 
@@ -312,7 +320,7 @@ class IAF(nn.Module):
     def step(self, z, h):
         """z' (B, 49) and the Jacobian's diagonal in log form, log sigma (B, 49)."""
         zg = z.reshape(-1, 1, LATENT, LATENT)
-        a = self.block(self.embed(zg) + self.context(h))
+        a = self.block(self.embed(_nhwc(zg)) + self.context(h))
         m, s = self.head(F.relu(a)).unbind(1)  # (B, 7, 7) each
         gate = torch.sigmoid(s)
         z_new = gate * zg[:, 0] + (1 - gate) * m
@@ -339,7 +347,7 @@ class VAEEncoder(nn.Module):
     def encode(self, x):
         """x (B, 1, 28, 28) -> features h (B, C, 7, 7), mu (B, 49), logvar (B, 49)."""
         _check_images(x)
-        h = F.relu(self.blocks(self.embed(x)))
+        h = F.relu(self.blocks(self.embed(_nhwc(x))))
         return h, self.mu(h).flatten(1), self.logvar(h).flatten(1)
 
     def reparameterize(self, h, mu, logvar, epsilon, per_dim=False):
