@@ -124,7 +124,7 @@ class PixelCNN(nn.Module):
         h = self.blocks(self.embed(_nhwc(x)))
         return self.out(F.relu(h)) + self.bias
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, n=49, offset=None, uniforms=None):
         """n binary images drawn pixel by pixel in raster order.
 
@@ -164,7 +164,8 @@ class _IncrementalPixelCNN:
     0..p-1 are drawn, every layer's activation at p is final: it is computed once, from the
     cached activations of the layer below at the kernel's live rows, and never recomputed. Each
     step costs one small matrix product per layer instead of a full forward pass over the image.
-    Cache k holds the (zero-padded) input of convolution k, as that convolution would see it.
+    Cache k holds the (zero-padded) input of convolution k, as that convolution would see it, in
+    (n, H, W, C) layout so that a kernel window is one short strided read.
     """
 
     def __init__(self, model):
@@ -174,7 +175,8 @@ class _IncrementalPixelCNN:
         for conv in convs:
             kh, kw = conv.kernel_size
             w = (conv.weight * conv.mask)[:, :, : kh // 2 + 1]  # rows below the centre are all zero
-            self.convs.append((w.reshape(w.shape[0], -1), conv.bias, kh // 2, kw // 2, conv.in_channels))
+            w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # (Cout, (kh//2+1) * kw * Cin), NHWC order
+            self.convs.append((w.t().contiguous(), conv.bias, kh // 2, kw // 2, conv.in_channels))
 
     def sample(self, n, offset, uniforms):
         m = self.model
@@ -183,7 +185,7 @@ class _IncrementalPixelCNN:
         logit_bias = m.bias.expand(n, 1, IMAGE, IMAGE)
         if offset is not None:
             logit_bias = logit_bias + offset.to(device=device, dtype=dtype)
-        self.caches = [torch.zeros(n, cin, IMAGE + ph, IMAGE + 2 * pw, device=device, dtype=dtype)
+        self.caches = [torch.zeros(n, IMAGE + ph, IMAGE + 2 * pw, cin, device=device, dtype=dtype)
                        for _, _, ph, pw, cin in self.convs]
         last = len(self.convs) - 1
         x = torch.zeros(n, 1, IMAGE, IMAGE, device=device, dtype=dtype)
@@ -204,13 +206,13 @@ class _IncrementalPixelCNN:
 
     def _put(self, k, r, c, value):  # value (n, Cin) -> input cache of conv k at pixel (r, c)
         _, _, ph, pw, _ = self.convs[k]
-        self.caches[k][:, :, r + ph, c + pw] = value
+        self.caches[k][:, r + ph, c + pw] = value
 
     def _tap(self, k, r, c):  # output of conv k at pixel (r, c): (n, Cout)
         w, bias, ph, pw, _ = self.convs[k]
-        window = self.caches[k][:, :, r: r + ph + 1, c: c + 2 * pw + 1]  # (n, Cin, ph+1, kw)
-        out = window.reshape(window.shape[0], -1) @ w.t()
-        return out if bias is None else out + bias
+        window = self.caches[k][:, r: r + ph + 1, c: c + 2 * pw + 1]  # (n, ph+1, kw, Cin)
+        window = window.reshape(window.shape[0], -1)
+        return window @ w if bias is None else torch.addmm(bias, window, w)
 
 
 class _LatentTrunk(nn.Module):
