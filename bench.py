@@ -1,0 +1,256 @@
+"""Benchmark: training, sampling and importance-sampling speed at the course's default sizes.
+
+    python bench.py --json bench.json                 # this implementation, then a straightforward one
+    python bench.py --json bench.json --baseline-json plain.json
+    python bench.py --json bench.json --no-baseline
+
+Each workload is warmed up, then timed several times; the median is reported. Training
+throughput counts a full Adam step (forward, backward, update) at batch 100. Importance sampling
+uses M = 1000 samples per image. The "straightforward" column is a plain solution written the
+common way, kept here for side-by-side timing only: conv -> BatchNorm -> ReLU residual blocks, a
+mask multiplied into every masked kernel on every call, sampling by one full forward pass per
+pixel, and importance sampling image by image (x expanded to 125 copies, 8 chunks of 125 draws,
+the full decoder g(z, x) each time). The machine is noisy: compare columns of one run.
+"""
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import experiments
+import losses
+import models
+
+BATCH = 100     # training batch, as in the course notebooks
+M = 1000        # importance samples per image
+REPEATS = 5     # timed repetitions of each training step (after WARMUP)
+WARMUP = 2
+
+
+# ---------------------------------------------------------------- the straightforward solution
+class PlainBlock(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN, plus the input, then ReLU (masked or not)."""
+
+    def __init__(self, filters, masked=False):
+        super().__init__()
+        conv = (lambda: models.MaskedConv2d('B', filters, filters, 3, padding=1)) if masked \
+            else (lambda: nn.Conv2d(filters, filters, 3, padding=1))
+        self.c1, self.b1, self.c2, self.b2 = conv(), nn.BatchNorm2d(filters), conv(), nn.BatchNorm2d(filters)
+
+    def forward(self, x):
+        return F.relu(x + self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
+
+
+class PlainPixelCNN(nn.Module):
+    def __init__(self, capacity=32, depth=9):
+        super().__init__()
+        self.embed = models.MaskedConv2d('A', 1, capacity, 9, padding=4)
+        self.blocks = nn.Sequential(*[PlainBlock(capacity, masked=True) for _ in range(depth)])
+        self.out = models.MaskedConv2d('B', capacity, 1, 3, padding=1)
+        self.bias = nn.Parameter(torch.zeros(28, 28))
+
+    def forward(self, x):
+        return self.out(self.blocks(self.embed(x))) + self.bias
+
+    @torch.no_grad()
+    def sample(self, n):
+        x = torch.zeros(n, 1, 28, 28)
+        for i in range(28):
+            for j in range(28):
+                x[:, :, i, j] = torch.bernoulli(torch.sigmoid(self(x)[:, :, i, j]))
+        return x
+
+
+class PlainDecoder(nn.Module):
+    def __init__(self, capacity=32, depth=51, autoregress=False):
+        super().__init__()
+        self.capacity = capacity
+        self.fc = nn.Linear(49, capacity * 49)
+        self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
+        self.up = nn.ConvTranspose2d(capacity, 1, 4, stride=4)
+        self.bias = nn.Parameter(torch.zeros(28, 28))
+        self.pixelcnn = PlainPixelCNN() if autoregress else None
+
+    def forward(self, z, x=None):
+        out = self.up(self.blocks(self.fc(z.view(-1, 49)).view(-1, self.capacity, 7, 7))) + self.bias
+        return out + self.pixelcnn(x) if self.pixelcnn is not None else out
+
+
+class PlainEncoder(nn.Module):
+    def __init__(self, capacity=32, depth=9, flows=0):
+        super().__init__()
+        self.embed = nn.Conv2d(1, capacity, 7, stride=4, padding=3)
+        self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
+        self.heads = nn.Conv2d(capacity, 2, 3, padding=1)
+        self.flows = nn.ModuleList([PlainIAF(capacity) for _ in range(flows)])
+
+    def forward(self, x, eps):
+        h = self.blocks(self.embed(x))
+        mu, logvar = self.heads(h).flatten(2).unbind(1)
+        z = mu + (0.5 * logvar).exp() * eps.view(-1, 49)
+        logqzx = 0.5 * (logvar + eps.view(-1, 49) ** 2).sum(1)
+        for flow in self.flows:
+            z, logdet = flow(z, h)
+            logqzx = logqzx + logdet
+        return z, logqzx, mu, logvar
+
+
+class PlainIAF(nn.Module):
+    def __init__(self, filters):
+        super().__init__()
+        self.embed = models.MaskedConv2d('A', 1, filters, 3, padding=1)
+        self.block = PlainBlock(filters, masked=True)
+        self.head = models.MaskedConv2d('B', filters, 2, 3, padding=1)
+
+    def forward(self, z, h):
+        m, s = self.head(self.block(self.embed(z.view(-1, 1, 7, 7)) + h)).flatten(2).unbind(1)
+        gate = torch.sigmoid(s)
+        return gate * z + (1 - gate) * m, torch.log(gate).sum(1)
+
+
+@torch.no_grad()
+def plain_importance_sample(f, g, x):
+    """The course's loop: one image at a time, x expanded to 125 copies, 8 chunks of 125 draws."""
+    nll = []
+    for xi in x:
+        xi = xi.expand(125, 1, 28, 28)
+        log_w = []
+        for _ in range(M // 125):
+            z, logqzx, _, _ = f(xi, torch.randn(125, 1, 7, 7))
+            logpxz = F.binary_cross_entropy_with_logits(g(z, xi), xi, reduction='none').view(-1, 784).sum(1)
+            log_w.append(-(logpxz + 0.5 * z.pow(2).sum(1) - logqzx))
+        nll.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(M)))
+    return torch.stack(nll)
+
+
+# ---------------------------------------------------------------- timing
+def median_seconds(fn, repeats=REPEATS, warmup=WARMUP):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def train_step(modules, loss_fn, device):
+    """One Adam step of the given modules on a fixed binarized batch; returns a closure."""
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    x = torch.bernoulli(torch.rand(BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(device)
+
+    def step():
+        recon, div = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        (recon + div).backward()
+        opt.step()
+    return step
+
+
+def vae_loss(f, g, elbo):
+    def loss(x):
+        z, logqzx, mu, logvar = f(x, torch.randn(x.shape[0], 1, 7, 7, device=x.device))
+        if elbo == 'gaussian':
+            return losses.gaussian_elbo(g(z), x, z, 0.03, mu, logvar)
+        return losses.discrete_output_elbo(g(z, x), x, z, logqzx)
+    return loss
+
+
+def training_workloads(plain, device):
+    """name -> (modules, loss) at the course's default sizes."""
+    Enc, Dec, Pix = (PlainEncoder, PlainDecoder, PlainPixelCNN) if plain else \
+        (models.VAEEncoder, models.DiscreteVAEDecoder, models.PixelCNN)
+    GDec = PlainDecoder if plain else models.GaussianVAEDecoder
+    w = {}
+    p = Pix().to(device)
+    w['pixelcnn'] = ([p], lambda x: (losses.cross_entropy(p(x), x), torch.zeros((), device=device)))
+    f, g = Enc().to(device), Dec().to(device)
+    w['binary_vae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    f, g = Enc(capacity=128, depth=51).to(device), GDec(capacity=128, depth=51).to(device)
+    w['gaussian_vae'] = ([f, g], vae_loss(f, g, 'gaussian'))
+    f, g = Enc().to(device), Dec(autoregress=True).to(device)
+    if not plain:
+        g.autoregress = True
+    w['pixelvae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    f, g = Enc(flows=8).to(device), Dec().to(device)
+    w['iaf_vae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    return w
+
+
+def bench(plain, device, is_images):
+    label = 'straightforward' if plain else 'this implementation'
+    out = {'train_img_per_s': {}, 'sample_s': {}, 'is_img_per_s': {}}
+    for name, (modules, loss) in training_workloads(plain, device).items():
+        for m in modules:
+            m.train()
+        sec = median_seconds(train_step(modules, loss, device), repeats=3 if plain else REPEATS)
+        out['train_img_per_s'][name] = BATCH / sec
+        print(f'  [{label}] train {name:13s} {BATCH / sec:8.1f} images/s', flush=True)
+    torch.manual_seed(0)
+    p = (PlainPixelCNN() if plain else models.PixelCNN()).to(device).eval()
+    sec = median_seconds(lambda: p.sample(49), repeats=1 if plain else 3, warmup=0 if plain else 1)
+    out['sample_s']['pixelcnn_49'] = sec
+    print(f'  [{label}] sample 49 PixelCNN images {sec:8.2f} s', flush=True)
+    x = torch.bernoulli(torch.rand(is_images, 1, 28, 28, generator=torch.Generator().manual_seed(1))).to(device)
+    for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
+        if plain:
+            f, g = PlainEncoder().to(device).eval(), PlainDecoder(autoregress=autoregress).to(device).eval()
+            n = 2 if autoregress else 4
+            sec = median_seconds(lambda: plain_importance_sample(f, g, x[:n]), repeats=1, warmup=0)
+        else:
+            f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
+            g.autoregress = autoregress
+            n = is_images
+            sec = median_seconds(lambda: experiments.importance_sample(f, g, x, M), repeats=1, warmup=1)
+        out['is_img_per_s'][name] = n / sec
+        print(f'  [{label}] importance sampling M={M} {name:11s} {n / sec:8.2f} images/s', flush=True)
+    return out
+
+
+def describe_device(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--json', help='write the results of this implementation here')
+    ap.add_argument('--baseline-json', help="write the straightforward solution's results here")
+    ap.add_argument('--device', default=None, help='cuda, mps or cpu (default: the best available)')
+    ap.add_argument('--no-baseline', action='store_true', help='skip the straightforward solution')
+    ap.add_argument('--no-channels-last', action='store_true', help='NCHW convolutions (models.CHANNELS_LAST = False)')
+    ap.add_argument('--is-images', type=int, default=20, help='test images for importance sampling')
+    args = ap.parse_args()
+    device = experiments.pick_device(args.device)
+    models.CHANNELS_LAST = not args.no_channels_last
+    print(f'device: {describe_device(device)}; torch {torch.__version__}', flush=True)
+    ours = bench(False, device, args.is_images)
+    plain = {}
+    if not args.no_baseline:
+        plain = bench(True, device, args.is_images)
+    rows = [('train', k, 'images/s') for k in ours['train_img_per_s']] + [('sample', 'pixelcnn_49', 's')] + \
+           [('is', k, 'images/s') for k in ours['is_img_per_s']]
+    keys = {'train': 'train_img_per_s', 'sample': 'sample_s', 'is': 'is_img_per_s'}
+    print('\n| workload | unit | this implementation | straightforward | speed-up |\n|---|---|---|---|---|')
+    for kind, name, unit in rows:
+        a = ours[keys[kind]][name]
+        b = plain.get(keys[kind], {}).get(name)
+        ratio = '' if b is None else f'{(b / a if kind == "sample" else a / b):.1f}x'
+        print(f'| {kind} {name} | {unit} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} |')
+    for path, values in ((args.json, ours), (args.baseline_json, plain)):
+        if path and values:
+            with open(path, 'w') as fh:
+                json.dump(values, fh, indent=2)
+
+
+if __name__ == '__main__':
+    main()
