@@ -1,0 +1,255 @@
+"""The experiment engine: the importance-sampling estimator against a model with a closed-form
+likelihood and against the course's plain loop, the 6e remedies, resuming, failures, and the
+whole homework end to end at the smoke profile."""
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import experiments as E
+import losses
+import models
+
+torch.set_num_threads(2)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------------------------------
+# KL warm-up and free bits
+
+def test_kl_weight_rises_linearly_from_zero_to_one():
+    betas = [E.kl_weight(step, 100) for step in range(301)]
+    assert betas[0] == 0.0
+    assert betas[:101] == pytest.approx([s / 100 for s in range(101)])
+    assert all(b == 1.0 for b in betas[100:])
+    assert E.kl_weight(7, 0) == 1.0                     # no warm-up: the plain ELBO
+    assert E.kl_weight(19, 100, start_step=20) == 1.0   # before the warm-up starts: the plain ELBO
+    assert E.kl_weight(20, 100, start_step=20) == 0.0
+    assert E.kl_weight(70, 100, start_step=20) == 0.5
+    assert E.kl_weight(120, 100, start_step=20) == 1.0
+
+
+def test_free_bits_floor_has_no_gradient_below_it():
+    kl = torch.tensor([[0.05, 1.0, 0.3], [0.15, 2.0, 0.1]], requires_grad=True)  # batch means 0.1, 1.5, 0.2
+    total = E.free_bits_kl(kl, 0.25)
+    assert total.item() == pytest.approx(0.25 + 1.5 + 0.25)
+    total.backward()
+    assert torch.equal(kl.grad[:, [0, 2]], torch.zeros(2, 2))  # under the floor: no gradient
+    assert torch.equal(kl.grad[:, 1], torch.full((2,), 0.5))   # above it: d mean / d entry = 1 / B
+
+
+def tiny_vae(flows=0, autoregress=False, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    f = models.VAEEncoder(capacity=4, depth=1, flows=flows)
+    g = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=autoregress, pixelcnn_capacity=4, pixelcnn_depth=1)
+    g.autoregress = autoregress
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # random weights of a visible size, so every path matters
+        for p in list(f.parameters()) + list(g.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return f.to(dtype).eval(), g.to(dtype).eval()
+
+
+def test_free_bits_objective_drops_the_kl_gradient_of_dimensions_under_the_floor():
+    """With a floor above every dimension's KL, the training objective is recon + 49 lambda and its
+    gradient is that of the reconstruction term alone."""
+    f, g = tiny_vae(dtype=torch.float32)
+    nets = dict(encoder=f, decoder=g)
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3, dtype=torch.float32), generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    cfg = dict(E.config('6e-freebits', 'smoke'), free_bits=1e3)
+    objective, recon, kl = E.objective(nets, cfg, x, eps)
+    assert objective.item() == pytest.approx(recon.item() + 49e3)
+    params = [p for net in nets.values() for p in net.parameters()]
+    grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
+    recon_grads = torch.autograd.grad(recon, params, allow_unused=True)
+    for a, b in zip(grads, recon_grads):
+        assert (a is None and b is None) or torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance sampling
+
+def gaussian_logpdf(x, mean, var):
+    """log N(x; mean, diag(var)), summed over the last dimension."""
+    return -0.5 * (((x - mean) ** 2) / var + torch.log(2 * math.pi * var)).sum(-1)
+
+
+def test_importance_sampling_on_a_linear_gaussian_model():
+    """z ~ N(0, I_2), x | z ~ N(Az + b, s^2 I_3): log p(x) = log N(x; b, AA^T + s^2 I) exactly. With an
+    imperfect Gaussian q, E[estimate] lies below log p(x) (handout, Problem 2), equals the ELBO
+    log p(x) - KL(q || p(z|x)) at M = 1, and the gap shrinks as M grows."""
+    torch.manual_seed(0)
+    dt = torch.float64
+    A = torch.tensor([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]], dtype=dt)
+    b = torch.tensor([0.1, -0.2, 0.3], dtype=dt)
+    s2 = 0.25
+    x = torch.tensor([1.2, -0.4, 0.5], dtype=dt)
+    log_px = torch.distributions.MultivariateNormal(b, A @ A.T + s2 * torch.eye(3, dtype=dt)).log_prob(x).item()
+    post_cov = torch.linalg.inv(torch.eye(2, dtype=dt) + A.T @ A / s2)
+    post_mean = post_cov @ A.T @ (x - b) / s2
+    q_mean, q_var = post_mean + 0.4, post_cov.diagonal() * 1.5  # shifted, and diagonal: imperfect
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.MultivariateNormal(q_mean, torch.diag(q_var)),
+        torch.distributions.MultivariateNormal(post_mean, post_cov)).item()
+    repeats = 4000
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(m, start):  # (m, repeats, 2): independent estimates side by side
+        return q_mean + q_var.sqrt() * torch.randn(m, repeats, 2, generator=gen, dtype=dt)
+
+    def log_weight(z):  # log p(x | z) + log r(z) - log q(z | x)
+        return (gaussian_logpdf(x, z @ A.T + b, torch.full((3,), s2, dtype=dt))
+                + gaussian_logpdf(z, torch.zeros(2, dtype=dt), torch.ones(2, dtype=dt))
+                - gaussian_logpdf(z, q_mean, q_var))
+
+    gaps = {}
+    for M in (1, 10, 100):
+        est = E.importance_sample(draw, log_weight, M, chunk=7)  # (repeats,)
+        se = (est.std() / math.sqrt(repeats)).item()
+        gaps[M] = log_px - est.mean().item()
+        assert gaps[M] > -3 * se
+        if M == 1:
+            assert gaps[1] == pytest.approx(kl, abs=4 * se)
+            assert gaps[1] > 10 * se  # a clear gap to shrink
+    assert gaps[1] > gaps[10] > gaps[100]
+    assert gaps[100] < 0.2 * gaps[1]
+
+
+@pytest.mark.parametrize('flows,autoregress', [(0, False), (0, True), (2, True)])
+def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
+    f, g = tiny_vae(flows=flows, autoregress=autoregress)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3, dtype=torch.float64), generator=gen)
+    eps = torch.randn(5, 12, 49, generator=gen, dtype=torch.float64)  # (N, M, 49), the same draws for both
+    fast = E.importance_sampled_nll(f, g, x, samples=12, chunk=5, batch=2, eps=eps)
+    naive = E.importance_sample_naive(f, g, x, eps, chunk=4)
+    assert fast.shape == (5,)
+    torch.testing.assert_close(fast, naive, rtol=0, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming and failures (smoke profile, in process)
+
+def history(results_dir, part='6b'):
+    with open(os.path.join(results_dir, part, 'history.json')) as fh:
+        return json.load(fh)
+
+
+def test_resume_continues_the_step_counter(tmp_path, capsys):
+    one = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    assert one['steps'] == 2 and one['epochs'] == 1
+    two = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
+    assert 'resuming from' in capsys.readouterr().out
+    assert two['steps'] == 4 and two['epochs'] == 2
+    h = history(tmp_path)
+    assert h['step'] == [0, 1, 2, 3] and h['test_epoch'] == [1, 2]
+    # the same numbers as two epochs in one go
+    straight = E.run_part('6b', profile='smoke', results_dir=str(tmp_path / 'straight'), progress=False, epochs=2)
+    assert history(tmp_path / 'straight')['loss'] == h['loss']
+    assert straight['values'] == two['values']
+    # run again: nothing to do
+    again = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
+    assert 'already done' in capsys.readouterr().out and again['values'] == two['values']
+
+
+def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
+    settings = dict(profile='smoke', progress=False, batch_size=50, checkpoint_minutes=0)  # 4 steps an epoch, save every step
+    reference = E.run_part('6c', results_dir=str(tmp_path / 'reference'), **settings)
+    calls = {'n': 0}
+    objective = E.objective
+
+    def interrupted(*args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 6:  # the second step of the second epoch
+            raise KeyboardInterrupt
+        return objective(*args, **kwargs)
+
+    monkeypatch.setattr(E, 'objective', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        E.run_part('6c', results_dir=str(tmp_path), **settings)
+    monkeypatch.setattr(E, 'objective', objective)
+    ck = torch.load(tmp_path / '6c' / 'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5)
+    resumed = E.run_part('6c', results_dir=str(tmp_path), **settings)
+    assert history(tmp_path, '6c')['step'] == list(range(8))
+    assert history(tmp_path, '6c')['loss'] == history(tmp_path / 'reference', '6c')['loss']
+    assert resumed['values'] == reference['values']
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    path = tmp_path / '6a' / 'checkpoint.pt'
+    path.write_bytes(b'not a checkpoint')
+    with pytest.raises(E.CheckpointError, match=r'(?s)checkpoint\.pt.*--fresh'):
+        E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
+    fresh = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2, fresh=True)
+    assert fresh['epochs'] == 2
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path):
+    E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    with pytest.raises(E.CheckpointError, match='dec_depth'):
+        E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2, dec_depth=2)
+
+
+def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {'n': 0}
+    elbo = losses.discrete_output_elbo
+
+    def poisoned(*args):
+        recon, kl = elbo(*args)
+        if torch.is_grad_enabled():  # training steps only
+            calls['n'] += 1
+            if calls['n'] == 3:      # the first step of epoch 2 (2 steps an epoch)
+                return recon * float('nan'), kl
+        return recon, kl
+
+    monkeypatch.setattr(losses, 'discrete_output_elbo', poisoned)
+    with pytest.raises(E.NonFiniteLossError, match=r'part 6b.*nan at epoch 2, step 2') as err:
+        E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
+    assert 'checkpoint.pt' in str(err.value)
+    ck = torch.load(tmp_path / '6b' / 'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['step']) == (1, 2)
+    assert all(torch.isfinite(v).all() for v in ck['models']['decoder']['state_dict'].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole homework, one command
+
+def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
+    results = tmp_path / 'results'
+    run = subprocess.run([sys.executable, 'experiments.py', 'all', '--profile', 'smoke', '--results-dir', str(results),
+                          '--no-progress'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'all remaining parts' in run.stdout
+    for part in E.PARTS:
+        with open(results / part / 'metrics.json') as fh:
+            m = json.load(fh)
+        assert m['profile'] == 'smoke' and m['device'] == 'cpu' and m['epochs'] == 2
+        for name in ('samples', 'loss') + (('reconstructions', 'kl') if part != '6a' else ()):
+            with open(m['figures'][name], 'rb') as fh:
+                assert fh.read(8) == b'\x89PNG\r\n\x1a\n'
+        assert os.path.exists(results / part / 'model.pt')
+        assert all(math.isfinite(v['value']) for v in m['values'].values())
+    assert '| 6e-freebits |' in (results / 'summary.md').read_text()
+    rows = json.loads((results / 'summary.json').read_text())
+    assert {r['part'] for r in rows} == set(E.PARTS)
+    keys = {'part', 'quantity', 'value', 'stderr', 'n_images', 'profile', 'device', 'epochs', 'train_seconds',
+            'checkpoint', 'reproduce'}
+    assert all(keys <= set(r) for r in rows)
+    quantities = {(r['part'], r['quantity']) for r in rows}
+    assert {('5b', 'test_elbo'), ('5c', 'test_elbo_mc'), ('6a', 'test_nll'), ('6b', 'test_nll_is16'),
+            ('6c', 'kl'), ('6e-weak', 'active_units')} <= quantities
+    for part, quantity in (('6c', 'test_nll_is16'), ('5c', 'test_elbo')):
+        row = next(r for r in rows if (r['part'], r['quantity']) == (part, quantity))
+        argv = shlex.split(row['reproduce'])
+        assert argv[0] == 'python'
+        out = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert float(out.stdout.strip().splitlines()[-1]) == row['value']
