@@ -115,7 +115,8 @@ PARTS = {  # the course settings (`full` profile), on top of DEFAULTS
     '6c': dict(autoregress=True, epochs=20),
     '6d': dict(flows=8, epochs=60, lr_drop_epoch=40),
     '6e-baseline': dict(PIXELVAE_IAF),
-    '6e-warmup': dict(PIXELVAE_IAF, kl_warmup=5, kl_warmup_start=AUTOREGRESS_EPOCH),  # beta 0 -> 1 once the PixelCNN is on
+    # beta rises 0 -> 1 over 5 epochs from the epoch the PixelCNN is switched on
+    '6e-warmup': dict(PIXELVAE_IAF, kl_warmup=5, kl_warmup_start=AUTOREGRESS_EPOCH),
     '6e-freebits': dict(PIXELVAE_IAF, free_bits=0.25),  # 0.25 nats per latent dimension, 12.25 in all
     '6e-weak': dict(PIXELVAE_IAF, pixelcnn_depth=1),     # one masked block: a receptive field of a few rows
 }
@@ -136,11 +137,12 @@ TITLES = {
 CPU_6E = dict(dec_depth=11, pixelcnn_depth=5, epochs=4, autoregress_epoch=2, is_images=500)
 PROFILES = {
     'full': {},
-    # Every deviation from `full`, and why. Training images/s on a 2-core x86-64 CPU, batch 100:
-    # Gaussian VAE capacity 128 depth 51: ~5 (capacity 64 depth 5: 650); PixelCNN 32/9: 220;
-    # binary VAE, decoder depth 51: 350 (depth 21: 520; importance sampling 2300 samples/s);
-    # with 8 IAF steps: 340; PixelVAE (decoder depth 21 + PixelCNN 32/9): 120.
-    # Sized so 5b, 5c, 6a, 6b, 6c, 6d take about 2 h together on such a CPU, evaluation included
+    # Every deviation from `full`, and why. Training images/s on a shared 2-core x86-64 CPU,
+    # batch 100 (the same machine measured twice, an hour apart): Gaussian VAE capacity 128
+    # depth 51: 3-6 (capacity 64 depth 5: 520-650); PixelCNN 32/9: 105-220; binary VAE with
+    # decoder depth 51: 350 (depth 21: 520-560, importance sampling 2300-2800 samples/s); with 8
+    # IAF steps: 290-340; PixelVAE (decoder depth 21 + PixelCNN 32/9): 97-120.
+    # Sized so 5b, 5c, 6a, 6b, 6c, 6d take 1.5-2.2 h together on that CPU, evaluation included
     # (`python experiments.py estimate --profile cpu` measures this machine); 6e comes on top.
     'cpu': {
         '*': dict(
@@ -148,17 +150,17 @@ PROFILES = {
             is_images=1000,         # IS NLL on the first 1000 test images, M = 1000 (full: all 10000)
             is_batch=20,            # 20 images x 100 samples per decoder pass
         ),
-        # encoder and decoder capacity 64 depth 5 (full: 128, 51: ~5 images/s, 70 h); 8 epochs (full: 20)
-        '5b': dict(enc_capacity=64, enc_depth=5, dec_capacity=64, dec_depth=5, epochs=8),
-        '5c': dict(enc_capacity=64, enc_depth=5, dec_capacity=64, dec_depth=5, epochs=8),
-        # the course PixelCNN; 5 epochs with lr 3e-4 in the last (full: 40, from epoch 30)
-        '6a': dict(epochs=5, lr_drop_epoch=4),
+        # encoder and decoder capacity 64 depth 5 (full: 128, 51: ~5 images/s, 70 h); 6 epochs (full: 20)
+        '5b': dict(enc_capacity=64, enc_depth=5, dec_capacity=64, dec_depth=5, epochs=6),
+        '5c': dict(enc_capacity=64, enc_depth=5, dec_capacity=64, dec_depth=5, epochs=6),
+        # the course PixelCNN; 4 epochs with lr 3e-4 in the last (full: 40, from epoch 30)
+        '6a': dict(epochs=4, lr_drop_epoch=3),
         # decoder depth 21 (full: 51), 8 epochs, lr 3e-4 from epoch 6 (full: 60, from 40)
         '6b': dict(dec_depth=21, epochs=8, lr_drop_epoch=6),
         # decoder depth 21 + the course PixelCNN; 2 warm-up epochs + 2 autoregressive (full: 10 + 10)
         '6c': dict(dec_depth=21, epochs=4, autoregress_epoch=2),
-        # decoder depth 21, 8 IAF steps; 5 epochs, lr 3e-4 in the last (full: 60, from 40)
-        '6d': dict(dec_depth=21, epochs=5, lr_drop_epoch=4),
+        # decoder depth 21, 8 IAF steps; 4 epochs, lr 3e-4 in the last (full: 60, from 40)
+        '6d': dict(dec_depth=21, epochs=4, lr_drop_epoch=3),
         # 6e, all alike: decoder depth 11, PixelCNN depth 5 (full: 51, 9), 2 warm-up epochs +
         # 2 autoregressive (full: 10 + 10), IS NLL on 500 test images
         '6e-baseline': dict(CPU_6E),
@@ -542,16 +544,17 @@ def train(part, cfg, nets, out, device, progress=True):
         except RuntimeError:  # a generator state of another device type (e.g. saved on CUDA, resumed on CPU)
             print(f'{part}: the checkpoint comes from another device; eps draws restart from the seed', flush=True)
         state = {k: ck[k] for k in state}
-        print(f'{part}: resuming from {path} at epoch {state["epoch"]}, batch {state["batch"]}, step {state["step"]}', flush=True)
+        print(f'{part}: resuming from {path} at epoch {state["epoch"]}, batch {state["batch"]}, '
+              f'step {state["step"]}', flush=True)
         if state['epoch'] > cfg['epochs']:
-            raise CheckpointError(f'{path} has trained {state["epoch"]} epochs, more than the {cfg["epochs"]} asked for; '
-                                  f'ask for at least {state["epoch"]} epochs or rerun with --fresh')
+            raise CheckpointError(f'{path} has trained {state["epoch"]} epochs, more than the {cfg["epochs"]} '
+                                  f'asked for; ask for at least {state["epoch"]} epochs or rerun with --fresh')
     spec = model_spec(cfg)
 
     def save():
+        rng = dict(shuffle=shuffle.get_state(), noise=noise_gen.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=part, config=cfg, models=model_record(nets, spec), optimizer=opt.state_dict(),
-                         rng=dict(shuffle=shuffle.get_state(), noise=noise_gen.get_state(), torch=torch.get_rng_state()),
-                         **state), path)
+                         rng=rng, **state), path)
 
     decoder = nets.get('decoder')
     if cfg['autoregress']:
@@ -569,8 +572,9 @@ def train(part, cfg, nets, out, device, progress=True):
                   disable=not progress)
     last_save = time.time()
     for epoch in epochs:
+        late = cfg['lr_drop_epoch'] is not None and epoch >= cfg['lr_drop_epoch']
         for group in opt.param_groups:
-            group['lr'] = cfg['lr_late'] if cfg['lr_drop_epoch'] is not None and epoch >= cfg['lr_drop_epoch'] else cfg['lr']
+            group['lr'] = cfg['lr_late'] if late else cfg['lr']
         if cfg['autoregress']:
             decoder.autoregress = state['autoregress'] = epoch >= cfg['autoregress_epoch']
             if decoder.autoregress and hist['autoregress_step'] is None:
@@ -656,14 +660,16 @@ def sample_figures(nets, cfg, test_x, out):
     n, nrow = cfg['n_samples'], int(math.ceil(math.sqrt(cfg['n_samples'])))
     if cfg['model'] == 'pixelcnn':
         uniforms = torch.rand(n, 1, 28, 28, generator=gen, device=device)
-        return dict(samples=save_grid(nets['pixelcnn'].sample(n, uniforms=uniforms), os.path.join(out, 'samples.png'), nrow))
+        samples = nets['pixelcnn'].sample(n, uniforms=uniforms)
+        return dict(samples=save_grid(samples, os.path.join(out, 'samples.png'), nrow))
     f, g = nets['encoder'], nets['decoder']
     figs = dict(samples=save_grid(decode(g, noise(gen, (n, models.LATENT ** 2), device), cfg, gen),
                                   os.path.join(out, 'samples.png'), nrow))
     x = test_x[:10]
     h, mu, logvar = f.encode(x)
     z, _ = f.reparameterize(h, mu, logvar, torch.zeros_like(mu))
-    figs['reconstructions'] = save_grid(torch.cat([x, decode(g, z, cfg, gen)]), os.path.join(out, 'reconstructions.png'), 10)
+    figs['reconstructions'] = save_grid(torch.cat([x, decode(g, z, cfg, gen)]),  # (20, 1, 28, 28): two rows
+                                        os.path.join(out, 'reconstructions.png'), 10)
     return figs
 
 
@@ -735,8 +741,8 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     cfg = config(part, profile, **overrides)
     out = os.path.join(results_dir, part)
     os.makedirs(out, exist_ok=True)
-    paths = {k: os.path.join(out, f) for k, f in
-             (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'), ('metrics', 'metrics.json'), ('history', 'history.json'))}
+    paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
+                                                              ('metrics', 'metrics.json'), ('history', 'history.json'))}
     if fresh:
         for p in paths.values():
             if os.path.exists(p):
@@ -898,7 +904,9 @@ def estimate(part, cfg, device, out=None):
 
 def fmt_time(seconds):
     seconds = int(seconds)
-    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+    if seconds >= 3600:
+        return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+    return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 def estimate_all(profile, parts, device, results_dir=None, fresh=False):
@@ -941,8 +949,8 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
             spent += time.time() - t0
             predicted += expected[part]
     write_summary(results_dir, parts)
-    print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {os.path.join(results_dir, "summary.md")}',
-          flush=True)
+    summary = os.path.join(results_dir, 'summary.md')
+    print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {summary}', flush=True)
 
 
 def eval_command(part, quantity, results_dir='results', device=None):
