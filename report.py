@@ -24,6 +24,11 @@ QUANTITY_NAMES = {
     'kl': 'KL term', 'kl_mc': 'KL term, Monte-Carlo', 'active_units': 'active units', 'test_recon': 'reconstruction',
 }
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
+SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
+BENCH_ROWS = [('train_img_per_s', k, 'training, images/s') for k in
+              ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')] + \
+             [('sample_s', 'pixelcnn_49', 'sampling 49 images, s')] + \
+             [('is_img_per_s', k, 'importance sampling M = 1000, images/s') for k in ('binary_vae', 'pixelvae')]
 
 
 def load_metrics(results_dir):
@@ -135,13 +140,38 @@ def markdown(metrics):
     return text
 
 
-def update_readme(readme, metrics):
+def speed_markdown(results_dir):
+    """The benchmark table from results/bench_<device>.json and, beside it,
+    results/bench_<device>_straightforward.json (written by bench.py)."""
+    tables = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith('_straightforward.json'):
+            continue
+        with open(os.path.join(results_dir, name)) as fh:
+            ours = json.load(fh)
+        plain_path = os.path.join(results_dir, name[:-5] + '_straightforward.json')
+        plain = json.load(open(plain_path)) if os.path.exists(plain_path) else {}
+        lines = [f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):', '',
+                 '| workload | this implementation | straightforward solution | speed-up |', '|---|---|---|---|']
+        for group, key, label in BENCH_ROWS:
+            a, b = ours[group][key], plain.get(group, {}).get(key)
+            ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
+            lines.append(f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} |')
+        tables.append('\n'.join(lines) + '\n')
+    return '\n'.join(tables) if tables else 'No benchmark has been run yet.\n'
+
+
+def fill(text, begin, end, body):
+    if begin not in text or end not in text:
+        raise ValueError(f'README has no {begin} ... {end} section to fill')
+    return re.sub(re.escape(begin) + '.*?' + re.escape(end), lambda _: f'{begin}\n{body}{end}', text, flags=re.S)
+
+
+def update_readme(readme, metrics, results_dir='results'):
     with open(readme) as fh:
         text = fh.read()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f'{readme} has no {BEGIN} ... {END} section to fill')
-    body = markdown(metrics) if metrics else 'No run has finished yet.\n'
-    text = re.sub(re.escape(BEGIN) + '.*?' + re.escape(END), lambda _: f'{BEGIN}\n{body}{END}', text, flags=re.S)
+    text = fill(text, BEGIN, END, markdown(metrics) if metrics else 'No run has finished yet.\n')
+    text = fill(text, SPEED_BEGIN, SPEED_END, speed_markdown(results_dir))
     with open(readme, 'w') as fh:
         fh.write(text)
 
@@ -193,7 +223,7 @@ def main():
     args = ap.parse_args()
     metrics = load_metrics(args.results_dir)
     latex(metrics, args.results_dir, args.tex)
-    update_readme(args.readme, metrics)
+    update_readme(args.readme, metrics, args.results_dir)
     print(f'{len(metrics)} parts -> {args.tex}, {args.readme}')
 
 
