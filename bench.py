@@ -141,10 +141,10 @@ def median_seconds(fn, repeats=REPEATS, warmup=WARMUP):
     return statistics.median(times)
 
 
-def train_step(modules, loss_fn, device):
+def train_step(modules, loss_fn, device, fused=True):
     """One Adam step of the given modules on a fixed binarized batch; returns a closure."""
     params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-4)
+    opt = experiments.adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
     x = torch.bernoulli(torch.rand(BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(device)
 
     def step():
@@ -191,7 +191,7 @@ def bench(plain, device, is_images):
     for name, (modules, loss) in training_workloads(plain, device).items():
         for m in modules:
             m.train()
-        sec = median_seconds(train_step(modules, loss, device), repeats=3 if plain else REPEATS)
+        sec = median_seconds(train_step(modules, loss, device, fused=not plain), repeats=3 if plain else REPEATS)
         out['train_img_per_s'][name] = BATCH / sec
         print(f'  [{label}] train {name:13s} {BATCH / sec:8.1f} images/s', flush=True)
     torch.manual_seed(0)

@@ -253,3 +253,25 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
         out = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         assert float(out.stdout.strip().splitlines()[-1]) == row['value']
+
+
+def test_fused_adam_takes_the_same_step_as_plain_adam():
+    """experiments.adam (fused kernel) and torch.optim.Adam give the same parameters after a few steps."""
+    torch.manual_seed(0)
+    a = models.VAEEncoder(capacity=4, depth=1)
+    b = models.VAEEncoder(capacity=4, depth=1)
+    b.load_state_dict(a.state_dict())
+    start = [p.detach().clone() for p in a.parameters()]
+    opt_a, opt_b = E.adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    x = torch.rand(3, 1, 28, 28)
+    eps = torch.randn(3, 1, 7, 7)
+    for _ in range(3):
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            z, logqzx, mu, logvar = net(x, eps)
+            loss = (z.pow(2).sum(1) - logqzx).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start))  # every parameter moved
