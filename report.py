@@ -123,6 +123,37 @@ def findings(metrics):
     return out
 
 
+def remedies_kl_figure(results_dir):
+    """results/6e_kl.png: the KL term against training iteration for every 6e part that has run,
+    in one plot (train batches, moving average over 50 iterations), autoregression switch marked."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 4.5), tight_layout=True)
+    ax = fig.subplots()
+    drawn = 0
+    for part in PART_ORDER:
+        path = os.path.join(results_dir, part, 'history.json')
+        if not part.startswith('6e-') or not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            h = json.load(fh)
+        kl, width = h['kl'], 50
+        smooth = [sum(kl[max(0, i - width + 1):i + 1]) / len(kl[max(0, i - width + 1):i + 1]) for i in range(len(kl))]
+        ax.plot(h['step'], smooth, label=part)
+        if h.get('autoregress_step') is not None and drawn == 0:
+            ax.axvline(h['autoregress_step'], color='k', ls='--', lw=1, label='autoregression on')
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel('training iteration')
+    ax.set_ylabel('KL term of the ELBO (nats, 50-step mean)')
+    ax.set_ylim(bottom=0)
+    ax.set_title('6e: PixelVAE + IAF encoder, KL term per remedy')
+    ax.legend(fontsize=8)
+    out = os.path.join(results_dir, '6e_kl.png')
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def markdown(metrics):
     lines = ['| part | model | quantity | value ± stderr (nats) | test images | profile | hardware | epochs | train time |',
              '|---|---|---|---|---|---|---|---|---|']
@@ -201,6 +232,10 @@ def latex(metrics, results_dir, tex_path):
             + ', '.join(f'{name} {nll:.2f} ({ref})' for name, nll, ref in LITERATURE) + '.']
     for title, para in findings(metrics):
         out.append(f'\\paragraph{{{tex_escape(title)}.}} {tex_escape(para)}')
+    remedies = os.path.join(results_dir, '6e_kl.png')
+    if os.path.exists(remedies):
+        out.append(f'\\begin{{center}}\\includegraphics[width=0.9\\linewidth]{{{rel}/6e_kl.png}}\\\\'
+                   f'\\small 6e: KL term against training iteration, all remedies\\end{{center}}')
     for m in metrics:
         figs = [(k, p) for k, p in m.get('figures', {}).items() if os.path.exists(p)]
         if not figs:
@@ -222,6 +257,7 @@ def main():
     ap.add_argument('--tex', default=os.path.join('analysis', 'results.tex'))
     args = ap.parse_args()
     metrics = load_metrics(args.results_dir)
+    remedies_kl_figure(args.results_dir)
     latex(metrics, args.results_dir, args.tex)
     update_readme(args.readme, metrics, args.results_dir)
     print(f'{len(metrics)} parts -> {args.tex}, {args.readme}')

@@ -1,0 +1,40 @@
+"""report.py writes what the runs' files say: values and standard errors come from metrics.json."""
+import json
+import os
+
+import report
+
+
+def write_part(root, part, values, title='t'):
+    os.makedirs(os.path.join(root, part), exist_ok=True)
+    m = dict(part=part, title=title, profile='cpu', device='cpu', epochs=3, train_seconds=600.0,
+             values=values, figures={})
+    with open(os.path.join(root, part, 'metrics.json'), 'w') as fh:
+        json.dump(m, fh)
+
+
+def test_readme_and_latex_carry_the_measured_numbers(tmp_path):
+    res = str(tmp_path / 'results')
+    write_part(res, '6b', {'test_elbo': dict(value=95.4321, stderr=0.25, n_images=10000),
+                           'test_nll_is1000': dict(value=90.1234, stderr=0.31, n_images=1000, M=1000),
+                           'kl': dict(value=20.5, stderr=0.1, n_images=10000)})
+    write_part(res, '6d', {'test_elbo': dict(value=93.0, stderr=0.2, n_images=10000),
+                           'test_nll_is1000': dict(value=89.0, stderr=0.3, n_images=1000, M=1000)})
+    with open(os.path.join(res, 'bench_cpu.json'), 'w') as fh:
+        json.dump({'train_img_per_s': dict(pixelcnn=300.0, binary_vae=1.0, gaussian_vae=1.0, pixelvae=1.0, iaf_vae=1.0),
+                   'sample_s': dict(pixelcnn_49=0.5), 'is_img_per_s': dict(binary_vae=4.0, pixelvae=8.0)}, fh)
+    with open(os.path.join(res, 'bench_cpu_straightforward.json'), 'w') as fh:
+        json.dump({'train_img_per_s': dict(pixelcnn=100.0, binary_vae=1.0, gaussian_vae=1.0, pixelvae=1.0, iaf_vae=1.0),
+                   'sample_s': dict(pixelcnn_49=50.0), 'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.0)}, fh)
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'x\n{report.SPEED_BEGIN}\nold\n{report.SPEED_END}\n{report.BEGIN}\nold\n{report.END}\n')
+    tex = tmp_path / 'results.tex'
+    metrics = report.load_metrics(res)
+    report.latex(metrics, res, str(tex))
+    report.update_readme(str(readme), metrics, res)
+    text = readme.read_text()
+    assert '90.12 ± 0.31' in text and '95.43 ± 0.25' in text and 'old' not in text
+    assert '| 1000 |' in text                         # the number of test images travels with the value
+    assert '3.0x' in text and '100.0x' in text         # speed-ups computed from the two JSON files
+    assert '89.00 $\\pm$ 0.30' in tex.read_text()
+    assert '6d: what IAF buys' in text                 # findings are written from the numbers present
