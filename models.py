@@ -110,9 +110,9 @@ class MaskedConvnetBlock(ConvnetBlock):
 class PixelCNN(nn.Module):
     """p(x) = prod_i p(x_i | x_<i), Bernoulli logits for binary 28x28 images in raster order.
 
-    Inputs are expected in {0, 1}; other values in [0, 1] pass through unchanged (the model is
-    then a conditional density of the binary pixels given grey context, as used by some
-    tutorials, but its samples and likelihoods are only meaningful for binary data).
+    Inputs are expected in {0, 1}. Grey values in [0, 1] pass through unchanged and are not
+    checked: the logits are then conditioned on grey context, and cross_entropy against grey
+    targets is not a log-likelihood. Samples and likelihoods are meaningful for binary data only.
     """
 
     def __init__(self, capacity=32, depth=9):
