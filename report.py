@@ -72,6 +72,17 @@ def is_value(metrics, part):
     return None
 
 
+def history(metrics, part):
+    """results/<part>/history.json next to the part's figures, if present."""
+    for m in metrics:
+        if m['part'] == part:
+            path = os.path.join(os.path.dirname(m.get('checkpoint') or ''), 'history.json')
+            if os.path.exists(path):
+                with open(path) as fh:
+                    return json.load(fh)
+    return None
+
+
 def findings(metrics):
     """One short paragraph per handout question, with the numbers read from the runs."""
     out = []
@@ -93,13 +104,21 @@ def findings(metrics):
     e, n = get(metrics, '6c', 'test_elbo'), is_value(metrics, '6c')
     if e and n:
         kl = get(metrics, '6c', 'kl')
-        out.append(('6c: ELBO vs importance-sampled NLL, and posterior collapse',
-                    f'The PixelVAE reaches a test −ELBO of {value_text(e)} and an importance-sampled NLL of '
-                    f'{value_text(n)} ({n["n_images"]} images, M = {n.get("M")}): the gap of '
-                    f'{e["value"] - n["value"]:.2f} nats is the expected KL(q(z|x) ‖ p(z|x)) that the bound pays. '
-                    + (f'The KL term ends at {value_text(kl)} nats: once the PixelCNN is switched on it models the '
-                       f'pixels from their neighbours and the KL term falls towards zero (figure: KL against '
-                       f'training iteration), i.e. the posterior collapses to the prior. ' if kl else '')))
+        text = (f'The PixelVAE reaches a test −ELBO of {value_text(e)} ({e["n_images"]} images) and an '
+                f'importance-sampled NLL of {value_text(n)} ({n["n_images"]} images, M = {n.get("M")}). The '
+                f'difference, about {e["value"] - n["value"]:.1f} nats (the two use different numbers of test '
+                f'images), estimates the KL(q(z|x) ‖ p(z|x)) that the bound pays and M = 1000 samples recover. ')
+        hist = history(metrics, '6c')
+        if hist and hist.get('autoregress_step'):
+            k, a = hist['kl'], hist['autoregress_step']
+            before, last = sum(k[max(0, a - 100):a]) / len(k[max(0, a - 100):a]), sum(k[-100:]) / len(k[-100:])
+            text += (f'The KL term, {before:.1f} nats per image over the 100 training iterations before the '
+                     f'PixelCNN is switched on (iteration {a}), falls to {last:.1f} over the last 100 '
+                     f'(test: {value_text(kl)}): the decoder now predicts each pixel from its neighbours, the '
+                     f'latent code is worth less than it costs, and the posterior moves towards the prior '
+                     f'(figure: KL against training iteration). That is posterior collapse, still under way '
+                     f'when training stops.')
+        out.append(('6c: ELBO vs importance-sampled NLL, and posterior collapse', text))
     b6, d6 = is_value(metrics, '6b'), is_value(metrics, '6d')
     if b6 and d6:
         out.append(('6d: what IAF buys',
