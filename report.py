@@ -173,18 +173,26 @@ def remedies_kl_figure(results_dir):
     return out
 
 
+def reported(metrics):
+    """(metrics, quantity, value) of every number the tables show."""
+    for m in metrics:
+        for q, v in m['values'].items():
+            if q not in ('test_recon', 'kl_mc'):
+                yield m, q, v
+
+
+def literature_text():
+    return ', '.join(f'{name} {nll:.2f} ({ref})' for name, nll, ref in LITERATURE)
+
+
 def markdown(metrics):
     lines = ['| part | model | quantity | value ± stderr (nats) | test images | profile | hardware | epochs | train time |',
              '|---|---|---|---|---|---|---|---|---|']
-    for m in metrics:
-        for q, v in m['values'].items():
-            if q in ('test_recon', 'kl_mc'):
-                continue
-            lines.append(f'| {m["part"]} | {m["title"]} | {quantity_name(q)} | {value_text(v)} | {v["n_images"]} | '
-                         f'{m["profile"]} | {m.get("hardware", m["device"])} | {m["epochs"]} | '
-                         f'{m["train_seconds"] / 60:.0f} min |')
-    lit = ', '.join(f'{name} {nll:.2f} ({ref})' for name, nll, ref in LITERATURE)
-    text = '\n'.join(lines) + f'\n\nFor orientation, published NLLs on binarized MNIST: {lit}.\n'
+    for m, q, v in reported(metrics):
+        lines.append(f'| {m["part"]} | {m["title"]} | {quantity_name(q)} | {value_text(v)} | {v["n_images"]} | '
+                     f'{m["profile"]} | {m.get("hardware", m["device"])} | {m["epochs"]} | '
+                     f'{m["train_seconds"] / 60:.0f} min |')
+    text = '\n'.join(lines) + f'\n\nFor orientation, published NLLs on binarized MNIST: {literature_text()}.\n'
     for title, para in findings(metrics):
         text += f'\n**{title}.** {para}\n'
     return text
@@ -239,16 +247,12 @@ def latex(metrics, results_dir, tex_path):
            'nats per image, mean over the test images used $\\pm$ its standard error.',
            r'\begin{center}\small', r'\begin{tabular}{llrrll}', r'\hline',
            r'part & quantity & value & images & profile, hardware & epochs \\ \hline']
-    for m in metrics:
-        for q, v in m['values'].items():
-            if q in ('test_recon', 'kl_mc'):
-                continue
-            out.append(f'{tex_escape(m["part"])} & {tex_escape(quantity_name(q, tex=True))} & {value_text(v, tex=True)} & '
-                       f'{v["n_images"]} & {tex_escape(m["profile"])}, {tex_escape(m.get("hardware", m["device"]))} & '
-                       f'{m["epochs"]} \\\\')
+    for m, q, v in reported(metrics):
+        out.append(f'{tex_escape(m["part"])} & {tex_escape(quantity_name(q, tex=True))} & {value_text(v, tex=True)} & '
+                   f'{v["n_images"]} & {tex_escape(m["profile"])}, {tex_escape(m.get("hardware", m["device"]))} & '
+                   f'{m["epochs"]} \\\\')
     out += [r'\hline', r'\end{tabular}', r'\end{center}',
-            'Published NLLs on binarized MNIST, for orientation: '
-            + ', '.join(f'{name} {nll:.2f} ({ref})' for name, nll, ref in LITERATURE) + '.']
+            f'Published NLLs on binarized MNIST, for orientation: {literature_text()}.']
     for title, para in findings(metrics):
         out.append(f'\\paragraph{{{tex_escape(title)}.}} {tex_escape(para)}')
     remedies = os.path.join(results_dir, '6e_kl.png')
