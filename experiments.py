@@ -518,6 +518,13 @@ def load_models(record, device, autoregress=False):
     return nets
 
 
+def say(out, message):
+    """Print a line and append it, time-stamped, to out/run.log (the part's run log)."""
+    print(message, flush=True)
+    with open(os.path.join(out, 'run.log'), 'a') as fh:
+        fh.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")}  {message}\n')
+
+
 def settings_differ(a, b):
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE and a.get(k) != b.get(k))
 
@@ -551,10 +558,10 @@ def train(part, cfg, nets, out, device, progress=True):
         try:
             noise_gen.set_state(ck['rng']['noise'])
         except RuntimeError:  # a generator state of another device type (e.g. saved on CUDA, resumed on CPU)
-            print(f'{part}: the checkpoint comes from another device; eps draws restart from the seed', flush=True)
+            say(out, f'{part}: the checkpoint comes from another device; eps draws restart from the seed')
         state = {k: ck[k] for k in state}
-        print(f'{part}: resuming from {path} at epoch {state["epoch"]}, batch {state["batch"]}, '
-              f'step {state["step"]}', flush=True)
+        say(out, f'{part}: resuming from {path} at epoch {state["epoch"]}, batch {state["batch"]}, '
+                 f'step {state["step"]}')
         if state['epoch'] > cfg['epochs']:
             raise CheckpointError(f'{path} has trained {state["epoch"]} epochs, more than the {cfg["epochs"]} '
                                   f'asked for; ask for at least {state["epoch"]} epochs or rerun with --fresh')
@@ -633,6 +640,10 @@ def train(part, cfg, nets, out, device, progress=True):
         hist['test_kl'].append(monitor['kl']['value'] if 'kl' in monitor else 0.0)
         last = hist['loss'][-steps_per_epoch:]
         epochs.set_postfix(train=f'{sum(last) / len(last):.2f}', test=f'{hist["test_loss"][-1]:.2f}')
+        say(out, f'{part}: epoch {epoch + 1}/{cfg["epochs"]}, step {state["step"]}: train {sum(last) / len(last):.2f} '
+                 f'(mean of the epoch), test {hist["test_loss"][-1]:.2f} ({len(x_monitor)} images), '
+                 f'KL {hist["test_kl"][-1]:.2f}, beta {hist["beta"][-1]:.2f}, lr {opt.param_groups[0]["lr"]:g}, '
+                 f'{state["train_seconds"]:.0f} s of training')
         state['epoch'], state['batch'] = epoch + 1, 0
         save()
         last_save = time.time()
@@ -753,7 +764,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
                                                               ('metrics', 'metrics.json'), ('history', 'history.json'))}
     if fresh:
-        for p in paths.values():
+        for p in list(paths.values()) + [os.path.join(out, 'run.log')]:
             if os.path.exists(p):
                 os.remove(p)
     if os.path.exists(paths['metrics']) and os.path.exists(paths['model']):
@@ -762,6 +773,8 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
         if done.get('config') == cfg and done.get('device') == str(device):
             print(f'{part}: already done ({paths["metrics"]}); --fresh to redo it', flush=True)
             return done
+    say(out, f'{part}: {TITLES[part]}, {profile} profile on {device}, torch {torch.__version__}, '
+             f'{torch.get_num_threads()} threads; settings ' + json.dumps(cfg, sort_keys=True))
     torch.manual_seed(cfg['seed'])
     spec = model_spec(cfg)
     nets = build(spec, device)
@@ -785,8 +798,8 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     with open(paths['metrics'] + '.tmp', 'w') as fh:
         json.dump(metrics, fh, indent=1)
     os.replace(paths['metrics'] + '.tmp', paths['metrics'])
-    print(f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
-                                  for k, v in values.items()), flush=True)
+    say(out, f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
+                                     for k, v in values.items()) + f' (evaluation {metrics["eval_seconds"]:.0f} s)')
     return metrics
 
 

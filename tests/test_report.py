@@ -38,3 +38,35 @@ def test_readme_and_latex_carry_the_measured_numbers(tmp_path):
     assert '3.0x' in text and '100.0x' in text         # speed-ups computed from the two JSON files
     assert '89.00 $\\pm$ 0.30' in tex.read_text()
     assert '6d: what IAF buys' in text                 # findings are written from the numbers present
+
+
+def test_remedies_table_and_reading_follow_the_numbers(tmp_path):
+    res = str(tmp_path / 'results')
+
+    def v(value, stderr, n=500):
+        return dict(value=value, stderr=stderr, n_images=n)
+
+    def remedy(part, nll, kl, au):
+        write_part(res, part, {'test_elbo': v(nll + 5, 0.3), 'test_nll_is1000': dict(v(nll, 0.5), M=1000),
+                               'kl': v(kl, 0.01), 'active_units': dict(value=au, stderr=None, n_images=500)},
+                   title=f'remedy {part}')
+
+    remedy('6e-baseline', 90.0, 0.05, 0)   # collapsed
+    remedy('6e-warmup', 90.3, 0.4, 0)      # collapsed too
+    remedy('6e-freebits', 91.0, 6.0, 12)   # alive, 1 nat worse than the baseline
+    remedy('6e-weak', 95.0, 20.0, 30)      # alive, much worse
+    write_part(res, '6a', {'test_nll': v(85.0, 0.2, 10000)})
+    metrics = report.load_metrics(res)
+    table = report.remedies_markdown(metrics)
+    assert table.count('| remedy 6e-') == 4 and '12 of 49' in table and '91.00 ± 0.50' in table
+    reading = report.remedies_reading(metrics)
+    assert '2 of 4 keep the latent in use' in reading and '6e-freebits, 6e-weak' in reading
+    assert 'Of these, 6e-freebits has the lowest' in reading
+    assert '+1.00 ± 0.71 nats against the unremedied baseline' in reading  # independent errors
+    assert 'within two standard errors' in reading
+    assert 'is worse than the PixelCNN alone (6a)' in reading
+    assert os.path.exists(report.write_remedies(metrics, res))
+    # no remedy alive: the reading says so instead of naming a winner
+    remedy('6e-freebits', 91.0, 0.5, 0)
+    remedy('6e-weak', 95.0, 0.9, 0)
+    assert 'No configuration kept the KL term' in report.remedies_reading(report.load_metrics(res))
