@@ -8,6 +8,7 @@ figures for every part of the homework. Each part is a configuration (a dict of 
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
     python experiments.py list [--profile cpu]             # the parts and their settings
     python experiments.py summary                          # rewrite results/summary.{md,json}
+    python experiments.py notebooks                        # execute the notebooks in place with the results
 
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
@@ -823,6 +824,41 @@ def compare(parts, results_dir='results'):
     display(Markdown(metrics_table(metrics)))
 
 
+def show_finished(parts, results_dir='results', figures=('samples', 'kl')):
+    """Display one table of every part among `parts` that has finished in results_dir, then the
+    named figures of each; a part that has not run is named, not an error."""
+    from IPython.display import Image, Markdown, display
+    done = [p for p in parts if os.path.exists(os.path.join(results_dir, p, 'metrics.json'))]
+    missing = [p for p in parts if p not in done]
+    if missing:
+        display(Markdown(f'Not run yet in `{results_dir}`: {", ".join(missing)}.'))
+    if not done:
+        return
+    compare(done, results_dir)
+    for part in done:
+        with open(os.path.join(results_dir, part, 'metrics.json')) as fh:
+            m = json.load(fh)
+        display(Markdown(f'**{part}: {m["title"]}** ({m["profile"]} profile, {m["epochs"]} epochs)'))
+        for name in figures:
+            if os.path.exists(m['figures'].get(name, '')):
+                display(Image(filename=m['figures'][name]))
+
+
+NOTEBOOKS = ('gaussian_vae.ipynb', 'pixelcnn.ipynb', 'binaryvae.ipynb')
+
+
+def run_notebooks(profile='auto', results_dir='results', notebooks=NOTEBOOKS):
+    """Execute the notebooks in place (papermill) with the given profile and results, so that
+    they are saved with the outputs of those runs; a part not yet run is trained first."""
+    import papermill
+    root = os.path.dirname(os.path.abspath(__file__))
+    for name in notebooks:
+        path = os.path.join(root, name)
+        print(f'executing {name} ({profile} profile, {results_dir})', flush=True)
+        papermill.execute_notebook(path, path, parameters=dict(profile=profile, results_dir=results_dir), cwd=root,
+                                   kernel_name='python3', progress_bar=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Summary and the command line
 
@@ -1006,16 +1042,17 @@ def main(argv=None):
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json from the metrics present')
+    nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
     ls = sub.add_parser('list', help='print the parts and their settings')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
-    for p in (a, r, es):
+    for p in (a, r, es, nb):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, s):
+    for p in (a, r, e, s, nb):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
@@ -1034,6 +1071,8 @@ def main(argv=None):
             estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts else list(PARTS), device)
         elif args.command == 'summary':
             write_summary(args.results_dir)
+        elif args.command == 'notebooks':
+            run_notebooks(pick_profile(args.profile, pick_device(None)), args.results_dir)
         else:
             for part in PARTS:
                 cfg, full = config(part, args.profile), config(part, 'full')

@@ -212,6 +212,20 @@ def write_remedies(metrics, results_dir):
     return path
 
 
+def show_remedies(results_dir='results'):
+    """Display the 6e table, its reading and the combined KL plot in a notebook."""
+    from IPython.display import Image, Markdown, display
+    metrics = load_metrics(results_dir)
+    table = remedies_markdown(metrics)
+    if not table:
+        display(Markdown(f'No 6e configuration has finished in `{results_dir}` yet.'))
+        return
+    display(Markdown(table + '\n' + (remedies_reading(metrics) or '')))
+    figure = remedies_kl_figure(results_dir)
+    if figure:
+        display(Image(filename=figure))
+
+
 def remedies_kl_figure(results_dir):
     """results/6e_kl.png: the KL term against training iteration for every 6e part that has run,
     in one plot (train batches, moving average over 50 iterations), autoregression switch marked."""
