@@ -9,6 +9,7 @@ figures for every part of the homework. Each part is a configuration (a dict of 
     python experiments.py list [--profile cpu]             # the parts and their settings
     python experiments.py summary                          # rewrite results/summary.{md,json}
     python experiments.py notebooks                        # execute the notebooks in place with the results
+    python experiments.py verify                           # rerun every reproduce command, compare
 
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
@@ -1030,6 +1031,40 @@ def eval_command(part, quantity, results_dir='results', device=None):
     return v['value']
 
 
+def verify(results_dir='results', parts=None, out=None):
+    """Run every `reproduce` command of results_dir/summary.json (or those of `parts`) as a user
+    would, in a fresh process from the repository root, and compare the value it prints last with
+    the reported one: agreement means within max(0.05, stderr) nats. Writes the outcome to `out`
+    (default results_dir/verify.json) and returns the rows; failures are listed, not raised."""
+    import subprocess
+    root = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(results_dir, 'summary.json')) as fh:
+        rows = [r for r in json.load(fh) if parts is None or r['part'] in parts]
+    checked = []
+    for r in rows:
+        argv = shlex.split(r['reproduce'])
+        t0 = time.time()
+        run = subprocess.run([sys.executable if argv[0] == 'python' else argv[0]] + argv[1:], cwd=root,
+                             capture_output=True, text=True)
+        try:
+            value = float(run.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            value = None
+        tolerance = max(0.05, r['stderr'] or 0.0)
+        ok = run.returncode == 0 and value is not None and abs(value - r['value']) <= tolerance
+        checked.append(dict(part=r['part'], quantity=r['quantity'], reported=r['value'], reproduced=value,
+                            tolerance=tolerance, ok=ok, seconds=round(time.time() - t0, 1), command=r['reproduce'],
+                            error=None if run.returncode == 0 else run.stderr.strip()[-500:]))
+        print(f'{"ok  " if ok else "FAIL"} {r["part"]:12s} {r["quantity"]:16s} reported {r["value"]}, '
+              f'reproduced {value} (tolerance {tolerance:g}), {time.time() - t0:.0f} s', flush=True)
+    out = out or os.path.join(results_dir, 'verify.json')
+    with open(out, 'w') as fh:
+        json.dump(checked, fh, indent=1)
+    failed = [c for c in checked if not c['ok']]
+    print(f'{len(checked) - len(failed)} of {len(checked)} numbers reproduced; details in {out}', flush=True)
+    return checked
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -1043,6 +1078,8 @@ def main(argv=None):
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json from the metrics present')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
+    v = sub.add_parser('verify', help="run every summary.json `reproduce` command and compare with the reported value")
+    v.add_argument('--parts', default=None, help='comma-separated parts (default: every part in the summary)')
     ls = sub.add_parser('list', help='print the parts and their settings')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
     for p in (a, es):
@@ -1052,7 +1089,7 @@ def main(argv=None):
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, s, nb):
+    for p in (a, r, e, s, nb, v):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
@@ -1071,6 +1108,10 @@ def main(argv=None):
             estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts else list(PARTS), device)
         elif args.command == 'summary':
             write_summary(args.results_dir)
+        elif args.command == 'verify':
+            checked = verify(args.results_dir, args.parts.split(',') if args.parts else None)
+            if not all(c['ok'] for c in checked):
+                sys.exit(1)
         elif args.command == 'notebooks':
             run_notebooks(pick_profile(args.profile, pick_device(None)), args.results_dir)
         else:

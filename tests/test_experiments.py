@@ -225,7 +225,7 @@ def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, mo
 def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
     results = tmp_path / 'results'
     run = subprocess.run([sys.executable, 'experiments.py', 'all', '--profile', 'smoke', '--results-dir', str(results),
-                          '--no-progress'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          '--no-progress'], cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stderr[-3000:]
     assert 'all remaining parts' in run.stdout
     for part in E.PARTS:
@@ -253,6 +253,12 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
         out = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         assert float(out.stdout.strip().splitlines()[-1]) == row['value']
+    # `verify` runs the commands the same way and catches a reported number that no run produced
+    checked = E.verify(str(results), parts=['6a'])
+    assert checked and all(c['ok'] and c['reproduced'] == c['reported'] for c in checked)
+    rows[[r['part'] for r in rows].index('6a')]['value'] += 1.0
+    (results / 'summary.json').write_text(json.dumps(rows))
+    assert not E.verify(str(results), parts=['6a'])[0]['ok']
 
 
 def test_fused_adam_takes_the_same_step_as_plain_adam():
