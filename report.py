@@ -171,6 +171,16 @@ def remedies_reading(metrics):
         return None
     text = 'Final KL term per configuration: ' + ', '.join(
         f'{m["part"]} {value_text(m["values"]["kl"])} nats' for m, _ in rows) + '. '
+    trend = []
+    for m, _ in rows:
+        h = history(metrics, m['part'])
+        if h and h.get('autoregress_step'):
+            a, kl = h['autoregress_step'], h['kl']
+            before, last = kl[max(0, a - 100):a], kl[-100:]
+            trend.append(f'{m["part"]} {sum(before) / len(before):.1f} → {sum(last) / len(last):.1f}')
+    if trend:
+        text += ('KL term of the training batches, mean of the 100 iterations before the PixelCNN is switched '
+                 'on → mean of the last 100: ' + ', '.join(trend) + ' nats. ')
     alive = [(m, nll) for m, nll in rows
              if m['values']['kl']['value'] >= 1.0 and m['values'].get('active_units', {}).get('value', 1) > 0]
     base = next((nll for m, nll in rows if m['part'] == '6e-baseline'), None)
@@ -192,9 +202,9 @@ def remedies_reading(metrics):
             d, se = difference(best, ref)
             word = 'beats' if d < -2 * se else 'is worse than' if d > 2 * se else 'is within two standard errors of'
             text += (f'It {word} {label}: {value_text(ref)} over {ref["n_images"]} images, difference '
-                     f'{d:+.2f} ± {se:.2f} (different image subsets and, in the cpu profile, a smaller '
-                     f'decoder for 6e; see the settings in each metrics.json). ')
-    return text.strip()
+                     f'{d:+.2f} ± {se:.2f}. ')
+    return text + ('(These comparisons use the first n test images of each evaluation, so the subsets differ, '
+                   'and the settings differ by part and profile: see each metrics.json.)')
 
 
 def write_remedies(metrics, results_dir):
