@@ -3,6 +3,7 @@
     python bench.py --json bench.json                 # this implementation, then a straightforward one
     python bench.py --json bench.json --baseline-json plain.json
     python bench.py --json bench.json --no-baseline
+    python bench.py --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
 
 Each workload is warmed up, then timed several times; the median is reported. Training
 throughput counts a full Adam step (forward, backward, update) at batch 100. Importance sampling
@@ -11,6 +12,11 @@ common way, kept here for side-by-side timing only: conv -> BatchNorm -> ReLU re
 mask multiplied into every masked kernel on every call, sampling by one full forward pass per
 pixel, and importance sampling image by image (x expanded to 125 copies, 8 chunks of 125 draws,
 the full decoder g(z, x) each time). The machine is noisy: compare columns of one run.
+
+With --flops-json, each workload's floating-point operations per image are counted
+(torch.utils.flop_counter: convolutions and matrix products, forward and backward) and set
+against the device's measured ceiling: the throughput of one large dense convolution. A
+speed-up target that would need more than the ceiling cannot be met without changing the math.
 """
 import argparse
 import json
@@ -22,6 +28,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import experiments
 import losses
@@ -216,6 +223,48 @@ def bench(plain, device, is_images):
     return out
 
 
+def count_flops(fn):
+    """Floating-point operations of one call of fn (convolutions and matrix products)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def conv_ceiling(device):
+    """GFLOP/s of a large dense 3x3 convolution, forward and backward (batch 32, 128 -> 128
+    channels, 28x28): what this device sustains on the operation the models are made of."""
+    x = torch.randn(32, 128, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(128, 128, 3, padding=1).to(device).to(memory_format=torch.channels_last)
+
+    def step():
+        conv(x.requires_grad_()).sum().backward()
+    flops = count_flops(step)
+    return flops / median_seconds(step) / 1e9
+
+
+def flops_report(ours, device, is_images):
+    """{'ceiling_gflop_per_s', 'gflop_per_image': {...}, 'gflop_per_s': {...}} of this implementation."""
+    out = {'ceiling_gflop_per_s': conv_ceiling(device), 'gflop_per_image': {}, 'gflop_per_s': {}}
+    for name, (modules, loss) in training_workloads(False, device).items():
+        for m in modules:
+            m.train()
+        per_image = count_flops(train_step(modules, loss, device)) / BATCH / 1e9
+        out['gflop_per_image'][f'train_{name}'] = per_image
+        out['gflop_per_s'][f'train_{name}'] = per_image * ours['train_img_per_s'][name]
+    x = torch.bernoulli(torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))).to(device)
+    for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
+        f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
+        g.autoregress = autoregress
+        per_image = count_flops(lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20)) / 1e9
+        out['gflop_per_image'][f'is_{name}'] = per_image
+        out['gflop_per_s'][f'is_{name}'] = per_image * ours['is_img_per_s'][name]
+    print(f'\nconvolution ceiling: {out["ceiling_gflop_per_s"]:.0f} GFLOP/s', flush=True)
+    for k, v in out['gflop_per_image'].items():
+        print(f'  {k:18s} {v:8.3f} GFLOP/image  {out["gflop_per_s"][k]:7.1f} GFLOP/s '
+              f'({100 * out["gflop_per_s"][k] / out["ceiling_gflop_per_s"]:.0f}% of the ceiling)', flush=True)
+    return out
+
+
 def describe_device(device):
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
@@ -230,6 +279,7 @@ def main():
     ap.add_argument('--no-baseline', action='store_true', help='skip the straightforward solution')
     ap.add_argument('--no-channels-last', action='store_true', help='NCHW convolutions (models.CHANNELS_LAST = False)')
     ap.add_argument('--is-images', type=int, default=20, help='test images for importance sampling')
+    ap.add_argument('--flops-json', help="count each workload's FLOPs, measure the convolution ceiling, write here")
     args = ap.parse_args()
     device = experiments.pick_device(args.device)
     models.CHANNELS_LAST = not args.no_channels_last
@@ -247,6 +297,10 @@ def main():
         b = plain.get(keys[kind], {}).get(name)
         ratio = '' if b is None else f'{(b / a if kind == "sample" else a / b):.1f}x'
         print(f'| {kind} {name} | {unit} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} |')
+    if args.flops_json:
+        flops = flops_report(ours, device, args.is_images)
+        with open(args.flops_json, 'w') as fh:
+            json.dump(flops, fh, indent=2)
     for path, values in ((args.json, ours), (args.baseline_json, plain)):
         if path and values:
             with open(path, 'w') as fh:

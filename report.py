@@ -295,23 +295,58 @@ def markdown(metrics):
     return text
 
 
+# Speed-up goals over a straightforward solution (the speed issue), per workload.
+GOALS = {'pixelcnn': 2.5, 'pixelvae': 2.0, 'binary_vae': 1.5, 'gaussian_vae': 1.5, 'iaf_vae': 1.5,
+         'pixelcnn_49': 20.0, ('is', 'binary_vae'): 2.0, ('is', 'pixelvae'): 5.0}
+
+
+def goal(group, key):
+    return GOALS.get(('is', key)) if group == 'is_img_per_s' else GOALS.get(key)
+
+
 def speed_markdown(results_dir):
     """The benchmark table from results/bench_<device>.json and, beside it,
-    results/bench_<device>_straightforward.json (written by bench.py)."""
+    results/bench_<device>_straightforward.json (written by bench.py); with
+    results/bench_<device>_flops.json also the FLOPs per image and the share of the device's
+    measured convolution ceiling that each workload reaches, and that its goal would need."""
     tables = []
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
-        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith('_straightforward.json'):
+        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith(('_straightforward.json',
+                                                                                        '_flops.json')):
             continue
         with open(os.path.join(results_dir, name)) as fh:
             ours = json.load(fh)
         plain_path = os.path.join(results_dir, name[:-5] + '_straightforward.json')
         plain = json.load(open(plain_path)) if os.path.exists(plain_path) else {}
-        lines = [f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):', '',
-                 '| workload | this implementation | straightforward solution | speed-up |', '|---|---|---|---|']
+        flops_path = os.path.join(results_dir, name[:-5] + '_flops.json')
+        flops = json.load(open(flops_path)) if os.path.exists(flops_path) else None
+        head = '| workload | this implementation | straightforward solution | speed-up | goal |'
+        rule = '|---|---|---|---|---|'
+        if flops:
+            head += ' GFLOP per image | GFLOP/s reached | GFLOP/s the goal needs |'
+            rule += '---|---|---|'
+        lines = [f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):', '', head, rule]
         for group, key, label in BENCH_ROWS:
             a, b = ours[group][key], plain.get(group, {}).get(key)
             ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
-            lines.append(f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} |')
+            g = goal(group, key)
+            line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
+                    f'{"" if g is None else f"{g:g}x"} |')
+            fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
+            if flops and fkey in flops['gflop_per_image']:
+                per_image, ceiling = flops['gflop_per_image'][fkey], flops['ceiling_gflop_per_s']
+                need = '' if b is None or g is None else \
+                    f'{g * b * per_image:.0f} ({100 * g * b * per_image / ceiling:.0f}%)'
+                line += (f' {per_image:.3g} | {a * per_image:.0f} ({100 * a * per_image / ceiling:.0f}%) | '
+                         f'{need} |')
+            elif flops:
+                line += ' | | |'
+            lines.append(line)
+        if flops:
+            lines += ['', f'Convolution ceiling measured in the same run (one dense 3×3 convolution, 128 channels, '
+                          f'28×28, batch 32, forward and backward): {flops["ceiling_gflop_per_s"]:.0f} GFLOP/s. '
+                          f'GFLOP/s in brackets as a share of it; FLOPs counted by torch.utils.flop_counter '
+                          f'(masked kernels counted dense, as computed).']
         tables.append('\n'.join(lines) + '\n')
     return '\n'.join(tables) if tables else 'No benchmark has been run yet.\n'
 

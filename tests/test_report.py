@@ -70,3 +70,23 @@ def test_remedies_table_and_reading_follow_the_numbers(tmp_path):
     remedy('6e-freebits', 91.0, 0.5, 0)
     remedy('6e-weak', 95.0, 0.9, 0)
     assert 'No configuration kept the KL term' in report.remedies_reading(report.load_metrics(res))
+
+
+def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
+    res = tmp_path / 'results'
+    res.mkdir()
+    train = dict(pixelcnn=150.0, binary_vae=500.0, gaussian_vae=22.0, pixelvae=115.0, iaf_vae=345.0)
+    plain = dict(pixelcnn=130.0, binary_vae=220.0, gaussian_vae=22.0, pixelvae=95.0, iaf_vae=225.0)
+    (res / 'bench_cpu.json').write_text(json.dumps({'train_img_per_s': train, 'sample_s': dict(pixelcnn_49=0.65),
+                                                    'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.6)}))
+    (res / 'bench_cpu_straightforward.json').write_text(json.dumps(
+        {'train_img_per_s': plain, 'sample_s': dict(pixelcnn_49=78.0), 'is_img_per_s': dict(binary_vae=1.1, pixelvae=0.3)}))
+    per_image = {f'train_{k}': 1.0 for k in train}
+    per_image.update(is_binary_vae=90.0, is_pixelvae=100.0)
+    (res / 'bench_cpu_flops.json').write_text(json.dumps({'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
+                                                          'gflop_per_s': {}}))
+    text = report.speed_markdown(str(res))
+    row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
+    # 22 images/s x 1 GFLOP = 22 GFLOP/s (7% of 300); the 1.5x goal needs 33 GFLOP/s (11%)
+    assert '| 1.5x | 1 | 22 (7%) | 33 (11%) |' in row
+    assert '300 GFLOP/s' in text and 'bench_cpu_flops.json' not in text
