@@ -84,9 +84,10 @@ def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
     per_image = {f'train_{k}': 1.0 for k in train}
     per_image.update(is_binary_vae=90.0, is_pixelvae=100.0)
     (res / 'bench_cpu_flops.json').write_text(json.dumps({'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
-                                                          'gflop_per_s': {}}))
+                                                          'gflop_per_s': {},
+                                                          'layer_gflop_per_s': {k: 30.0 for k in per_image}}))
     text = report.speed_markdown(str(res))
     row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
-    # 22 images/s x 1 GFLOP = 22 GFLOP/s (7% of 300); the 1.5x goal needs 33 GFLOP/s (11%)
-    assert '| 1.5x | 1 | 22 (7%) | 33 (11%) |' in row
+    # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
+    assert '| 1.5x | 33.00 | 1 | 22 | 30 | 30.00 |' in row
     assert '300 GFLOP/s' in text and 'bench_cpu_flops.json' not in text
