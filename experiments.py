@@ -51,6 +51,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -221,6 +222,16 @@ def pick_device(device=None):
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
         return torch.device('mps')
     return torch.device('cpu')
+
+
+def describe_hardware(device):
+    """The hardware a run used, in words: 'CPU (x86_64), 2 cores' or the GPU's name."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    if device.type == 'mps':
+        return 'Apple GPU (MPS)'
+    return f'CPU ({platform.machine()}), {os.cpu_count()} cores'
 
 
 def pick_profile(profile, device):
@@ -793,7 +804,8 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     figures.update(curve_figures(part, cfg, state['history'], out))
     with open(paths['history'], 'w') as fh:
         json.dump(state['history'], fh)
-    metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device), epochs=state['epoch'],
+    metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device),
+                   hardware=describe_hardware(device), epochs=state['epoch'],
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
                    eval_seconds=round(time.time() - t0, 1), checkpoint=paths['model'],
                    autoregress_step=state['history']['autoregress_step'], values=values, figures=figures, config=cfg)
@@ -869,7 +881,8 @@ def summary_rows(metrics, results_dir):
         for q in quantities(m['config']):
             v = m['values'][q]
             rows.append(dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'],
-                             M=v.get('M'), profile=m['profile'], device=m['device'], epochs=m['epochs'],
+                             M=v.get('M'), profile=m['profile'], device=m['device'],
+                             hardware=m.get('hardware', m['device']), epochs=m['epochs'],
                              train_seconds=m['train_seconds'], checkpoint=m['checkpoint'],
                              reproduce=f'python experiments.py eval {m["part"]} --quantity {q} '
                                        f'--results-dir {shlex.quote(results_dir)} --device {m["device"]}'))
@@ -877,7 +890,7 @@ def summary_rows(metrics, results_dir):
 
 
 def metrics_table(metrics, reported_only=False):
-    lines = ['| part | what | quantity | value ± stderr | images | M | epochs | train time | profile, device |',
+    lines = ['| part | what | quantity | value ± stderr | images | M | epochs | train time | profile, hardware |',
              '|---|---|---|---|---|---|---|---|---|']
     for m in metrics:
         for q, v in m['values'].items():
@@ -887,7 +900,7 @@ def metrics_table(metrics, reported_only=False):
             if v['stderr'] is not None:
                 value += f' ± {v["stderr"]:.2f}'
             lines.append(f'| {m["part"]} | {m["title"]} | {q} | {value} | {v["n_images"]} | {v.get("M") or ""} | '
-                         f'{m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, {m["device"]} |')
+                         f'{m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, {m.get("hardware", m["device"])} |')
     return '\n'.join(lines)
 
 
