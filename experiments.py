@@ -1048,7 +1048,8 @@ def verify(results_dir='results', parts=None, out=None):
     """Run every `reproduce` command of results_dir/summary.json (or those of `parts`) as a user
     would, in a fresh process from the repository root, and compare the value it prints last with
     the reported one: agreement means within max(0.05, stderr) nats. Writes the outcome to `out`
-    (default results_dir/verify.json) and returns the rows; failures are listed, not raised."""
+    (default results_dir/verify.json, where earlier checks of other numbers are kept) and returns
+    the rows checked now; failures are listed, not raised."""
     import subprocess
     root = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(results_dir, 'summary.json')) as fh:
@@ -1071,8 +1072,13 @@ def verify(results_dir='results', parts=None, out=None):
         print(f'{"ok  " if ok else "FAIL"} {r["part"]:12s} {r["quantity"]:16s} reported {r["value"]}, '
               f'reproduced {value} (tolerance {tolerance:g}), {time.time() - t0:.0f} s', flush=True)
     out = out or os.path.join(results_dir, 'verify.json')
+    earlier = []
+    if os.path.exists(out):  # keep the outcome of numbers not rechecked this time
+        with open(out) as fh:
+            done = {(c['part'], c['quantity']) for c in checked}
+            earlier = [c for c in json.load(fh) if (c['part'], c['quantity']) not in done]
     with open(out, 'w') as fh:
-        json.dump(checked, fh, indent=1)
+        json.dump(earlier + checked, fh, indent=1)
     failed = [c for c in checked if not c['ok']]
     print(f'{len(checked) - len(failed)} of {len(checked)} numbers reproduced; details in {out}', flush=True)
     return checked
