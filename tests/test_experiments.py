@@ -281,3 +281,22 @@ def test_fused_adam_takes_the_same_step_as_plain_adam():
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start))  # every parameter moved
+
+
+def test_gaussian_decoder_starts_at_the_mean_digit():
+    """The engine starts the Gaussian decoder's output bias at logit(mean training image): with the
+    trunk's own contribution zeroed, g(z) is the (clamped) mean digit for any z; binary decoders
+    keep their bias at 0."""
+    cfg = E.config('5b', 'smoke')
+    nets = E.build(E.model_spec(cfg), 'cpu')
+    E.init_output_bias(nets, cfg, 'cpu')
+    g = nets['decoder']
+    with torch.no_grad():
+        g.trunk.up.weight.zero_()
+        g.trunk.up.bias.zero_()
+    mean = E.load_data(cfg, train=True).mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(g(torch.randn(3, 49)), mean.expand(3, 1, 28, 28), atol=1e-6, rtol=1e-5)
+    cfg = E.config('6b', 'smoke')
+    nets = E.build(E.model_spec(cfg), 'cpu')
+    E.init_output_bias(nets, cfg, 'cpu')
+    assert nets['decoder'].trunk.bias.abs().max() == 0
