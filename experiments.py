@@ -1036,7 +1036,7 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
         if expected[part] > 0:
             spent += time.time() - t0
             predicted += expected[part]
-    write_summary(results_dir, parts)
+    write_summary(results_dir)  # every part present, not only those run now
     summary = os.path.join(results_dir, 'summary.md')
     print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {summary}', flush=True)
 
