@@ -98,9 +98,16 @@ def findings(metrics):
                     + (f'Evaluating 5b with the Monte-Carlo KL instead gives {value_text(bmc)}: the estimator is '
                        f'unbiased, so the two evaluations agree up to its noise. ' if bmc else '')
                     + 'Both train the same objective in expectation; the Monte-Carlo KL only adds gradient '
-                      'variance, which shows up as a '
-                    + ('worse' if diff > 2 * se else 'statistically indistinguishable' if abs(diff) <= 2 * se else 'better')
-                    + ' test bound at this budget.'))
+                      'variance. '
+                    + ('At this budget the Monte-Carlo run ends with the worse test bound, by more than two '
+                       'standard errors: the price of that variance. ' if diff > 2 * se else
+                       'At this budget the two test bounds are statistically indistinguishable (within two '
+                       'standard errors). ' if abs(diff) <= 2 * se else
+                       'At this budget the Monte-Carlo run ends with the better test bound, by more than two '
+                       'standard errors; extra variance does not explain that, and with one training run per '
+                       'estimator the run-to-run spread (a different trajectory from the same seed) is not '
+                       'measured, so this does not show that either estimator trains better. ')
+                    + '(The standard error of the difference treats the two evaluations as independent.)'))
     e, n = get(metrics, '6c', 'test_elbo'), is_value(metrics, '6c')
     if e and n:
         kl = get(metrics, '6c', 'kl')

@@ -91,3 +91,14 @@ def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
     # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
     assert '| 1.5x | 33.00 | 1 | 22 | 30 | 30.00 |' in row
     assert '300 GFLOP/s' in text and 'bench_cpu_flops.json' not in text
+
+
+def test_kl_estimator_verdict_follows_the_difference_and_its_error():
+    def verdict(b, c):
+        metrics = [dict(part='5b', values={'test_elbo': dict(value=b, stderr=5.0, n_images=100)}),
+                   dict(part='5c', values={'test_elbo': dict(value=c, stderr=5.0, n_images=100)})]
+        return dict(report.findings(metrics))['5c: closed-form vs Monte-Carlo KL']
+    assert 'statistically indistinguishable' in verdict(1500.0, 1510.0)   # 10 < 2 * 7.07
+    assert 'worse test bound' in verdict(1500.0, 1520.0)
+    better = verdict(1520.0, 1500.0)
+    assert 'better test bound' in better and 'not measured' in better
