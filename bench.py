@@ -4,6 +4,7 @@
     python bench.py --json bench.json --baseline-json plain.json
     python bench.py --json bench.json --no-baseline
     python bench.py --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
+    python bench.py --json bench.json --bf16-json bf16.json     # also training in bfloat16 (opt-in mode)
 
 Each workload is warmed up, then timed several times; the median is reported. Training
 throughput counts a full Adam step (forward, backward, update) at batch 100. Importance sampling
@@ -162,45 +163,64 @@ def train_step(modules, loss_fn, device, fused=True):
     return step
 
 
-def vae_loss(f, g, elbo):
+def vae_loss(f, g, elbo, precision='fp32'):
     def loss(x):
-        z, logqzx, mu, logvar = f(x, torch.randn(x.shape[0], 1, 7, 7, device=x.device))
+        with experiments.low_precision(precision, x.device):  # the networks; the losses in float32
+            z, logqzx, mu, logvar = f(x, torch.randn(x.shape[0], 1, 7, 7, device=x.device))
+            out = g(z) if elbo == 'gaussian' else g(z, x)
+        z, logqzx, mu, logvar, out = (t.float() for t in (z, logqzx, mu, logvar, out))
         if elbo == 'gaussian':
-            return losses.gaussian_elbo(g(z), x, z, 0.03, mu, logvar)
-        return losses.discrete_output_elbo(g(z, x), x, z, logqzx)
+            return losses.gaussian_elbo(out, x, z, 0.03, mu, logvar)
+        return losses.discrete_output_elbo(out, x, z, logqzx)
     return loss
 
 
-def training_workloads(plain, device):
-    """name -> (modules, loss) at the course's default sizes."""
+def pixelcnn_loss(p, precision='fp32'):
+    def loss(x):
+        with experiments.low_precision(precision, x.device):
+            logits = p(x)
+        return losses.cross_entropy(logits.float(), x), torch.zeros((), device=x.device)
+    return loss
+
+
+def training_workloads(plain, device, precision='fp32'):
+    """name -> (modules, loss) at the course's default sizes; this implementation's forward passes
+    under experiments.low_precision(precision) (the straightforward solution: float32)."""
     Enc, Dec, Pix = (PlainEncoder, PlainDecoder, PlainPixelCNN) if plain else \
         (models.VAEEncoder, models.DiscreteVAEDecoder, models.PixelCNN)
     GDec = PlainDecoder if plain else models.GaussianVAEDecoder
     w = {}
     p = Pix().to(device)
-    w['pixelcnn'] = ([p], lambda x: (losses.cross_entropy(p(x), x), torch.zeros((), device=device)))
+    precision = 'fp32' if plain else precision
+    w['pixelcnn'] = ([p], pixelcnn_loss(p, precision))
     f, g = Enc().to(device), Dec().to(device)
-    w['binary_vae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    w['binary_vae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
     f, g = Enc(capacity=128, depth=51).to(device), GDec(capacity=128, depth=51).to(device)
-    w['gaussian_vae'] = ([f, g], vae_loss(f, g, 'gaussian'))
+    w['gaussian_vae'] = ([f, g], vae_loss(f, g, 'gaussian', precision))
     f, g = Enc().to(device), Dec(autoregress=True).to(device)
     if not plain:
         g.autoregress = True
-    w['pixelvae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    w['pixelvae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
     f, g = Enc(flows=8).to(device), Dec().to(device)
-    w['iaf_vae'] = ([f, g], vae_loss(f, g, 'discrete'))
+    w['iaf_vae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
     return w
+
+
+def bench_training(plain, device, precision='fp32'):
+    label = 'straightforward' if plain else 'this implementation' + (f', {precision}' if precision != 'fp32' else '')
+    out = {}
+    for name, (modules, loss) in training_workloads(plain, device, precision).items():
+        for m in modules:
+            m.train()
+        sec = median_seconds(train_step(modules, loss, device, fused=not plain), repeats=3 if plain else REPEATS)
+        out[name] = BATCH / sec
+        print(f'  [{label}] train {name:13s} {BATCH / sec:8.1f} images/s', flush=True)
+    return out
 
 
 def bench(plain, device, is_images):
     label = 'straightforward' if plain else 'this implementation'
-    out = {'train_img_per_s': {}, 'sample_s': {}, 'is_img_per_s': {}}
-    for name, (modules, loss) in training_workloads(plain, device).items():
-        for m in modules:
-            m.train()
-        sec = median_seconds(train_step(modules, loss, device, fused=not plain), repeats=3 if plain else REPEATS)
-        out['train_img_per_s'][name] = BATCH / sec
-        print(f'  [{label}] train {name:13s} {BATCH / sec:8.1f} images/s', flush=True)
+    out = {'train_img_per_s': bench_training(plain, device), 'sample_s': {}, 'is_img_per_s': {}}
     torch.manual_seed(0)
     p = (PlainPixelCNN() if plain else models.PixelCNN()).to(device).eval()
     sec = median_seconds(lambda: p.sample(49), repeats=1 if plain else 3, warmup=0 if plain else 1)
@@ -306,10 +326,16 @@ def main():
     ap.add_argument('--no-channels-last', action='store_true', help='NCHW convolutions (models.CHANNELS_LAST = False)')
     ap.add_argument('--is-images', type=int, default=20, help='test images for importance sampling')
     ap.add_argument('--flops-json', help="count each workload's FLOPs, measure the convolution ceiling, write here")
+    ap.add_argument('--bf16-json', help='also time training with bfloat16 forward passes (the opt-in '
+                                        '`--precision bf16` of experiments.py; not the same arithmetic), write here')
     args = ap.parse_args()
     device = experiments.pick_device(args.device)
     models.CHANNELS_LAST = not args.no_channels_last
     print(f'device: {describe_device(device)}; torch {torch.__version__}', flush=True)
+    if args.bf16_json:
+        bf16 = {'precision': 'bf16', 'train_img_per_s': bench_training(False, device, 'bf16')}
+        with open(args.bf16_json, 'w') as fh:
+            json.dump(bf16, fh, indent=2)
     ours = bench(False, device, args.is_images)
     plain = {}
     if not args.no_baseline:

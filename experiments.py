@@ -102,6 +102,7 @@ DEFAULTS = dict(
     is_chunk=100,              # samples per image per decoder pass (is_batch * is_chunk latents)
     au_samples=10,             # draws of z averaged to estimate E_q[z_d] for active units (flows > 0)
     n_samples=49,              # images in the samples figure (a 7x7 grid)
+    precision='fp32',          # 'bf16': training forward passes in bfloat16 (opt-in, see low_precision)
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
     checkpoint_minutes=10,     # also checkpoint mid-epoch this often (always at the end of an epoch)
 )
@@ -201,6 +202,8 @@ def config(part, profile='full', **overrides):
     if unknown:
         raise ValueError(f'unknown setting(s) {sorted(unknown)}; the settings are {sorted(cfg)}')
     cfg.update(overrides)
+    if cfg['precision'] not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {cfg["precision"]!r}')
     return cfg
 
 
@@ -330,20 +333,43 @@ def free_bits_kl(kl_terms, free_bits):
     return torch.clamp(kl_terms.mean(0), min=free_bits).sum()
 
 
+PRECISIONS = ('fp32', 'bf16')
+
+
+def low_precision(precision, device):
+    """The context of the training forward passes. 'fp32' (the default): plain float32, the same
+    arithmetic as evaluation. 'bf16' (opt-in): torch.autocast to bfloat16, so convolutions and
+    matrix products round their inputs to 8-bit mantissas and run on the CPU's bfloat16 units
+    (AMX, AVX512-BF16) or the GPU's tensor cores; parameters, gradients, Adam's state and the
+    losses stay float32, and evaluation always runs in float32. It computes a different function
+    (relative error ~1e-3 per layer), so it is never on by default: compare its test numbers with
+    a float32 run before trusting it (README, Speed). On a CPU without bfloat16 units it is slower."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+
+
 def objective(nets, cfg, x, eps, beta=1.0):
     """(training objective, reconstruction, KL), batch means in nats; reconstruction + KL is the
-    negative ELBO of the handout (for 6a the NLL, with KL = 0), whatever beta and free bits do."""
+    negative ELBO of the handout (for 6a the NLL, with KL = 0), whatever beta and free bits do.
+    The networks run under low_precision(cfg['precision']); the losses always in float32."""
     loss = getattr(losses, cfg['loss'])
+    with low_precision(cfg['precision'], x.device):
+        if cfg['model'] == 'pixelcnn':
+            logits = nets['pixelcnn'](x)
+        else:
+            f, g = nets['encoder'], nets['decoder']
+            h, mu, logvar = f.encode(x)                                   # (B, C, 7, 7), (B, 49), (B, 49)
+            z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)  # (B, 49), (B, 49)
+            out = g(z) if cfg['model'] == 'gaussian_vae' else g(z, x)     # (B, 1, 28, 28)
     if cfg['model'] == 'pixelcnn':
-        nll = loss(nets['pixelcnn'](x), x)
+        nll = loss(logits.float(), x)
         return nll, nll, torch.zeros_like(nll)
-    f, g = nets['encoder'], nets['decoder']
-    h, mu, logvar = f.encode(x)                                   # (B, C, 7, 7), (B, 49), (B, 49)
-    z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)  # (B, 49), (B, 49)
+    z, terms, mu, logvar, out = (t.float() for t in (z, terms, mu, logvar, out))
     if cfg['model'] == 'gaussian_vae':
-        recon, kl = loss(g(z), x, z, cfg['sigma'], mu, logvar)
+        recon, kl = loss(out, x, z, cfg['sigma'], mu, logvar)
         return recon + beta * kl, recon, kl
-    recon, kl = loss(g(z, x), x, z, terms.sum(1))
+    recon, kl = loss(out, x, z, terms.sum(1))
     if cfg['free_bits'] > 0:
         # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
         return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
@@ -553,7 +579,13 @@ def say(out, message):
         fh.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")}  {message}\n')
 
 
+def with_defaults(cfg):
+    """A saved configuration, with the settings added since it was saved at their defaults."""
+    return {**DEFAULTS, **cfg}
+
+
 def settings_differ(a, b):
+    a, b = with_defaults(a), with_defaults(b)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE and a.get(k) != b.get(k))
 
 
@@ -798,7 +830,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     if os.path.exists(paths['metrics']) and os.path.exists(paths['model']):
         with open(paths['metrics']) as fh:
             done = json.load(fh)
-        if done.get('config') == cfg and done.get('device') == str(device):
+        if with_defaults(done.get('config') or {}) == cfg and done.get('device') == str(device):
             print(f'{part}: already done ({paths["metrics"]}); --fresh to redo it', flush=True)
             return done
     say(out, f'{part}: {TITLES[part]}, {profile} profile on {device}, torch {torch.__version__}, '
@@ -1048,7 +1080,7 @@ def eval_command(part, quantity, results_dir='results', device=None):
     if not os.path.exists(path):
         raise CheckpointError(f'{path} does not exist; run `python experiments.py run {part}` first')
     record = load_file(path)
-    cfg = record['config']
+    cfg = with_defaults(record['config'])
     nets = load_models(record['models'], device, record['autoregress'])
     torch.manual_seed(cfg['seed'])
     test_x = load_data(cfg, train=False).to(device)
@@ -1107,6 +1139,8 @@ def main(argv=None):
     r = sub.add_parser('run', help='run one part')
     r.add_argument('part', choices=list(PARTS))
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
+    r.add_argument('--precision', default=None, choices=PRECISIONS,
+                   help='bf16: training forward passes in bfloat16 (opt-in; evaluation stays float32)')
     e = sub.add_parser('eval', help='recompute one number from results/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
@@ -1134,7 +1168,7 @@ def main(argv=None):
             parts = args.parts.split(',') if args.parts else None
             run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress)
         elif args.command == 'run':
-            extra = {} if args.epochs is None else dict(epochs=args.epochs)
+            extra = {k: v for k, v in (('epochs', args.epochs), ('precision', args.precision)) if v is not None}
             run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress, **extra)
         elif args.command == 'eval':
             eval_command(args.part, args.quantity, args.results_dir, args.device)

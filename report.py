@@ -299,7 +299,32 @@ def literature_text():
     return ', '.join(f'{name} {nll:.2f} ({ref})' for name, nll, ref in LITERATURE)
 
 
-def markdown(metrics):
+def verification(metrics, results_dir):
+    """A sentence on results_dir/verify.json (written by `experiments.py verify`): how many of the
+    reported numbers were recomputed by their `reproduce` command and agreed, counting a check only
+    if it was made against the value reported now. None when nothing has been checked."""
+    path = os.path.join(results_dir, 'verify.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        checks = {(c['part'], c['quantity']): c for c in json.load(fh)}
+    rows = [(m['part'], q, v['value']) for m, q, v in reported(metrics)]
+    current = [checks[(p, q)] for p, q, value in rows if (p, q) in checks and checks[(p, q)]['reported'] == value]
+    ok = [c for c in current if c['ok']]
+    failed = [f'{c["part"]} {c["quantity"]}' for c in current if not c['ok']]
+    text = (f'{len(ok)} of the {len(rows)} numbers above were recomputed from the committed checkpoints by '
+            f'their `reproduce` commands (`python experiments.py verify`, each in a fresh process; '
+            f'`{results_dir}/verify.json`) and agreed within max(0.05, stderr)')
+    if ok:
+        text += f'; the longest took {max(c["seconds"] for c in ok) / 60:.1f} min'
+    if failed:
+        text += f'; did not agree: {", ".join(failed)}'
+    if len(current) < len(rows):
+        text += f'; {len(rows) - len(current)} not checked against their current value'
+    return text + '.'
+
+
+def markdown(metrics, results_dir=None):
     lines = ['| part | model | quantity | value ± stderr (nats) | test images | profile | hardware | epochs | train time |',
              '|---|---|---|---|---|---|---|---|---|']
     for m, q, v in reported(metrics):
@@ -307,6 +332,9 @@ def markdown(metrics):
                      f'{m["profile"]} | {m.get("hardware", m["device"])} | {m["epochs"]} | '
                      f'{m["train_seconds"] / 60:.0f} min |')
     text = '\n'.join(lines) + f'\n\nFor orientation, published NLLs on binarized MNIST: {literature_text()}.\n'
+    checked = verification(metrics, results_dir) if results_dir else None
+    if checked:
+        text += f'\n{checked}\n'
     table6e = remedies_markdown(metrics)
     if table6e:
         text += '\n**6e, remedies for posterior collapse** (true ELBO and importance-sampled NLL, whatever each trained on):\n\n' + table6e
@@ -332,7 +360,7 @@ def speed_markdown(results_dir):
     tables = []
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith(('_straightforward.json',
-                                                                                        '_flops.json')):
+                                                                                        '_flops.json', '_bf16.json')):
             continue
         with open(os.path.join(results_dir, name)) as fh:
             ours = json.load(fh)
@@ -371,7 +399,55 @@ def speed_markdown(results_dir):
                           f'all its time in such convolutions. For reference, a large convolution (128 channels, '
                           f'28×28, batch 32) runs at {flops["ceiling_gflop_per_s"]:.0f} GFLOP/s.']
         tables.append('\n'.join(lines) + '\n')
-    return '\n'.join(tables) if tables else 'No benchmark has been run yet.\n'
+        bf16_path = os.path.join(results_dir, name[:-5] + '_bf16.json')
+        if os.path.exists(bf16_path):
+            with open(bf16_path) as fh:
+                tables.append(bf16_markdown(json.load(fh)['train_img_per_s'], ours['train_img_per_s'],
+                                            plain.get('train_img_per_s', {}), f'{results_dir}/{name[:-5]}_bf16.json'))
+    if tables:
+        tables.append(bf16_runs_markdown(results_dir))
+    return '\n'.join(t for t in tables if t) if tables else 'No benchmark has been run yet.\n'
+
+
+def bf16_markdown(bf16, fp32, plain, path):
+    """Training throughput with bfloat16 forward passes (experiments.py run --precision bf16) beside
+    float32, from the same machine; not counted against the goals, which ask for the same arithmetic."""
+    lines = [f'Opt-in bfloat16 training (`{path}`): not the same arithmetic, so not counted against the goals '
+             f'above.', '', '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward |'
+             ' goal |', '|---|---|---|---|---|---|']
+    for key, a in bf16.items():
+        b, c, g = fp32.get(key), plain.get(key), GOALS.get(key)
+        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {"" if b is None else f"{a / b:.1f}x"} | '
+                     f'{"" if c is None else f"{a / c:.1f}x"} | {"" if g is None else f"{g:g}x"} |')
+    return '\n'.join(lines) + '\n'
+
+
+def bf16_runs_markdown(results_dir):
+    """Parts trained again with --precision bf16 into results/bf16/<part> (same settings and seed),
+    set against the float32 run of results/<part>; both evaluated in float32."""
+    root = os.path.join(results_dir, 'bf16')
+    lines = []
+    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
+        if not all(os.path.exists(p) for p in paths):
+            continue
+        low, full = (json.load(open(p)) for p in paths)
+        q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
+        a, b = low['values'][q], full['values'][q]
+        same = {k: v for k, v in low['config'].items() if k != 'precision'} == \
+            {k: v for k, v in full['config'].items() if k != 'precision'}
+        diff, se = a['value'] - b['value'], (a['stderr'] ** 2 + b['stderr'] ** 2) ** 0.5
+        lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
+                     f'{low["epochs"]} | {low["train_seconds"] / 60:.0f} min | {full["train_seconds"] / 60:.0f} min | '
+                     f'{"yes" if same else "no"} |')
+    if not lines:
+        return ''
+    return ('Parts trained again in bfloat16 (`python experiments.py run PART --precision bf16 --results-dir '
+            f'{root}`), against their float32 run; both evaluated in float32, nats per image (the train times '
+            'come from different sessions; compare speeds in the table above):\n\n'
+            '| part | quantity | bfloat16 | float32 | difference | images | epochs | train time, bf16 | '
+            'train time, fp32 | same settings and seed |\n|---|---|---|---|---|---|---|---|---|---|\n'
+            + '\n'.join(lines) + '\n')
 
 
 def fill(text, begin, end, body):
@@ -383,7 +459,7 @@ def fill(text, begin, end, body):
 def update_readme(readme, metrics, results_dir='results'):
     with open(readme) as fh:
         text = fh.read()
-    text = fill(text, BEGIN, END, markdown(metrics) if metrics else 'No run has finished yet.\n')
+    text = fill(text, BEGIN, END, markdown(metrics, results_dir) if metrics else 'No run has finished yet.\n')
     text = fill(text, SPEED_BEGIN, SPEED_END, speed_markdown(results_dir))
     with open(readme, 'w') as fh:
         fh.write(text)
@@ -408,6 +484,9 @@ def latex(metrics, results_dir, tex_path):
                    f'{m["epochs"]} \\\\')
     out += [r'\hline', r'\end{tabular}', r'\end{center}',
             f'Published NLLs on binarized MNIST, for orientation: {literature_text()}.']
+    checked = verification(metrics, results_dir)
+    if checked:
+        out.append(tex_escape(checked.replace('`', '')))
     rows = remedies(metrics)
     if rows:
         out += [r'\begin{center}\small', r'\begin{tabular}{lrrrrr}', r'\hline',

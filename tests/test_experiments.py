@@ -300,3 +300,44 @@ def test_gaussian_decoder_starts_at_the_mean_digit():
     nets = E.build(E.model_spec(cfg), 'cpu')
     E.init_output_bias(nets, cfg, 'cpu')
     assert nets['decoder'].trunk.bias.abs().max() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Opt-in bfloat16 training
+
+@pytest.mark.parametrize('part', ['6a', '5b', '6e-baseline'])
+def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameters(part):
+    """--precision bf16 runs the networks under autocast and the losses in float32: the objective
+    stays within bfloat16 rounding of the float32 one, every gradient is float32, and fp32 is
+    plain float32 (no autocast: identical to calling the networks directly)."""
+    cfg = E.config(part, 'smoke')
+    torch.manual_seed(0)
+    nets = E.build(E.model_spec(cfg), 'cpu')
+    if cfg['autoregress']:
+        nets['decoder'].autoregress = True
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    full = E.objective(nets, cfg, x, eps)
+    low = E.objective(nets, dict(cfg, precision='bf16'), x, eps)
+    for a, b in zip(low, full):
+        assert a.dtype == torch.float32
+        assert a.item() == pytest.approx(b.item(), rel=2e-2, abs=0.5)
+    params = [p for net in nets.values() for p in net.parameters()]
+    grads = torch.autograd.grad(low[0], params, allow_unused=True)
+    assert all(g is None or (g.dtype == torch.float32 and torch.isfinite(g).all()) for g in grads)
+    if part == '6a':
+        assert torch.equal(full[0], losses.cross_entropy(nets['pixelcnn'](x), x))
+
+
+def test_precision_setting_is_checked_and_older_checkpoints_still_match():
+    with pytest.raises(ValueError, match='precision must be one of fp32, bf16'):
+        E.config('6a', 'smoke', precision='fp16')
+    cfg = E.config('6a', 'smoke')
+    saved = {k: v for k, v in cfg.items() if k != 'precision'}  # a configuration saved before the setting existed
+    assert E.settings_differ(saved, cfg) == []
+    assert E.settings_differ(saved, dict(cfg, precision='bf16')) == ['precision']
+    p, x = models.PixelCNN(capacity=4, depth=1), torch.zeros(2, 1, 28, 28)
+    with E.low_precision('bf16', 'cpu'):
+        assert p.embed(x).dtype == torch.bfloat16   # the convolutions really run in bfloat16
+    with E.low_precision('fp32', 'cpu'):
+        assert p.embed(x).dtype == torch.float32

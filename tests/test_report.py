@@ -102,3 +102,45 @@ def test_kl_estimator_verdict_follows_the_difference_and_its_error():
     assert 'worse test bound' in verdict(1500.0, 1520.0)
     better = verdict(1520.0, 1500.0)
     assert 'better test bound' in better and 'not measured' in better
+
+
+def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
+    res = tmp_path / 'results'
+    res.mkdir()
+    keys = ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')
+    (res / 'bench_cpu.json').write_text(json.dumps({'train_img_per_s': dict.fromkeys(keys, 100.0),
+                                                    'sample_s': dict(pixelcnn_49=1.0),
+                                                    'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.0)}))
+    (res / 'bench_cpu_straightforward.json').write_text(json.dumps(
+        {'train_img_per_s': dict.fromkeys(keys, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
+         'is_img_per_s': dict(binary_vae=1.0, pixelvae=0.5)}))
+    (res / 'bench_cpu_bf16.json').write_text(json.dumps({'precision': 'bf16',
+                                                         'train_img_per_s': dict.fromkeys(keys, 300.0)}))
+    cfg = dict(epochs=4, seed=0)
+    for root, precision, value in ((res, None, 90.0), (res / 'bf16', 'bf16', 90.5)):
+        write_part(str(root), '6a', {'test_nll': dict(value=value, stderr=0.2, n_images=10000)})
+        path = root / '6a' / 'metrics.json'
+        m = json.loads(path.read_text())
+        m['config'] = dict(cfg, precision=precision) if precision else dict(cfg)  # fp32 run saved without the key
+        path.write_text(json.dumps(m))
+    text = report.speed_markdown(str(res))
+    assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
+    row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
+    assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
+    run = next(line for line in text.splitlines() if line.startswith('| 6a |'))
+    assert '| 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 | 10000 |' in run and run.endswith('| yes |')
+
+
+def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
+    res = tmp_path / 'results'
+    write_part(str(res), '6b', {'test_elbo': dict(value=95.0, stderr=0.2, n_images=10000),
+                                'test_nll_is1000': dict(value=90.0, stderr=0.3, n_images=1000, M=1000),
+                                'kl': dict(value=20.0, stderr=0.1, n_images=10000)})
+    checks = [dict(part='6b', quantity='test_elbo', reported=95.0, ok=True, seconds=30.0),
+              dict(part='6b', quantity='test_nll_is1000', reported=90.0, ok=False, seconds=400.0),
+              dict(part='6b', quantity='kl', reported=19.0, ok=True, seconds=20.0)]  # checked against an older run
+    (res / 'verify.json').write_text(json.dumps(checks))
+    text = report.verification(report.load_metrics(str(res)), str(res))
+    assert text.startswith('1 of the 3 numbers')
+    assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
+    assert report.verification([], str(tmp_path / 'none')) is None
