@@ -6,13 +6,18 @@
     python bench.py --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
     python bench.py --json bench.json --bf16-json bf16.json     # also training in bfloat16 (opt-in mode)
 
-Each workload is warmed up, then timed several times; the median is reported. Training
+Each workload is warmed up, then timed several times; the median is reported. The variants of
+a workload (this implementation, the straightforward one, bfloat16) are timed in turns, step by
+step, so that drifts in the machine's load hit them alike. Training
 throughput counts a full Adam step (forward, backward, update) at batch 100. Importance sampling
 uses M = 1000 samples per image. The "straightforward" column is a plain solution written the
 common way, kept here for side-by-side timing only: conv -> BatchNorm -> ReLU residual blocks, a
 mask multiplied into every masked kernel on every call, sampling by one full forward pass per
 pixel, and importance sampling image by image (x expanded to 125 copies, 8 chunks of 125 draws,
-the full decoder g(z, x) each time). The machine is noisy: compare columns of one run.
+the full decoder g(z, x) each time). This implementation's importance sampling runs compiled
+(experiments.Compiled: torch.compile with freezing), as the engine does on the CPU; the time of
+its first call, which compiles, is printed and not counted. The machine is noisy: compare
+columns of one run.
 
 With --flops-json, each workload's floating-point operations per image are counted
 (torch.utils.flop_counter: convolutions and matrix products, forward and backward) and set
@@ -206,40 +211,76 @@ def training_workloads(plain, device, precision='fp32'):
     return w
 
 
-def bench_training(plain, device, precision='fp32'):
-    label = 'straightforward' if plain else 'this implementation' + (f', {precision}' if precision != 'fp32' else '')
-    out = {}
-    for name, (modules, loss) in training_workloads(plain, device, precision).items():
-        for m in modules:
-            m.train()
-        sec = median_seconds(train_step(modules, loss, device, fused=not plain), repeats=3 if plain else REPEATS)
-        out[name] = BATCH / sec
-        print(f'  [{label}] train {name:13s} {BATCH / sec:8.1f} images/s', flush=True)
+OURS, PLAIN, BF16 = 'this implementation', 'straightforward', 'this implementation, bf16'
+VARIANTS = {OURS: (False, 'fp32'), PLAIN: (True, 'fp32'), BF16: (False, 'bf16')}  # label: (plain, precision)
+
+
+def in_turns(calls, repeats, warmup):
+    """{label: median seconds} of each zero-argument call, timed in turns (a, b, a, b, ...) after
+    `warmup` untimed calls of each: the machine's load drifts over minutes, and timing the
+    variants side by side makes their ratio robust to it."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t)
+    return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def bench_training(device, labels):
+    """{label: {workload: images/s}}: one Adam step at batch 100 of each workload, the variants
+    timed in turns."""
+    out = {label: {} for label in labels}
+    built = {label: training_workloads(VARIANTS[label][0], device, VARIANTS[label][1]) for label in labels}
+    for name in built[labels[0]]:
+        steps = {}
+        for label in labels:
+            modules, loss = built[label][name]
+            for m in modules:
+                m.train()
+            steps[label] = train_step(modules, loss, device, fused=not VARIANTS[label][0])
+        sec = in_turns(steps, REPEATS, WARMUP)
+        for label in labels:
+            out[label][name] = BATCH / sec[label]
+        print(f'  train {name:13s} ' + ', '.join(f'{label} {BATCH / sec[label]:.1f}' for label in labels)
+              + ' images/s', flush=True)
     return out
 
 
-def bench(plain, device, is_images):
-    label = 'straightforward' if plain else 'this implementation'
-    out = {'train_img_per_s': bench_training(plain, device), 'sample_s': {}, 'is_img_per_s': {}}
+def bench_sampling(plain, device):
     torch.manual_seed(0)
     p = (PlainPixelCNN() if plain else models.PixelCNN()).to(device).eval()
     sec = median_seconds(lambda: p.sample(49), repeats=1 if plain else 3, warmup=0 if plain else 1)
-    out['sample_s']['pixelcnn_49'] = sec
-    print(f'  [{label}] sample 49 PixelCNN images {sec:8.2f} s', flush=True)
+    print(f'  [{PLAIN if plain else OURS}] sample 49 PixelCNN images {sec:8.2f} s', flush=True)
+    return sec
+
+
+def bench_importance_sampling(device, is_images, baseline):
+    """{label: {workload: images/s}} at M = 1000: this implementation (compiled, as the engine runs
+    it on the CPU) on is_images images, the course loop on 4 (binary VAE) or 2 (PixelVAE), in turns."""
+    out = {OURS: {}, PLAIN: {}}
     x = torch.bernoulli(torch.rand(is_images, 1, 28, 28, generator=torch.Generator().manual_seed(1))).to(device)
     for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
-        if plain:
-            f, g = PlainEncoder().to(device).eval(), PlainDecoder(autoregress=autoregress).to(device).eval()
-            n = 2 if autoregress else 4
-            sec = median_seconds(lambda: plain_importance_sample(f, g, x[:n]), repeats=1, warmup=0)
-        else:
-            f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
-            g.autoregress = autoregress
-            n = is_images
-            sec = median_seconds(lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20),
-                                 repeats=1, warmup=1)
-        out['is_img_per_s'][name] = n / sec
-        print(f'  [{label}] importance sampling M={M} {name:11s} {n / sec:8.2f} images/s', flush=True)
+        f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
+        g.autoregress = autoregress
+        t0 = time.perf_counter()
+        experiments.importance_sampled_nll(f, g, x[:1], M, chunk=100, batch=20, compile=True)  # compiles
+        print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling) '
+              f'{time.perf_counter() - t0:.1f} s', flush=True)
+        calls = {OURS: lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20, compile=True)}
+        n = {OURS: is_images, PLAIN: 2 if autoregress else 4}
+        if baseline:
+            pf, pg = PlainEncoder().to(device).eval(), PlainDecoder(autoregress=autoregress).to(device).eval()
+            calls[PLAIN] = lambda: plain_importance_sample(pf, pg, x[:n[PLAIN]])
+        sec = in_turns(calls, repeats=2, warmup=1)
+        for label in calls:
+            out[label][name] = n[label] / sec[label]
+        print(f'  importance sampling M={M} {name:11s} ' + ', '.join(f'{label} {n[label] / sec[label]:.2f}'
+                                                                  for label in calls) + ' images/s', flush=True)
     return out
 
 
@@ -332,14 +373,17 @@ def main():
     device = experiments.pick_device(args.device)
     models.CHANNELS_LAST = not args.no_channels_last
     print(f'device: {describe_device(device)}; torch {torch.__version__}', flush=True)
+    labels = [OURS] + ([] if args.no_baseline else [PLAIN]) + ([BF16] if args.bf16_json else [])
+    train = bench_training(device, labels)
+    is_rates = bench_importance_sampling(device, args.is_images, not args.no_baseline)
+    ours = {'train_img_per_s': train[OURS], 'sample_s': {'pixelcnn_49': bench_sampling(False, device)},
+            'is_img_per_s': is_rates[OURS]}
+    plain = {} if args.no_baseline else {'train_img_per_s': train[PLAIN],
+                                         'sample_s': {'pixelcnn_49': bench_sampling(True, device)},
+                                         'is_img_per_s': is_rates[PLAIN]}
     if args.bf16_json:
-        bf16 = {'precision': 'bf16', 'train_img_per_s': bench_training(False, device, 'bf16')}
         with open(args.bf16_json, 'w') as fh:
-            json.dump(bf16, fh, indent=2)
-    ours = bench(False, device, args.is_images)
-    plain = {}
-    if not args.no_baseline:
-        plain = bench(True, device, args.is_images)
+            json.dump({'precision': 'bf16', 'train_img_per_s': train[BF16]}, fh, indent=2)
     rows = [('train', k, 'images/s') for k in ours['train_img_per_s']] + [('sample', 'pixelcnn_49', 's')] + \
            [('is', k, 'images/s') for k in ours['is_img_per_s']]
     keys = {'train': 'train_img_per_s', 'sample': 'sample_s', 'is': 'is_img_per_s'}

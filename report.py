@@ -374,6 +374,7 @@ def speed_markdown(results_dir):
             head += ' goal needs | GFLOP per image | GFLOP/s reached | main layer, GFLOP/s | bound |'
             rule += '---|---|---|---|---|'
         lines = [f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):', '', head, rule]
+        met, unmet = [], []
         for group, key, label in BENCH_ROWS:
             a, b = ours[group][key], plain.get(group, {}).get(key)
             ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
@@ -381,6 +382,9 @@ def speed_markdown(results_dir):
             line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
                     f'{"" if g is None else f"{g:g}x"} |')
             fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
+            if b is not None and g is not None:
+                speedup = b / a if group == 'sample_s' else a / b
+                (met if speedup >= g else unmet).append((label, key, speedup, g, fkey, b))
             if flops and fkey in flops['gflop_per_image']:
                 per_image, rate = flops['gflop_per_image'][fkey], flops['layer_gflop_per_s'][fkey]
                 need = '' if b is None or g is None else f'{g * b:.2f}'
@@ -398,6 +402,16 @@ def speed_markdown(results_dir):
                           f'that rate divided by the FLOPs per image, the images/s of an implementation that spent '
                           f'all its time in such convolutions. For reference, a large convolution (128 channels, '
                           f'28×28, batch 32) runs at {flops["ceiling_gflop_per_s"]:.0f} GFLOP/s.']
+        if met or unmet:
+            text = 'Goals met: ' + (', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)'
+                                              for label, k, x, g, _, _ in met) or 'none') + '. Not met: ' + \
+                (', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in unmet) or 'none')
+            beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in flops['gflop_per_image']
+                      and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
+            if beyond:
+                text += (f'. For {", ".join(beyond)} the goal needs at least the bound, the images/s of an '
+                         f'implementation that did nothing but run its main layer at the rate measured here')
+            lines += ['', text + '.']
         tables.append('\n'.join(lines) + '\n')
         bf16_path = os.path.join(results_dir, name[:-5] + '_bf16.json')
         if os.path.exists(bf16_path):
@@ -434,19 +448,20 @@ def bf16_runs_markdown(results_dir):
         low, full = (json.load(open(p)) for p in paths)
         q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
         a, b = low['values'][q], full['values'][q]
-        same = {k: v for k, v in low['config'].items() if k != 'precision'} == \
-            {k: v for k, v in full['config'].items() if k != 'precision'}
+        shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
+        same = all(low['config'][k] == full['config'][k] for k in shared)
         diff, se = a['value'] - b['value'], (a['stderr'] ** 2 + b['stderr'] ** 2) ** 0.5
         lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
-                     f'{low["epochs"]} | {low["train_seconds"] / 60:.0f} min | {full["train_seconds"] / 60:.0f} min | '
-                     f'{"yes" if same else "no"} |')
+                     f'{low["epochs"]} | {"yes" if same else "no"} |')
     if not lines:
         return ''
     return ('Parts trained again in bfloat16 (`python experiments.py run PART --precision bf16 --results-dir '
-            f'{root}`), against their float32 run; both evaluated in float32, nats per image (the train times '
-            'come from different sessions; compare speeds in the table above):\n\n'
-            '| part | quantity | bfloat16 | float32 | difference | images | epochs | train time, bf16 | '
-            'train time, fp32 | same settings and seed |\n|---|---|---|---|---|---|---|---|---|---|\n'
+            f'{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
+            'table above, measured side by side; the runs\' own wall times come from machines under '
+            f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
+            f'QUANTITY --results-dir {root}`):\n\n'
+            '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
+            '|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n')
 
 

@@ -144,3 +144,25 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
     assert text.startswith('1 of the 3 numbers')
     assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
     assert report.verification([], str(tmp_path / 'none')) is None
+
+
+def test_speed_reading_names_met_and_unmet_goals_and_those_beyond_the_bound(tmp_path):
+    res = tmp_path / 'results'
+    res.mkdir()
+    keys = ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')
+    (res / 'bench_cpu.json').write_text(json.dumps({'train_img_per_s': dict(dict.fromkeys(keys, 100.0), pixelcnn=120.0),
+                                                    'sample_s': dict(pixelcnn_49=1.0),
+                                                    'is_img_per_s': dict(binary_vae=2.0, pixelvae=5.0)}))
+    (res / 'bench_cpu_straightforward.json').write_text(json.dumps(
+        {'train_img_per_s': dict.fromkeys(keys, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
+         'is_img_per_s': dict(binary_vae=1.0, pixelvae=1.0)}))
+    per_image = {f'train_{k}': 1.0 for k in keys}
+    per_image.update(is_binary_vae=1.0, is_pixelvae=1.0)
+    rates = dict.fromkeys(per_image, 1000.0)
+    rates['train_pixelcnn'] = 110.0   # the goal 2.5 x 50 = 125 images/s needs more than 110 / 1 GFLOP
+    (res / 'bench_cpu_flops.json').write_text(json.dumps({'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
+                                                          'gflop_per_s': {}, 'layer_gflop_per_s': rates}))
+    line = next(t for t in report.speed_markdown(str(res)).splitlines() if t.startswith('Goals met'))
+    assert 'binary_vae (training, 2.0x of 1.5x)' in line and 'pixelcnn_49 (sampling 49 images, 50.0x of 20x)' in line
+    assert 'Not met: pixelcnn (training, 2.4x of 2.5x)' in line
+    assert 'For pixelcnn (training) the goal needs at least the bound' in line
