@@ -1139,6 +1139,10 @@ def verify(results_dir='results', parts=None, out=None):
     root = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(results_dir, 'summary.json')) as fh:
         rows = [r for r in json.load(fh) if parts is None or r['part'] in parts]
+    try:  # the code that recomputed the numbers
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ''
     checked = []
     for r in rows:
         argv = shlex.split(r['reproduce'])
@@ -1153,6 +1157,7 @@ def verify(results_dir='results', parts=None, out=None):
         ok = run.returncode == 0 and value is not None and abs(value - r['value']) <= tolerance
         checked.append(dict(part=r['part'], quantity=r['quantity'], reported=r['value'], reproduced=value,
                             tolerance=tolerance, ok=ok, seconds=round(time.time() - t0, 1), command=r['reproduce'],
+                            commit=commit or None,
                             error=None if run.returncode == 0 else run.stderr.strip()[-500:]))
         print(f'{"ok  " if ok else "FAIL"} {r["part"]:12s} {r["quantity"]:16s} reported {r["value"]}, '
               f'reproduced {value} (tolerance {tolerance:g}), {time.time() - t0:.0f} s', flush=True)
