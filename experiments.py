@@ -203,8 +203,7 @@ def config(part, profile='full', **overrides):
     if unknown:
         raise ValueError(f'unknown setting(s) {sorted(unknown)}; the settings are {sorted(cfg)}')
     cfg.update(overrides)
-    if cfg['precision'] not in PRECISIONS:
-        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {cfg["precision"]!r}')
+    check_precision(cfg['precision'])
     return cfg
 
 
@@ -337,6 +336,11 @@ def free_bits_kl(kl_terms, free_bits):
 PRECISIONS = ('fp32', 'bf16')
 
 
+def check_precision(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+
+
 def low_precision(precision, device):
     """The context of the training forward passes. 'fp32' (the default): plain float32, the same
     arithmetic as evaluation. 'bf16' (opt-in): torch.autocast to bfloat16, so convolutions and
@@ -344,9 +348,9 @@ def low_precision(precision, device):
     (AMX, AVX512-BF16) or the GPU's tensor cores; parameters, gradients, Adam's state and the
     losses stay float32, and evaluation always runs in float32. It computes a different function
     (relative error ~1e-3 per layer), so it is never on by default: compare its test numbers with
-    a float32 run before trusting it (README, Speed). On a CPU without bfloat16 units it is slower."""
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    a float32 run before trusting it (README, Speed). On a CPU without bfloat16 units it need not
+    be faster: `python bench.py --bf16-json` measures a machine."""
+    check_precision(precision)
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
 
@@ -428,22 +432,17 @@ class Compiled:
     after they are updated in place."""
 
     def __init__(self, fn, enabled=True, name='function'):
-        self.fn, self.name, self.seconds = fn, name, None
+        self.fn, self.name = fn, name
         self.fast = torch.compile(fn, dynamic=False, options={'freezing': True}) if enabled else None
 
     def __call__(self, *args):
         if self.fast is not None:
-            t0 = time.time()
             try:
-                out = self.fast(*args)
+                return self.fast(*args)
             except Exception as err:  # any compiler failure: the eager function computes the same
                 print(f'torch.compile of {self.name} failed ({type(err).__name__}: {str(err)[:200]}); '
                       f'running it eagerly', file=sys.stderr, flush=True)
                 self.fast = None
-                return self.fn(*args)
-            if self.seconds is None:
-                self.seconds = time.time() - t0  # the first call compiles
-            return out
         return self.fn(*args)
 
 
@@ -459,9 +458,8 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     computed once per image; only latent_logits(z) runs per sample. eps (N, M, 49), if given,
     replaces the draws from `generator` (tests compare with importance_sample_naive on it).
     compile: run the per-sample passes (reparameterize, with its IAF steps, and latent_logits)
-    through Compiled, on the CPU only (a course-size decoder pass, 2000 latents: 1.44 s eager,
-    0.82 s compiled; with the shallower decoders of the cpu profile about the same; compiling
-    takes 5-20 s per shape).
+    through Compiled, on the CPU only (bench.py times it, compiling excluded, and prints how long
+    the first call, which compiles, takes).
     """
     fast = compile and x.device.type == 'cpu'
     reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')

@@ -89,8 +89,7 @@ def findings(metrics):
     b, c = get(metrics, '5b', 'test_elbo'), get(metrics, '5c', 'test_elbo')
     if b and c:
         bmc = get(metrics, '5b', 'test_elbo_mc')
-        diff = c['value'] - b['value']
-        se = (b['stderr'] ** 2 + c['stderr'] ** 2) ** 0.5
+        diff, se = difference(c, b)
         out.append(('5c: closed-form vs Monte-Carlo KL',
                     f'Trained with the closed-form KL (5b) the test −ELBO is {value_text(b)} nats; trained with '
                     f'the one-sample Monte-Carlo KL (5c) it is {value_text(c)} (both evaluated with the closed-form '
@@ -403,9 +402,9 @@ def speed_markdown(results_dir):
                           f'all its time in such convolutions. For reference, a large convolution (128 channels, '
                           f'28×28, batch 32) runs at {flops["ceiling_gflop_per_s"]:.0f} GFLOP/s.']
         if met or unmet:
-            text = 'Goals met: ' + (', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)'
-                                              for label, k, x, g, _, _ in met) or 'none') + '. Not met: ' + \
-                (', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in unmet) or 'none')
+            def listed(rows):
+                return ', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in rows)
+            text = f'Goals met: {listed(met) or "none"}. Not met: {listed(unmet) or "none"}'
             beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in flops['gflop_per_image']
                       and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
             if beyond:
@@ -450,7 +449,7 @@ def bf16_runs_markdown(results_dir):
         a, b = low['values'][q], full['values'][q]
         shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
         same = all(low['config'][k] == full['config'][k] for k in shared)
-        diff, se = a['value'] - b['value'], (a['stderr'] ** 2 + b['stderr'] ** 2) ** 0.5
+        diff, se = difference(a, b)
         lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
                      f'{low["epochs"]} | {"yes" if same else "no"} |')
     if not lines:
