@@ -317,8 +317,12 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
         nets['decoder'].autoregress = True
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    conv = next(m for net in nets.values() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     full = E.objective(nets, cfg, x, eps)
     low = E.objective(nets, dict(cfg, precision='bf16'), x, eps)
+    assert seen == [torch.float32, torch.bfloat16]   # the objective really runs the networks in bfloat16
     for a, b in zip(low, full):
         assert a.dtype == torch.float32
         assert a.item() == pytest.approx(b.item(), rel=2e-2, abs=0.5)
