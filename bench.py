@@ -269,7 +269,7 @@ def bench_importance_sampling(device, is_images, baseline):
         g.autoregress = autoregress
         t0 = time.perf_counter()
         experiments.importance_sampled_nll(f, g, x[:1], M, chunk=100, batch=20, compile=True)  # compiles
-        print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling) '
+        print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling where not cached) '
               f'{time.perf_counter() - t0:.1f} s', flush=True)
         calls = {OURS: lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20, compile=True)}
         n = {OURS: is_images, PLAIN: 2 if autoregress else 4}
