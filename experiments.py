@@ -48,6 +48,7 @@ References
 - Posterior collapse with autoregressive decoders: Chen et al. 2017, "Variational Lossy Autoencoder".
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -102,6 +103,9 @@ DEFAULTS = dict(
     is_chunk=100,              # samples per image per decoder pass (is_batch * is_chunk latents)
     au_samples=10,             # draws of z averaged to estimate E_q[z_d] for active units (flows > 0)
     n_samples=49,              # images in the samples figure (a 7x7 grid)
+    layout='course',           # models.py layout: 'course' (the framework's), 'v1' (the networks of the committed cpu runs)
+    iaf_depth=9,               # masked residual blocks per IAF step (the framework's IAF(filters, depth=9))
+    init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
     precision='fp32',          # 'bf16': training forward passes in bfloat16 (opt-in, see low_precision)
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
@@ -151,6 +155,8 @@ PROFILES = {
     # (`python experiments.py estimate --profile cpu` measures this machine); 6e comes on top.
     'cpu': {
         '*': dict(
+            layout='v1',            # the networks the committed cpu runs were trained with (see CPU_REASONS)
+            init_output_bias=True,  # Gaussian VAE output bias at the logit of the mean image (see CPU_REASONS)
             monitor_images=1000,    # per-epoch test loss on 1000 test images (the final test ELBO uses all 10000)
             is_images=1000,         # IS NLL on the first 1000 test images, M = 1000 (full: all 10000)
             is_batch=20,            # 20 images x 100 samples per decoder pass
@@ -178,7 +184,7 @@ PROFILES = {
         '*': dict(enc_capacity=8, enc_depth=1, dec_capacity=8, dec_depth=1, pixelcnn_capacity=8,
                   pixelcnn_depth=1, epochs=2, autoregress_epoch=1, lr_drop_epoch=None,
                   train_images=200, test_images=100, monitor_images=50, is_images=10,
-                  is_samples=16, is_batch=5, is_chunk=8, au_samples=2, n_samples=16, compile=False),
+                  is_samples=16, is_batch=5, is_chunk=8, au_samples=2, n_samples=16, compile=False, iaf_depth=1),
         '6d': dict(flows=2),
         '6e-baseline': dict(flows=2),
         '6e-warmup': dict(flows=2, kl_warmup=1, kl_warmup_start=1),
@@ -186,6 +192,19 @@ PROFILES = {
         '6e-weak': dict(flows=2, pixelcnn_depth=0),
     },
 }
+# Settings added after some results were saved, and what a saved configuration without them meant.
+SINCE = dict(layout='v1', init_output_bias=True)
+# Why a profile departs from the course framework's networks and initialisation (`list` prints it).
+CPU_REASONS = dict(
+    layout="the committed cpu runs were trained with layout 'v1' of models.py (a ReLU before the output "
+           "convolution instead of after the embedding, biased embeddings, PyTorch's default initialisation of "
+           "the VAE networks, a one-block IAF with a joint m/s head); it is kept so that their model files "
+           "load and every reported number reproduces",
+    init_output_bias="Gaussian VAE: the decoder's output bias starts at the logit of the mean training image; "
+                     "measured in this profile: without it the run stalled at the all-black image (test -ELBO "
+                     "45,288 with KL -> 0 after 5 epochs), with it the test -ELBO was 3,229.8 after one epoch",
+)
+REASONS = dict(cpu=CPU_REASONS, smoke=dict(layout='see cpu'))
 RESUMABLE = ('compile', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
              'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
 
@@ -204,16 +223,59 @@ def config(part, profile='full', **overrides):
         raise ValueError(f'unknown setting(s) {sorted(unknown)}; the settings are {sorted(cfg)}')
     cfg.update(overrides)
     check_precision(cfg['precision'])
+    models._check_layout(cfg['layout'])
+    cfg['epochs'] = as_int(cfg['epochs'], 'epochs', minimum=1)
     return cfg
 
 
+def as_bool(value, name):
+    """A parameter meant as a boolean: True/False, 1/0, or the strings true/false/1/0/yes/no (any case),
+    as papermill's -p passes them; anything else is an error naming the parameter."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ('true', '1', 'yes', 'false', '0', 'no'):
+        return value.strip().lower() in ('true', '1', 'yes')
+    raise ValueError(f'{name} must be true or false (True/False, 1/0), got {value!r}')
+
+
+def as_int(value, name, allowed=None, minimum=None):
+    """A parameter meant as an integer (an int, or a string of digits); checked against the allowed values."""
+    if isinstance(value, str) and value.strip().lstrip('+-').isdigit():
+        value = int(value.strip())
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and allowed is not None and value not in allowed:
+        ok = False
+    if ok and minimum is not None and value < minimum:
+        ok = False
+    if not ok:
+        wanted = (f'one of {", ".join(map(str, allowed))}' if allowed is not None
+                  else f'an integer >= {minimum}' if minimum is not None else 'an integer')
+        raise ValueError(f'{name} must be {wanted}, got {value!r}')
+    return value
+
+
+REMEDIES = ('baseline', 'warmup', 'freebits', 'weak')
+
+
 def part_for(autoregress=False, flows=0, remedy=None):
-    """The part that binaryvae.ipynb's parameters select."""
+    """The part that binaryvae.ipynb's parameters select (strings from papermill's -p are parsed)."""
+    autoregress, flows = as_bool(autoregress, 'autoregress'), as_int(flows, 'flows', allowed=(0, 8))
+    if isinstance(remedy, str) and remedy.strip().lower() in ('', 'none'):
+        remedy = None
     if remedy is not None:
-        if f'6e-{remedy}' not in PARTS:
-            raise ValueError(f'unknown remedy {remedy!r}; choose from baseline, warmup, freebits, weak')
+        if remedy not in REMEDIES:
+            raise ValueError(f'remedy must be None or one of {", ".join(REMEDIES)}, got {remedy!r}')
         return f'6e-{remedy}'
-    return {(False, 0): '6b', (True, 0): '6c', (False, 8): '6d', (True, 8): '6e-baseline'}[(bool(autoregress), flows)]
+    return {(False, 0): '6b', (True, 0): '6c', (False, 8): '6d', (True, 8): '6e-baseline'}[(autoregress, flows)]
+
+
+def run_dir(results_dir, profile, precision='fp32'):
+    """Where a profile's results live: results_dir/<profile>, or results_dir/<profile>-<precision> when
+    training was not float32; runs at different settings never share files."""
+    check_precision(precision)
+    return os.path.join(results_dir, profile if precision == 'fp32' else f'{profile}-{precision}')
 
 
 def pick_device(device=None):
@@ -237,10 +299,14 @@ def describe_hardware(device):
     return f'CPU ({platform.machine()}), {os.cpu_count()} cores'
 
 
-def pick_profile(profile, device):
+def pick_profile(profile, device, quiet=False):
+    """'auto' is the course's settings ('full') on CUDA and 'cpu' elsewhere."""
     if profile == 'auto':
         profile = 'full' if device.type == 'cuda' else 'cpu'
-        print(f"profile 'auto' -> '{profile}' (device {device})", flush=True)
+        if not quiet:
+            print(f"profile 'auto' -> '{profile}' (device {device})", flush=True)
+    if profile not in PROFILES:
+        raise ValueError(f'unknown profile {profile!r}; the profiles are {", ".join(PROFILES)} and auto')
     return profile
 
 
@@ -261,16 +327,19 @@ def load_data(cfg, train):
 
 def model_spec(cfg):
     """{name: (class name in models.py, constructor kwargs)}: what rebuilds the part's models."""
+    layout = cfg['layout']
     if cfg['model'] == 'pixelcnn':
-        return {'pixelcnn': ('PixelCNN', dict(capacity=cfg['pixelcnn_capacity'], depth=cfg['pixelcnn_depth']))}
-    encoder = ('VAEEncoder', dict(capacity=cfg['enc_capacity'], depth=cfg['enc_depth'], flows=cfg['flows']))
+        return {'pixelcnn': ('PixelCNN', dict(capacity=cfg['pixelcnn_capacity'], depth=cfg['pixelcnn_depth'],
+                                              layout=layout))}
+    encoder = ('VAEEncoder', dict(capacity=cfg['enc_capacity'], depth=cfg['enc_depth'], flows=cfg['flows'],
+                                  iaf_depth=cfg['iaf_depth'], layout=layout))
     if cfg['model'] == 'gaussian_vae':
-        return {'encoder': encoder,
-                'decoder': ('GaussianVAEDecoder', dict(capacity=cfg['dec_capacity'], depth=cfg['dec_depth']))}
+        return {'encoder': encoder, 'decoder': ('GaussianVAEDecoder', dict(
+            capacity=cfg['dec_capacity'], depth=cfg['dec_depth'], layout=layout))}
     return {'encoder': encoder,
             'decoder': ('DiscreteVAEDecoder', dict(
                 capacity=cfg['dec_capacity'], depth=cfg['dec_depth'], autoregress=cfg['autoregress'],
-                pixelcnn_capacity=cfg['pixelcnn_capacity'], pixelcnn_depth=cfg['pixelcnn_depth']))}
+                pixelcnn_capacity=cfg['pixelcnn_capacity'], pixelcnn_depth=cfg['pixelcnn_depth'], layout=layout))}
 
 
 def adam(params, lr):
@@ -294,11 +363,11 @@ def init_output_bias(nets, cfg, device):
     black images and neither its pixels nor the latent recover (seen in training: test -ELBO stuck
     at the all-black level, KL falling to 0). Starting at the mean digit keeps every logit where
     its gradient is alive. Only the initial values change; a checkpoint's weights replace them."""
-    if cfg['model'] != 'gaussian_vae':
+    if cfg['model'] != 'gaussian_vae' or not cfg['init_output_bias']:
         return
     mean = load_data(cfg, train=True).mean(0)[0].clamp(1e-3, 1 - 1e-3)  # (28, 28)
     with torch.no_grad():
-        nets['decoder'].trunk.bias.copy_(torch.logit(mean).to(device))
+        nets['decoder'].bias.copy_(torch.logit(mean).to(device))
 
 
 def noise(generator, shape, device):
@@ -579,17 +648,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def atomic_save(obj, path):
-    tmp = f'{path}.{os.getpid()}.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    """torch.save through a temporary file and os.replace: readers see the old file or the new one,
+    never half of one. On failure the temporary file is removed and the error names the path."""
+    data.atomic_save(obj, path)
 
 
-def load_file(path):
+def load_file(path, advice='rerun with --fresh (fresh=True) or delete it'):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise CheckpointError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                              f'rerun with --fresh (fresh=True) or delete it') from e
+                              + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))) from e
 
 
 def model_record(nets, spec):
@@ -598,11 +667,21 @@ def model_record(nets, spec):
             for name, net in nets.items()}
 
 
+def model_kwargs(r):
+    """The constructor arguments of a model record; one without a layout was written by layout v1."""
+    return {'layout': 'v1', **r['kwargs']}
+
+
+def model_state(r):
+    """The state dict of a model record, under today's parameter names."""
+    return r['state_dict'] if 'layout' in r['kwargs'] else models.upgrade_v1_state_dict(r['state_dict'])
+
+
 def load_models(record, device, autoregress=False):
     nets = {}
     for name, r in record.items():
-        nets[name] = getattr(models, r['cls'])(**r['kwargs']).to(device)
-        nets[name].load_state_dict(r['state_dict'])
+        nets[name] = getattr(models, r['cls'])(**model_kwargs(r)).to(device)
+        nets[name].load_state_dict(model_state(r))
         nets[name].eval()
     if 'decoder' in nets and hasattr(nets['decoder'], 'autoregress'):
         nets['decoder'].autoregress = autoregress
@@ -617,8 +696,26 @@ def say(out, message):
 
 
 def with_defaults(cfg):
-    """A saved configuration, with the settings added since it was saved at their defaults."""
-    return {**DEFAULTS, **cfg}
+    """A saved configuration, with the settings added since it was saved at what they meant then
+    (SINCE), or else at their defaults."""
+    return {**DEFAULTS, **SINCE, **cfg}
+
+
+def total_grad_norm(params):
+    """The Euclidean norm of every gradient together: NaN or inf as soon as one entry is."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
+
+
+def stop_message(part, state, path, saved, what):
+    """Why a run stops on a non-finite number, where, and which checkpoint is kept."""
+    where = f'epoch {state["epoch"] + 1}, batch {state["batch"]} of the epoch, step {state["step"]}'
+    kept = (f'the last good checkpoint, {path}, holds epoch {saved["epoch"]} + {saved["batch"]} batches and was '
+            f'not overwritten; rerunning resumes from it' if saved else
+            f'no checkpoint had been written yet ({path} does not exist); a rerun starts from scratch')
+    return (f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. '
+            f'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or use '
+            f'--precision fp32 if this was a bf16 run.')
 
 
 def settings_differ(a, b):
@@ -642,13 +739,17 @@ def train(part, cfg, nets, out, device, progress=True):
                               test_epoch=[], test_step=[], test_loss=[], test_kl=[], autoregress_step=None))
     if os.path.exists(path):
         ck = load_file(path)
+        missing = [k for k in ('config', 'models', 'optimizer', 'rng', 'epoch') if k not in ck]
+        if missing:
+            raise CheckpointError(f'{path} is not a checkpoint of this project (it lacks {", ".join(missing)}); '
+                                  f'rerun with --fresh (fresh=True) or delete it')
         differ = settings_differ(ck['config'], cfg)
         if differ:
             changes = ', '.join(f'{k}: {ck["config"].get(k)!r} -> {cfg.get(k)!r}' for k in differ)
             raise CheckpointError(f'{path} was trained with other settings ({changes}); '
                                   f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
         for name, net in nets.items():
-            net.load_state_dict(ck['models'][name]['state_dict'])
+            net.load_state_dict(model_state(ck['models'][name]))
         opt.load_state_dict(ck['optimizer'])
         shuffle.set_state(ck['rng']['shuffle'])
         torch.set_rng_state(ck['rng']['torch'])
@@ -664,10 +765,15 @@ def train(part, cfg, nets, out, device, progress=True):
                                   f'asked for; ask for at least {state["epoch"]} epochs or rerun with --fresh')
     spec = model_spec(cfg)
 
+    saved = dict(epoch=state['epoch'], batch=state['batch']) if os.path.exists(path) else None
+
     def save():
+        if not all(torch.isfinite(p).all() for p in params):  # never write a non-finite model
+            raise NonFiniteLossError(stop_message(part, state, path, saved, 'a parameter is not finite'))
         rng = dict(shuffle=shuffle.get_state(), noise=noise_gen.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=part, config=cfg, models=model_record(nets, spec), optimizer=opt.state_dict(),
                          rng=rng, **state), path)
+        return dict(epoch=state['epoch'], batch=state['batch'])
 
     decoder = nets.get('decoder')
     if cfg['autoregress']:
@@ -704,14 +810,15 @@ def train(part, cfg, nets, out, device, progress=True):
             eps = noise(noise_gen, (len(x), models.LATENT ** 2), device) if cfg['model'] != 'pixelcnn' else None
             beta = kl_weight(state['step'], warmup_steps, warmup_start)
             loss, recon, kl = objective(nets, cfg, x, eps, beta)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f'part {part}: the training loss is {value} at epoch {epoch + 1}, step {state["step"]} '
-                    f'(batch {b} of the epoch); the last good checkpoint is kept in {path} '
-                    f'(epoch {state["epoch"]}, batch {state["batch"]}) and was not overwritten')
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            value, grad_norm = loss.item(), total_grad_norm(params)
+            if not (math.isfinite(value) and math.isfinite(grad_norm)):  # checked before the step can spread it
+                what = (f'the training loss is {value}' if not math.isfinite(value)
+                        else f'the gradient norm is {grad_norm} (the loss is {value})')
+                message = stop_message(part, dict(state, epoch=epoch, batch=b), path, saved, what)
+                say(out, message)
+                raise NonFiniteLossError(message)
             opt.step()
             for k, v in (('step', state['step']), ('objective', value), ('recon', recon.item()),
                          ('kl', kl.item()), ('beta', beta)):
@@ -723,7 +830,7 @@ def train(part, cfg, nets, out, device, progress=True):
             if time.time() - last_save > 60 * cfg['checkpoint_minutes'] and b + 1 < steps_per_epoch:
                 state['train_seconds'] += time.time() - t0
                 t0 = time.time()
-                save()
+                saved = save()
                 last_save = time.time()
         batches.close()
         state['train_seconds'] += time.time() - t0
@@ -742,7 +849,7 @@ def train(part, cfg, nets, out, device, progress=True):
                  f'KL {hist["test_kl"][-1]:.2f}, beta {hist["beta"][-1]:.2f}, lr {opt.param_groups[0]["lr"]:g}, '
                  f'{state["train_seconds"]:.0f} s of training')
         state['epoch'], state['batch'] = epoch + 1, 0
-        save()
+        saved = save()
         last_save = time.time()
     epochs.close()
     return state
@@ -850,26 +957,119 @@ def curve_figures(part, cfg, hist, out):
 # ---------------------------------------------------------------------------------------------
 # One part
 
+class RunLockedError(RuntimeError):
+    """Another process is running the same part in the same results directory."""
+
+
+class ResultsExistError(RuntimeError):
+    """A finished run with other settings is in the directory a run would write to."""
+
+
+@contextlib.contextmanager
+def part_lock(out):
+    """out/run.lock holds the pid of the process running the part; a second run of the same part
+    refuses while that process lives. A lock left by a process that is gone is cleared, and so are
+    the temporary files of checkpoint writes it left half-way."""
+    path = os.path.join(out, 'run.lock')
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                with open(path) as fh:
+                    pid = int(fh.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and process_alive(pid):
+                raise RunLockedError(f'{out} is in use by process {pid} ({path}); wait for it to finish, or stop '
+                                     f'that process; a lock of a process that is gone is cleared by itself')
+            os.remove(path)
+    else:
+        raise RunLockedError(f'could not take the lock {path}; remove it if no run of this part is going on')
+    with os.fdopen(fd, 'w') as fh:
+        fh.write(str(os.getpid()))
+    for name in os.listdir(out):  # with the lock held, a temporary file here is a dead run's half-written file
+        if name.endswith('.tmp'):
+            os.remove(os.path.join(out, name))
+            print(f'removed {os.path.join(out, name)}, left half-written by a run that was stopped', flush=True)
+    try:
+        yield
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_json(path):
+    """A JSON file of the results (metrics.json, summary.json), with an error that names it."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f'{path} cannot be read ({type(err).__name__}: {err}); restore it with git '
+                              f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err
+
+
+FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
+
+
+def finished_run(paths, cfg, out):
+    """The metrics of the run finished in `out` with the settings cfg, or None if none has finished
+    there (or if only more epochs are asked and its checkpoint is there to train on from); a finished
+    run with other settings raises ResultsExistError: it is never trained over."""
+    if not (os.path.exists(paths['metrics']) and os.path.exists(paths['model'])):
+        return None
+    done = read_json(paths['metrics'])
+    saved = with_defaults(done.get('config') or {})
+    differ = sorted(k for k in set(saved) | set(cfg) if k not in FINISHED_IGNORES and saved.get(k) != cfg.get(k))
+    if differ == ['epochs'] and cfg['epochs'] > saved['epochs'] and os.path.exists(paths['checkpoint']):
+        print(f'{out}: training the finished run on from its checkpoint, to {cfg["epochs"]} epochs', flush=True)
+        return None
+    if differ:
+        changes = ', '.join(f'{k}: {saved.get(k)!r} there, {cfg.get(k)!r} asked' for k in differ)
+        raise ResultsExistError(
+            f'{out} holds a finished run with other settings ({changes}); it is kept as it is. To train this part '
+            f'with the new settings, use another results directory (--results-dir, results_dir=...), or '
+            f'rerun with --fresh (fresh=True), which deletes that run')
+    return done
+
+
 def run_part(part, profile='auto', device=None, fresh=False, results_dir='results', progress=True, **overrides):
     """Train (or resume) one part, evaluate it, save its figures and metrics; returns the metrics.
-    overrides: settings of `config`, e.g. epochs=1."""
+    The files go to run_dir(results_dir, profile, precision)/<part>. overrides: settings of
+    `config`, e.g. epochs=1."""
+    fresh = as_bool(fresh, 'fresh')
     device = pick_device(device)
     profile = pick_profile(profile, device)
     cfg = config(part, profile, **overrides)
-    out = os.path.join(results_dir, part)
+    out = os.path.join(run_dir(results_dir, profile, cfg['precision']), part)
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
                                                               ('metrics', 'metrics.json'), ('history', 'history.json'))}
-    if fresh:
-        for p in list(paths.values()) + [os.path.join(out, 'run.log')]:
-            if os.path.exists(p):
-                os.remove(p)
-    if os.path.exists(paths['metrics']) and os.path.exists(paths['model']):
-        with open(paths['metrics']) as fh:
-            done = json.load(fh)
-        if with_defaults(done.get('config') or {}) == cfg and done.get('device') == str(device):
-            print(f'{part}: already done ({paths["metrics"]}); --fresh to redo it', flush=True)
+    with part_lock(out):
+        if fresh:
+            for p in list(paths.values()) + [os.path.join(out, 'run.log')]:
+                if os.path.exists(p):
+                    os.remove(p)
+        done = finished_run(paths, cfg, out)
+        if done is not None:
+            print(f'{part}: already done ({paths["metrics"]}, trained on {done.get("hardware", done["device"])}); '
+                  f'--fresh to redo it', flush=True)
             return done
+        return train_and_evaluate(part, profile, cfg, device, out, paths, progress)
+
+
+def train_and_evaluate(part, profile, cfg, device, out, paths, progress):
     say(out, f'{part}: {TITLES[part]}, {profile} profile on {device}, torch {torch.__version__}, '
              f'{torch.get_num_threads()} threads; settings ' + json.dumps(cfg, sort_keys=True))
     torch.manual_seed(cfg['seed'])
@@ -887,56 +1087,83 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     values = evaluate(nets, cfg, test_x, progress=progress)
     figures = sample_figures(nets, cfg, test_x, out)
     figures.update(curve_figures(part, cfg, state['history'], out))
-    with open(paths['history'], 'w') as fh:
-        json.dump(state['history'], fh)
+    write_json(paths['history'], state['history'])
     metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device),
-                   hardware=describe_hardware(device), epochs=state['epoch'],
+                   hardware=describe_hardware(device), precision=cfg['precision'], epochs=state['epoch'],
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
-                   eval_seconds=round(time.time() - t0, 1), checkpoint=paths['model'],
+                   eval_seconds=round(time.time() - t0, 1), model=paths['model'], commit=git_commit(),
                    autoregress_step=state['history']['autoregress_step'], values=values, figures=figures, config=cfg)
-    with open(paths['metrics'] + '.tmp', 'w') as fh:
-        json.dump(metrics, fh, indent=1)
-    os.replace(paths['metrics'] + '.tmp', paths['metrics'])
+    write_json(paths['metrics'], metrics, indent=1)
     say(out, f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
                                      for k, v in values.items()) + f' (evaluation {metrics["eval_seconds"]:.0f} s)')
     return metrics
 
 
-def show(part, results_dir='results'):
+def write_json(path, obj, indent=None):
+    """A JSON file written through a temporary file, so a reader never sees half of it."""
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        with open(tmp, 'w') as fh:
+            json.dump(obj, fh, indent=indent)
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(err.errno, f'could not write {path}: {err.strerror}'
+                      + (' (the disk is full: free some space and rerun; the run resumes)' if err.errno == 28 else ''))
+
+
+def git_commit():
+    """The commit of the code that ran (None outside a git checkout)."""
+    import subprocess
+    try:
+        run = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True)
+        return run.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def part_metrics(results_dir, profile, part, precision='fp32'):
+    """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
+    from the device, as run_part does."""
+    profile = pick_profile(profile, pick_device(None), quiet=True)
+    path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
+    return read_json(path) if os.path.exists(path) else None
+
+
+def show(part, results_dir='results', profile='auto', precision='fp32'):
     """Display a part's metrics and figures in a notebook."""
     from IPython.display import Image, Markdown, display
-    with open(os.path.join(results_dir, part, 'metrics.json')) as fh:
-        m = json.load(fh)
+    m = part_metrics(results_dir, profile, part, precision)
+    if m is None:
+        display(Markdown(f'{part} has not finished in the {profile} profile in `{results_dir}`.'))
+        return
     display(Markdown(metrics_table([m])))
     for path in m['figures'].values():
         display(Image(filename=path))
 
 
-def compare(parts, results_dir='results'):
-    """Display the metrics of several parts as one table in a notebook."""
+def compare(parts, results_dir='results', profile='auto', precision='fp32'):
+    """Display the metrics of several finished parts as one table in a notebook."""
     from IPython.display import Markdown, display
-    metrics = []
-    for part in parts:
-        with open(os.path.join(results_dir, part, 'metrics.json')) as fh:
-            metrics.append(json.load(fh))
-    display(Markdown(metrics_table(metrics)))
+    done = [m for m in (part_metrics(results_dir, profile, p, precision) for p in parts) if m is not None]
+    display(Markdown(metrics_table(done) if done else f'None of {", ".join(parts)} has finished.'))
 
 
-def show_finished(parts, results_dir='results', figures=('samples', 'kl')):
-    """Display one table of every part among `parts` that has finished in results_dir, then the
-    named figures of each; a part that has not run is named, not an error."""
+def show_finished(parts, results_dir='results', profile='auto', figures=('samples', 'kl'), precision='fp32'):
+    """Display one table of every part among `parts` that has finished, then the named figures of
+    each; a part that has not run is named, not an error."""
     from IPython.display import Image, Markdown, display
-    done = [p for p in parts if os.path.exists(os.path.join(results_dir, p, 'metrics.json'))]
-    missing = [p for p in parts if p not in done]
+    done = [m for m in (part_metrics(results_dir, profile, p, precision) for p in parts) if m is not None]
+    missing = [p for p in parts if p not in {m['part'] for m in done}]
     if missing:
-        display(Markdown(f'Not run yet in `{results_dir}`: {", ".join(missing)}.'))
+        display(Markdown(f'Not run yet in the {profile} profile in `{results_dir}`: {", ".join(missing)}.'))
     if not done:
         return
-    compare(done, results_dir)
-    for part in done:
-        with open(os.path.join(results_dir, part, 'metrics.json')) as fh:
-            m = json.load(fh)
-        display(Markdown(f'**{part}: {m["title"]}** ({m["profile"]} profile, {m["epochs"]} epochs)'))
+    display(Markdown(metrics_table(done)))
+    for m in done:
+        display(Markdown(f'**{m["part"]}: {m["title"]}** ({m["profile"]} profile, {m["epochs"]} epochs)'))
         for name in figures:
             if os.path.exists(m['figures'].get(name, '')):
                 display(Image(filename=m['figures'][name]))
@@ -953,12 +1180,24 @@ def run_notebooks(profile='auto', results_dir='results', notebooks=NOTEBOOKS):
     for name in notebooks:
         path = os.path.join(root, name)
         print(f'executing {name} ({profile} profile, {results_dir})', flush=True)
-        papermill.execute_notebook(path, path, parameters=dict(profile=profile, results_dir=results_dir), cwd=root,
+        # the defaults of the parameters cell are not injected, so the saved notebook keeps profile = "auto"
+        parameters = {k: v for k, v in (('profile', profile), ('results_dir', results_dir))
+                      if v != {'profile': 'auto', 'results_dir': 'results'}[k]}
+        papermill.execute_notebook(path, path, parameters=parameters or None, cwd=root,
                                    kernel_name='python3', progress_bar=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # Summary and the command line
+
+def reproduce_command(m, quantity, results_dir):
+    """The command that recomputes one reported number from the part's model.pt."""
+    precision = m['config'].get('precision', 'fp32')
+    return (f'python experiments.py eval {m["part"]} --quantity {quantity} --profile {m["profile"]}'
+            + (f' --precision {precision}' if precision != 'fp32' else '')
+            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else '')
+            + f' --device {m["device"]}')
+
 
 def summary_rows(metrics, results_dir):
     rows = []
@@ -966,16 +1205,15 @@ def summary_rows(metrics, results_dir):
         for q in quantities(m['config']):
             v = m['values'][q]
             rows.append(dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'],
-                             M=v.get('M'), profile=m['profile'], device=m['device'],
-                             hardware=m.get('hardware', m['device']), epochs=m['epochs'],
-                             train_seconds=m['train_seconds'], checkpoint=m['checkpoint'],
-                             reproduce=f'python experiments.py eval {m["part"]} --quantity {q} '
-                                       f'--results-dir {shlex.quote(results_dir)} --device {m["device"]}'))
+                             M=v.get('M'), profile=m['profile'], precision=m['config'].get('precision', 'fp32'),
+                             device=m['device'], hardware=m.get('hardware', m['device']), epochs=m['epochs'],
+                             train_seconds=m['train_seconds'], model=m['model'],
+                             reproduce=reproduce_command(m, q, results_dir)))
     return rows
 
 
 def metrics_table(metrics, reported_only=False):
-    lines = ['| part | what | quantity | value ± stderr | images | M | epochs | train time | profile, hardware |',
+    lines = ['| part | what | quantity | value ± stderr | images | M | epochs | train time | profile, precision, hardware |',
              '|---|---|---|---|---|---|---|---|---|']
     for m in metrics:
         for q, v in m['values'].items():
@@ -985,26 +1223,38 @@ def metrics_table(metrics, reported_only=False):
             if v['stderr'] is not None:
                 value += f' ± {v["stderr"]:.2f}'
             lines.append(f'| {m["part"]} | {m["title"]} | {q} | {value} | {v["n_images"]} | {v.get("M") or ""} | '
-                         f'{m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, {m.get("hardware", m["device"])} |')
+                         f'{m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, '
+                         f'{m["config"].get("precision", "fp32")}, {m.get("hardware", m["device"])} |')
     return '\n'.join(lines)
 
 
-def write_summary(results_dir='results', parts=None):
-    """results/summary.md (a table) and results/summary.json (one entry per reported number)."""
+def run_dirs(results_dir):
+    """The run directories under results_dir that hold a finished part: [(path, profile, precision)]."""
+    found = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        profile, _, precision = name.partition('-')
+        if profile in PROFILES and (precision or 'fp32') in PRECISIONS and any(
+                os.path.exists(os.path.join(results_dir, name, p, 'metrics.json')) for p in PARTS):
+            found.append((os.path.join(results_dir, name), profile, precision or 'fp32'))
+    return found
+
+
+def write_summary(results_dir='results', profile=None, precision='fp32'):
+    """<run dir>/summary.md (a table) and <run dir>/summary.json (one entry per reported number, with
+    its reproduce command), for the run directory of (profile, precision), or for every one."""
+    dirs = run_dirs(results_dir) if profile is None else [(run_dir(results_dir, profile, precision), profile, precision)]
     metrics = []
-    for part in parts or PARTS:
-        path = os.path.join(results_dir, part, 'metrics.json')
-        if os.path.exists(path):
-            with open(path) as fh:
-                metrics.append(json.load(fh))
-    with open(os.path.join(results_dir, 'summary.md'), 'w') as fh:
-        fh.write('# Results\n\nNats per image, mean over test images ± standard error. test_elbo is the negative '
-                 'ELBO (the training loss; lower is better); test_nll is -log p(x), exact for the PixelCNN; '
-                 'test_nll_is<M> is -log p(x) estimated by importance sampling with M samples; kl is the '
-                 'KL term of the ELBO; active_units counts latent dimensions with Var_x E_q[z_d] > 0.01.\n\n')
-        fh.write(metrics_table(metrics, reported_only=True) + '\n')
-    with open(os.path.join(results_dir, 'summary.json'), 'w') as fh:
-        json.dump(summary_rows(metrics, results_dir), fh, indent=1)
+    for path, _, _ in dirs:
+        these = [read_json(os.path.join(path, p, 'metrics.json')) for p in PARTS
+                 if os.path.exists(os.path.join(path, p, 'metrics.json'))]
+        with open(os.path.join(path, 'summary.md'), 'w') as fh:
+            fh.write('# Results\n\nNats per image, mean over test images ± standard error. test_elbo is the negative '
+                     'ELBO (the training loss; lower is better); test_nll is -log p(x), exact for the PixelCNN; '
+                     'test_nll_is<M> is -log p(x) estimated by importance sampling with M samples; kl is the '
+                     'KL term of the ELBO; active_units counts latent dimensions with Var_x E_q[z_d] > 0.01.\n\n')
+            fh.write(metrics_table(these, reported_only=True) + '\n')
+        write_json(os.path.join(path, 'summary.json'), summary_rows(these, results_dir), indent=1)
+        metrics += these
     return metrics
 
 
@@ -1066,16 +1316,29 @@ def fmt_time(seconds):
     return f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def estimate_all(profile, parts, device, results_dir=None, fresh=False):
+def check_parts(parts):
+    """A list of part names, each known: checked before any work."""
+    parts = [p.strip() for p in parts]
+    if not parts or any(not p for p in parts):
+        raise ValueError(f'--parts must name one or more parts, comma-separated; the parts are {", ".join(PARTS)}')
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f'unknown part(s) {", ".join(unknown)}; the parts are {", ".join(PARTS)}')
+    return parts
+
+
+def estimate_all(profile, parts, device, results_dir=None, fresh=False, precision='fp32'):
     """{part: estimate} for the parts, 0 s for those already done; prints a table."""
+    parts = check_parts(parts)
     print(f'estimating the time of {len(parts)} parts on {device} ({profile} profile)...', flush=True)
     expected = {}
     for part in parts:
-        out = os.path.join(results_dir, part) if results_dir else None
+        out = os.path.join(run_dir(results_dir, profile, precision), part) if results_dir else None
         if out and not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
             expected[part] = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=None, is_samples_s=None)
         else:
-            expected[part] = estimate(part, config(part, profile), device, None if fresh else out)
+            expected[part] = estimate(part, config(part, profile, precision=precision), device,
+                                      None if fresh else out)
         e = expected[part]
         rates = ', '.join(f'{label} {e[k]:.0f}/s' for k, label in (
             ('train_images_s', 'training images'), ('autoregressive_images_s', 'with the PixelCNN on'),
@@ -1085,14 +1348,15 @@ def estimate_all(profile, parts, device, results_dir=None, fresh=False):
     return expected
 
 
-def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True):
+def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
+            precision='fp32'):
     """Every part (or the given ones) in one profile, with time estimates; then the summary."""
+    fresh = as_bool(fresh, 'fresh')
     device = pick_device(device)
     profile = pick_profile(profile, device)
-    parts = parts or list(PARTS)
-    for part in parts:
-        config(part, profile)  # an unknown part fails before anything runs
-    expected = {p: e['seconds'] for p, e in estimate_all(profile, parts, device, results_dir, fresh).items()}
+    parts = check_parts(parts) if parts is not None else list(PARTS)
+    expected = {p: e['seconds'] for p, e in estimate_all(profile, parts, device, results_dir, fresh,
+                                                         precision).items()}
     spent, predicted = 0.0, 0.0
     t_start = time.time()
     for i, part in enumerate(parts):
@@ -1101,22 +1365,30 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
               f'all remaining parts ~{fmt_time(ratio * sum(expected[p] for p in parts[i:]))} '
               f'(elapsed {fmt_time(time.time() - t_start)})', flush=True)
         t0 = time.time()
-        run_part(part, profile=profile, device=device, fresh=fresh, results_dir=results_dir, progress=progress)
+        run_part(part, profile=profile, device=device, fresh=fresh, results_dir=results_dir, progress=progress,
+                 precision=precision)
         if expected[part] > 0:
             spent += time.time() - t0
             predicted += expected[part]
-    write_summary(results_dir)  # every part present, not only those run now
-    summary = os.path.join(results_dir, 'summary.md')
+    write_summary(results_dir, profile, precision)  # every part present, not only those run now
+    summary = os.path.join(run_dir(results_dir, profile, precision), 'summary.md')
     print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {summary}', flush=True)
 
 
-def eval_command(part, quantity, results_dir='results', device=None):
-    """Recompute one reported number from results/<part>/model.pt; the last line printed is the value."""
+def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32'):
+    """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value."""
     device = pick_device(device)
-    path = os.path.join(results_dir, part, 'model.pt')
+    profile = pick_profile(profile, device)
+    path = os.path.join(run_dir(results_dir, profile, precision), part, 'model.pt')
     if not os.path.exists(path):
-        raise CheckpointError(f'{path} does not exist; run `python experiments.py run {part}` first')
-    record = load_file(path)
+        raise CheckpointError(f'{path} does not exist; run `python experiments.py run {part} --profile {profile}'
+                              + (f' --precision {precision}' if precision != 'fp32' else '') + '` first')
+    record = load_file(path, advice='restore it with git (`git checkout -- PATH`) or retrain the part with '
+                                    '`python experiments.py run PART --fresh`')
+    missing = [k for k in ('config', 'models', 'autoregress') if k not in record]
+    if missing:
+        raise CheckpointError(f'{path} is not a model file of this project (it lacks {", ".join(missing)}); '
+                              f'restore it with git or retrain the part with --fresh')
     cfg = with_defaults(record['config'])
     nets = load_models(record['models'], device, record['autoregress'])
     torch.manual_seed(cfg['seed'])
@@ -1129,20 +1401,21 @@ def eval_command(part, quantity, results_dir='results', device=None):
     return v['value']
 
 
-def verify(results_dir='results', parts=None, out=None):
-    """Run every `reproduce` command of results_dir/summary.json (or those of `parts`) as a user
-    would, in a fresh process from the repository root, and compare the value it prints last with
-    the reported one: agreement means within max(0.05, stderr) nats. Writes the outcome to `out`
-    (default results_dir/verify.json, where earlier checks of other numbers are kept) and returns
-    the rows checked now; failures are listed, not raised."""
+def verify(results_dir='results', parts=None, out=None, profiles=None):
+    """Run every `reproduce` command of the summary.json of each run directory (or those of `parts`,
+    or of the run directories named in `profiles`, e.g. ['cpu', 'cpu-bf16']) as a user would, in a
+    fresh process from the repository root, and compare the value it prints last with the reported
+    one: agreement means within max(0.05, stderr) nats. Writes the outcome to `out` (default
+    results_dir/verify.json, where earlier checks of other numbers are kept) and returns the rows
+    checked now; failures are listed, not raised."""
     import subprocess
     root = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(results_dir, 'summary.json')) as fh:
-        rows = [r for r in json.load(fh) if parts is None or r['part'] in parts]
-    try:  # the code that recomputed the numbers
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ''
+    rows = []
+    for path, profile, precision in run_dirs(results_dir):
+        name = os.path.basename(path)
+        if (profiles is None or name in profiles) and os.path.exists(os.path.join(path, 'summary.json')):
+            rows += [r for r in read_json(os.path.join(path, 'summary.json')) if parts is None or r['part'] in parts]
+    commit = git_commit()  # the code that recomputed the numbers
     checked = []
     for r in rows:
         argv = shlex.split(r['reproduce'])
@@ -1155,48 +1428,66 @@ def verify(results_dir='results', parts=None, out=None):
             value = None
         tolerance = max(0.05, r['stderr'] or 0.0)
         ok = run.returncode == 0 and value is not None and abs(value - r['value']) <= tolerance
-        checked.append(dict(part=r['part'], quantity=r['quantity'], reported=r['value'], reproduced=value,
+        checked.append(dict(part=r['part'], quantity=r['quantity'], profile=r['profile'],
+                            precision=r.get('precision', 'fp32'), reported=r['value'], reproduced=value,
                             tolerance=tolerance, ok=ok, seconds=round(time.time() - t0, 1), command=r['reproduce'],
-                            commit=commit or None,
-                            error=None if run.returncode == 0 else run.stderr.strip()[-500:]))
+                            commit=commit, error=None if run.returncode == 0 else run.stderr.strip()[-500:]))
         print(f'{"ok  " if ok else "FAIL"} {r["part"]:12s} {r["quantity"]:16s} reported {r["value"]}, '
               f'reproduced {value} (tolerance {tolerance:g}), {time.time() - t0:.0f} s', flush=True)
     out = out or os.path.join(results_dir, 'verify.json')
     earlier = []
     if os.path.exists(out):  # keep the outcome of numbers not rechecked this time
-        with open(out) as fh:
-            done = {(c['part'], c['quantity']) for c in checked}
-            earlier = [c for c in json.load(fh) if (c['part'], c['quantity']) not in done]
-    with open(out, 'w') as fh:
-        json.dump(earlier + checked, fh, indent=1)
+        done = {c['command'] for c in checked}
+        earlier = [c for c in read_json(out) if c['command'] not in done]
+    write_json(out, earlier + checked, indent=1)
     failed = [c for c in checked if not c['ok']]
     print(f'{len(checked) - len(failed)} of {len(checked)} numbers reproduced; details in {out}', flush=True)
     return checked
 
 
+def list_settings(profile):
+    """Print each part's settings, what differs from the course's, and the profile's departures from
+    the course framework with their reasons."""
+    for part in PARTS:
+        cfg, full = config(part, profile), config(part, 'full')
+        changed = [f'{k}={v!r} (full: {full[k]!r})' for k, v in cfg.items() if v != full[k]]
+        same = [f'{k}={v!r}' for k, v in PARTS[part].items() if cfg[k] == v]
+        print(f'{part:12s} {TITLES[part]}: ' + ', '.join(same + changed))
+    reasons = REASONS.get(profile, {})
+    if not reasons:
+        print(f'\n{profile} profile: no deviations from the course framework\'s networks and initialisation')
+        return
+    print(f'\n{profile} profile: deviations from the course framework\'s networks and initialisation')
+    for key, why in reasons.items():
+        print(f'  {key}: {why}')
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].replace('\n', ' '))
     sub = parser.add_subparsers(dest='command', required=True)
     a = sub.add_parser('all', help='run every part (or --parts), then write the summary')
     r = sub.add_parser('run', help='run one part')
     r.add_argument('part', choices=list(PARTS))
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
-    r.add_argument('--precision', default=None, choices=PRECISIONS,
-                   help='bf16: training forward passes in bfloat16 (opt-in; evaluation stays float32)')
-    e = sub.add_parser('eval', help='recompute one number from results/<part>/model.pt; the last line is the value')
+    e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
-    s = sub.add_parser('summary', help='rewrite summary.md and summary.json from the metrics present')
+    s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
     v = sub.add_parser('verify', help="run every summary.json `reproduce` command and compare with the reported value")
-    v.add_argument('--parts', default=None, help='comma-separated parts (default: every part in the summary)')
-    ls = sub.add_parser('list', help='print the parts and their settings')
+    v.add_argument('--parts', default=None, help='comma-separated parts (default: every part in the summaries)')
+    v.add_argument('--runs', default=None, help='comma-separated run directories, e.g. cpu,cpu-bf16 (default: all)')
+    ls = sub.add_parser('list', help='print the parts, their settings and the deviations from the course framework')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
-    for p in (a, r, es, nb):
+    for p in (a, r, e, es, nb):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
+    for p in (a, r, e, es):
+        p.add_argument('--precision', default='fp32', choices=PRECISIONS,
+                       help='bf16: training forward passes in bfloat16 (evaluation stays float32); results go to '
+                            '<results-dir>/<profile>-bf16')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -1206,33 +1497,37 @@ def main(argv=None):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
     args = parser.parse_args(argv)
     try:
-        if args.command == 'all':
-            parts = args.parts.split(',') if args.parts else None
-            run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress)
-        elif args.command == 'run':
-            extra = {k: v for k, v in (('epochs', args.epochs), ('precision', args.precision)) if v is not None}
-            run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress, **extra)
-        elif args.command == 'eval':
-            eval_command(args.part, args.quantity, args.results_dir, args.device)
-        elif args.command == 'estimate':
-            device = pick_device(args.device)
-            estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts else list(PARTS), device)
-        elif args.command == 'summary':
-            write_summary(args.results_dir)
-        elif args.command == 'verify':
-            checked = verify(args.results_dir, args.parts.split(',') if args.parts else None)
-            if not all(c['ok'] for c in checked):
-                sys.exit(1)
-        elif args.command == 'notebooks':
-            run_notebooks(pick_profile(args.profile, pick_device(None)), args.results_dir)
-        else:
-            for part in PARTS:
-                cfg, full = config(part, args.profile), config(part, 'full')
-                changed = [f'{k}={v!r} (full: {full[k]!r})' for k, v in cfg.items() if v != full[k]]
-                same = [f'{k}={v!r}' for k, v in PARTS[part].items() if cfg[k] == v]
-                print(f'{part:12s} {TITLES[part]}: ' + ', '.join(same + changed))
-    except (CheckpointError, NonFiniteLossError, ValueError) as err:
+        command(args)
+    except (CheckpointError, NonFiniteLossError, ResultsExistError, RunLockedError, ValueError, OSError) as err:
         sys.exit(f'error: {err}')
+
+
+def command(args):
+    """Carry out one parsed command line."""
+    if args.command == 'all':
+        parts = args.parts.split(',') if args.parts is not None else None
+        run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress, args.precision)
+    elif args.command == 'run':
+        extra = {'epochs': args.epochs} if args.epochs is not None else {}
+        run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
+                 precision=args.precision, **extra)
+    elif args.command == 'eval':
+        eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision)
+    elif args.command == 'estimate':
+        device = pick_device(args.device)
+        estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
+                     else list(PARTS), device, precision=args.precision)
+    elif args.command == 'summary':
+        write_summary(args.results_dir)
+    elif args.command == 'verify':
+        checked = verify(args.results_dir, args.parts.split(',') if args.parts else None,
+                         profiles=args.runs.split(',') if args.runs else None)
+        if not all(c['ok'] for c in checked):
+            sys.exit(1)
+    elif args.command == 'notebooks':
+        run_notebooks(args.profile, args.results_dir)
+    elif args.command == 'list':
+        list_settings(args.profile)
 
 
 if __name__ == '__main__':

@@ -76,7 +76,7 @@ def history(metrics, part):
     """results/<part>/history.json next to the part's figures, if present."""
     for m in metrics:
         if m['part'] == part:
-            path = os.path.join(os.path.dirname(m.get('checkpoint') or ''), 'history.json')
+            path = os.path.join(os.path.dirname(m.get('model') or ''), 'history.json')
             if os.path.exists(path):
                 with open(path) as fh:
                     return json.load(fh)
@@ -241,9 +241,12 @@ def write_remedies(metrics, results_dir):
     return path
 
 
-def show_remedies(results_dir='results'):
-    """Display the 6e table, its reading and the combined KL plot in a notebook."""
+def show_remedies(results_dir='results', profile='auto'):
+    """Display the 6e table, its reading and the combined KL plot of a profile's runs in a notebook."""
     from IPython.display import Image, Markdown, display
+    import experiments
+    profile = experiments.pick_profile(profile, experiments.pick_device(None), quiet=True)
+    results_dir = experiments.run_dir(results_dir, profile)
     metrics = load_metrics(results_dir)
     table = remedies_markdown(metrics)
     if not table:
@@ -302,18 +305,20 @@ def verification(metrics, results_dir):
     """A sentence on results_dir/verify.json (written by `experiments.py verify`): how many of the
     reported numbers were recomputed by their `reproduce` command and agreed, counting a check only
     if it was made against the value reported now. None when nothing has been checked."""
-    path = os.path.join(results_dir, 'verify.json')
+    path = os.path.join(os.path.dirname(os.path.normpath(results_dir)), 'verify.json')
     if not os.path.exists(path):
         return None
     with open(path) as fh:
-        checks = {(c['part'], c['quantity']): c for c in json.load(fh)}
+        checks = {(c['part'], c['quantity']): c for c in json.load(fh)
+                  if (c.get('profile', 'cpu'), c.get('precision', 'fp32')) == run_of(results_dir)}
     rows = [(m['part'], q, v['value']) for m, q, v in reported(metrics)]
     current = [checks[(p, q)] for p, q, value in rows if (p, q) in checks and checks[(p, q)]['reported'] == value]
     ok = [c for c in current if c['ok']]
     failed = [f'{c["part"]} {c["quantity"]}' for c in current if not c['ok']]
     text = (f'{len(ok)} of the {len(rows)} numbers above were recomputed from the committed checkpoints by '
             f'their `reproduce` commands (`python experiments.py verify`, each in a fresh process; '
-            f'`{results_dir}/verify.json`) and agreed within max(0.05, stderr)')
+            f'`{os.path.join(os.path.dirname(os.path.normpath(results_dir)), "verify.json")}`) and agreed '
+            f'within max(0.05, stderr)')
     if ok:
         text += f'; the longest took {max(c["seconds"] for c in ok) / 60:.1f} min'
     if failed:
@@ -321,6 +326,12 @@ def verification(metrics, results_dir):
     if len(current) < len(rows):
         text += f'; {len(rows) - len(current)} not checked against their current value'
     return text + '.'
+
+
+def run_of(run_dir):
+    """(profile, precision) of a run directory results/<profile>[-<precision>]."""
+    profile, _, precision = os.path.basename(os.path.normpath(run_dir)).partition('-')
+    return profile, precision or 'fp32'
 
 
 def markdown(metrics, results_dir=None):
@@ -438,7 +449,7 @@ def bf16_markdown(bf16, fp32, plain, path):
 def bf16_runs_markdown(results_dir):
     """Parts trained again with --precision bf16 into results/bf16/<part> (same settings and seed),
     set against the float32 run of results/<part>; both evaluated in float32."""
-    root = os.path.join(results_dir, 'bf16')
+    root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
     lines = []
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
@@ -454,11 +465,11 @@ def bf16_runs_markdown(results_dir):
                      f'{low["epochs"]} | {"yes" if same else "no"} |')
     if not lines:
         return ''
-    return ('Parts trained again in bfloat16 (`python experiments.py run PART --precision bf16 --results-dir '
-            f'{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
+    return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
+            f'results in `{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
             'table above, measured side by side; the runs\' own wall times come from machines under '
             f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
-            f'QUANTITY --results-dir {root}`):\n\n'
+            f'QUANTITY --profile cpu --precision bf16`):\n\n'
             '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
             '|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n')
@@ -470,11 +481,12 @@ def fill(text, begin, end, body):
     return re.sub(re.escape(begin) + '.*?' + re.escape(end), lambda _: f'{begin}\n{body}{end}', text, flags=re.S)
 
 
-def update_readme(readme, metrics, results_dir='results'):
+def update_readme(readme, metrics, results_dir='results/cpu'):
     with open(readme) as fh:
         text = fh.read()
+    root = os.path.dirname(os.path.normpath(results_dir))
     text = fill(text, BEGIN, END, markdown(metrics, results_dir) if metrics else 'No run has finished yet.\n')
-    text = fill(text, SPEED_BEGIN, SPEED_END, speed_markdown(results_dir))
+    text = fill(text, SPEED_BEGIN, SPEED_END, speed_markdown(root))
     with open(readme, 'w') as fh:
         fh.write(text)
 
@@ -533,7 +545,7 @@ def latex(metrics, results_dir, tex_path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--results-dir', default='results')
+    ap.add_argument('--results-dir', default=os.path.join('results', 'cpu'), help='the run directory to report')
     ap.add_argument('--readme', default='README.md')
     ap.add_argument('--tex', default=os.path.join('analysis', 'results.tex'))
     args = ap.parse_args()

@@ -1,14 +1,17 @@
 """Numerical companions to the analysis (Problems 1-4 of analysis/hw2.pdf).
 
-Each test checks one identity of the write-up against an answer computed another way:
-a library closed form, exact enumeration, quadrature, or a Monte Carlo mean within a few
-standard errors. Each also shows that a plausible wrong version of the identity (a
-flipped sign, a dropped term) is rejected, so the check can fail.
+Each test checks one identity of the write-up against an answer computed another way: a
+library closed form, a closed form derived independently, exact enumeration, quadrature,
+finite differences, or a Monte Carlo mean within a few standard errors. Each test also
+computes at least one plausible wrong version of the identity (a flipped sign, a dropped
+term, a log-det evaluated at the wrong point) and asserts that the comparison rejects
+it, so the check has the power to fail.
 """
 import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 from torch.func import grad, jacrev, vmap
 
@@ -123,11 +126,18 @@ def test_p2_importance_sampling_bias_and_consistency():
 
     gaps, ses = [], []
     for M in (1, 10, 100):
-        mean, se = mean_and_se(importance_estimates(model, x, q, M, repeats=20_000, g=g))
+        estimates = importance_estimates(model, x, q, M, repeats=20_000, g=g)
+        mean, se = mean_and_se(estimates)
         gaps.append(log_px - mean)
         ses.append(se)
         assert gaps[-1] > 5 * se, f'M={M}: E[L_M] is not below log p(x)'
+        if M == 1:
+            # The lemma: E_q[w] = p(x), where w = exp(L_1).
+            w_mean, w_se = mean_and_se(estimates.exp())
+            assert abs(w_mean - log_px.exp()) < 4 * w_se
     assert abs(gaps[0] - kl_divergence(q, post)) < 4 * ses[0]
+    # The divergence the other way round, KL(posterior || q), is not the M = 1 gap.
+    assert abs(gaps[0] - kl_divergence(post, q)) > 20 * ses[0]
     for (gap, se), (next_gap, next_se) in zip(zip(gaps, ses), zip(gaps[1:], ses[1:])):
         assert gap - next_gap > 4 * math.hypot(se, next_se), 'the gap does not shrink with M'
 
@@ -209,6 +219,21 @@ def planar(u, w, b):
                  logdet=lambda z: torch.log(torch.abs(1 + (w @ u) / torch.cosh(z @ w + b)**2)))
 
 
+def invertible_planar():
+    """A planar map with w.u = -1.8, made invertible by Rezende & Mohamed's correction
+    u -> u + (m(w.u) - w.u) w / |w|^2 with m(a) = -1 + log(1 + e^a), so that w.u > -1."""
+    u, w = matrix([1.5, -0.5]), matrix([-0.8, 1.2])
+    u_hat = u + (-1 + F.softplus(w @ u) - w @ u) * w / (w @ w)
+    return planar(u_hat, w, 0.3)
+
+
+def compose(layers, z):
+    """z_t = g_t o ... o g_1(z_0)."""
+    for layer in layers:
+        z = layer.forward(z)
+    return z
+
+
 def push_forward(layers, z0):
     """z_t = g_t o ... o g_1(z_0) and sum_s logdet(dg_s(z_{s-1})/dz_{s-1})."""
     z, total_logdet = z0, torch.zeros(z0.shape[:-1], dtype=z0.dtype)
@@ -216,6 +241,15 @@ def push_forward(layers, z0):
         total_logdet = total_logdet + layer.logdet(z)
         z = layer.forward(z)
     return z, total_logdet
+
+
+def logdets_at_outputs(layers, z0):
+    """A wrong variant of push_forward's sum: each log-det evaluated at z_s instead of z_{s-1}."""
+    z, total_logdet = z0, torch.zeros(z0.shape[:-1], dtype=z0.dtype)
+    for layer in layers:
+        z = layer.forward(z)
+        total_logdet = total_logdet + layer.logdet(z)
+    return total_logdet
 
 
 def pull_back(layers, zt):
@@ -227,13 +261,10 @@ def pull_back(layers, zt):
 
 def test_p3_hand_logdets_match_autograd_jacobians():
     """Problem 3, the ingredients: each hand-derived logdet equals log|det| of the Jacobian that
-    torch.func.jacrev computes, and each inverse undoes its map."""
+    torch.func.jacrev computes, and each inverse undoes its map. The log-det of the inverse map,
+    -logdet, is rejected."""
     g = generator(3)
     z = 1.5 * randn(32, 2, g=g)
-    # A planar map with w.u = -1.8, made invertible by Rezende & Mohamed's correction
-    # u -> u + (m(w.u) - w.u) w / |w|^2 with m(a) = -1 + log(1 + e^a), so that w.u > -1.
-    u, w = matrix([1.5, -0.5]), matrix([-0.8, 1.2])
-    u_hat = u + (-1 + torch.nn.functional.softplus(w @ u) - w @ u) * w / (w @ w)
     layers = {
         'affine, det < 0': affine(matrix([[0.5, 2.0], [1.5, -1.0]]), matrix([0.3, -0.2])),
         'sinh': elementwise_sinh(),
@@ -241,41 +272,65 @@ def test_p3_hand_logdets_match_autograd_jacobians():
         'tanh plus linear, -1 < a < 0': tanh_plus_linear(-0.6),
         'coupling': coupling(flip=False),
         'coupling, flipped': coupling(flip=True),
-        'planar': planar(u_hat, w, 0.3),
+        'planar': invertible_planar(),
     }
     for name, layer in layers.items():
         jacobians = vmap(jacrev(layer.forward))(z)                    # (32, 2, 2)
-        torch.testing.assert_close(layer.logdet(z), torch.linalg.slogdet(jacobians)[1],
-                                   rtol=1e-10, atol=1e-10, msg=name)
+        exact = torch.linalg.slogdet(jacobians)[1]
+        torch.testing.assert_close(layer.logdet(z), exact, rtol=1e-10, atol=1e-10, msg=name)
+        assert (-layer.logdet(z) - exact).abs().max() > 0.1, name
         if layer.inverse is not None:
             torch.testing.assert_close(layer.inverse(layer.forward(z)), z,
                                        rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_p3_affine_flow_is_the_gaussian_pushforward():
-    """Problem 3 with affine maps:
-    log q_0(z_0) - sum_s log|det A_s| = log N(z_t; A mu + c, A Sigma A^T), with A = A_3 A_2 A_1
-    and c the composed offset; adding the logdets instead is wrong."""
+def test_p3_logdet_sum_is_logdet_of_the_composition():
+    """Problem 3, steps (ii)-(iii) of the proof:
+    sum_s logdet J_{g_s}(z_{s-1}) = logdet J_{f_t}(z_0), with the Jacobian of the whole
+    composition f_t from torch.func.jacrev; the log-dets evaluated at z_s = g_s(z_{s-1})
+    instead are rejected."""
+    g = generator(8)
+    layers = [coupling(flip=False), tanh_plus_linear(0.8), invertible_planar(),
+              coupling(flip=True), elementwise_sinh(), tanh_plus_linear(-0.6),
+              affine(matrix([[0.5, 2.0], [1.5, -1.0]]), matrix([0.3, -0.2]))]
+    z0 = randn(64, 2, g=g)
+    jacobians = vmap(jacrev(lambda z: compose(layers, z)))(z0)         # (64, 2, 2)
+    exact = torch.linalg.slogdet(jacobians)[1]
+    _, total_logdet = push_forward(layers, z0)
+    torch.testing.assert_close(total_logdet, exact, rtol=1e-10, atol=1e-10)
+    assert (logdets_at_outputs(layers, z0) - exact).abs().max() > 0.5
+
+
+def test_p3_nonlinear_flow_matches_closed_form_density():
+    """Problem 3 with z_t = sinh(A_2 sinh(A_1 z_0 + b_1) + b_2) and Gaussian z_0:
+    log q_0(z_0) - sum_s logdet(dg_s(z_{s-1})/dz_{s-1}) equals the density found by inverting the
+    flow by hand, x = asinh(A_2^{-1}(asinh(z_t) - b_2)) ~ N(A_1 mu + b_1, A_1 Sigma A_1^T) with
+    d asinh(y)/dy = (1 + y^2)^(-1/2); adding the log-dets, or evaluating them at z_s instead of
+    z_{s-1}, is rejected."""
     g = generator(4)
-    A1, A2, A3 = matrix([[2.0, 0.5], [0.0, 1.5]]), matrix([[0.0, 1.0], [1.0, 0.0]]), \
-        matrix([[1.2, -0.7], [0.4, 0.9]])                            # det A2 = -1
-    b1, b2, b3 = randn(2, g=g), randn(2, g=g), randn(2, g=g)
-    layers = [affine(A1, b1), affine(A2, b2), affine(A3, b3)]
-    base = MultivariateNormal(matrix([0.5, -1.0]), matrix([[1.0, 0.3], [0.3, 0.5]]))
+    A1, b1 = matrix([[0.9, 0.4], [-0.3, 0.7]]), 0.3 * randn(2, g=g)
+    A2, b2 = matrix([[0.5, 1.0], [0.8, -0.6]]), 0.3 * randn(2, g=g)   # det A2 = -1.1
+    layers = [affine(A1, b1), elementwise_sinh(), affine(A2, b2), elementwise_sinh()]
+    base = MultivariateNormal(matrix([0.3, -0.2]), matrix([[0.5, 0.2], [0.2, 0.4]]))
+    x_law = MultivariateNormal(A1 @ base.loc + b1, A1 @ base.covariance_matrix @ A1.T)
 
-    A = A3 @ A2 @ A1
-    c = A3 @ (A2 @ b1 + b2) + b3
-    exact = MultivariateNormal(A @ base.loc + c, A @ base.covariance_matrix @ A.T)
+    def closed_form_log_density(y):
+        # y = sinh(u), u = A2 v + b2, v = sinh(x): log q_t(y) = log N(x) + log|det d x / d y|.
+        v = torch.linalg.solve(A2, (torch.asinh(y) - b2).unsqueeze(-1)).squeeze(-1)
+        return (x_law.log_prob(torch.asinh(v)) - 0.5 * torch.log1p(v**2).sum(-1)
+                - torch.linalg.slogdet(A2)[1] - 0.5 * torch.log1p(y**2).sum(-1))
 
-    zt = exact.loc + 2 * randn(100, 2, g=g)
-    z0 = pull_back(layers, zt)
-    zt_again, total_logdet = push_forward(layers, z0)
-    torch.testing.assert_close(zt_again, zt, rtol=1e-10, atol=1e-10)
+    z0 = base.loc + randn(200, 2, g=g) @ base.scale_tril.T            # z_0 ~ q_0
+    zt, total_logdet = push_forward(layers, z0)
+    exact = closed_form_log_density(zt)
+    torch.testing.assert_close(base.log_prob(z0) - total_logdet, exact, rtol=1e-9, atol=1e-9)
 
-    formula = base.log_prob(z0) - total_logdet
-    torch.testing.assert_close(formula, exact.log_prob(zt), rtol=1e-10, atol=1e-10)
-    wrong_sign = base.log_prob(z0) + total_logdet
-    assert (wrong_sign - exact.log_prob(zt)).abs().min() > 1
+    wrong = {
+        'log-dets added': base.log_prob(z0) + total_logdet,
+        'log-dets at z_s': base.log_prob(z0) - logdets_at_outputs(layers, z0),
+    }
+    for name, value in wrong.items():
+        assert (value - exact).abs().max() > 1, name
 
 
 def test_p3_nonlinear_1d_flow_matches_base_cdf_and_integrates_to_one():
@@ -335,46 +390,82 @@ def test_p3_nonlinear_2d_flow_matches_samples_and_integrates_to_one():
 
 # --- Problem 4: entropy gradients ---------------------------------------------------------
 
-def test_p4_entropy_gradient_gaussian():
-    """Problem 4, continuous case: grad H(q_phi) = -E_q[(1 + log q)/q grad q] for
-    q_phi = N(mu, diag sigma^2), phi = (mu, log sigma), against autograd of the closed form."""
+def mixture_log_q(phi, z):
+    """log q_phi(z) for the 1-D mixture w N(m_1, s_1^2) + (1 - w) N(m_2, s_2^2) with
+    phi = (m_1, m_2, log s_1, log s_2, logit w); z of shape (...)."""
+    m, log_s, logit_w = phi[0:2], phi[2:4], phi[4]
+    log_w = torch.stack([F.logsigmoid(logit_w), F.logsigmoid(-logit_w)])
+    u = (z.unsqueeze(-1) - m) / log_s.exp()
+    return torch.logsumexp(log_w - 0.5 * u**2 - log_s - 0.5 * math.log(2 * math.pi), dim=-1)
+
+
+def mixture_q(phi, z):
+    return mixture_log_q(phi, z).exp()
+
+
+def central_differences(f, phi, h=1e-5):
+    """The gradient of f at phi by central differences, error O(h^2)."""
+    steps = h * torch.eye(len(phi), dtype=phi.dtype)
+    return torch.stack([(f(phi + step) - f(phi - step)) / (2 * h) for step in steps])
+
+
+def test_p4_entropy_gradient_mixture():
+    """Problem 4, continuous case, for a two-component Gaussian mixture, whose entropy depends on
+    every parameter (means included): grad H(q_phi) = -E_q[(1 + log q)/q grad q]
+    = -E_q[(b + log q) grad log q] for any constant b, by quadrature and by Monte Carlo, against
+    central differences of H computed by quadrature. A flipped sign, a missing 1/q, and the
+    estimator that holds the samples fixed and differentiates -log q only are rejected."""
     g = generator(6)
-    d = 3
-    phi = torch.cat([randn(d, g=g), 0.5 * randn(d, g=g)])
-
-    def log_q(phi, z):
-        return Normal(phi[:d], phi[d:].exp()).log_prob(z).sum(-1)
-
-    def q(phi, z):
-        return log_q(phi, z).exp()
+    phi = torch.tensor([-0.3, 0.8, math.log(0.4), 0.0, 0.5], dtype=DTYPE)
+    grid = torch.linspace(-16, 16, 6401, dtype=DTYPE)          # q < 1e-49 outside the grid
 
     def entropy(phi):
-        return Normal(phi[:d], phi[d:].exp()).entropy().sum()
+        log_q = mixture_log_q(phi, grid)
+        return -torch.trapezoid(log_q.exp() * log_q, grid)
 
-    exact = grad(entropy)(phi)
-    # H = sum_i (1/2 log(2 pi e) + log sigma_i): zero gradient in mu, one in each log sigma_i.
-    torch.testing.assert_close(exact, torch.cat([torch.zeros(d), torch.ones(d)]).to(DTYPE))
+    exact = central_differences(entropy, phi)
+    # Every component is non-zero, the means' included, so no component passes by symmetry.
+    assert (exact.abs() > 0.1).all()
+
+    q = mixture_q(phi, grid)                                          # (n,)
+    grad_q = vmap(grad(mixture_q), in_dims=(None, 0))(phi, grid)      # (n, 5)
+    score = vmap(grad(mixture_log_q), in_dims=(None, 0))(phi, grid)   # grad log q, (n, 5)
+
+    def expectation(f):
+        """E_q[f(z)] by quadrature, f given on the grid, shape (n, 5)."""
+        return torch.trapezoid(q.unsqueeze(-1) * f, grid, dim=0)
+
+    first_form = expectation(-((1 + q.log()) / q).unsqueeze(-1) * grad_q)
+    torch.testing.assert_close(first_form, exact, rtol=0, atol=1e-7)
+    for b in (1.0, 0.0, -3.0, 5.0):                           # b = 1 is the claim's score form
+        score_form = expectation(-(b + q.log()).unsqueeze(-1) * score)
+        torch.testing.assert_close(score_form, exact, rtol=0, atol=1e-7, msg=f'b = {b}')
+
+    wrong = {
+        'sign flipped': -first_form,
+        'the 1/q dropped': expectation(-(1 + q.log()).unsqueeze(-1) * grad_q),
+        'samples held fixed, -grad log q only': expectation(-score),
+    }
+    for name, value in wrong.items():
+        assert (value - exact).abs().max() > 0.05, name
 
     n = 200_000
-    z = phi[:d] + phi[d:].exp() * randn(n, d, g=g)                    # z ~ q_phi, held fixed
-    q_z = q(phi, z)                                                   # (n,)
-    grad_q = vmap(grad(q), in_dims=(None, 0))(phi, z)                 # (n, 2d)
-    terms = -((1 + q_z.log()) / q_z).unsqueeze(-1) * grad_q
+    first = torch.rand(n, generator=g, dtype=DTYPE) < torch.sigmoid(phi[4])
+    s = phi[2:4].exp()
+    eps = randn(n, g=g)
+    z = torch.where(first, phi[0] + s[0] * eps, phi[1] + s[1] * eps)  # z ~ q_phi, held fixed
+    q_z = mixture_q(phi, z)
+    grad_q_z = vmap(grad(mixture_q), in_dims=(None, 0))(phi, z)
+    terms = -((1 + q_z.log()) / q_z).unsqueeze(-1) * grad_q_z         # (n, 5)
     estimate, se = mean_and_se(terms)
     assert ((estimate - exact).abs() < 5 * se).all()
-
-    # The same terms in score form, and the score's zero mean (the "1" adds nothing on average).
-    score = vmap(grad(log_q), in_dims=(None, 0))(phi, z)
-    torch.testing.assert_close(terms, -(1 + q_z.log()).unsqueeze(-1) * score)
-    score_mean, score_se = mean_and_se(score)
-    assert (score_mean.abs() < 5 * score_se).all()
-
-    assert ((-estimate - exact).abs()[d:] > 50 * se[d:]).all()        # sign flipped
+    assert ((-estimate - exact).abs() > 20 * se).all()                # sign flipped
 
 
 def test_p4_entropy_gradient_categorical():
-    """Problem 4, discrete case: grad H(softmax(phi)) = -E_q[(1 + log q)/q grad q], exactly by
-    summing over the categories and by Monte Carlo, against autograd of -sum q log q."""
+    """Problem 4, discrete case: grad H(softmax(phi)) = -E_q[(1 + log q)/q grad q]
+    = -E_q[(1 + log q)(e_z - q)], exactly by summing over the categories and by Monte Carlo,
+    against central differences of -sum q log q."""
     g = generator(7)
     K = 6
     phi = 1.5 * randn(K, g=g)
@@ -382,15 +473,23 @@ def test_p4_entropy_gradient_categorical():
     def entropy(phi):
         return -(phi.softmax(-1) * phi.log_softmax(-1)).sum()
 
-    exact = grad(entropy)(phi)
+    exact = central_differences(entropy, phi)
     q = phi.softmax(-1)
     grad_q = jacrev(lambda phi: phi.softmax(-1))(phi)                # (K, K): row z is grad q(z)
     terms = -((1 + q.log()) / q).unsqueeze(-1) * grad_q              # the estimator's value at z
+    torch.testing.assert_close((q.unsqueeze(-1) * terms).sum(0), exact, rtol=0, atol=1e-9)
 
-    torch.testing.assert_close((q.unsqueeze(-1) * terms).sum(0), exact, rtol=0, atol=1e-10)
-    # Forgetting the 1/q, that is -E_q[(1 + log q) grad q], gives a different vector.
-    without_division = -((1 + q.log()).unsqueeze(-1) * grad_q * q.unsqueeze(-1)).sum(0)
-    assert (without_division - exact).abs().max() > 1e-2
+    # The score form with the write-up's grad log q(z) = e_z - q.
+    score = torch.eye(K, dtype=DTYPE) - q                           # row z is e_z - q
+    score_terms = -(1 + q.log()).unsqueeze(-1) * score
+    torch.testing.assert_close((q.unsqueeze(-1) * score_terms).sum(0), exact, rtol=0, atol=1e-9)
+
+    wrong = {
+        'the 1/q dropped': -((1 + q.log()).unsqueeze(-1) * grad_q * q.unsqueeze(-1)).sum(0),
+        'score e_z, the -q dropped': -q * (1 + q.log()),
+    }
+    for name, value in wrong.items():
+        assert (value - exact).abs().max() > 1e-2, name
 
     z = torch.multinomial(q, 200_000, replacement=True, generator=g)  # z ~ q_phi
     estimate, se = mean_and_se(terms[z])

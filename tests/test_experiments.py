@@ -137,7 +137,8 @@ def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
 # Resuming and failures (smoke profile, in process)
 
 def history(results_dir, part='6b'):
-    with open(os.path.join(results_dir, part, 'history.json')) as fh:
+    """The history of a smoke run of `part` under results_dir."""
+    with open(os.path.join(results_dir, 'smoke', part, 'history.json')) as fh:
         return json.load(fh)
 
 
@@ -174,7 +175,7 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         E.run_part('6c', results_dir=str(tmp_path), **settings)
     monkeypatch.setattr(E, 'objective', objective)
-    ck = torch.load(tmp_path / '6c' / 'checkpoint.pt', weights_only=True)
+    ck = torch.load(tmp_path / 'smoke' / '6c' / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5)
     resumed = E.run_part('6c', results_dir=str(tmp_path), **settings)
     assert history(tmp_path, '6c')['step'] == list(range(8))
@@ -184,7 +185,7 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
     E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
-    path = tmp_path / '6a' / 'checkpoint.pt'
+    path = tmp_path / 'smoke' / '6a' / 'checkpoint.pt'
     path.write_bytes(b'not a checkpoint')
     with pytest.raises(E.CheckpointError, match=r'(?s)checkpoint\.pt.*--fresh'):
         E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
@@ -194,8 +195,82 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
 
 def test_checkpoint_from_other_settings_is_refused(tmp_path):
     E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    for name in ('metrics.json', 'model.pt'):  # an unfinished run: only its checkpoint is there
+        os.remove(tmp_path / 'smoke' / '6b' / name)
     with pytest.raises(E.CheckpointError, match='dec_depth'):
         E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2, dec_depth=2)
+
+
+def test_finished_run_with_other_settings_is_never_trained_over(tmp_path):
+    done = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    files = {p: p.read_bytes() for p in (tmp_path / 'smoke' / '6b').iterdir() if p.is_file()}
+    for overrides in (dict(dec_depth=2), dict(is_images=5), dict(epochs=2, lr=0.01)):
+        with pytest.raises(E.ResultsExistError, match=r'(?s)finished run with other settings.*--results-dir.*--fresh'):
+            E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, **{'epochs': 1, **overrides})
+    assert {p: p.read_bytes() for p in files} == files  # every file of the finished run is kept as it was
+    # the same part at another profile or precision goes to its own directory
+    E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, precision='bf16')
+    assert os.path.exists(tmp_path / 'smoke-bf16' / '6b' / 'metrics.json')
+    assert E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1) == done
+
+
+def test_string_parameters_mean_what_they_say(tmp_path):
+    """papermill's -p passes 'false' as a string: it must not mean True."""
+    done = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    again = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, fresh='false')
+    assert again == done  # not deleted and retrained
+    assert E.part_for('false', '0', 'None') == '6b' and E.part_for('true', 0) == '6c'
+    assert E.part_for(False, '8') == '6d' and E.part_for('1', 8, 'freebits') == '6e-freebits'
+    for bad, match in ((dict(autoregress='maybe'), 'autoregress must be true or false'),
+                       (dict(flows=2), 'flows must be one of 0, 8'), (dict(remedy='strong'), 'remedy must be')):
+        with pytest.raises(ValueError, match=match):
+            E.part_for(**bad)
+    with pytest.raises(ValueError, match='fresh must be true or false'):
+        E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, fresh='yes please')
+    for epochs in (0, -1):
+        with pytest.raises(ValueError, match='epochs must be an integer >= 1'):
+            E.config('6a', 'smoke', epochs=epochs)
+
+
+def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN: the step is not taken, the checkpoint of epoch 1 is
+    kept with finite weights, and the message, also in run.log, names it."""
+    objective = E.objective
+    calls = {'n': 0}
+
+    def nan_gradient(nets, *args, **kwargs):
+        loss, recon, kl = objective(nets, *args, **kwargs)
+        calls['n'] += 1
+        if calls['n'] == 3:  # the first step of epoch 2
+            p = next(nets['decoder'].parameters())
+            loss = loss + 0.0 * torch.sqrt(p.sum() * 0.0)  # value unchanged; d sqrt(0) = inf, times 0: NaN
+        return loss, recon, kl
+
+    monkeypatch.setattr(E, 'objective', nan_gradient)
+    with pytest.raises(E.NonFiniteLossError, match=r'gradient norm is nan.*epoch 2, batch 0.*holds epoch 1 \+ 0'):
+        E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
+    out = tmp_path / 'smoke' / '6b'
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert (ck['epoch'], ck['step']) == (1, 2)
+    assert all(torch.isfinite(v).all() for m in ck['models'].values() for v in m['state_dict'].values())
+    assert 'gradient norm is nan' in (out / 'run.log').read_text()
+    assert not os.path.exists(out / 'model.pt')
+
+
+def test_second_run_of_the_same_part_refuses_while_the_first_lives(tmp_path):
+    out = tmp_path / 'smoke' / '6a'
+    out.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        (out / 'run.lock').write_text(str(sleeper.pid))
+        with pytest.raises(E.RunLockedError, match=f'in use by process {sleeper.pid}'):
+            E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (out / 'checkpoint.pt.999999.tmp').write_bytes(b'half a checkpoint')  # left by a killed writer
+    E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)  # a dead pid's lock is cleared
+    assert not os.path.exists(out / 'run.lock') and not os.path.exists(out / 'checkpoint.pt.999999.tmp')
 
 
 def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -211,10 +286,11 @@ def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, mo
         return recon, kl
 
     monkeypatch.setattr(losses, 'discrete_output_elbo', poisoned)
-    with pytest.raises(E.NonFiniteLossError, match=r'part 6b.*nan at epoch 2, step 2') as err:
+    with pytest.raises(E.NonFiniteLossError, match=r'part 6b: the training loss is nan at epoch 2, batch 0 of the '
+                                                    r'epoch, step 2') as err:
         E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
     assert 'checkpoint.pt' in str(err.value)
-    ck = torch.load(tmp_path / '6b' / 'checkpoint.pt', weights_only=True)
+    ck = torch.load(tmp_path / 'smoke' / '6b' / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['step']) == (1, 2)
     assert all(torch.isfinite(v).all() for v in ck['models']['decoder']['state_dict'].values())
 
@@ -229,19 +305,19 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert 'all remaining parts' in run.stdout
     for part in E.PARTS:
-        with open(results / part / 'metrics.json') as fh:
+        with open(results / 'smoke' / part / 'metrics.json') as fh:
             m = json.load(fh)
         assert m['profile'] == 'smoke' and m['device'] == 'cpu' and m['epochs'] == 2
         for name in ('samples', 'loss') + (('reconstructions', 'kl') if part != '6a' else ()):
             with open(m['figures'][name], 'rb') as fh:
                 assert fh.read(8) == b'\x89PNG\r\n\x1a\n'
-        assert os.path.exists(results / part / 'model.pt')
+        assert os.path.exists(results / 'smoke' / part / 'model.pt')
         assert all(math.isfinite(v['value']) for v in m['values'].values())
-    assert '| 6e-freebits |' in (results / 'summary.md').read_text()
-    rows = json.loads((results / 'summary.json').read_text())
+    assert '| 6e-freebits |' in (results / 'smoke' / 'summary.md').read_text()
+    rows = json.loads((results / 'smoke' / 'summary.json').read_text())
     assert {r['part'] for r in rows} == set(E.PARTS)
     keys = {'part', 'quantity', 'value', 'stderr', 'n_images', 'profile', 'device', 'epochs', 'train_seconds',
-            'checkpoint', 'reproduce'}
+            'precision', 'model', 'reproduce'}
     assert all(keys <= set(r) for r in rows)
     quantities = {(r['part'], r['quantity']) for r in rows}
     assert {('5b', 'test_elbo'), ('5c', 'test_elbo_mc'), ('6a', 'test_nll'), ('6b', 'test_nll_is16'),
@@ -257,7 +333,7 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
     checked = E.verify(str(results), parts=['6a'])
     assert checked and all(c['ok'] and c['reproduced'] == c['reported'] for c in checked)
     rows[[r['part'] for r in rows].index('6a')]['value'] += 1.0
-    (results / 'summary.json').write_text(json.dumps(rows))
+    (results / 'smoke' / 'summary.json').write_text(json.dumps(rows))
     assert not E.verify(str(results), parts=['6a'])[0]['ok']
 
 
@@ -287,19 +363,19 @@ def test_gaussian_decoder_starts_at_the_mean_digit():
     """The engine starts the Gaussian decoder's output bias at logit(mean training image): with the
     trunk's own contribution zeroed, g(z) is the (clamped) mean digit for any z; binary decoders
     keep their bias at 0."""
-    cfg = E.config('5b', 'smoke')
+    cfg = E.config('5b', 'smoke', init_output_bias=True)
     nets = E.build(E.model_spec(cfg), 'cpu')
     E.init_output_bias(nets, cfg, 'cpu')
     g = nets['decoder']
     with torch.no_grad():
-        g.trunk.up.weight.zero_()
-        g.trunk.up.bias.zero_()
+        g.image.weight.zero_()
+        g.image.bias.zero_()
     mean = E.load_data(cfg, train=True).mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
     torch.testing.assert_close(g(torch.randn(3, 49)), mean.expand(3, 1, 28, 28), atol=1e-6, rtol=1e-5)
-    cfg = E.config('6b', 'smoke')
-    nets = E.build(E.model_spec(cfg), 'cpu')
-    E.init_output_bias(nets, cfg, 'cpu')
-    assert nets['decoder'].trunk.bias.abs().max() == 0
+    for cfg in (E.config('6b', 'smoke', init_output_bias=True), E.config('5b', 'full')):  # not binary; not full
+        nets = E.build(E.model_spec(cfg), 'cpu')
+        E.init_output_bias(nets, cfg, 'cpu')
+        assert nets['decoder'].bias.abs().max() == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,3 +78,133 @@ def test_bad_shapes_raise_value_errors_naming_shapes():
         losses.discrete_output_elbo(x1, x2, z, torch.zeros(6, 1))
     with pytest.raises(ValueError, match='z must have shape'):
         losses.mc_gaussian_elbo(x1, x2, z[:, :, None], 0.1, mu, logvar)
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs are refused with a message naming them
+
+
+def per_image(loss, *args):
+    """As experiments.per_image: each image on its own under torch.func.vmap."""
+    return torch.func.vmap(lambda *a: loss(*(t[None] for t in a)))(*args)
+
+
+def float32_batch(B=6):
+    x1, x2, z, mu, logvar, eps = (t.float() for t in batch(B))
+    return x1, torch.bernoulli(x2), z, mu, logvar, eps
+
+
+def test_results_are_the_same_arithmetic_as_before():
+    """The checks change no number: each loss is exactly its formula."""
+    x1, x2, z, mu, logvar, _ = float32_batch()
+    logqzx = -0.5 * logvar.sum(1)
+    sigma = 0.03
+    recon = (x2 - x1).pow(2).flatten(1).sum(1).mean() / (2 * sigma ** 2)
+    kl = 0.5 * (logvar.exp() + mu.pow(2) - 1 - logvar).sum(1).mean()
+    kl_mc = (-0.5 * (logvar + (z - mu).pow(2) / logvar.exp()) + 0.5 * z.pow(2)).sum(1).mean()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x1, x2, reduction='sum') / 6
+    for got, want in ((losses.gaussian_elbo(x1, x2, z, sigma, mu, logvar), (recon, kl)),
+                      (losses.mc_gaussian_elbo(x1, x2, z, sigma, mu, logvar), (recon, kl_mc)),
+                      (losses.discrete_output_elbo(x1, x2, z, logqzx), (bce, (0.5 * z.pow(2).sum(1) - logqzx).mean())),
+                      ((losses.cross_entropy(x1, x2), bce), (bce, bce))):
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    torch.testing.assert_close(losses.gaussian_elbo(x1, x2, z, torch.tensor(sigma), mu, logvar)[0], recon)
+
+
+def test_cross_entropy_data_must_be_in_unit_interval():
+    x1, x2, z, _, _, _ = float32_batch()
+    grey = torch.rand_like(x2)
+    losses.cross_entropy(x1, grey)  # grey levels in [0, 1] are probabilities: allowed
+    for bad, shown in ((x2 * 255, '[0, 255]'), (x2 - 1, '[-1, 0]')):
+        with pytest.raises(ValueError, match=r'x2 must be binary or in \[0, 1\].*' + shown.replace('[', r'\[')):
+            losses.cross_entropy(x1, bad)
+    nan = x2.clone()
+    nan[0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match=r'binary or in \[0, 1\]'):
+        losses.cross_entropy(x1, nan)
+    with pytest.raises(ValueError, match=r'binary or in \[0, 1\]'):
+        losses.discrete_output_elbo(x1, x2 * 255, z, torch.zeros(6))
+
+
+@pytest.mark.parametrize('sigma', [0.0, -0.03, float('nan'), float('inf'), torch.tensor(0.0),
+                                   torch.tensor(-1.0), torch.tensor(float('nan'))])
+@pytest.mark.parametrize('loss', ['gaussian_elbo', 'mc_gaussian_elbo'])
+def test_sigma_must_be_finite_and_positive(loss, sigma):
+    x1, x2, z, mu, logvar, _ = float32_batch()
+    with pytest.raises(ValueError, match=r'sigma must be finite and > 0'):
+        getattr(losses, loss)(x1, x2, z, sigma, mu, logvar)
+
+
+def test_sigma_of_the_wrong_kind():
+    x1, x2, z, mu, logvar, _ = float32_batch()
+    with pytest.raises(TypeError, match='sigma must be a real number'):
+        losses.gaussian_elbo(x1, x2, z, True, mu, logvar)
+    with pytest.raises(TypeError, match='sigma must be a real number'):
+        losses.gaussian_elbo(x1, x2, z, '0.03', mu, logvar)
+    with pytest.raises(ValueError, match='sigma must be a floating-point tensor'):
+        losses.gaussian_elbo(x1, x2, z, torch.tensor(1), mu, logvar)
+    with pytest.raises(ValueError, match=r'sigma must be a number or a 0-dim tensor, got shape \(1,\)'):
+        losses.gaussian_elbo(x1, x2, z, torch.tensor([0.03]), mu, logvar)
+    assert losses.gaussian_reconstruction(x1, x2, 1) == losses.gaussian_reconstruction(x1, x2, 1.0)
+
+
+def test_empty_batch_is_refused():
+    x = torch.zeros(0, 1, 28, 28)
+    for call in (lambda: losses.cross_entropy(x, x),
+                 lambda: losses.gaussian_elbo(x, x, torch.zeros(0, 49), 0.1, torch.zeros(0, 49), torch.zeros(0, 49)),
+                 lambda: losses.discrete_output_elbo(x, x, torch.zeros(0, 49), torch.zeros(0))):
+        with pytest.raises(ValueError, match=r'x1 and x2 are an empty batch \(shape \(0, 1, 28, 28\)\)'):
+            call()
+
+
+def test_integer_and_bool_inputs_are_refused():
+    x1, x2, z, mu, logvar, _ = float32_batch()
+    logqzx = torch.zeros(6)
+    cases = [
+        ('x2', lambda: losses.cross_entropy(x1, x2.to(torch.uint8))),
+        ('x2', lambda: losses.cross_entropy(x1, x2.bool())),
+        ('x1', lambda: losses.gaussian_elbo(x1.long(), x2, z, 0.1, mu, logvar)),
+        ('mu', lambda: losses.gaussian_elbo(x1, x2, z, 0.1, mu.long(), logvar)),
+        ('logvar', lambda: losses.mc_gaussian_elbo(x1, x2, z, 0.1, mu, logvar.int())),
+        ('z', lambda: losses.mc_gaussian_elbo(x1, x2, z.long(), 0.1, mu, logvar)),
+        ('z', lambda: losses.discrete_output_elbo(x1, x2, z.int(), logqzx)),
+        ('logqzx', lambda: losses.discrete_output_elbo(x1, x2, z, logqzx.long())),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError, match=f'{name} must be a floating-point tensor, got dtype torch.'):
+            call()
+
+
+def test_image_and_latent_shapes_are_enforced():
+    x1, x2, z, mu, logvar, _ = float32_batch()
+    flat1, flat2 = x1.flatten(1), x2.flatten(1)
+    with pytest.raises(ValueError, match=r'same shape \(B, 1, 28, 28\); got x1 \(6, 784\) and x2 \(6, 784\)'):
+        losses.cross_entropy(flat1, flat2)
+    with pytest.raises(ValueError, match=r'got x1 \(6, 3, 28, 28\)'):
+        losses.gaussian_reconstruction(x1.expand(6, 3, 28, 28), x2.expand(6, 3, 28, 28), 0.1)
+    with pytest.raises(ValueError, match=r'mu and logvar must have the same shape \(B, d\), '
+                                         r'got mu \(6, 48\) and logvar \(6, 49\)'):
+        losses.gaussian_elbo(x1, x2, z, 0.1, mu[:, :48], logvar)
+    with pytest.raises(ValueError, match=r'mu and z must have the same shape'):
+        losses.mc_gaussian_elbo(x1, x2, z[:, :48], 0.1, mu, logvar)
+
+
+def test_per_image_evaluation_under_vmap_and_compile():
+    """The losses run under torch.func.vmap (value checks skipped, shape checks kept) and compile
+    without graph breaks, with the same numbers as plain calls."""
+    x1, x2, z, mu, logvar, eps = float32_batch()
+    logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)
+    recon, kl = per_image(losses.discrete_output_elbo, x1, x2, z, logqzx)
+    for i in range(6):
+        r, k = losses.discrete_output_elbo(x1[i:i + 1], x2[i:i + 1], z[i:i + 1], logqzx[i:i + 1])
+        torch.testing.assert_close(recon[i], r)
+        torch.testing.assert_close(kl[i], k)
+    recon, kl = per_image(lambda *a: losses.gaussian_elbo(a[0], a[1], a[2], 0.03, a[3], a[4]), x1, x2, z, mu, logvar)
+    assert recon.shape == kl.shape == (6,)
+    grads = torch.func.vmap(torch.func.grad(lambda a, b: losses.cross_entropy(a[None], b[None])))(x1, x2)
+    torch.testing.assert_close(grads, (torch.sigmoid(x1) - x2))
+    with pytest.raises(ValueError, match='mu and logvar must have the same shape'):
+        per_image(lambda *a: losses.gaussian_elbo(a[0], a[1], a[2], 0.03, a[3], a[4]),
+                  x1, x2, z, mu[:, :48], logvar)
+    compiled = torch.compile(losses.cross_entropy, fullgraph=True, backend='eager')
+    assert torch.equal(compiled(x1, x2), losses.cross_entropy(x1, x2))

@@ -133,7 +133,7 @@ def test_course_call_patterns_and_shapes():
     assert d(z, x).shape == (B, 1, 28, 28) and d(z).shape == (B, 1, 28, 28)
     assert d.sample(torch.randn(B, 1, 7, 7)).shape == (B, 1, 28, 28)
     d.autoregress = True
-    torch.testing.assert_close(d(z, x), d.trunk(z) + d.pixelcnn(x))
+    torch.testing.assert_close(d(z, x), d.latent_logits(z) + d.pixelcnn(x))
     assert d.sample(z).shape == (B, 1, 28, 28)
     with pytest.raises(ValueError, match='needs the images'):
         d(z)
@@ -151,13 +151,14 @@ def test_bad_shapes_raise_clear_errors():
         models.GaussianVAEDecoder(capacity=4, depth=1)(torch.zeros(2, 48))
 
 
-def test_deep_stacks_are_stable_at_init():
-    """Depth-51 trunks neither explode nor vanish at step 0; the PixelCNN starts near p = 1/2."""
+def test_deep_stacks_of_layout_v1_are_stable_at_init():
+    """Layout v1 (PyTorch's default initialisation of the VAE networks): depth-51 stacks neither
+    explode nor vanish at step 0; the PixelCNN starts near p = 1/2."""
     torch.manual_seed(0)
-    g = models.GaussianVAEDecoder(capacity=32, depth=51)
-    f = models.VAEEncoder(capacity=32, depth=51)
+    g = models.GaussianVAEDecoder(capacity=32, depth=51, layout='v1')
+    f = models.VAEEncoder(capacity=32, depth=51, layout='v1')
     h = torch.randn(8, 32, 7, 7)
-    growth = g.trunk.blocks(h).std() / h.std()
+    growth = g.resnet(h).std() / h.std()
     assert 1.0 < growth < 4.0  # the residual branches contribute, but do not compound
     x = torch.rand(8, 1, 28, 28)
     z, logqzx, mu, logvar = f(x, torch.randn(8, 1, 7, 7))
@@ -188,5 +189,73 @@ def test_pixelvae_sample_uses_latent_and_pixelcnn():
     d.autoregress = True
     z = torch.randn(3, 49, dtype=torch.float64)
     u = torch.rand(3, 1, 28, 28, dtype=torch.float64)
-    expected = d.pixelcnn.sample_naive(3, offset=d.trunk(z), uniforms=u)
+    expected = d.pixelcnn.sample_naive(3, offset=d.latent_logits(z), uniforms=u)
     assert torch.equal(d.sample(z, uniforms=u), expected)
+
+
+# The parameters the course framework's models.py fixes, at default arguments: (name, shape), from
+# its class definitions. Parameters under `resnet.` belong to the blocks the student writes (5a, 6a)
+# and are only counted. A class whose layers, bias flags or shapes drift from the framework fails.
+C, D = 32, 51
+FRAMEWORK = {
+    'PixelCNN': ({'embed.weight': (C, 1, 9, 9), 'image.weight': (1, C, 3, 3), 'image.bias': (1,),
+                  'bias': (28, 28)}, 9),
+    'GaussianVAEDecoder': ({'embed.weight': (C * 49, 49), 'image.weight': (C, 1, 4, 4), 'image.bias': (1,),
+                            'bias': (28, 28)}, D),
+    'DiscreteVAEDecoder': ({'embed.weight': (C * 49, 49), 'image.weight': (C, 1, 4, 4), 'image.bias': (1,),
+                            'bias': (28, 28)}, D),
+    'IAF': ({'embedz.weight': (C, 1, 3, 3), 'embedh.weight': (C, C, 3, 3), 'm.weight': (1, C, 3, 3), 'm.bias': (1,),
+             's.weight': (1, C, 3, 3), 's.bias': (1,)}, 9),
+    'VAEEncoder': ({'embed.weight': (C, 1, 7, 7), 'mu.weight': (1, C, 3, 3), 'mu.bias': (1,),
+                    'var.weight': (1, C, 3, 3), 'var.bias': (1,)}, 9),
+}
+
+
+@pytest.mark.parametrize('name', list(FRAMEWORK))
+def test_default_architecture_is_the_frameworks(name):
+    fixed, blocks = FRAMEWORK[name]
+    model = getattr(models, name)(*([C] if name == 'IAF' else []))
+    params = dict(model.named_parameters())
+    own = {k: tuple(v.shape) for k, v in params.items() if not k.startswith('resnet.')}
+    assert own == fixed
+    assert len(model.resnet) == blocks
+    block = type(model.resnet[0])
+    assert block is (models.MaskedConvnetBlock if name in ('PixelCNN', 'IAF') else models.ConvnetBlock)
+
+
+def test_framework_initialisation():
+    """normal(0, 0.01) weights and zero biases for the PixelCNN, the decoders and the encoder (its
+    IAF steps included); the IAF on its own keeps PyTorch's default, as in the framework."""
+    torch.manual_seed(0)
+    for model in (models.PixelCNN(), models.GaussianVAEDecoder(), models.DiscreteVAEDecoder(autoregress=True),
+                  models.VAEEncoder(flows=2)):
+        for name, p in model.named_parameters():
+            if name.endswith('bias'):
+                assert p.abs().max() == 0, name
+            elif p.numel() >= 1000:
+                assert abs(p.std().item() - 0.01) < 0.002 and abs(p.mean().item()) < 0.002, name
+    iaf = models.IAF(C)
+    assert iaf.embedh.weight.std() > 0.03  # kaiming-uniform, bound 1/sqrt(9 * 32): std ~ 0.034
+
+
+def test_iaf_returns_m_and_one_plus_s():
+    """IAF.forward(z, h) -> (m, s) with s = 1 + s_head(u): with the heads zeroed, m = 0 and s = 1."""
+    iaf = randomize(models.IAF(4, depth=2))
+    with torch.no_grad():
+        for head in (iaf.m, iaf.s):
+            head.weight.zero_()
+            head.bias.zero_()
+    m, s = iaf(torch.randn(3, 1, 7, 7), torch.randn(3, 4, 7, 7))
+    assert m.shape == s.shape == (3, 1, 7, 7)
+    assert torch.equal(m, torch.zeros_like(m)) and torch.equal(s, torch.ones_like(s))
+
+
+def test_committed_v1_model_files_load():
+    """A model file that records no layout rebuilds with layout 'v1' under today's parameter names."""
+    import os
+    import experiments as E
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    record = torch.load(os.path.join(root, 'results', 'cpu', '6e-weak', 'model.pt'), weights_only=True)
+    nets = E.load_models(record['models'], 'cpu', record['autoregress'])
+    assert nets['encoder'].layout == 'v1' and len(nets['encoder'].flows) == 8
+    assert nets['decoder'].pixelcnn.layout == 'v1'

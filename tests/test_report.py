@@ -14,16 +14,17 @@ def write_part(root, part, values, title='t'):
 
 
 def test_readme_and_latex_carry_the_measured_numbers(tmp_path):
-    res = str(tmp_path / 'results')
+    root = str(tmp_path / 'results')
+    res = os.path.join(root, 'cpu')
     write_part(res, '6b', {'test_elbo': dict(value=95.4321, stderr=0.25, n_images=10000),
                            'test_nll_is1000': dict(value=90.1234, stderr=0.31, n_images=1000, M=1000),
                            'kl': dict(value=20.5, stderr=0.1, n_images=10000)})
     write_part(res, '6d', {'test_elbo': dict(value=93.0, stderr=0.2, n_images=10000),
                            'test_nll_is1000': dict(value=89.0, stderr=0.3, n_images=1000, M=1000)})
-    with open(os.path.join(res, 'bench_cpu.json'), 'w') as fh:
+    with open(os.path.join(root, 'bench_cpu.json'), 'w') as fh:
         json.dump({'train_img_per_s': dict(pixelcnn=300.0, binary_vae=1.0, gaussian_vae=1.0, pixelvae=1.0, iaf_vae=1.0),
                    'sample_s': dict(pixelcnn_49=0.5), 'is_img_per_s': dict(binary_vae=4.0, pixelvae=8.0)}, fh)
-    with open(os.path.join(res, 'bench_cpu_straightforward.json'), 'w') as fh:
+    with open(os.path.join(root, 'bench_cpu_straightforward.json'), 'w') as fh:
         json.dump({'train_img_per_s': dict(pixelcnn=100.0, binary_vae=1.0, gaussian_vae=1.0, pixelvae=1.0, iaf_vae=1.0),
                    'sample_s': dict(pixelcnn_49=50.0), 'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.0)}, fh)
     readme = tmp_path / 'README.md'
@@ -117,9 +118,9 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
     (res / 'bench_cpu_bf16.json').write_text(json.dumps({'precision': 'bf16',
                                                          'train_img_per_s': dict.fromkeys(keys, 300.0)}))
     cfg = dict(epochs=4, seed=0)
-    for root, precision, value in ((res, None, 90.0), (res / 'bf16', 'bf16', 90.5)):
-        write_part(str(root), '6a', {'test_nll': dict(value=value, stderr=0.2, n_images=10000)})
-        path = root / '6a' / 'metrics.json'
+    for run, precision, value in ((res / 'cpu', None, 90.0), (res / 'cpu-bf16', 'bf16', 90.5)):
+        write_part(str(run), '6a', {'test_nll': dict(value=value, stderr=0.2, n_images=10000)})
+        path = run / '6a' / 'metrics.json'
         m = json.loads(path.read_text())
         m['config'] = dict(cfg, precision=precision) if precision else dict(cfg)  # fp32 run saved without the key
         path.write_text(json.dumps(m))
@@ -132,14 +133,16 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
 
 
 def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
-    res = tmp_path / 'results'
+    root = tmp_path / 'results'
+    res = root / 'cpu'
     write_part(str(res), '6b', {'test_elbo': dict(value=95.0, stderr=0.2, n_images=10000),
                                 'test_nll_is1000': dict(value=90.0, stderr=0.3, n_images=1000, M=1000),
                                 'kl': dict(value=20.0, stderr=0.1, n_images=10000)})
     checks = [dict(part='6b', quantity='test_elbo', reported=95.0, ok=True, seconds=30.0),
               dict(part='6b', quantity='test_nll_is1000', reported=90.0, ok=False, seconds=400.0),
               dict(part='6b', quantity='kl', reported=19.0, ok=True, seconds=20.0)]  # checked against an older run
-    (res / 'verify.json').write_text(json.dumps(checks))
+    checks.append(dict(checks[0], profile='full', reported=95.0, ok=False))  # another run directory's check
+    (root / 'verify.json').write_text(json.dumps(checks))
     text = report.verification(report.load_metrics(str(res)), str(res))
     assert text.startswith('1 of the 3 numbers')
     assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
