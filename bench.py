@@ -15,7 +15,7 @@ common way, kept here for side-by-side timing only: conv -> BatchNorm -> ReLU re
 mask multiplied into every masked kernel on every call, sampling by one full forward pass per
 pixel, and importance sampling image by image (x expanded to 125 copies, 8 chunks of 125 draws,
 the full decoder g(z, x) each time). This implementation's importance sampling runs compiled
-(experiments.Compiled: torch.compile with freezing), as the engine does on the CPU; the time of
+(evaluate.Compiled: torch.compile with freezing), as the engine does on the CPU; the time of
 its first call, which compiles, is printed and not counted. The machine is noisy: compare
 columns of one run.
 
@@ -27,6 +27,7 @@ speed-up target that would need more than the ceiling cannot be met without chan
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -36,9 +37,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import experiments
 import losses
 import models
+from config import model_spec, pick_device
+from evaluate import importance_sampled_nll
+from train import adam, build, load_data, load_file, low_precision, objective
 
 BATCH = 100     # training batch, as in the course notebooks
 M = 1000        # importance samples per image
@@ -157,7 +160,7 @@ def median_seconds(fn, repeats=REPEATS, warmup=WARMUP):
 def train_step(modules, loss_fn, device, fused=True):
     """One Adam step of the given modules on a fixed binarized batch; returns a closure."""
     params = [p for m in modules for p in m.parameters()]
-    opt = experiments.adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
+    opt = adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
     x = torch.bernoulli(torch.rand(BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(device)
 
     def step():
@@ -170,7 +173,7 @@ def train_step(modules, loss_fn, device, fused=True):
 
 def vae_loss(f, g, elbo, precision='fp32'):
     def loss(x):
-        with experiments.low_precision(precision, x.device):  # the networks; the losses in float32
+        with low_precision(precision, x.device):  # the networks; the losses in float32
             z, logqzx, mu, logvar = f(x, torch.randn(x.shape[0], 1, 7, 7, device=x.device))
             out = g(z) if elbo == 'gaussian' else g(z, x)
         z, logqzx, mu, logvar, out = (t.float() for t in (z, logqzx, mu, logvar, out))
@@ -182,7 +185,7 @@ def vae_loss(f, g, elbo, precision='fp32'):
 
 def pixelcnn_loss(p, precision='fp32'):
     def loss(x):
-        with experiments.low_precision(precision, x.device):
+        with low_precision(precision, x.device):
             logits = p(x)
         return losses.cross_entropy(logits.float(), x), torch.zeros((), device=x.device)
     return loss
@@ -190,7 +193,7 @@ def pixelcnn_loss(p, precision='fp32'):
 
 def training_workloads(plain, device, precision='fp32'):
     """name -> (modules, loss) at the course's default sizes; this implementation's forward passes
-    under experiments.low_precision(precision) (the straightforward solution: float32)."""
+    under low_precision(precision) (the straightforward solution: float32)."""
     Enc, Dec, Pix = (PlainEncoder, PlainDecoder, PlainPixelCNN) if plain else \
         (models.VAEEncoder, models.DiscreteVAEDecoder, models.PixelCNN)
     GDec = PlainDecoder if plain else models.GaussianVAEDecoder
@@ -268,10 +271,10 @@ def bench_importance_sampling(device, is_images, baseline):
         f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
         g.autoregress = autoregress
         t0 = time.perf_counter()
-        experiments.importance_sampled_nll(f, g, x[:1], M, chunk=100, batch=20, compile=True)  # compiles
+        importance_sampled_nll(f, g, x[:1], M, chunk=100, batch=20, compile=True)  # compiles
         print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling where not cached) '
               f'{time.perf_counter() - t0:.1f} s', flush=True)
-        calls = {OURS: lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20, compile=True)}
+        calls = {OURS: lambda: importance_sampled_nll(f, g, x, M, chunk=100, batch=20, compile=True)}
         n = {OURS: is_images, PLAIN: 2 if autoregress else 4}
         if baseline:
             pf, pg = PlainEncoder().to(device).eval(), PlainDecoder(autoregress=autoregress).to(device).eval()
@@ -334,7 +337,7 @@ def flops_report(ours, device, is_images):
     for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
         f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
         g.autoregress = autoregress
-        per_image = count_flops(lambda: experiments.importance_sampled_nll(f, g, x, M, chunk=100, batch=20)) / 1e9
+        per_image = count_flops(lambda: importance_sampled_nll(f, g, x, M, chunk=100, batch=20)) / 1e9
         out['gflop_per_image'][f'is_{name}'] = per_image
         out['gflop_per_s'][f'is_{name}'] = per_image * ours['is_img_per_s'][name]
     rates = {}
@@ -358,6 +361,74 @@ def describe_device(device):
     return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
 
 
+# ---------------------------------------------------------------------------------------------
+# The time of a part, for `python experiments.py estimate` and `all`
+
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it (CUDA and MPS run asynchronously)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def timed(fn, device, repeats=5):
+    """The second-fastest of repeats - 1 timed calls of fn after one warm-up call, in seconds."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[1:])[1]
+
+
+def estimate(part, cfg, device, out=None):
+    """Rough wall time of a part from a few timed training steps and one importance-sampling
+    pass, scaled up (less what its checkpoint in `out` has done). Returns {seconds, train_images_s,
+    autoregressive_images_s, is_samples_s}: images/s of training, and of training with the
+    PixelCNN on; importance samples z_i per second."""
+    torch.manual_seed(cfg['seed'])
+    nets = build(model_spec(cfg), device)
+    opt = adam([p for net in nets.values() for p in net.parameters()], cfg['lr'])
+    x_train, x_test = load_data(cfg, train=True), load_data(cfg, train=False)
+    x = x_train[:cfg['batch_size']].to(device)
+    eps = torch.randn(len(x), 49, device=device)
+
+    def images_per_second(autoregress):
+        if cfg['autoregress']:
+            nets['decoder'].autoregress = autoregress
+
+        def step():
+            opt.zero_grad()
+            objective(nets, cfg, x, eps)[0].backward()
+            opt.step()
+        return len(x) / timed(step, device)
+
+    rate = dict(train_images_s=images_per_second(False), autoregressive_images_s=None, is_samples_s=None)
+    ar_epochs = max(0, cfg['epochs'] - cfg['autoregress_epoch']) if cfg['autoregress'] else 0
+    if ar_epochs:
+        rate['autoregressive_images_s'] = images_per_second(True)
+    n_train = len(x_train)
+    seconds = n_train * ((cfg['epochs'] - ar_epochs) / rate['train_images_s']
+                         + (ar_epochs / rate['autoregressive_images_s'] if ar_epochs else 0))
+    ckpt = os.path.join(out, 'checkpoint.pt') if out else None
+    if ckpt and os.path.exists(ckpt):
+        done = load_file(ckpt).get('step', 0)
+        seconds *= max(0.0, 1 - done / (math.ceil(n_train / cfg['batch_size']) * cfg['epochs']))
+    n_eval = len(x_test[:cfg['test_images']]) + cfg['epochs'] * len(x_test[:cfg['monitor_images']])
+    seconds += n_eval / (3 * (rate['autoregressive_images_s'] or rate['train_images_s']))  # forward ~ 1/3 of a step
+    if cfg['model'] == 'binary_vae':
+        xb = x[:min(cfg['is_batch'], len(x))]
+        is_time = timed(lambda: importance_sampled_nll(nets['encoder'], nets['decoder'], xb, cfg['is_chunk'],
+                                                       cfg['is_chunk'], len(xb)), device, repeats=3)
+        rate['is_samples_s'] = len(xb) * cfg['is_chunk'] / is_time
+        seconds += len(x_test[:cfg['is_images']]) * cfg['is_samples'] / rate['is_samples_s']
+    return dict(seconds=seconds, **rate)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--json', help='write the results of this implementation here')
@@ -370,7 +441,7 @@ def main():
     ap.add_argument('--bf16-json', help='also time training with bfloat16 forward passes (the opt-in '
                                         '`--precision bf16` of experiments.py; not the same arithmetic), write here')
     args = ap.parse_args()
-    device = experiments.pick_device(args.device)
+    device = pick_device(args.device)
     models.CHANNELS_LAST = not args.no_channels_last
     print(f'device: {describe_device(device)}; torch {torch.__version__}', flush=True)
     labels = [OURS] + ([] if args.no_baseline else [PLAIN]) + ([BF16] if args.bf16_json else [])

@@ -32,6 +32,7 @@ writing any torch-saveable object (caches, checkpoints) without partial files.
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -187,6 +188,11 @@ def atomic_save(obj, path):
     (an OSError, errno ENOSPC) whose message names path; other OSErrors keep their errno and name
     path. The parent directory is created if needed."""
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path, obj, indent=None):
+    """obj as JSON at path, atomically and with the same errors as atomic_save."""
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()))
 
 
 def _pid_alive(pid):

@@ -10,6 +10,10 @@ import argparse
 import json
 import os
 import re
+import shlex
+
+from config import (PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, quantities, run_dir)
+from data import write_json
 
 PART_ORDER = ['5b', '5c', '6a', '6b', '6c', '6d', '6e-baseline', '6e-warmup', '6e-freebits', '6e-weak']
 # Negative log-likelihoods on binarized MNIST reported in the literature (nats), for orientation.
@@ -41,6 +45,135 @@ def load_metrics(results_dir):
                 found.append(json.load(fh))
     return found
 
+
+# ---------------------------------------------------------------------------------------------
+# Reading results: summaries and notebook displays
+
+def read_json(path):
+    """A JSON file of the results (metrics.json, summary.json), with an error that names it."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path} cannot be read ({type(err).__name__}: {err}); restore it with git '
+                              f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err
+
+
+def part_metrics(results_dir, profile, part, precision='fp32'):
+    """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
+    from the device, as run_part does."""
+    profile = pick_profile(profile, pick_device(None), quiet=True)
+    path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
+    return read_json(path) if os.path.exists(path) else None
+
+
+def show(part, results_dir='results', profile='auto', precision='fp32'):
+    """Display a part's metrics and figures in a notebook."""
+    from IPython.display import Image, Markdown, display
+    m = part_metrics(results_dir, profile, part, precision)
+    if m is None:
+        display(Markdown(f'{part} has not finished in the {profile} profile in `{results_dir}`.'))
+        return
+    display(Markdown(metrics_table([m])))
+    for path in m['figures'].values():
+        display(Image(filename=path))
+
+
+def compare(parts, results_dir='results', profile='auto', precision='fp32'):
+    """Display the metrics of several finished parts as one table in a notebook."""
+    from IPython.display import Markdown, display
+    done = [m for m in (part_metrics(results_dir, profile, p, precision) for p in parts) if m is not None]
+    display(Markdown(metrics_table(done) if done else f'None of {", ".join(parts)} has finished.'))
+
+
+def show_finished(parts, results_dir='results', profile='auto', figures=('samples', 'kl'), precision='fp32'):
+    """Display one table of every part among `parts` that has finished, then the named figures of
+    each; a part that has not run is named, not an error."""
+    from IPython.display import Image, Markdown, display
+    done = [m for m in (part_metrics(results_dir, profile, p, precision) for p in parts) if m is not None]
+    missing = [p for p in parts if p not in {m['part'] for m in done}]
+    if missing:
+        display(Markdown(f'Not run yet in the {profile} profile in `{results_dir}`: {", ".join(missing)}.'))
+    if not done:
+        return
+    display(Markdown(metrics_table(done)))
+    for m in done:
+        display(Markdown(f'**{m["part"]}: {m["title"]}** ({m["profile"]} profile, {m["epochs"]} epochs)'))
+        for name in figures:
+            if os.path.exists(m['figures'].get(name, '')):
+                display(Image(filename=m['figures'][name]))
+
+
+def reproduce_command(m, quantity, results_dir):
+    """The command that recomputes one reported number from the part's model.pt."""
+    precision = m['config'].get('precision', 'fp32')
+    return (f'python experiments.py eval {m["part"]} --quantity {quantity} --profile {m["profile"]}'
+            + (f' --precision {precision}' if precision != 'fp32' else '')
+            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else '')
+            + f' --device {m["device"]}')
+
+
+def summary_rows(metrics, results_dir):
+    rows = []
+    for m in metrics:
+        for q in quantities(m['config']):
+            v = m['values'][q]
+            rows.append(dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'],
+                             M=v.get('M'), profile=m['profile'], precision=m['config'].get('precision', 'fp32'),
+                             device=m['device'], hardware=m.get('hardware', m['device']), epochs=m['epochs'],
+                             train_seconds=m['train_seconds'], model=m['model'],
+                             reproduce=reproduce_command(m, q, results_dir)))
+    return rows
+
+
+def metrics_table(metrics, reported_only=False):
+    lines = ['| part | what | quantity | value ± stderr | images | M | epochs | train time | profile, precision, hardware |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for m in metrics:
+        for q, v in m['values'].items():
+            if reported_only and q not in quantities(m['config']):
+                continue
+            value = f'{v["value"]:.2f}' if isinstance(v['value'], float) else f'{v["value"]}'
+            if v['stderr'] is not None:
+                value += f' ± {v["stderr"]:.2f}'
+            lines.append(f'| {m["part"]} | {m["title"]} | {q} | {value} | {v["n_images"]} | {v.get("M") or ""} | '
+                         f'{m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, '
+                         f'{m["config"].get("precision", "fp32")}, {m.get("hardware", m["device"])} |')
+    return '\n'.join(lines)
+
+
+def run_dirs(results_dir):
+    """The run directories under results_dir that hold a finished part: [(path, profile, precision)]."""
+    found = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        profile, _, precision = name.partition('-')
+        if profile in PROFILES and (precision or 'fp32') in PRECISIONS and any(
+                os.path.exists(os.path.join(results_dir, name, p, 'metrics.json')) for p in PARTS):
+            found.append((os.path.join(results_dir, name), profile, precision or 'fp32'))
+    return found
+
+
+def write_summary(results_dir='results', profile=None, precision='fp32'):
+    """<run dir>/summary.md (a table) and <run dir>/summary.json (one entry per reported number, with
+    its reproduce command), for the run directory of (profile, precision), or for every one."""
+    dirs = run_dirs(results_dir) if profile is None else [(run_dir(results_dir, profile, precision), profile, precision)]
+    metrics = []
+    for path, _, _ in dirs:
+        these = [read_json(os.path.join(path, p, 'metrics.json')) for p in PARTS
+                 if os.path.exists(os.path.join(path, p, 'metrics.json'))]
+        with open(os.path.join(path, 'summary.md'), 'w') as fh:
+            fh.write('# Results\n\nNats per image, mean over test images ± standard error. test_elbo is the negative '
+                     'ELBO (the training loss; lower is better); test_nll is -log p(x), exact for the PixelCNN; '
+                     'test_nll_is<M> is -log p(x) estimated by importance sampling with M samples; kl is the '
+                     'KL term of the ELBO; active_units counts latent dimensions with Var_x E_q[z_d] > 0.01.\n\n')
+            fh.write(metrics_table(these, reported_only=True) + '\n')
+        write_json(os.path.join(path, 'summary.json'), summary_rows(these, results_dir), indent=1)
+        metrics += these
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The README and LaTeX sections
 
 def quantity_name(q, tex=False):
     if q.startswith('test_nll_is'):
@@ -244,9 +377,7 @@ def write_remedies(metrics, results_dir):
 def show_remedies(results_dir='results', profile='auto'):
     """Display the 6e table, its reading and the combined KL plot of a profile's runs in a notebook."""
     from IPython.display import Image, Markdown, display
-    import experiments
-    profile = experiments.pick_profile(profile, experiments.pick_device(None), quiet=True)
-    results_dir = experiments.run_dir(results_dir, profile)
+    results_dir = run_dir(results_dir, pick_profile(profile, pick_device(None), quiet=True))
     metrics = load_metrics(results_dir)
     table = remedies_markdown(metrics)
     if not table:

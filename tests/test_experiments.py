@@ -11,7 +11,10 @@ import sys
 import pytest
 import torch
 
+import config as C
+import evaluate as V
 import experiments as E
+import train as T
 import losses
 import models
 
@@ -23,20 +26,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # KL warm-up and free bits
 
 def test_kl_weight_rises_linearly_from_zero_to_one():
-    betas = [E.kl_weight(step, 100) for step in range(301)]
+    betas = [T.kl_weight(step, 100) for step in range(301)]
     assert betas[0] == 0.0
     assert betas[:101] == pytest.approx([s / 100 for s in range(101)])
     assert all(b == 1.0 for b in betas[100:])
-    assert E.kl_weight(7, 0) == 1.0                     # no warm-up: the plain ELBO
-    assert E.kl_weight(19, 100, start_step=20) == 1.0   # before the warm-up starts: the plain ELBO
-    assert E.kl_weight(20, 100, start_step=20) == 0.0
-    assert E.kl_weight(70, 100, start_step=20) == 0.5
-    assert E.kl_weight(120, 100, start_step=20) == 1.0
+    assert T.kl_weight(7, 0) == 1.0                     # no warm-up: the plain ELBO
+    assert T.kl_weight(19, 100, start_step=20) == 1.0   # before the warm-up starts: the plain ELBO
+    assert T.kl_weight(20, 100, start_step=20) == 0.0
+    assert T.kl_weight(70, 100, start_step=20) == 0.5
+    assert T.kl_weight(120, 100, start_step=20) == 1.0
 
 
 def test_free_bits_floor_has_no_gradient_below_it():
     kl = torch.tensor([[0.05, 1.0, 0.3], [0.15, 2.0, 0.1]], requires_grad=True)  # batch means 0.1, 1.5, 0.2
-    total = E.free_bits_kl(kl, 0.25)
+    total = T.free_bits_kl(kl, 0.25)
     assert total.item() == pytest.approx(0.25 + 1.5 + 0.25)
     total.backward()
     assert torch.equal(kl.grad[:, [0, 2]], torch.zeros(2, 2))  # under the floor: no gradient
@@ -62,8 +65,8 @@ def test_free_bits_objective_drops_the_kl_gradient_of_dimensions_under_the_floor
     nets = dict(encoder=f, decoder=g)
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3, dtype=torch.float32), generator=torch.Generator().manual_seed(0))
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
-    cfg = dict(E.config('6e-freebits', 'smoke'), free_bits=1e3)
-    objective, recon, kl = E.objective(nets, cfg, x, eps)
+    cfg = dict(C.config('6e-freebits', 'smoke'), free_bits=1e3)
+    objective, recon, kl = T.objective(nets, cfg, x, eps)
     assert objective.item() == pytest.approx(recon.item() + 49e3)
     params = [p for net in nets.values() for p in net.parameters()]
     grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
@@ -110,7 +113,7 @@ def test_importance_sampling_on_a_linear_gaussian_model():
 
     gaps = {}
     for M in (1, 10, 100):
-        est = E.importance_sample(draw, log_weight, M, chunk=7)  # (repeats,)
+        est = V.importance_sample(draw, log_weight, M, chunk=7)  # (repeats,)
         se = (est.std() / math.sqrt(repeats)).item()
         gaps[M] = log_px - est.mean().item()
         assert gaps[M] > -3 * se
@@ -127,8 +130,8 @@ def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
     gen = torch.Generator().manual_seed(3)
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3, dtype=torch.float64), generator=gen)
     eps = torch.randn(5, 12, 49, generator=gen, dtype=torch.float64)  # (N, M, 49), the same draws for both
-    fast = E.importance_sampled_nll(f, g, x, samples=12, chunk=5, batch=2, eps=eps)
-    naive = E.importance_sample_naive(f, g, x, eps, chunk=4)
+    fast = V.importance_sampled_nll(f, g, x, samples=12, chunk=5, batch=2, eps=eps)
+    naive = V.importance_sample_naive(f, g, x, eps, chunk=4)
     assert fast.shape == (5,)
     torch.testing.assert_close(fast, naive, rtol=0, atol=1e-8)
 
@@ -163,7 +166,7 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
     settings = dict(profile='smoke', progress=False, batch_size=50, checkpoint_minutes=0)  # 4 steps an epoch, save every step
     reference = E.run_part('6c', results_dir=str(tmp_path / 'reference'), **settings)
     calls = {'n': 0}
-    objective = E.objective
+    objective = T.objective
 
     def interrupted(*args, **kwargs):
         calls['n'] += 1
@@ -171,10 +174,10 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return objective(*args, **kwargs)
 
-    monkeypatch.setattr(E, 'objective', interrupted)
+    monkeypatch.setattr(T, 'objective', interrupted)
     with pytest.raises(KeyboardInterrupt):
         E.run_part('6c', results_dir=str(tmp_path), **settings)
-    monkeypatch.setattr(E, 'objective', objective)
+    monkeypatch.setattr(T, 'objective', objective)
     ck = torch.load(tmp_path / 'smoke' / '6c' / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5)
     resumed = E.run_part('6c', results_dir=str(tmp_path), **settings)
@@ -219,23 +222,23 @@ def test_string_parameters_mean_what_they_say(tmp_path):
     done = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
     again = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, fresh='false')
     assert again == done  # not deleted and retrained
-    assert E.part_for('false', '0', 'None') == '6b' and E.part_for('true', 0) == '6c'
-    assert E.part_for(False, '8') == '6d' and E.part_for('1', 8, 'freebits') == '6e-freebits'
+    assert C.part_for('false', '0', 'None') == '6b' and C.part_for('true', 0) == '6c'
+    assert C.part_for(False, '8') == '6d' and C.part_for('1', 8, 'freebits') == '6e-freebits'
     for bad, match in ((dict(autoregress='maybe'), 'autoregress must be true or false'),
                        (dict(flows=2), 'flows must be one of 0, 8'), (dict(remedy='strong'), 'remedy must be')):
         with pytest.raises(ValueError, match=match):
-            E.part_for(**bad)
+            C.part_for(**bad)
     with pytest.raises(ValueError, match='fresh must be true or false'):
         E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, fresh='yes please')
     for epochs in (0, -1):
         with pytest.raises(ValueError, match='epochs must be an integer >= 1'):
-            E.config('6a', 'smoke', epochs=epochs)
+            C.config('6a', 'smoke', epochs=epochs)
 
 
 def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_path, monkeypatch):
     """A finite loss whose gradient is NaN: the step is not taken, the checkpoint of epoch 1 is
     kept with finite weights, and the message, also in run.log, names it."""
-    objective = E.objective
+    objective = T.objective
     calls = {'n': 0}
 
     def nan_gradient(nets, *args, **kwargs):
@@ -246,7 +249,7 @@ def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_
             loss = loss + 0.0 * torch.sqrt(p.sum() * 0.0)  # value unchanged; d sqrt(0) = inf, times 0: NaN
         return loss, recon, kl
 
-    monkeypatch.setattr(E, 'objective', nan_gradient)
+    monkeypatch.setattr(T, 'objective', nan_gradient)
     with pytest.raises(E.NonFiniteLossError, match=r'gradient norm is nan.*epoch 2, batch 0.*holds epoch 1 \+ 0'):
         E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
     out = tmp_path / 'smoke' / '6b'
@@ -344,7 +347,7 @@ def test_fused_adam_takes_the_same_step_as_plain_adam():
     b = models.VAEEncoder(capacity=4, depth=1)
     b.load_state_dict(a.state_dict())
     start = [p.detach().clone() for p in a.parameters()]
-    opt_a, opt_b = E.adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    opt_a, opt_b = T.adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
     x = torch.rand(3, 1, 28, 28)
     eps = torch.randn(3, 1, 7, 7)
     for _ in range(3):
@@ -363,18 +366,18 @@ def test_gaussian_decoder_starts_at_the_mean_digit():
     """The engine starts the Gaussian decoder's output bias at logit(mean training image): with the
     trunk's own contribution zeroed, g(z) is the (clamped) mean digit for any z; binary decoders
     keep their bias at 0."""
-    cfg = E.config('5b', 'smoke', init_output_bias=True)
-    nets = E.build(E.model_spec(cfg), 'cpu')
-    E.init_output_bias(nets, cfg, 'cpu')
+    cfg = C.config('5b', 'smoke', init_output_bias=True)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    T.init_output_bias(nets, cfg, 'cpu')
     g = nets['decoder']
     with torch.no_grad():
         g.image.weight.zero_()
         g.image.bias.zero_()
-    mean = E.load_data(cfg, train=True).mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
+    mean = T.load_data(cfg, train=True).mean(0, keepdim=True).clamp(1e-3, 1 - 1e-3)
     torch.testing.assert_close(g(torch.randn(3, 49)), mean.expand(3, 1, 28, 28), atol=1e-6, rtol=1e-5)
-    for cfg in (E.config('6b', 'smoke', init_output_bias=True), E.config('5b', 'full')):  # not binary; not full
-        nets = E.build(E.model_spec(cfg), 'cpu')
-        E.init_output_bias(nets, cfg, 'cpu')
+    for cfg in (C.config('6b', 'smoke', init_output_bias=True), C.config('5b', 'full')):  # not binary; not full
+        nets = T.build(C.model_spec(cfg), 'cpu')
+        T.init_output_bias(nets, cfg, 'cpu')
         assert nets['decoder'].bias.abs().max() == 0
 
 
@@ -386,9 +389,9 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
     """--precision bf16 runs the networks under autocast and the losses in float32: the objective
     stays within bfloat16 rounding of the float32 one, every gradient is float32, and fp32 is
     plain float32 (no autocast: identical to calling the networks directly)."""
-    cfg = E.config(part, 'smoke')
+    cfg = C.config(part, 'smoke')
     torch.manual_seed(0)
-    nets = E.build(E.model_spec(cfg), 'cpu')
+    nets = T.build(C.model_spec(cfg), 'cpu')
     if cfg['autoregress']:
         nets['decoder'].autoregress = True
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
@@ -396,8 +399,8 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
     conv = next(m for net in nets.values() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     seen = []
     conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    full = E.objective(nets, cfg, x, eps)
-    low = E.objective(nets, dict(cfg, precision='bf16'), x, eps)
+    full = T.objective(nets, cfg, x, eps)
+    low = T.objective(nets, dict(cfg, precision='bf16'), x, eps)
     assert seen == [torch.float32, torch.bfloat16]   # the objective really runs the networks in bfloat16
     for a, b in zip(low, full):
         assert a.dtype == torch.float32
@@ -411,15 +414,15 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
 
 def test_precision_setting_is_checked_and_older_checkpoints_still_match():
     with pytest.raises(ValueError, match='precision must be one of fp32, bf16'):
-        E.config('6a', 'smoke', precision='fp16')
-    cfg = E.config('6a', 'smoke')
+        C.config('6a', 'smoke', precision='fp16')
+    cfg = C.config('6a', 'smoke')
     saved = {k: v for k, v in cfg.items() if k != 'precision'}  # a configuration saved before the setting existed
-    assert E.settings_differ(saved, cfg) == []
-    assert E.settings_differ(saved, dict(cfg, precision='bf16')) == ['precision']
+    assert C.settings_differ(saved, cfg) == []
+    assert C.settings_differ(saved, dict(cfg, precision='bf16')) == ['precision']
     p, x = models.PixelCNN(capacity=4, depth=1), torch.zeros(2, 1, 28, 28)
-    with E.low_precision('bf16', 'cpu'):
+    with T.low_precision('bf16', 'cpu'):
         assert p.embed(x).dtype == torch.bfloat16   # the convolutions really run in bfloat16
-    with E.low_precision('fp32', 'cpu'):
+    with T.low_precision('fp32', 'cpu'):
         assert p.embed(x).dtype == torch.float32
 
 
@@ -436,8 +439,8 @@ def test_compiled_importance_sampling_equals_eager_and_follows_weight_updates():
         with torch.no_grad():
             for p in list(f.parameters()) + list(g.parameters()):
                 p.mul_(scale)
-        fast = E.importance_sampled_nll(f, g, x, samples=12, chunk=6, batch=2, eps=eps, compile=True)
-        eager = E.importance_sampled_nll(f, g, x, samples=12, chunk=6, batch=2, eps=eps)
+        fast = V.importance_sampled_nll(f, g, x, samples=12, chunk=6, batch=2, eps=eps, compile=True)
+        eager = V.importance_sampled_nll(f, g, x, samples=12, chunk=6, batch=2, eps=eps)
         torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
 
 
@@ -450,6 +453,6 @@ def test_compile_failure_falls_back_to_eager_with_a_message(monkeypatch, capsys)
     f, g = tiny_vae(dtype=torch.float32)
     x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
     eps = torch.randn(2, 8, 49, generator=torch.Generator().manual_seed(1))
-    fast = E.importance_sampled_nll(f, g, x, samples=8, chunk=4, batch=2, eps=eps, compile=True)
-    assert torch.equal(fast, E.importance_sampled_nll(f, g, x, samples=8, chunk=4, batch=2, eps=eps))
+    fast = V.importance_sampled_nll(f, g, x, samples=8, chunk=4, batch=2, eps=eps, compile=True)
+    assert torch.equal(fast, V.importance_sampled_nll(f, g, x, samples=8, chunk=4, batch=2, eps=eps))
     assert 'no C++ compiler' in capsys.readouterr().err

@@ -1,13 +1,29 @@
 """Properties of models.py that the homework depends on: exact masks, exact IAF log-density,
-the course API's shapes, and fast paths that compute the same function as the plain ones."""
+the course API's shapes, and fast paths that compute the same function as the plain ones.
+
+Tests marked course_api call only what the course notebooks call (the framework's classes and
+constructors, forward, sample, the attributes the framework defines), so they also run against any
+course-compatible models.py: HW2_MODELS=path/to/models.py pytest -m course_api (tests/conftest.py).
+"""
 import math
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+from torch.distributions import Normal
 
 import models
 
 torch.set_num_threads(2)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The framework's samplers allocate on CUDA; this implementation samples where its parameters are.
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+HALF_LOG_2PI_49 = 49 / 2 * math.log(2 * math.pi)
 
 
 def randomize(module, std=0.3, seed=0):
@@ -19,10 +35,28 @@ def randomize(module, std=0.3, seed=0):
     return module
 
 
-def raster_jacobian(f, x):
-    """J[i, j] = d logit_i / d x_j over the 784 pixels of one image, via autograd."""
-    j = torch.autograd.functional.jacobian(lambda v: f(v.view(1, 1, 28, 28)).flatten(), x.flatten())
-    return j  # (784, 784)
+def jacobian(f, x, *modules):
+    """J[i, j] = d f(x)_i / d x_j by reverse-mode autograd, exact. torch.func.jacrev takes all rows
+    in one vectorised pass; a forward that mutates a captured tensor in place (the framework's
+    MaskedConv2d re-masks its weight on every call) cannot run under torch.func, and then each
+    row gets its own backward pass, with the parameters of `modules` frozen so that the passes
+    compute no weight gradients (several times faster)."""
+    try:
+        return torch.func.jacrev(f)(x)
+    except RuntimeError:
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return torch.autograd.functional.jacobian(f, x)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+
+def raster_jacobian(f, x, model):
+    """J[i, j] = d logit_i / d x_j over the 784 pixels of one image."""
+    return jacobian(lambda v: f(v.view(1, 1, 28, 28)).flatten(), x.flatten(), model)  # (784, 784)
 
 
 @pytest.mark.parametrize('mask_type,kept', [('A', 12), ('B', 13)])
@@ -41,11 +75,12 @@ def causal_violations(model, forward, mode):
     model.train(mode == 'train')
     torch.manual_seed(1)
     x = torch.bernoulli(torch.full((1, 1, 28, 28), 0.5, dtype=torch.float64))
-    j = raster_jacobian(forward, x)
+    j = raster_jacobian(forward, x, model)
     future = torch.triu(torch.ones(784, 784, dtype=torch.bool))  # j >= i
     return j[future].abs().max().item(), j[~future].abs().max().item()
 
 
+@pytest.mark.course_api
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_pixelcnn_is_autoregressive(mode):
     model = randomize(models.PixelCNN(capacity=8, depth=3)).double()
@@ -54,10 +89,13 @@ def test_pixelcnn_is_autoregressive(mode):
     assert past > 0  # the Jacobian is not trivially zero: the test can see a dependence
 
 
+@pytest.mark.course_api
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_pixelvae_decoder_is_autoregressive(mode):
-    g = randomize(models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True,
-                                            pixelcnn_capacity=8, pixelcnn_depth=2)).double()
+    """logits_i of the PixelVAE decoder, forward(z, x) with autoregress on, see x_<i only."""
+    g = models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True)
+    g.pixelcnn = models.PixelCNN(capacity=8, depth=2)  # the framework's attribute; a small one is faster
+    g = randomize(g).double()
     g.autoregress = True
     z = torch.randn(1, 49, dtype=torch.float64)
     leak, past = causal_violations(g, lambda x: g(z, x), mode)
@@ -72,6 +110,21 @@ def test_masked_conv_detects_a_leak():
     assert leak > 0
 
 
+@pytest.mark.course_api
+def test_iaf_is_autoregressive():
+    """m_i and s_i of IAF.forward(z, h) depend on z_<i only (raster order, strictly): the update
+    z_i' = sigmoid(s_i) z_i + (1 - sigmoid(s_i)) m_i then has a triangular Jacobian with diagonal
+    sigmoid(s), which is what makes log|det| = sum_i log sigmoid(s_i) (Kingma et al. 2016, eq. 15)."""
+    iaf = randomize(models.IAF(4, depth=2)).double()
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(1, 4, 7, 7, generator=g, dtype=torch.float64)
+    z = torch.randn(49, generator=g, dtype=torch.float64)
+    for k, name in enumerate(('m', 's')):
+        j = jacobian(lambda v: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
+        assert torch.triu(j).abs().max() == 0, f'{name}_i depends on z_j for some j >= i'
+        assert torch.tril(j, -1).abs().max() > 0, f'{name} does not depend on z at all'
+
+
 def flow_logdet_check(flows, seed):
     torch.manual_seed(seed)
     f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=flows), std=0.1, seed=seed).double()
@@ -79,8 +132,7 @@ def flow_logdet_check(flows, seed):
     eps = torch.randn(1, 1, 7, 7, dtype=torch.float64)
     h, mu, logvar = f.encode(x)
     z, logqzx = f.reparameterize(h, mu, logvar, eps)
-    jac = torch.autograd.functional.jacobian(
-        lambda e: f.reparameterize(h, mu, logvar, e.view(1, 1, 7, 7))[0].flatten(), eps.flatten())
+    jac = jacobian(lambda e: f.reparameterize(h, mu, logvar, e.view(1, 1, 7, 7))[0].flatten(), eps.flatten())
     logdet = torch.linalg.slogdet(jac)[1]
     expected = 0.5 * eps.pow(2).sum() + logdet
     return logqzx.item(), expected.item(), jac
@@ -103,43 +155,203 @@ def test_iaf_logqzx_is_exact(flows):
         assert (jac.abs() > 0).float().mean() > 0.5
 
 
+@pytest.mark.course_api
+def test_iaf_encoder_logqzx_is_exact():
+    """forward(x, eps) of a two-step IAF encoder returns logqzx = -log q(z|x) - (49/2) log 2pi, with
+    -log q(z|x) = -log N(eps; 0, I) + log|det dz/deps| (change of variables, Problem 3) and the
+    Jacobian dz/deps from autograd: nothing about the flow's structure is assumed."""
+    B = 2
+    f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=2), std=0.1).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(B, 1, 28, 28, generator=g, dtype=torch.float64)
+    eps = torch.randn(B, 1, 7, 7, generator=g, dtype=torch.float64)
+    z, logqzx, mu, logvar = f(x, eps)
+    assert z.shape == (B, 49) and logqzx.shape == (B,)
+    jac = jacobian(lambda e: f(x, e.view(B, 1, 7, 7))[0].flatten(), eps.flatten(), f).view(B, 49, B, 49)
+    for b in range(B):
+        others = [c for c in range(B) if c != b]
+        assert jac[b][:, others].abs().max() == 0  # z_b depends on eps_b only
+        logdet = torch.linalg.slogdet(jac[b, :, b]).logabsdet
+        neg_log_q = -Normal(0.0, 1.0).log_prob(eps[b].flatten()).sum() + logdet
+        assert logqzx[b].item() == pytest.approx(neg_log_q.item() - HALF_LOG_2PI_49, abs=1e-8, rel=0)
+        # the flows change the density by far more than the tolerance: a missing log-det term shows
+        assert abs(logdet - 0.5 * logvar[b].sum()) > 1
+
+
+@pytest.mark.course_api
 def test_encoder_logqzx_matches_normal_log_prob():
     f = models.VAEEncoder(capacity=4, depth=1)
     x = torch.rand(3, 1, 28, 28)
     z, logqzx, mu, logvar = f(x, torch.randn(3, 1, 7, 7))
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
-    expected = -q.log_prob(z).sum(1) - 49 / 2 * math.log(2 * math.pi)
+    expected = -q.log_prob(z).sum(1) - HALF_LOG_2PI_49
     torch.testing.assert_close(logqzx, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_course_call_patterns_and_shapes():
+def two_step_encoder():
+    """A two-step IAF encoder in float64 with random weights, and random inputs of reparameterize:
+    features h without symmetry (a rotated h differs from h), mu, logvar, eps (B, 49)."""
+    B = 2
+    f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=2, iaf_depth=1), seed=4).double()
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(B, 4, 7, 7, generator=g, dtype=torch.float64)
+    mu, logvar, eps = (torch.randn(B, 49, generator=g, dtype=torch.float64) * scale for scale in (1, 0.5, 1))
+    return f, h, mu, logvar, eps
+
+
+def gated_step(iaf, z, h):
+    """One IAF step from IAF.forward(z, h) -> (m, s) alone: z' = sigmoid(s) z + (1 - sigmoid(s)) m,
+    log|det dz'/dz| = sum_i log sigmoid(s_i) (Kingma et al. 2016, eq. 14-15). z (B, 49)."""
+    m, s = (t.reshape(-1, 49) for t in iaf(z.view(-1, 1, 7, 7), h))
+    gate = torch.sigmoid(s)
+    return gate * z + (1 - gate) * m, torch.log(gate).sum(1)
+
+
+def test_odd_iaf_steps_rotate_z_and_h():
+    """Step 1 runs in reversed raster order: its IAF sees the 180-degree rotation of both z
+    (z.flip(1)) and the features h (h.flip(2, 3)), and its output is rotated back."""
+    f, h, mu, logvar, eps = two_step_encoder()
+    z0 = mu + (0.5 * logvar).exp() * eps
+    z1, logdet0 = gated_step(f.flows[0], z0, h)
+    z2, logdet1 = gated_step(f.flows[1], z1.flip(1), h.flip(2, 3))
+    z2 = z2.flip(1)
+    z, logqzx = f.reparameterize(h, mu, logvar, eps)
+    torch.testing.assert_close(z, z2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logqzx, 0.5 * (logvar + eps.pow(2)).sum(1) + logdet0 + logdet1, rtol=0, atol=1e-10)
+    unrotated_context = gated_step(f.flows[1], z1.flip(1), h)[0].flip(1)
+    assert (unrotated_context - z2).abs().max() > 1e-3  # h matters: the test can tell the two apart
+
+
+def test_per_dimension_terms_are_log_diagonals_of_each_step():
+    """reparameterize(..., per_dim=True) splits logqzx over the 49 dimensions:
+    term_i = 0.5 (logvar_i + eps_i^2) + sum_t log |(dz_t/dz_{t-1})_ii|,
+    each step's Jacobian from autograd without running a step by hand: A_t = dz_t/deps (the
+    encoder cut to its first t steps), A_0 = diag(exp(logvar / 2)), and by the chain rule
+    dz_t/dz_{t-1} = A_t A_{t-1}^{-1}. float64, dimension by dimension."""
+    f, h, mu, logvar, eps = two_step_encoder()
+    first = models.VAEEncoder(capacity=4, depth=1, flows=1, iaf_depth=1).double()
+    first.flows[0] = f.flows[0]
+    z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)
+    assert terms.shape == (2, 49)
+    for b in range(2):
+        A = [torch.diag((0.5 * logvar[b]).exp())]
+        for enc in (first, f):
+            A.append(jacobian(lambda e: enc.reparameterize(h[b:b + 1], mu[b:b + 1], logvar[b:b + 1],
+                                                          e.view(1, 49))[0].flatten(), eps[b]))
+        log_diagonals = [torch.linalg.solve(A[t - 1], A[t], left=False).diagonal().abs().log() for t in (1, 2)]
+        expected = 0.5 * (logvar[b] + eps[b].pow(2)) + log_diagonals[0] + log_diagonals[1]
+        torch.testing.assert_close(terms[b], expected, rtol=0, atol=1e-10)
+        # the rotated step's terms are not symmetric, so their order is visible
+        assert (log_diagonals[1] - log_diagonals[1].flip(0)).abs().max() > 1e-3
+
+
+@pytest.mark.course_api
+def test_course_calls_and_shapes():
+    """The notebooks' calls, at small sizes: shapes, value ranges and the PixelVAE logits
+    pixelcnn(x) + (the logits with autoregress off)."""
     B = 4
     x = torch.bernoulli(torch.rand(B, 1, 28, 28))
-    f = models.VAEEncoder(capacity=8, depth=2)
-    z, logqzx, mu, logvar = f(x, torch.randn(B, 1, 7, 7))
-    assert z.shape == mu.shape == logvar.shape == (B, 49) and logqzx.shape == (B,)
+    for flows in (0, 2):
+        f = models.VAEEncoder(capacity=8, depth=2, flows=flows)
+        z, logqzx, mu, logvar = f(x, torch.randn(B, 1, 7, 7))
+        assert z.shape == mu.shape == logvar.shape == (B, 49) and logqzx.shape == (B,)
+        assert torch.isfinite(logqzx).all()
     g = models.GaussianVAEDecoder(capacity=8, depth=3)
     out = g(z)
     assert out.shape == (B, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
     assert g(torch.randn(B, 49)).shape == (B, 1, 28, 28)
-    s = g.sample(torch.randn(B, 1, 7, 7), 0.03)
+    s = g.to(DEVICE).sample(torch.randn(B, 1, 7, 7, device=DEVICE), 0.03)
     assert s.shape == (B, 1, 28, 28) and s.min() >= 0 and s.max() <= 1
     p = models.PixelCNN(capacity=4, depth=1)
     assert p(x).shape == (B, 1, 28, 28)
-    s = p.sample(n=3)
+    s = p.to(DEVICE).sample(3)
     assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
-    d = models.DiscreteVAEDecoder(capacity=8, depth=2, autoregress=True)
+    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
     assert d.autoregress is False and isinstance(d.pixelcnn, models.PixelCNN)
-    assert d(z, x).shape == (B, 1, 28, 28) and d(z).shape == (B, 1, 28, 28)
-    assert d.sample(torch.randn(B, 1, 7, 7)).shape == (B, 1, 28, 28)
+    d.pixelcnn = models.PixelCNN(capacity=4, depth=1)  # a small one samples faster
+    latent_only = d(z)
+    assert latent_only.shape == (B, 1, 28, 28)
+    s = d.to(DEVICE).sample(torch.randn(B, 1, 7, 7, device=DEVICE))
+    assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+    d.autoregress = True
+    d.cpu()
+    torch.testing.assert_close(d(z, x), latent_only + d.pixelcnn(x))
+    s = d.to(DEVICE).sample(z.to(DEVICE))
+    assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_engine_call_patterns():
+    """This implementation's extras: the two PixelVAE logit terms, the sampler's keyword, a clear
+    error for a missing x."""
+    B = 4
+    x = torch.bernoulli(torch.rand(B, 1, 28, 28))
+    z = torch.randn(B, 49)
+    s = models.PixelCNN(capacity=4, depth=1).sample(n=3)
+    assert s.shape == (3, 1, 28, 28)
+    d = models.DiscreteVAEDecoder(capacity=8, depth=2, autoregress=True)
     d.autoregress = True
     torch.testing.assert_close(d(z, x), d.latent_logits(z) + d.pixelcnn(x))
-    assert d.sample(z).shape == (B, 1, 28, 28)
+    torch.testing.assert_close(d.pixel_logits(x), d.pixelcnn(x))
     with pytest.raises(ValueError, match='needs the images'):
         d(z)
-    iaf = models.VAEEncoder(capacity=8, depth=1, flows=2)
-    z, logqzx, mu, logvar = iaf(x, torch.randn(B, 1, 7, 7))
-    assert z.shape == (B, 49) and logqzx.shape == (B,)
+
+
+# Appended to a copy of models.py, each breaks one property a course_api test checks: the
+# substituted file must fail exactly those tests, and the unbroken copy must pass them.
+BREAKS = {
+    'test_pixelcnn_is_autoregressive[eval]': """
+_course_pixelcnn_init = PixelCNN.__init__
+def _pixelcnn_init_with_a_type_B_embedding(self, *args, **kwargs):
+    _course_pixelcnn_init(self, *args, **kwargs)
+    self.embed.mask[..., 4, 4] = 1  # 9x9 embedding, type 'A' -> 'B': pixel i sees itself
+PixelCNN.__init__ = _pixelcnn_init_with_a_type_B_embedding
+""",
+    'test_iaf_encoder_logqzx_is_exact': """
+_course_encoder_forward = VAEEncoder.forward
+def _encoder_forward_without_logdet(self, x, epsilon):
+    z, logqzx, mu, logvar = _course_encoder_forward(self, x, epsilon)
+    eps = epsilon.reshape(z.shape)
+    return z, 0.5 * (logvar + eps.pow(2)).sum(1), mu, logvar  # the flows' log|det| dropped
+VAEEncoder.forward = _encoder_forward_without_logdet
+""",
+}
+
+
+def run_course_api(models_file, junit):
+    """`pytest -m course_api` on the tests in BREAKS, with HW2_MODELS=models_file, in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k not in ('HW2_MODELS', 'HW2_LOSSES')}
+    env['HW2_MODELS'] = str(models_file)
+    selection = ' or '.join(name.replace('[', ' and ').rstrip(']') for name in BREAKS)
+    return subprocess.Popen([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'course_api',
+                             '-k', selection, '--junitxml', str(junit), 'tests/test_models.py'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def outcomes(junit):
+    """{test name: 'passed' / 'failed' / 'error' / 'skipped'} from a JUnit XML report."""
+    result = {}
+    for case in ET.parse(junit).iter('testcase'):
+        kinds = [child.tag for child in case if child.tag in ('failure', 'error', 'skipped')]
+        result[case.get('name')] = {'failure': 'failed'}.get(kinds[0], kinds[0]) if kinds else 'passed'
+    return result
+
+
+def test_course_api_tests_fail_on_a_broken_models_file(tmp_path):
+    """HW2_MODELS swaps in another models.py for the course_api tests: an unbroken copy passes them,
+    and a copy whose PixelCNN sees the current pixel and whose encoder drops the flows' log|det|
+    fails each test that checks that property."""
+    source = open(os.path.join(ROOT, 'models.py')).read()
+    (tmp_path / 'good').mkdir()
+    (tmp_path / 'broken').mkdir()
+    good, broken = tmp_path / 'good' / 'models.py', tmp_path / 'broken' / 'models.py'
+    good.write_text(source)
+    broken.write_text(source + ''.join(BREAKS.values()))
+    runs = {name: run_course_api(path, tmp_path / f'{name}.xml') for name, path in (('good', good), ('broken', broken))}
+    logs = {name: run.communicate(timeout=600)[0] for name, run in runs.items()}
+    assert runs['good'].returncode == 0, logs['good']
+    assert outcomes(tmp_path / 'good.xml') == {name: 'passed' for name in BREAKS}, logs['good']
+    assert runs['broken'].returncode == 1, logs['broken']  # 1: tests ran and failed (not a usage error)
+    assert outcomes(tmp_path / 'broken.xml') == {name: 'failed' for name in BREAKS}, logs['broken']
 
 
 def test_bad_shapes_raise_clear_errors():
@@ -238,6 +450,7 @@ def test_framework_initialisation():
     assert iaf.embedh.weight.std() > 0.03  # kaiming-uniform, bound 1/sqrt(9 * 32): std ~ 0.034
 
 
+@pytest.mark.course_api
 def test_iaf_returns_m_and_one_plus_s():
     """IAF.forward(z, h) -> (m, s) with s = 1 + s_head(u): with the heads zeroed, m = 0 and s = 1."""
     iaf = randomize(models.IAF(4, depth=2))
@@ -253,9 +466,9 @@ def test_iaf_returns_m_and_one_plus_s():
 def test_committed_v1_model_files_load():
     """A model file that records no layout rebuilds with layout 'v1' under today's parameter names."""
     import os
-    import experiments as E
+    import train as T
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     record = torch.load(os.path.join(root, 'results', 'cpu', '6e-weak', 'model.pt'), weights_only=True)
-    nets = E.load_models(record['models'], 'cpu', record['autoregress'])
+    nets = T.load_models(record['models'], 'cpu', record['autoregress'])
     assert nets['encoder'].layout == 'v1' and len(nets['encoder'].flows) == 8
     assert nets['decoder'].pixelcnn.layout == 'v1'

@@ -1,0 +1,254 @@
+"""Evaluation for CSE 599i Homework 2: the estimators of the handout, each beside its equation.
+
+- neg_elbo: the negative ELBO per test image with one z ~ q(z|x) (Problems 5-6), and for the
+  PixelCNN the exact NLL; for Gaussian VAEs both KL estimators on the same z (5b against 5c).
+- importance_sampled_nll: log p(x) ~ logsumexp_i [log p(x|z_i) + log r(z_i) - log q(z_i|x)] - log M
+  (Problem 2), and its compiled path on the CPU (Compiled).
+- active_units: latent dimensions in use (Burda et al. 2016).
+Every number is a mean over test images with its standard error; per-image values are kept for
+paired comparisons. Evaluation always runs in float32 (no TF32, deterministic cuDNN kernels).
+
+References
+- Importance-weighted log-likelihood estimate and active units: Burda, Grosse & Salakhutdinov 2016,
+  "Importance Weighted Autoencoders".
+"""
+import contextlib
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import losses
+from config import is_quantity, quantities
+
+
+def noise(generator, shape, device):
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def per_image(loss, *args):
+    """A losses.py function evaluated on each image on its own: its terms as (B,) tensors."""
+    return torch.func.vmap(lambda *a: loss(*(t[None] for t in a)))(*args)
+
+
+def mean_stderr(values):
+    """{value, stderr, n_images} of a (n,) tensor of per-image values: stderr = std / sqrt(n). The
+    float64 arithmetic runs on the CPU (MPS has no float64)."""
+    v = values.detach().cpu().double()
+    se = (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else float('nan')
+    return dict(value=round(v.mean().item(), 6), stderr=round(se, 6), n_images=len(v))
+
+
+@contextlib.contextmanager
+def float32_eval():
+    """Full float32 on CUDA (no TF32 in convolutions or matrix products) and deterministic cuDNN
+    kernels, so that `eval` recomputes the same numbers; a no-op elsewhere."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+# ---------------------------------------------------------------------------------------------
+# The negative ELBO per test image, per model kind: {quantity: (B,) per-image values}
+
+def pixelcnn_terms(nets, cfg, xb, gen):
+    """-log p(x) = sum_i BCE(logit_i, x_i), exact (6a)."""
+    return dict(test_nll=per_image(losses.cross_entropy, nets['pixelcnn'](xb), xb))
+
+
+def gaussian_vae_terms(nets, cfg, xb, gen):
+    """Reconstruction and both KL estimators on the same z ~ q(z|x) (5b: closed form, 5c: one-sample Monte Carlo)."""
+    f, g = nets['encoder'], nets['decoder']
+    h, mu, logvar = f.encode(xb)
+    z, _ = f.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
+
+    def with_sigma(loss):
+        return lambda x1, x2, z, mu, logvar: loss(x1, x2, z, cfg['sigma'], mu, logvar)
+    terms = (g(z), xb, z, mu, logvar)
+    recon, kl = per_image(with_sigma(losses.gaussian_elbo), *terms)
+    _, kl_mc = per_image(with_sigma(losses.mc_gaussian_elbo), *terms)  # the same recon, same z
+    return dict(test_elbo=recon + kl, test_elbo_mc=recon + kl_mc, test_recon=recon, kl=kl, kl_mc=kl_mc)
+
+
+def binary_vae_terms(nets, cfg, xb, gen):
+    """-log p(x|z) + log q(z|x) - log r(z) at z ~ q(z|x) (6b-6e)."""
+    f, g = nets['encoder'], nets['decoder']
+    h, mu, logvar = f.encode(xb)
+    z, logqzx = f.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
+    recon, kl = per_image(losses.discrete_output_elbo, g(z, xb), xb, z, logqzx)
+    return dict(test_elbo=recon + kl, test_recon=recon, kl=kl)
+
+
+TEST_TERMS = {'pixelcnn': pixelcnn_terms, 'gaussian_vae': gaussian_vae_terms, 'binary_vae': binary_vae_terms}
+
+
+@torch.inference_mode()
+def neg_elbo(nets, cfg, x, seed, batch=500, progress=False, keep=None):
+    """Negative ELBO per test image, one z ~ q(z|x) each (the PixelCNN: exact NLL); returns
+    {quantity: {value, stderr, n_images}}; keep, a dict, receives the per-image values."""
+    gen = torch.Generator(x.device).manual_seed(seed)
+    rows = {}
+    with float32_eval():
+        for i in tqdm(range(0, len(x), batch), desc='test ELBO', leave=False, disable=not progress):
+            for k, v in TEST_TERMS[cfg['model']](nets, cfg, x[i:i + batch], gen).items():
+                rows.setdefault(k, []).append(v)
+    values = {k: torch.cat(v) for k, v in rows.items()}
+    if keep is not None:
+        keep.update(values)
+    return {k: mean_stderr(v) for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance sampling (Problem 2)
+
+def importance_sample(draw, log_weight, samples, chunk):
+    """log (1/M) sum_i w_i with log w_i = log_weight(z_i), z_i ~ q, M = samples (handout,
+    Problem 2), drawn `chunk` at a time: draw(m, start) -> m draws; log_weight(draws) -> (m, ...)."""
+    log_w = torch.cat([log_weight(draw(min(chunk, samples - j), j)) for j in range(0, samples, chunk)])  # (M, ...)
+    return torch.logsumexp(log_w, 0) - math.log(samples)
+
+
+class Compiled:
+    """fn through torch.compile with inductor's freezing, for inference on fixed weights: the
+    weights become constants and, on the CPU, each convolution is fused with the ReLU or residual
+    add that follows it (oneDNN post-ops), so those never make a separate pass over memory. Same
+    function, same arithmetic per element (tests compare with eager). Falls back to calling fn
+    itself, with a message, if compilation fails (no C++ compiler, unsupported platform). Compiled
+    code is cached by torch between calls; a test checks that its results still follow the weights
+    after they are updated in place."""
+
+    def __init__(self, fn, enabled=True, name='function'):
+        self.fn, self.name = fn, name
+        self.fast = torch.compile(fn, dynamic=False, options={'freezing': True}) if enabled else None
+
+    def __call__(self, *args):
+        if self.fast is not None:
+            try:
+                return self.fast(*args)
+            except Exception as err:  # any compiler failure: the eager function computes the same
+                print(f'torch.compile of {self.name} failed ({type(err).__name__}: {str(err)[:200]}); '
+                      f'running it eagerly', file=sys.stderr, flush=True)
+                self.fast = None
+        return self.fn(*args)
+
+
+@torch.inference_mode()
+def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator=None, eps=None, progress=False,
+                           compile=False):
+    """-log p(x) per image (N,), estimated with M = samples importance samples from q(z|x):
+
+        log p(x) ~ logsumexp_i [log p(x|z_i) + log r(z_i) - log q(z_i|x)] - log M,  z_i ~ q(.|x),
+
+    where log r(z) - log q(z|x) = -|z|^2/2 + logqzx (the (49/2) log 2pi terms cancel). The encoder
+    runs once per batch of images; the PixelCNN term pixel_logits(x) does not depend on z and is
+    computed once per image; only latent_logits(z) runs per sample. eps (N, M, 49), if given,
+    replaces the draws from `generator` (tests compare with importance_sample_naive on it).
+    compile: run the per-sample passes (reparameterize, with its IAF steps, and latent_logits)
+    through Compiled, on the CPU only (bench.py times it, compiling excluded, and prints how long
+    the first call, which compiles, takes).
+    """
+    fast = compile and x.device.type == 'cpu'
+    reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
+    latent_logits = Compiled(decoder.latent_logits, fast, 'the decoder\'s latent_logits')
+    nll = []
+    for i in tqdm(range(0, len(x), batch), desc=f'IS NLL, M={samples}', leave=False, disable=not progress):
+        xb = x[i:i + batch]                    # (B, 1, 28, 28)
+        n = len(xb)
+        h, mu, logvar = encoder.encode(xb)     # (B, C, 7, 7), (B, 49), (B, 49)
+        pixel = decoder.pixel_logits(xb)       # (B, 1, 28, 28), or 0 without autoregression
+
+        def draw(m, start):
+            if eps is None:
+                e = torch.randn(m, n, mu.shape[1], generator=generator, device=x.device, dtype=mu.dtype)
+            else:
+                e = eps[i:i + n, start:start + m].transpose(0, 1).to(mu)  # (m, B, 49)
+            z, logqzx = reparameterize(*(t.expand(m, *t.shape).flatten(0, 1) for t in (h, mu, logvar)),
+                                       e.flatten(0, 1))
+            return z.view(m, n, -1), logqzx.view(m, n)  # (m, B, 49), (m, B)
+
+        def log_weight(draws):
+            z, logqzx = draws
+            m = z.shape[0]
+            logits = latent_logits(z.flatten(0, 1)).view(m, n, 1, 28, 28) + pixel  # (m, B, 1, 28, 28)
+            log_px_z = -per_image(losses.cross_entropy, logits.flatten(0, 1),
+                                  xb.expand(m, *xb.shape).flatten(0, 1)).view(m, n)
+            return log_px_z - 0.5 * z.pow(2).sum(-1) + logqzx  # (m, B)
+
+        nll.append(-importance_sample(draw, log_weight, samples, chunk))
+    return torch.cat(nll)
+
+
+@torch.no_grad()
+def importance_sample_naive(encoder, decoder, x, eps, chunk=100):
+    """Reference for tests: the course's loop, one image at a time, each chunk of eps (N, M, 49)
+    through the full forward pass g(z, x) with x repeated."""
+    nll = []
+    for xi, ei in zip(x, eps):
+        log_w = []
+        for j in range(0, len(ei), chunk):
+            e = ei[j:j + chunk]
+            xe = xi[None].expand(len(e), -1, -1, -1)
+            z, logqzx, _, _ = encoder(xe, e)
+            logits = decoder(z, xe)
+            log_px_z = -F.binary_cross_entropy_with_logits(logits, xe, reduction='none').flatten(1).sum(1)
+            log_w.append(log_px_z - 0.5 * z.pow(2).sum(1) + logqzx)
+        nll.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(len(ei))))
+    return torch.stack(nll)
+
+
+@torch.inference_mode()
+def active_units(encoder, x, samples, seed, batch=500, threshold=0.01):
+    """Number of latent dimensions d with Var_x(E_q[z_d | x]) > threshold (Burda et al. 2016).
+
+    Without flows E_q[z | x] = mu(x). With flows it is estimated by the mean zbar(x) of S = samples
+    draws, whose Monte-Carlo noise adds E_x[Var_q(z_d | x)] / S to the variance across images (about
+    1/S for a collapsed dimension, where q = the prior: ten times the threshold at S = 10). That bias
+    is removed with the within-image sample variance s_d^2(x), an unbiased estimate of Var_q(z_d | x):
+        Var_x(E_q[z_d | x]) ~ Var_x(zbar_d) - mean_x(s_d^2) / S.
+    """
+    gen = torch.Generator(x.device).manual_seed(seed)
+    means, spreads = [], []
+    for i in range(0, len(x), batch):
+        h, mu, logvar = encoder.encode(x[i:i + batch])
+        if len(encoder.flows) == 0:
+            means.append(mu)
+            continue
+        z = torch.stack([encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape, x.device))[0]
+                         for _ in range(samples)])  # (S, B, 49)
+        means.append(z.mean(0))
+        spreads.append(z.var(0))                    # s^2(x), unbiased over the S draws
+    variance = torch.cat(means).var(0)  # (49,)
+    if spreads:
+        variance = variance - torch.cat(spreads).mean(0) / samples
+    return dict(value=int((variance > threshold).sum()), stderr=None, n_images=len(x))
+
+
+def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None):
+    """Every reported number of a part: {quantity: {value, stderr, n_images[, M]}}, in float32.
+    Each group has its own seeded generator, so `python experiments.py eval` recomputes the same
+    numbers. keep, a dict, receives the per-image values of each quantity that has them."""
+    seed = cfg['seed']
+    x = test_x[:cfg['test_images']]
+    keep = {} if keep is None else keep
+    out = {}
+    with float32_eval():
+        if only is None or only in ('test_elbo', 'test_elbo_mc', 'test_recon', 'kl', 'kl_mc', 'test_nll'):
+            out.update(neg_elbo(nets, cfg, x, seed + 101, progress=progress, keep=keep))
+        if 'encoder' in nets and (only is None or only == 'active_units'):
+            out['active_units'] = active_units(nets['encoder'], x, cfg['au_samples'], seed + 303)
+        if cfg['model'] == 'binary_vae' and (only is None or only == is_quantity(cfg)):
+            gen = torch.Generator(x.device).manual_seed(seed + 202)
+            nll = importance_sampled_nll(nets['encoder'], nets['decoder'], test_x[:cfg['is_images']],
+                                         cfg['is_samples'], cfg['is_chunk'], cfg['is_batch'], generator=gen,
+                                         progress=progress, compile=cfg['compile'])
+            keep[is_quantity(cfg)] = nll
+            out[is_quantity(cfg)] = dict(mean_stderr(nll), M=cfg['is_samples'])
+    if only is not None and only not in out:
+        raise ValueError(f'part has no quantity {only!r}; it has {", ".join(quantities(cfg))}')
+    return out

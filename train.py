@@ -1,0 +1,427 @@
+"""Training for CSE 599i Homework 2: the objective of each model kind (the negative ELBO of
+Problems 5 and 6, with KL warm-up and free bits for 6e), the optimiser, the training loop and its
+checkpoints. One loop trains every part; config.py says what each part is.
+
+The loop: resume (from out/checkpoint.pt, exactly: model, optimiser, data order and noise
+generators), then per epoch start_epoch (learning-rate drop, autoregression switched on, data
+order), train_step per batch, end_of_epoch (test loss on the monitor images, run.log line,
+checkpoint). Nothing non-finite is ever written: the loss and the gradient norm are checked before
+the optimiser step on the CPU, and on a GPU every SYNC_EVERY steps and before every checkpoint
+(reading them every step would stall the GPU's queue).
+
+References
+- KL warm-up: Bowman et al. 2016, "Generating Sentences from a Continuous Space";
+  Sønderby et al. 2016, "Ladder Variational Autoencoders".
+- Free bits: Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow".
+"""
+import contextlib
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+import data
+import losses
+import models
+from config import model_spec, settings_differ
+
+SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
+
+_DATA = {}
+
+
+def load_data(cfg, train):
+    """(N, 1, 28, 28) float32 images, cached per process; the first train_images / all test images."""
+    key = (cfg['data'], train)
+    if key not in _DATA:
+        _DATA[key] = data.load_mnist(train) if cfg['data'] == 'mnist' else data.load_binarized_mnist(train)
+    x = _DATA[key]
+    return x[:cfg['train_images']] if train else x
+
+
+def adam(params, lr):
+    """Adam; the fused kernel where the installed torch has it for the parameters' device (CUDA;
+    the CPU from torch 2.4): the same update in one pass over all parameters, instead of a dozen
+    small tensor operations per parameter. Elsewhere (MPS, older torch) the plain one."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def build(spec, device):
+    return {name: getattr(models, cls)(**kwargs).to(device) for name, (cls, kwargs) in spec.items()}
+
+
+def init_output_bias(nets, cfg, device):
+    """Gaussian VAE: start the decoder's per-pixel output bias at the logit of the mean training
+    image, so that g(z) starts at the mean digit. From a bias of 0 (every pixel 0.5), the
+    reconstruction term ||x - g(z)||^2 / (2 sigma^2) at sigma = 0.03 drives most logits far
+    below zero in the first steps, where the sigmoid's slope vanishes: the decoder then outputs
+    black images and neither its pixels nor the latent recover (seen in training: test -ELBO stuck
+    at the all-black level, KL falling to 0). Starting at the mean digit keeps every logit where
+    its gradient is alive. Only the initial values change; a checkpoint's weights replace them."""
+    if cfg['model'] != 'gaussian_vae' or not cfg['init_output_bias']:
+        return
+    mean = load_data(cfg, train=True).mean(0)[0].clamp(1e-3, 1 - 1e-3)  # (28, 28)
+    with torch.no_grad():
+        nets['decoder'].bias.copy_(torch.logit(mean).to(device))
+
+
+def noise(generator, shape, device):
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def kl_weight(step, warmup_steps, start_step=0):
+    """beta(step): 1 before start_step, then 0 rising linearly to 1 over warmup_steps (KL warm-up)."""
+    if warmup_steps <= 0 or step < start_step:
+        return 1.0
+    return min(1.0, (step - start_step) / warmup_steps)
+
+
+def free_bits_kl(kl_terms, free_bits):
+    """sum_d max(lambda, mean over the batch of KL_d), kl_terms (B, 49) (Kingma et al. 2016):
+    a dimension whose KL is under the floor lambda costs lambda and gets no gradient from it."""
+    return torch.clamp(kl_terms.mean(0), min=free_bits).sum()
+
+
+def low_precision(precision, device):
+    """The context of the training forward passes. 'fp32' (the default): plain float32, no autocast
+    at all (older torch does not accept autocast on every device). 'bf16': torch.autocast to
+    bfloat16, so convolutions and matrix products round their inputs to 8-bit mantissas and run on
+    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores; parameters, gradients,
+    Adam's state and the losses stay float32, and evaluation always runs in float32. It computes a
+    different function (relative error ~1e-3 per layer): the README sets its test numbers beside
+    float32 runs, and `python bench.py --bf16-json` measures its speed on a machine."""
+    if precision == 'fp32':
+        return contextlib.nullcontext()
+    if precision != 'bf16':
+        raise ValueError(f'precision must be fp32 or bf16, got {precision!r}')
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective of each model kind: (training objective, reconstruction, KL), batch means in
+# nats. Reconstruction + KL is the negative ELBO of the handout (for 6a the NLL, with KL = 0),
+# whatever beta and free bits do to the objective.
+
+def pixelcnn_objective(nets, cfg, x, eps, beta):
+    """-log p(x) = sum_i BCE(logit_i, x_i) (6a)."""
+    with low_precision(cfg['precision'], x.device):
+        logits = nets['pixelcnn'](x)
+    nll = losses.cross_entropy(logits.float(), x)
+    return nll, nll, torch.zeros_like(nll)
+
+
+def _encode(nets, cfg, x, eps, decode):
+    """z ~ q(z|x) by reparameterisation and the decoder's output, under the training precision."""
+    f = nets['encoder']
+    with low_precision(cfg['precision'], x.device):
+        h, mu, logvar = f.encode(x)                                   # (B, C, 7, 7), (B, 49), (B, 49)
+        z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)  # (B, 49), (B, 49)
+        out = decode(nets['decoder'], z, x)                           # (B, 1, 28, 28)
+    return tuple(t.float() for t in (z, terms, mu, logvar, out))
+
+
+def gaussian_vae_objective(nets, cfg, x, eps, beta):
+    """||x - g(z)||^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, I)), the KL as losses.py computes it (5b, 5c)."""
+    z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z))
+    recon, kl = getattr(losses, cfg['loss'])(out, x, z, cfg['sigma'], mu, logvar)
+    return recon + beta * kl, recon, kl
+
+
+def binary_vae_objective(nets, cfg, x, eps, beta):
+    """-log p(x|z) + beta (log q(z|x) - log r(z)), one z per image (6b-6e); with free bits the KL
+    term is sum_d max(lambda, batch-mean KL_d) instead."""
+    z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z, x))
+    recon, kl = losses.discrete_output_elbo(out, x, z, terms.sum(1))
+    if cfg['free_bits'] > 0:
+        # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
+        return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
+    return recon + beta * kl, recon, kl
+
+
+OBJECTIVES = {'pixelcnn': pixelcnn_objective, 'gaussian_vae': gaussian_vae_objective,
+              'binary_vae': binary_vae_objective}
+
+
+def objective(nets, cfg, x, eps, beta=1.0):
+    """The part's training objective, reconstruction and KL on the batch x (B, 1, 28, 28) with
+    reparameterisation noise eps (B, 49) (None for the PixelCNN)."""
+    return OBJECTIVES[cfg['model']](nets, cfg, x, eps, beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and model files
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that cannot be used."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a NaN or infinite loss."""
+
+
+def atomic_save(obj, path):
+    """torch.save through a temporary file and os.replace: readers see the old file or the new one,
+    never half of one. On failure (a full disk) the temporary file is removed and the error names the path."""
+    data.atomic_save(obj, path)
+
+
+def load_file(path, advice='rerun with --fresh (fresh=True) or delete it'):
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
+                              + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))) from e
+
+
+def model_record(nets, spec):
+    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it."""
+    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=net.state_dict())
+            for name, net in nets.items()}
+
+
+def model_kwargs(r):
+    """The constructor arguments of a model record; one without a layout was written by layout v1."""
+    return {'layout': 'v1', **r['kwargs']}
+
+
+def model_state(r):
+    """The state dict of a model record, under today's parameter names."""
+    return r['state_dict'] if 'layout' in r['kwargs'] else models.upgrade_v1_state_dict(r['state_dict'])
+
+
+def load_models(record, device, autoregress=False):
+    nets = {}
+    for name, r in record.items():
+        nets[name] = getattr(models, r['cls'])(**model_kwargs(r)).to(device)
+        nets[name].load_state_dict(model_state(r))
+        nets[name].eval()
+    if 'decoder' in nets and hasattr(nets['decoder'], 'autoregress'):
+        nets['decoder'].autoregress = autoregress
+    return nets
+
+
+def say(out, message):
+    """Print a line and append it, time-stamped, to out/run.log (the part's run log)."""
+    print(message, flush=True)
+    with open(os.path.join(out, 'run.log'), 'a') as fh:
+        fh.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")}  {message}\n')
+
+
+def total_grad_norm(params):
+    """The Euclidean norm of every gradient together, on the device: NaN or inf as soon as one entry is."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def stop_message(part, where, path, saved, what):
+    """Why a run stops on a non-finite number, where, and which checkpoint is kept."""
+    kept = (f'the last good checkpoint, {path}, holds epoch {saved["epoch"]} + {saved["batch"]} batches and was '
+            f'not overwritten; rerunning resumes from it' if saved else
+            f'no checkpoint had been written yet ({path} does not exist); a rerun starts from scratch')
+    return (f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. '
+            f'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or use '
+            f'--precision fp32 if this was a bf16 run.')
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+def new_history():
+    """Per-iteration training curves and per-epoch test points, as history.json stores them."""
+    return dict(step=[], loss=[], recon=[], kl=[], objective=[], beta=[], test_epoch=[], test_step=[], test_loss=[],
+                test_kl=[], autoregress_step=None)
+
+
+class Training:
+    """One part's training: its models, optimiser, generators and state, checkpointed to
+    out/checkpoint.pt. The state (epoch, batch, step, data order, history) is what a checkpoint holds."""
+
+    def __init__(self, part, cfg, nets, out, device, progress=True):
+        self.part, self.cfg, self.nets, self.out, self.progress = part, cfg, nets, out, progress
+        self.device = torch.device(device)
+        self.path = os.path.join(out, 'checkpoint.pt')
+        self.params = [p for net in nets.values() for p in net.parameters()]
+        self.opt = adam(self.params, cfg['lr'])
+        self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
+        self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
+        self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
+                          history=new_history())
+        self.saved = None     # {epoch, batch} of the checkpoint on disk
+        self.pending = []     # per-step numbers not yet read from the device
+        self.check_every = 1 if self.device.type == 'cpu' else SYNC_EVERY
+
+    def resume(self):
+        """Load out/checkpoint.pt if there is one; its settings must be those of this run."""
+        if not os.path.exists(self.path):
+            return
+        ck = load_file(self.path)
+        missing = [k for k in ('config', 'models', 'optimizer', 'rng', 'epoch') if k not in ck]
+        if missing:
+            raise CheckpointError(f'{self.path} is not a checkpoint of this project (it lacks {", ".join(missing)}); '
+                                  f'rerun with --fresh (fresh=True) or delete it')
+        differ = settings_differ(ck['config'], self.cfg)
+        if differ:
+            changes = ', '.join(f'{k}: {ck["config"].get(k)!r} -> {self.cfg.get(k)!r}' for k in differ)
+            raise CheckpointError(f'{self.path} was trained with other settings ({changes}); '
+                                  f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
+        for name, net in self.nets.items():
+            net.load_state_dict(model_state(ck['models'][name]))
+        self.opt.load_state_dict(ck['optimizer'])
+        self.shuffle.set_state(ck['rng']['shuffle'])
+        torch.set_rng_state(ck['rng']['torch'])
+        try:
+            self.noise.set_state(ck['rng']['noise'])
+        except RuntimeError:  # a generator state of another device type (e.g. saved on CUDA, resumed on CPU)
+            say(self.out, f'{self.part}: the checkpoint comes from another device; eps draws restart from the seed')
+        self.state = {k: ck[k] for k in self.state}
+        self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
+        say(self.out, f'{self.part}: resuming from {self.path} at epoch {self.state["epoch"]}, batch '
+                      f'{self.state["batch"]}, step {self.state["step"]}')
+        if self.state['epoch'] > self.cfg['epochs']:
+            raise CheckpointError(f'{self.path} has trained {self.state["epoch"]} epochs, more than the '
+                                  f'{self.cfg["epochs"]} asked for; ask for at least {self.state["epoch"]} '
+                                  f'epochs or rerun with --fresh')
+
+    def save(self):
+        """Write the checkpoint, after reading every pending number: never a non-finite model."""
+        self.flush()
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise NonFiniteLossError(stop_message(self.part, self.where(), self.path, self.saved,
+                                                  'a parameter is not finite'))
+        rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
+        atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
+                         optimizer=self.opt.state_dict(), rng=rng, **self.state), self.path)
+        self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
+
+    def where(self, step=None):
+        s = self.state
+        return (f'epoch {s["epoch"] + 1}, batch {s["batch"]} of the epoch, step {s["step"]}' if step is None
+                else f'step {step} (epoch {s["epoch"] + 1})')
+
+    def run(self, stop_at=None):
+        """Train to cfg['epochs'] (or until the wall-clock time stop_at, then checkpoint and return
+        False). Returns True when training is complete."""
+        cfg, state = self.cfg, self.state
+        decoder = self.nets.get('decoder')
+        if cfg['autoregress']:
+            decoder.autoregress = state['autoregress']
+        if state['epoch'] >= cfg['epochs']:
+            return True
+        x_train = load_data(cfg, train=True).to(self.device)
+        x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
+        steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
+        last_save = time.time()
+        for epoch in range(state['epoch'], cfg['epochs']):
+            self.start_epoch(epoch, len(x_train))
+            t0 = time.time()
+            for b in tqdm(range(state['batch'], steps_per_epoch), desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}',
+                          initial=state['batch'], total=steps_per_epoch, leave=False, disable=not self.progress):
+                self.step(x_train, b, steps_per_epoch)
+                late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
+                if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:
+                    state['train_seconds'] += time.time() - t0
+                    t0 = time.time()
+                    self.save()
+                    last_save = time.time()
+                    if stop_at is not None and time.time() > stop_at:
+                        return False
+            state['train_seconds'] += time.time() - t0
+            self.end_of_epoch(epoch, x_monitor, steps_per_epoch)
+            last_save = time.time()
+            if stop_at is not None and time.time() > stop_at and state['epoch'] < cfg['epochs']:
+                return False
+        return True
+
+    def start_epoch(self, epoch, n):
+        """The learning rate of this epoch, autoregression on from autoregress_epoch, the data order."""
+        cfg, state, hist = self.cfg, self.state, self.state['history']
+        late = cfg['lr_drop_epoch'] is not None and epoch >= cfg['lr_drop_epoch']
+        for group in self.opt.param_groups:
+            group['lr'] = cfg['lr_late'] if late else cfg['lr']
+        if cfg['autoregress']:
+            self.nets['decoder'].autoregress = state['autoregress'] = epoch >= cfg['autoregress_epoch']
+            if state['autoregress'] and hist['autoregress_step'] is None:
+                hist['autoregress_step'] = state['step']
+        if state['batch'] == 0:
+            state['perm'] = torch.randperm(n, generator=self.shuffle)
+        for net in self.nets.values():
+            net.train()
+
+    def step(self, x_train, b, steps_per_epoch):
+        """One optimiser step on batch b of the epoch's data order."""
+        cfg, state = self.cfg, self.state
+        bs = cfg['batch_size']
+        x = x_train[state['perm'][b * bs:(b + 1) * bs].to(self.device)]  # (B, 1, 28, 28)
+        eps = noise(self.noise, (len(x), models.LATENT ** 2), self.device) if cfg['model'] != 'pixelcnn' else None
+        # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
+        beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
+        loss, recon, kl = objective(self.nets, cfg, x, eps, beta)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.pending.append((state['step'], b, beta, torch.stack([loss.detach(), recon.detach(), kl.detach(),
+                                                                  total_grad_norm(self.params)])))
+        if len(self.pending) >= self.check_every:  # on the CPU: checked before the step can spread a NaN
+            self.flush()
+        self.opt.step()
+        state['step'] += 1
+        state['batch'] = b + 1
+
+    def flush(self):
+        """Read the pending per-step numbers (one transfer), stop at the first non-finite one, and
+        append them to the history."""
+        if not self.pending:
+            return
+        values = torch.stack([v for *_, v in self.pending]).tolist()  # [objective, recon, kl, grad norm] per step
+        hist = self.state['history']
+        for (step, b, beta, _), (obj, recon, kl, grad_norm) in zip(self.pending, values):
+            if not (math.isfinite(obj) and math.isfinite(grad_norm)):
+                self.pending = []
+                what = (f'the training loss is {obj}' if not math.isfinite(obj)
+                        else f'the gradient norm is {grad_norm} (the loss is {obj})')
+                where = f'epoch {self.state["epoch"] + 1}, batch {b} of the epoch, step {step}'
+                message = stop_message(self.part, where, self.path, self.saved, what)
+                say(self.out, message)
+                raise NonFiniteLossError(message)
+            for k, v in (('step', step), ('objective', obj), ('recon', recon), ('kl', kl), ('beta', beta)):
+                hist[k].append(v)
+            hist['loss'].append(recon + kl)
+        self.pending = []
+
+    def end_of_epoch(self, epoch, x_monitor, steps_per_epoch):
+        """Test loss on the monitor images, a run.log line, the checkpoint."""
+        from evaluate import neg_elbo
+        cfg, state, hist = self.cfg, self.state, self.state['history']
+        self.flush()
+        for net in self.nets.values():
+            net.eval()
+        monitor = neg_elbo(self.nets, cfg, x_monitor, cfg['seed'] + 101)
+        key = 'test_nll' if cfg['model'] == 'pixelcnn' else 'test_elbo'
+        hist['test_epoch'].append(epoch + 1)
+        hist['test_step'].append(state['step'])
+        hist['test_loss'].append(monitor[key]['value'])
+        hist['test_kl'].append(monitor['kl']['value'] if 'kl' in monitor else 0.0)
+        last = hist['loss'][-steps_per_epoch:]
+        say(self.out, f'{self.part}: epoch {epoch + 1}/{cfg["epochs"]}, step {state["step"]}: train '
+                      f'{sum(last) / len(last):.2f} (mean of the epoch), test {hist["test_loss"][-1]:.2f} '
+                      f'({len(x_monitor)} images), KL {hist["test_kl"][-1]:.2f}, beta {hist["beta"][-1]:.2f}, '
+                      f'lr {self.opt.param_groups[0]["lr"]:g}, {state["train_seconds"]:.0f} s of training')
+        state['epoch'], state['batch'] = epoch + 1, 0
+        self.save()
+
+
+def train(part, cfg, nets, out, device, progress=True, stop_at=None):
+    """Train the part's models, resuming from out/checkpoint.pt if present. Returns (state, done):
+    the training state {epoch, batch, step, train_seconds, history, autoregress, ...} and whether
+    training is complete (False when stopped at the wall-clock time stop_at, checkpoint written)."""
+    training = Training(part, cfg, nets, out, device, progress)
+    training.resume()
+    done = training.run(stop_at)
+    return training.state, done
