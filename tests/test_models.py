@@ -7,7 +7,6 @@ course-compatible models.py: HW2_MODELS=path/to/models.py pytest -m course_api (
 """
 import math
 import os
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -247,7 +246,7 @@ def test_per_dimension_terms_are_log_diagonals_of_each_step():
 
 @pytest.mark.course_api
 def test_course_calls_and_shapes():
-    """The notebooks' calls, at small sizes: shapes, value ranges and the PixelVAE logits
+    """The notebooks' forward calls, at small sizes: shapes, value ranges and the PixelVAE logits
     pixelcnn(x) + (the logits with autoregress off)."""
     B = 4
     x = torch.bernoulli(torch.rand(B, 1, 28, 28))
@@ -260,24 +259,32 @@ def test_course_calls_and_shapes():
     out = g(z)
     assert out.shape == (B, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
     assert g(torch.randn(B, 49)).shape == (B, 1, 28, 28)
-    s = g.to(DEVICE).sample(torch.randn(B, 1, 7, 7, device=DEVICE), 0.03)
-    assert s.shape == (B, 1, 28, 28) and s.min() >= 0 and s.max() <= 1
-    p = models.PixelCNN(capacity=4, depth=1)
-    assert p(x).shape == (B, 1, 28, 28)
-    s = p.to(DEVICE).sample(3)
-    assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+    assert models.PixelCNN(capacity=4, depth=1)(x).shape == (B, 1, 28, 28)
     d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
     assert d.autoregress is False and isinstance(d.pixelcnn, models.PixelCNN)
-    d.pixelcnn = models.PixelCNN(capacity=4, depth=1)  # a small one samples faster
     latent_only = d(z)
     assert latent_only.shape == (B, 1, 28, 28)
-    s = d.to(DEVICE).sample(torch.randn(B, 1, 7, 7, device=DEVICE))
-    assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
     d.autoregress = True
-    d.cpu()
     torch.testing.assert_close(d(z, x), latent_only + d.pixelcnn(x))
-    s = d.to(DEVICE).sample(z.to(DEVICE))
-    assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.course_api
+def test_course_samplers():
+    """sample() of each model, as the notebooks call it: shapes and values. On a GPU when there is
+    one: the framework's samplers allocate with .cuda()."""
+    B = 4
+    g = models.GaussianVAEDecoder(capacity=8, depth=3).to(DEVICE)
+    s = g.sample(torch.randn(B, 1, 7, 7, device=DEVICE), 0.03)
+    assert s.shape == (B, 1, 28, 28) and s.min() >= 0 and s.max() <= 1
+    s = models.PixelCNN(capacity=4, depth=1).to(DEVICE).sample(3)
+    assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
+    d.pixelcnn = models.PixelCNN(capacity=4, depth=1)  # the framework's attribute; a small one samples faster
+    d = d.to(DEVICE)
+    for autoregress, z in ((False, torch.randn(B, 1, 7, 7)), (True, torch.randn(B, 49))):
+        d.autoregress = autoregress
+        s = d.sample(z.to(DEVICE))
+        assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_engine_call_patterns():
@@ -288,7 +295,7 @@ def test_engine_call_patterns():
     z = torch.randn(B, 49)
     s = models.PixelCNN(capacity=4, depth=1).sample(n=3)
     assert s.shape == (3, 1, 28, 28)
-    d = models.DiscreteVAEDecoder(capacity=8, depth=2, autoregress=True)
+    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True, pixelcnn_capacity=4, pixelcnn_depth=1)
     d.autoregress = True
     torch.testing.assert_close(d(z, x), d.latent_logits(z) + d.pixelcnn(x))
     torch.testing.assert_close(d.pixel_logits(x), d.pixelcnn(x))
