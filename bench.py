@@ -1,4 +1,5 @@
-"""Benchmark: training, sampling and importance-sampling speed at the course's default sizes.
+"""Benchmark: training, sampling and importance-sampling speed at the course's default sizes, on
+any device; and the speed tables of the README, which read the files it writes.
 
     python bench.py --json bench.json                 # this implementation, then a straightforward one
     python bench.py --json bench.json --baseline-json plain.json
@@ -6,29 +7,28 @@
     python bench.py --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
     python bench.py --json bench.json --bf16-json bf16.json     # also training in bfloat16 (opt-in mode)
 
-Each workload is warmed up, then timed several times; the median is reported. The variants of
-a workload (this implementation, the straightforward one, bfloat16) are timed in turns, step by
-step, so that drifts in the machine's load hit them alike. Training
-throughput counts a full Adam step (forward, backward, update) at batch 100. Importance sampling
-uses M = 1000 samples per image. The "straightforward" column is a plain solution written the
-common way, kept here for side-by-side timing only: conv -> BatchNorm -> ReLU residual blocks, a
-mask multiplied into every masked kernel on every call, sampling by one full forward pass per
-pixel, and importance sampling image by image (x expanded to 125 copies, 8 chunks of 125 draws,
-the full decoder g(z, x) each time). This implementation's importance sampling runs compiled
-(evaluate.Compiled: torch.compile with freezing), as the engine does on the CPU; the time of
-its first call, which compiles, is printed and not counted. The machine is noisy: compare
-columns of one run.
+Workloads: the networks of parts 6a (pixelcnn), 6b (binary_vae), 5b (gaussian_vae), 6c (pixelvae,
+PixelCNN on) and 6d (iaf_vae) at the `full` profile. Training counts one Adam step at batch 100 of
+the engine's objective (train.objective on what train.build makes of the part's configuration);
+importance sampling, M = 1000 draws per image through evaluate.importance_sampled_nll as the
+engine runs it (compiled on the CPU: the first call, which compiles, is printed, not counted).
+The "straightforward" column is a plain solution written the common way at the same sizes, for
+side-by-side timing only: conv -> BatchNorm -> ReLU residual blocks, a mask multiplied into
+every masked kernel on every call, the course's losses in a plain loop with torch.optim.Adam,
+sampling by one full forward pass per pixel, importance sampling image by image (x expanded to
+125 copies, 8 chunks of 125 draws, the full decoder g(z, x) each time).
 
-With --flops-json, each workload's floating-point operations per image are counted
-(torch.utils.flop_counter: convolutions and matrix products, forward and backward) and set
-against the device's measured ceiling: the throughput of one large dense convolution. A
-speed-up target that would need more than the ceiling cannot be met without changing the math.
+Every tensor is made on the device and every timer waits for the device's queued work. Each
+workload is warmed up, then timed several times, its variants in turns (a, b, a, b, ...) so that
+drifts in the machine's load hit them alike; the median is reported. With --flops-json, FLOPs
+per image (torch.utils.flop_counter) are set against the device's measured convolution rates:
+a goal that needs more than them cannot be met without changing the math.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import time
 
@@ -39,14 +39,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import losses
 import models
-from config import model_spec, pick_device
+from config import config, describe_hardware, model_spec, pick_device
 from evaluate import importance_sampled_nll
-from train import adam, build, load_data, load_file, low_precision, objective
+from train import adam, build, load_data, load_file, objective
 
-BATCH = 100     # training batch, as in the course notebooks
-M = 1000        # importance samples per image
-REPEATS = 5     # timed repetitions of each training step (after WARMUP)
+PROFILE = 'full'  # the networks' sizes (tests use 'smoke')
+BATCH = 100       # training batch, as in the course notebooks
+M = 1000          # importance samples per image
+IS_CHUNK, IS_BATCH = 100, 20   # this implementation: 20 images x 100 draws per decoder pass
+PLAIN_CHUNK = 125              # the course loop: x expanded to 125 copies, M / 125 chunks
+SAMPLES = 49      # PixelCNN images drawn (the workload pixelcnn_49)
+REPEATS = 5       # timed repetitions of each training step (after WARMUP)
 WARMUP = 2
+CEILING = (128, 28, 32)        # the reference convolution: channels, side, batch
+WORKLOADS = {'pixelcnn': '6a', 'binary_vae': '6b', 'gaussian_vae': '5b', 'pixelvae': '6c', 'iaf_vae': '6d'}
+OURS, PLAIN, BF16 = 'this implementation', 'straightforward', 'this implementation, bf16'
 
 
 # ---------------------------------------------------------------- the straightforward solution
@@ -69,14 +76,14 @@ class PlainPixelCNN(nn.Module):
         self.embed = models.MaskedConv2d('A', 1, capacity, 9, padding=4)
         self.blocks = nn.Sequential(*[PlainBlock(capacity, masked=True) for _ in range(depth)])
         self.out = models.MaskedConv2d('B', capacity, 1, 3, padding=1)
-        self.bias = nn.Parameter(torch.zeros(28, 28))
+        self.bias = nn.Parameter(torch.zeros(28, 28))  # cpu: a parameter, moved by the module's .to(device)
 
     def forward(self, x):
         return self.out(self.blocks(self.embed(x))) + self.bias
 
     @torch.no_grad()
     def sample(self, n):
-        x = torch.zeros(n, 1, 28, 28)
+        x = torch.zeros(n, 1, 28, 28, device=self.bias.device)
         for i in range(28):
             for j in range(28):
                 x[:, :, i, j] = torch.bernoulli(torch.sigmoid(self(x)[:, :, i, j]))
@@ -84,14 +91,13 @@ class PlainPixelCNN(nn.Module):
 
 
 class PlainDecoder(nn.Module):
-    def __init__(self, capacity=32, depth=51, autoregress=False):
+    def __init__(self, capacity=32, depth=51, pixelcnn=None):
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.pixelcnn = capacity, pixelcnn
         self.fc = nn.Linear(49, capacity * 49)
         self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
         self.up = nn.ConvTranspose2d(capacity, 1, 4, stride=4)
-        self.bias = nn.Parameter(torch.zeros(28, 28))
-        self.pixelcnn = PlainPixelCNN() if autoregress else None
+        self.bias = nn.Parameter(torch.zeros(28, 28))  # cpu: a parameter, moved by the module's .to(device)
 
     def forward(self, z, x=None):
         out = self.up(self.blocks(self.fc(z.view(-1, 49)).view(-1, self.capacity, 7, 7))) + self.bias
@@ -99,12 +105,12 @@ class PlainDecoder(nn.Module):
 
 
 class PlainEncoder(nn.Module):
-    def __init__(self, capacity=32, depth=9, flows=0):
+    def __init__(self, capacity=32, depth=9, flows=0, iaf_depth=9):
         super().__init__()
         self.embed = nn.Conv2d(1, capacity, 7, stride=4, padding=3)
         self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
         self.heads = nn.Conv2d(capacity, 2, 3, padding=1)
-        self.flows = nn.ModuleList([PlainIAF(capacity) for _ in range(flows)])
+        self.flows = nn.ModuleList([PlainIAF(capacity, iaf_depth) for _ in range(flows)])
 
     def forward(self, x, eps):
         h = self.blocks(self.embed(x))
@@ -118,135 +124,148 @@ class PlainEncoder(nn.Module):
 
 
 class PlainIAF(nn.Module):
-    def __init__(self, filters):
+    def __init__(self, filters, depth):
         super().__init__()
         self.embed = models.MaskedConv2d('A', 1, filters, 3, padding=1)
-        self.block = PlainBlock(filters, masked=True)
+        self.blocks = nn.Sequential(*[PlainBlock(filters, masked=True) for _ in range(depth)])
         self.head = models.MaskedConv2d('B', filters, 2, 3, padding=1)
 
     def forward(self, z, h):
-        m, s = self.head(self.block(self.embed(z.view(-1, 1, 7, 7)) + h)).flatten(2).unbind(1)
+        m, s = self.head(self.blocks(self.embed(z.view(-1, 1, 7, 7)) + h)).flatten(2).unbind(1)
         gate = torch.sigmoid(s)
         return gate * z + (1 - gate) * m, torch.log(gate).sum(1)
 
 
+def plain_vae(cfg, device):
+    """The straightforward encoder and decoder at the part's sizes."""
+    f = PlainEncoder(cfg['enc_capacity'], cfg['enc_depth'], cfg['flows'], cfg['iaf_depth'])
+    pixelcnn = PlainPixelCNN(cfg['pixelcnn_capacity'], cfg['pixelcnn_depth']) if cfg['autoregress'] else None
+    return f.to(device), PlainDecoder(cfg['dec_capacity'], cfg['dec_depth'], pixelcnn).to(device)
+
+
+def plain_training(name, device):
+    """(modules, loss of a batch): the straightforward networks and the course's loss functions."""
+    cfg = config(WORKLOADS[name], PROFILE)
+    if cfg['model'] == 'pixelcnn':
+        p = PlainPixelCNN(cfg['pixelcnn_capacity'], cfg['pixelcnn_depth']).to(device)
+        return [p], lambda x: losses.cross_entropy(p(x), x)
+    f, g = plain_vae(cfg, device)
+
+    def loss(x):
+        z, logqzx, mu, logvar = f(x, torch.randn(len(x), 1, 7, 7, device=x.device))
+        if cfg['model'] == 'gaussian_vae':
+            recon, kl = losses.gaussian_elbo(g(z), x, z, cfg['sigma'], mu, logvar)
+        else:
+            recon, kl = losses.discrete_output_elbo(g(z, x), x, z, logqzx)
+        return recon + kl
+    return [f, g], loss
+
+
 @torch.no_grad()
 def plain_importance_sample(f, g, x):
-    """The course's loop: one image at a time, x expanded to 125 copies, 8 chunks of 125 draws."""
+    """The course's loop: one image at a time, x expanded to 125 copies, M / 125 chunks of 125 draws."""
     nll = []
     for xi in x:
-        xi = xi.expand(125, 1, 28, 28)
+        xi = xi.expand(PLAIN_CHUNK, 1, 28, 28)
         log_w = []
-        for _ in range(M // 125):
-            z, logqzx, _, _ = f(xi, torch.randn(125, 1, 7, 7))
+        for _ in range(M // PLAIN_CHUNK):
+            z, logqzx, _, _ = f(xi, torch.randn(PLAIN_CHUNK, 1, 7, 7, device=x.device))
             logpxz = F.binary_cross_entropy_with_logits(g(z, xi), xi, reduction='none').view(-1, 784).sum(1)
             log_w.append(-(logpxz + 0.5 * z.pow(2).sum(1) - logqzx))
         nll.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(M)))
     return torch.stack(nll)
 
 
+# ---------------------------------------------------------------- this implementation
+def engine(name, device, precision='fp32'):
+    """(cfg, nets): the part's configuration and the networks train.build makes of it."""
+    cfg = config(WORKLOADS[name], PROFILE, precision=precision)
+    nets = build(model_spec(cfg), device)
+    if cfg['autoregress']:
+        nets['decoder'].autoregress = True  # as after the warm-up epochs
+    return cfg, nets
+
+
+def engine_training(name, device, precision='fp32'):
+    """(modules, loss of a batch): the engine's networks and objective, as train.py trains the part."""
+    cfg, nets = engine(name, device, precision)
+
+    def loss(x):
+        eps = None if cfg['model'] == 'pixelcnn' else torch.randn(len(x), 49, device=x.device)
+        return objective(nets, cfg, x, eps)[0]
+    return list(nets.values()), loss
+
+
+TRAINING = {OURS: engine_training, PLAIN: plain_training,
+            BF16: lambda name, device: engine_training(name, device, 'bf16')}
+
+
 # ---------------------------------------------------------------- timing
-def median_seconds(fn, repeats=REPEATS, warmup=WARMUP):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def synchronize(device):
+    """Wait for the device's queued work, so that a timer measures it (CUDA and MPS run asynchronously)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
 
 
-def train_step(modules, loss_fn, device, fused=True):
-    """One Adam step of the given modules on a fixed binarized batch; returns a closure."""
-    params = [p for m in modules for p in m.parameters()]
-    opt = adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
-    x = torch.bernoulli(torch.rand(BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))).to(device)
-
-    def step():
-        recon, div = loss_fn(x)
-        opt.zero_grad(set_to_none=True)
-        (recon + div).backward()
-        opt.step()
-    return step
+def clock(fn, device):
+    """Seconds of one call of fn, the device's work included."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
 
 
-def vae_loss(f, g, elbo, precision='fp32'):
-    def loss(x):
-        with low_precision(precision, x.device):  # the networks; the losses in float32
-            z, logqzx, mu, logvar = f(x, torch.randn(x.shape[0], 1, 7, 7, device=x.device))
-            out = g(z) if elbo == 'gaussian' else g(z, x)
-        z, logqzx, mu, logvar, out = (t.float() for t in (z, logqzx, mu, logvar, out))
-        if elbo == 'gaussian':
-            return losses.gaussian_elbo(out, x, z, 0.03, mu, logvar)
-        return losses.discrete_output_elbo(out, x, z, logqzx)
-    return loss
+def timed(fn, device, repeats=5):
+    """The second-fastest of repeats - 1 timed calls of fn after one warm-up call, in seconds."""
+    times = [clock(fn, device) for _ in range(repeats)]
+    return sorted(times[1:])[1]
 
 
-def pixelcnn_loss(p, precision='fp32'):
-    def loss(x):
-        with low_precision(precision, x.device):
-            logits = p(x)
-        return losses.cross_entropy(logits.float(), x), torch.zeros((), device=x.device)
-    return loss
-
-
-def training_workloads(plain, device, precision='fp32'):
-    """name -> (modules, loss) at the course's default sizes; this implementation's forward passes
-    under low_precision(precision) (the straightforward solution: float32)."""
-    Enc, Dec, Pix = (PlainEncoder, PlainDecoder, PlainPixelCNN) if plain else \
-        (models.VAEEncoder, models.DiscreteVAEDecoder, models.PixelCNN)
-    GDec = PlainDecoder if plain else models.GaussianVAEDecoder
-    w = {}
-    p = Pix().to(device)
-    precision = 'fp32' if plain else precision
-    w['pixelcnn'] = ([p], pixelcnn_loss(p, precision))
-    f, g = Enc().to(device), Dec().to(device)
-    w['binary_vae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
-    f, g = Enc(capacity=128, depth=51).to(device), GDec(capacity=128, depth=51).to(device)
-    w['gaussian_vae'] = ([f, g], vae_loss(f, g, 'gaussian', precision))
-    f, g = Enc().to(device), Dec(autoregress=True).to(device)
-    if not plain:
-        g.autoregress = True
-    w['pixelvae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
-    f, g = Enc(flows=8).to(device), Dec().to(device)
-    w['iaf_vae'] = ([f, g], vae_loss(f, g, 'discrete', precision))
-    return w
-
-
-OURS, PLAIN, BF16 = 'this implementation', 'straightforward', 'this implementation, bf16'
-VARIANTS = {OURS: (False, 'fp32'), PLAIN: (True, 'fp32'), BF16: (False, 'bf16')}  # label: (plain, precision)
-
-
-def in_turns(calls, repeats, warmup):
+def in_turns(calls, device, repeats=None, warmup=None):
     """{label: median seconds} of each zero-argument call, timed in turns (a, b, a, b, ...) after
     `warmup` untimed calls of each: the machine's load drifts over minutes, and timing the
     variants side by side makes their ratio robust to it."""
+    repeats, warmup = REPEATS if repeats is None else repeats, WARMUP if warmup is None else warmup
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     times = {label: [] for label in calls}
     for _ in range(repeats):
         for label, fn in calls.items():
-            t = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - t)
+            times[label].append(clock(fn, device))
     return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def binary_batch(n, device, seed):
+    """n random binary images (n, 1, 28, 28), drawn on the device."""
+    generator = torch.Generator(device).manual_seed(seed)
+    return (torch.rand(n, 1, 28, 28, generator=generator, device=device) < 0.5).float()
+
+
+def train_step(modules, loss, x, fused=True):
+    """One Adam step of the modules on the batch x; returns a closure."""
+    params = [p for m in modules for p in m.parameters()]
+    opt = adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss(x).backward()
+        opt.step()
+    return step
 
 
 def bench_training(device, labels):
     """{label: {workload: images/s}}: one Adam step at batch 100 of each workload, the variants
     timed in turns."""
+    x = binary_batch(BATCH, device, seed=0)
     out = {label: {} for label in labels}
-    built = {label: training_workloads(VARIANTS[label][0], device, VARIANTS[label][1]) for label in labels}
-    for name in built[labels[0]]:
-        steps = {}
-        for label in labels:
-            modules, loss = built[label][name]
-            for m in modules:
-                m.train()
-            steps[label] = train_step(modules, loss, device, fused=not VARIANTS[label][0])
-        sec = in_turns(steps, REPEATS, WARMUP)
+    for name in WORKLOADS:
+        steps = {label: train_step(*TRAINING[label](name, device), x, fused=label != PLAIN) for label in labels}
+        sec = in_turns(steps, device)
         for label in labels:
             out[label][name] = BATCH / sec[label]
         print(f'  train {name:13s} ' + ', '.join(f'{label} {BATCH / sec[label]:.1f}' for label in labels)
@@ -254,32 +273,45 @@ def bench_training(device, labels):
     return out
 
 
-def bench_sampling(plain, device):
-    torch.manual_seed(0)
-    p = (PlainPixelCNN() if plain else models.PixelCNN()).to(device).eval()
-    sec = median_seconds(lambda: p.sample(49), repeats=1 if plain else 3, warmup=0 if plain else 1)
-    print(f'  [{PLAIN if plain else OURS}] sample 49 PixelCNN images {sec:8.2f} s', flush=True)
+def bench_sampling(device, baseline):
+    """{label: seconds} to sample 49 (SAMPLES) PixelCNN images."""
+    cfg, nets = engine('pixelcnn', device)
+    p = nets['pixelcnn'].eval()
+    sec = {OURS: in_turns({OURS: lambda: p.sample(SAMPLES)}, device, repeats=3, warmup=1)[OURS]}
+    if baseline:
+        q = PlainPixelCNN(cfg['pixelcnn_capacity'], cfg['pixelcnn_depth']).to(device).eval()
+        sec[PLAIN] = in_turns({PLAIN: lambda: q.sample(SAMPLES)}, device, repeats=1, warmup=0)[PLAIN]
+    for label, s in sec.items():
+        print(f'  [{label}] sample {SAMPLES} PixelCNN images {s:8.2f} s', flush=True)
     return sec
 
 
+def importance_sampling_calls(name, x, baseline, device):
+    """({label: call}, {label: images per call}) of importance sampling at M draws per image."""
+    cfg, nets = engine(name, device)
+    f, g = nets['encoder'].eval(), nets['decoder'].eval()
+
+    def ours(images):
+        return importance_sampled_nll(f, g, images, M, IS_CHUNK, IS_BATCH, compile=cfg['compile'])
+    first = clock(lambda: ours(x[:1]), device)
+    print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling where not cached) '
+          f'{first:.1f} s', flush=True)
+    calls, n = {OURS: lambda: ours(x)}, {OURS: len(x)}
+    if baseline:
+        pf, pg = (m.eval() for m in plain_vae(cfg, device))
+        n[PLAIN] = min(len(x), 2 if cfg['autoregress'] else 4)
+        calls[PLAIN] = lambda: plain_importance_sample(pf, pg, x[:n[PLAIN]])
+    return calls, n
+
+
 def bench_importance_sampling(device, is_images, baseline):
-    """{label: {workload: images/s}} at M = 1000: this implementation (compiled, as the engine runs
-    it on the CPU) on is_images images, the course loop on 4 (binary VAE) or 2 (PixelVAE), in turns."""
+    """{label: {workload: images/s}} at M = 1000: this implementation on is_images images, the
+    course loop on 4 (binary VAE) or 2 (PixelVAE), in turns."""
     out = {OURS: {}, PLAIN: {}}
-    x = torch.bernoulli(torch.rand(is_images, 1, 28, 28, generator=torch.Generator().manual_seed(1))).to(device)
-    for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
-        f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
-        g.autoregress = autoregress
-        t0 = time.perf_counter()
-        importance_sampled_nll(f, g, x[:1], M, chunk=100, batch=20, compile=True)  # compiles
-        print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling where not cached) '
-              f'{time.perf_counter() - t0:.1f} s', flush=True)
-        calls = {OURS: lambda: importance_sampled_nll(f, g, x, M, chunk=100, batch=20, compile=True)}
-        n = {OURS: is_images, PLAIN: 2 if autoregress else 4}
-        if baseline:
-            pf, pg = PlainEncoder().to(device).eval(), PlainDecoder(autoregress=autoregress).to(device).eval()
-            calls[PLAIN] = lambda: plain_importance_sample(pf, pg, x[:n[PLAIN]])
-        sec = in_turns(calls, repeats=2, warmup=1)
+    x = binary_batch(is_images, device, seed=1)
+    for name in ('binary_vae', 'pixelvae'):
+        calls, n = importance_sampling_calls(name, x, baseline, device)
+        sec = in_turns(calls, device, repeats=2, warmup=1)
         for label in calls:
             out[label][name] = n[label] / sec[label]
         print(f'  importance sampling M={M} {name:11s} ' + ', '.join(f'{label} {n[label] / sec[label]:.2f}'
@@ -287,6 +319,7 @@ def bench_importance_sampling(device, is_images, baseline):
     return out
 
 
+# ---------------------------------------------------------------- FLOPs
 def count_flops(fn):
     """Floating-point operations of one call of fn (convolutions and matrix products)."""
     with FlopCounterMode(display=False) as counter:
@@ -306,90 +339,82 @@ def conv_rate(device, channels, side, batch, backward=True):
         else:
             with torch.inference_mode():
                 conv(x)
-    flops = count_flops(step)
-    return flops / median_seconds(step) / 1e9
+    return count_flops(step) / in_turns({0: step}, device)[0] / 1e9
 
 
-# The convolution that carries most of each workload's FLOPs: (channels, side, batch, backward).
-LAYERS = {
-    'train_pixelcnn': (32, 28, BATCH, True), 'train_pixelvae': (32, 28, BATCH, True),
-    'train_binary_vae': (32, 7, BATCH, True), 'train_iaf_vae': (32, 7, BATCH, True),
-    'train_gaussian_vae': (128, 7, BATCH, True),
-    'is_binary_vae': (32, 7, 2000, False), 'is_pixelvae': (32, 7, 2000, False),  # 20 images x 100 draws per pass
-}
+def main_layer(name, training):
+    """(channels, side, batch, backward) of the convolution that carries most of a workload's FLOPs:
+    the PixelCNN's at 28x28, or the VAE trunk's at 7x7; importance sampling: forward only."""
+    cfg = config(WORKLOADS[name], PROFILE)
+    channels, side = (cfg['pixelcnn_capacity'], 28) if name in ('pixelcnn', 'pixelvae') else (cfg['dec_capacity'], 7)
+    return channels, side, BATCH if training else IS_BATCH * IS_CHUNK, training
 
 
-def flops_report(ours, device, is_images):
-    """FLOPs per image of each workload of this implementation, the GFLOP/s it reaches, and two
-    references measured in the same run: the ceiling (a large dense convolution, 128 channels at
-    28x28, batch 32) and the rate of the convolution layer that carries most of the workload's
-    FLOPs, at the workload's own sizes. rate / FLOPs per image bounds the images/s that any
-    implementation computing those FLOPs with these convolutions can reach."""
-    out = {'ceiling_gflop_per_s': conv_rate(device, 128, 28, 32), 'gflop_per_image': {}, 'gflop_per_s': {},
-           'layer': {}, 'layer_gflop_per_s': {}}
-    for name, (modules, loss) in training_workloads(False, device).items():
-        for m in modules:
-            m.train()
-        per_image = count_flops(train_step(modules, loss, device)) / BATCH / 1e9
-        out['gflop_per_image'][f'train_{name}'] = per_image
-        out['gflop_per_s'][f'train_{name}'] = per_image * ours['train_img_per_s'][name]
-    x = torch.bernoulli(torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))).to(device)
-    for name, autoregress in (('binary_vae', False), ('pixelvae', True)):
-        f, g = models.VAEEncoder().to(device).eval(), models.DiscreteVAEDecoder(autoregress=autoregress).to(device).eval()
-        g.autoregress = autoregress
-        per_image = count_flops(lambda: importance_sampled_nll(f, g, x, M, chunk=100, batch=20)) / 1e9
-        out['gflop_per_image'][f'is_{name}'] = per_image
-        out['gflop_per_s'][f'is_{name}'] = per_image * ours['is_img_per_s'][name]
-    rates = {}
-    for key, spec in LAYERS.items():
+def flops_report(device):
+    """{ceiling_gflop_per_s, gflop_per_image, layer_gflop_per_s}: the rate of a large dense
+    convolution; FLOPs per image of each workload of this implementation; the rate of the layer
+    that carries most of its FLOPs, at its own sizes. That rate / FLOPs per image bounds the
+    images/s of any implementation computing those FLOPs with these convolutions."""
+    out = {'ceiling_gflop_per_s': conv_rate(device, *CEILING), 'gflop_per_image': {}, 'layer_gflop_per_s': {}}
+    x, rates = binary_batch(BATCH, device, seed=0), {}
+    work = {f'train_{name}': (name, True) for name in WORKLOADS}
+    work.update({f'is_{name}': (name, False) for name in ('binary_vae', 'pixelvae')})
+    for key, (name, training) in work.items():
+        if training:
+            per_image = count_flops(train_step(*engine_training(name, device), x)) / BATCH
+        else:
+            _, nets = engine(name, device)
+            f, g = nets['encoder'].eval(), nets['decoder'].eval()
+            per_image = count_flops(lambda: importance_sampled_nll(f, g, x[:1], M, IS_CHUNK, IS_BATCH))
+        out['gflop_per_image'][key] = per_image / 1e9
+        spec = main_layer(name, training)
         if spec not in rates:
             rates[spec] = conv_rate(device, *spec)
-        c, side, batch, backward = spec
-        out['layer'][key] = f'3x3 conv, {c} channels, {side}x{side}, batch {batch}, ' + \
-            ('forward and backward' if backward else 'forward')
         out['layer_gflop_per_s'][key] = rates[spec]
-    print(f'\nconvolution ceiling: {out["ceiling_gflop_per_s"]:.0f} GFLOP/s', flush=True)
-    for k, v in out['gflop_per_image'].items():
-        print(f'  {k:18s} {v:8.3f} GFLOP/image  {out["gflop_per_s"][k]:7.1f} GFLOP/s; its main layer '
-              f'({out["layer"][k]}) runs at {out["layer_gflop_per_s"][k]:.0f} GFLOP/s', flush=True)
     return out
 
 
-def describe_device(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+# ---------------------------------------------------------------- one run
+@contextlib.contextmanager
+def channels_last(on):
+    """models.CHANNELS_LAST set to `on` inside, restored after."""
+    saved, models.CHANNELS_LAST = models.CHANNELS_LAST, on
+    try:
+        yield
+    finally:
+        models.CHANNELS_LAST = saved
 
 
-# ---------------------------------------------------------------------------------------------
-# The time of a part, for `python experiments.py estimate` and `all`
-
-def synchronize(device):
-    """Wait for the device's queued work, so that a timer measures it (CUDA and MPS run asynchronously)."""
+def run(device, baseline=True, bf16=False, flops=False, is_images=20, nhwc=True):
+    """Every file the speed tables read, as {'ours', 'plain', 'bf16', 'flops'} (the last three
+    when asked), measured on the device."""
     device = torch.device(device)
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elif device.type == 'mps':
-        torch.mps.synchronize()
+    hardware = describe_hardware(device)
+    print(f'device: {hardware}; torch {torch.__version__}', flush=True)
+    with channels_last(nhwc):
+        torch.manual_seed(0)
+        labels = [OURS] + ([PLAIN] if baseline else []) + ([BF16] if bf16 else [])
+        train = bench_training(device, labels)
+        is_rates = bench_importance_sampling(device, is_images, baseline)
+        sample = bench_sampling(device, baseline)
+        out = {'ours': dict(device=hardware, train_img_per_s=train[OURS], sample_s={'pixelcnn_49': sample[OURS]},
+                            is_img_per_s=is_rates[OURS])}
+        if baseline:
+            out['plain'] = dict(train_img_per_s=train[PLAIN], sample_s={'pixelcnn_49': sample[PLAIN]},
+                                is_img_per_s=is_rates[PLAIN])
+        if bf16:
+            out['bf16'] = dict(train_img_per_s=train[BF16])
+        if flops:
+            out['flops'] = flops_report(device)
+    return out
 
 
-def timed(fn, device, repeats=5):
-    """The second-fastest of repeats - 1 timed calls of fn after one warm-up call, in seconds."""
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[1]
-
-
+# ---------------------------------------------------------------- the time of a part
 def estimate(part, cfg, device, out=None):
     """Rough wall time of a part from a few timed training steps and one importance-sampling
-    pass, scaled up (less what its checkpoint in `out` has done). Returns {seconds, train_images_s,
-    autoregressive_images_s, is_samples_s}: images/s of training, and of training with the
-    PixelCNN on; importance samples z_i per second."""
+    pass, scaled up (less what its checkpoint in `out` has done); for `python experiments.py
+    estimate` and `all`. Returns {seconds, train_images_s, autoregressive_images_s, is_samples_s}:
+    images/s of training, and of training with the PixelCNN on; importance samples z_i per second."""
     torch.manual_seed(cfg['seed'])
     nets = build(model_spec(cfg), device)
     opt = adam([p for net in nets.values() for p in net.parameters()], cfg['lr'])
@@ -429,49 +454,171 @@ def estimate(part, cfg, device, out=None):
     return dict(seconds=seconds, **rate)
 
 
-def main():
+# ---------------------------------------------------------------- the speed tables
+BENCH_ROWS = [('train_img_per_s', k, 'training, images/s') for k in WORKLOADS] + \
+             [('sample_s', 'pixelcnn_49', 'sampling 49 images, s')] + \
+             [('is_img_per_s', k, 'importance sampling M = 1000, images/s') for k in ('binary_vae', 'pixelvae')]
+BESIDE = ('_straightforward', '_flops', '_bf16')  # the files beside results/bench_<device>.json
+
+# Speed-up goals over a straightforward solution, per workload.
+GOALS = {'pixelcnn': 2.5, 'pixelvae': 2.0, 'binary_vae': 1.5, 'gaussian_vae': 1.5, 'iaf_vae': 1.5,
+         'pixelcnn_49': 20.0, ('is', 'binary_vae'): 2.0, ('is', 'pixelvae'): 5.0}
+
+FLOPS_NOTE = (
+    'Measured in the same run. *goal needs*: the goal times the straightforward figure (images/s). *GFLOP per '
+    'image*: convolutions and matrix products, forward and backward, counted by torch.utils.flop_counter (masked '
+    'kernels count dense, as computed). *main layer*: the rate of the 3×3 convolution that carries most of the '
+    'workload\'s FLOPs, at its own sizes (PixelCNN: 32 channels at 28×28, batch 100; VAE trunks: 32 or 128 '
+    'channels at 7×7; importance sampling: forward only, 2000 latents per pass). *bound*: that rate divided by '
+    'the FLOPs per image, the images/s of an implementation that spent all its time in such convolutions. For '
+    'reference, a large convolution (128 channels, 28×28, batch 32) runs at {:.0f} GFLOP/s.')
+
+
+def goal(group, key):
+    return GOALS.get(('is', key)) if group == 'is_img_per_s' else GOALS.get(key)
+
+
+def read_beside(results_dir, name, suffix):
+    """results_dir/<name without .json><suffix>.json, or None if there is none."""
+    path = os.path.join(results_dir, name[:-5] + suffix + '.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def speed_markdown(results_dir):
+    """The benchmark table from results/bench_<device>.json and, beside it,
+    results/bench_<device>_straightforward.json (written by bench.py); with
+    results/bench_<device>_flops.json also the FLOPs per image and the share of the device's
+    measured convolution ceiling that each workload reaches, and that its goal would need."""
+    tables = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith(
+                tuple(s + '.json' for s in BESIDE)):
+            continue
+        ours, plain = read_beside(results_dir, name, ''), read_beside(results_dir, name, '_straightforward') or {}
+        title = f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):'
+        tables.append(speed_table(ours, plain, read_beside(results_dir, name, '_flops'), title))
+        bf16 = read_beside(results_dir, name, '_bf16')
+        if bf16 is not None:
+            tables.append(bf16_markdown(bf16['train_img_per_s'], ours['train_img_per_s'],
+                                        plain.get('train_img_per_s', {}), f'{results_dir}/{name[:-5]}_bf16.json'))
+    if tables:
+        tables.append(bf16_runs_markdown(results_dir))
+    return '\n'.join(t for t in tables if t) if tables else 'No benchmark has been run yet.\n'
+
+
+def speed_table(ours, plain, flops, title):
+    """One benchmark's table: this implementation against the straightforward solution, the goals,
+    with `flops` the FLOP columns, and which goals are met."""
+    head = '| workload | this implementation | straightforward solution | speed-up | goal |'
+    rule = '|---|---|---|---|---|'
+    if flops:
+        head += ' goal needs | GFLOP per image | GFLOP/s reached | main layer, GFLOP/s | bound |'
+        rule += '---|---|---|---|---|'
+    lines, met, unmet = [title, '', head, rule], [], []
+    for group, key, label in BENCH_ROWS:
+        a, b, g = ours[group][key], plain.get(group, {}).get(key), goal(group, key)
+        ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
+        line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
+                f'{"" if g is None else f"{g:g}x"} |')
+        fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
+        if b is not None and g is not None:
+            speedup = b / a if group == 'sample_s' else a / b
+            (met if speedup >= g else unmet).append((label, key, speedup, g, fkey, b))
+        if flops and fkey in flops['gflop_per_image']:
+            per_image, rate = flops['gflop_per_image'][fkey], flops['layer_gflop_per_s'][fkey]
+            need = '' if b is None or g is None else f'{g * b:.2f}'
+            line += f' {need} | {per_image:.3g} | {a * per_image:.0f} | {rate:.0f} | {rate / per_image:.2f} |'
+        elif flops:
+            line += ' | | | | |'
+        lines.append(line)
+    if flops:
+        lines += ['', FLOPS_NOTE.format(flops['ceiling_gflop_per_s'])]
+    if met or unmet:
+        lines += ['', goals_reading(met, unmet, flops)]
+    return '\n'.join(lines) + '\n'
+
+
+def goals_reading(met, unmet, flops):
+    """The goals met and not met, and those that need at least the bound of their main layer."""
+    def listed(rows):
+        return ', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in rows)
+    text = f'Goals met: {listed(met) or "none"}. Not met: {listed(unmet) or "none"}'
+    beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in
+              flops['gflop_per_image'] and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
+    if beyond:
+        text += (f'. For {", ".join(beyond)} the goal needs at least the bound, the images/s of an '
+                 f'implementation that did nothing but run its main layer at the rate measured here')
+    return text + '.'
+
+
+def bf16_markdown(bf16, fp32, plain, path):
+    """Training throughput with bfloat16 forward passes (experiments.py run --precision bf16) beside
+    float32, from the same machine; not counted against the goals, which ask for the same arithmetic."""
+    lines = [f'Opt-in bfloat16 training (`{path}`): not the same arithmetic, so not counted against the goals '
+             f'above.', '', '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward |'
+             ' goal |', '|---|---|---|---|---|---|']
+    for key, a in bf16.items():
+        b, c, g = fp32.get(key), plain.get(key), GOALS.get(key)
+        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {"" if b is None else f"{a / b:.1f}x"} | '
+                     f'{"" if c is None else f"{a / c:.1f}x"} | {"" if g is None else f"{g:g}x"} |')
+    return '\n'.join(lines) + '\n'
+
+
+def bf16_runs_markdown(results_dir):
+    """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
+    seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
+    from report import difference, value_text  # here, not at the top: report imports this module
+    root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
+    lines = []
+    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
+        if not all(os.path.exists(p) for p in paths):
+            continue
+        low, full = (json.load(open(p)) for p in paths)
+        q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
+        a, b = low['values'][q], full['values'][q]
+        shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
+        same = all(low['config'][k] == full['config'][k] for k in shared)
+        diff, se = difference(a, b)
+        lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
+                     f'{low["epochs"]} | {"yes" if same else "no"} |')
+    if not lines:
+        return ''
+    return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
+            f'results in `{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
+            'table above, measured side by side; the runs\' own wall times come from machines under '
+            f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
+            f'QUANTITY --profile cpu --precision bf16`):\n\n'
+            '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
+            '|---|---|---|---|---|---|---|---|\n'
+            + '\n'.join(lines) + '\n')
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--json', help='write the results of this implementation here')
     ap.add_argument('--baseline-json', help="write the straightforward solution's results here")
     ap.add_argument('--device', default=None, help='cuda, mps or cpu (default: the best available)')
     ap.add_argument('--no-baseline', action='store_true', help='skip the straightforward solution')
-    ap.add_argument('--no-channels-last', action='store_true', help='NCHW convolutions (models.CHANNELS_LAST = False)')
+    ap.add_argument('--no-channels-last', action='store_true',
+                    help='NCHW convolutions on the CPU (models.CHANNELS_LAST off during the run)')
     ap.add_argument('--is-images', type=int, default=20, help='test images for importance sampling')
     ap.add_argument('--flops-json', help="count each workload's FLOPs, measure the convolution ceiling, write here")
     ap.add_argument('--bf16-json', help='also time training with bfloat16 forward passes (the opt-in '
                                         '`--precision bf16` of experiments.py; not the same arithmetic), write here')
-    args = ap.parse_args()
-    device = pick_device(args.device)
-    models.CHANNELS_LAST = not args.no_channels_last
-    print(f'device: {describe_device(device)}; torch {torch.__version__}', flush=True)
-    labels = [OURS] + ([] if args.no_baseline else [PLAIN]) + ([BF16] if args.bf16_json else [])
-    train = bench_training(device, labels)
-    is_rates = bench_importance_sampling(device, args.is_images, not args.no_baseline)
-    ours = {'train_img_per_s': train[OURS], 'sample_s': {'pixelcnn_49': bench_sampling(False, device)},
-            'is_img_per_s': is_rates[OURS]}
-    plain = {} if args.no_baseline else {'train_img_per_s': train[PLAIN],
-                                         'sample_s': {'pixelcnn_49': bench_sampling(True, device)},
-                                         'is_img_per_s': is_rates[PLAIN]}
-    if args.bf16_json:
-        with open(args.bf16_json, 'w') as fh:
-            json.dump({'precision': 'bf16', 'train_img_per_s': train[BF16]}, fh, indent=2)
-    rows = [('train', k, 'images/s') for k in ours['train_img_per_s']] + [('sample', 'pixelcnn_49', 's')] + \
-           [('is', k, 'images/s') for k in ours['is_img_per_s']]
-    keys = {'train': 'train_img_per_s', 'sample': 'sample_s', 'is': 'is_img_per_s'}
-    print('\n| workload | unit | this implementation | straightforward | speed-up |\n|---|---|---|---|---|')
-    for kind, name, unit in rows:
-        a = ours[keys[kind]][name]
-        b = plain.get(keys[kind], {}).get(name)
-        ratio = '' if b is None else f'{(b / a if kind == "sample" else a / b):.1f}x'
-        print(f'| {kind} {name} | {unit} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} |')
-    if args.flops_json:
-        flops = flops_report(ours, device, args.is_images)
-        with open(args.flops_json, 'w') as fh:
-            json.dump(flops, fh, indent=2)
-    for path, values in ((args.json, ours), (args.baseline_json, plain)):
-        if path and values:
-            with open(path, 'w') as fh:
+    args = ap.parse_args(argv)
+    out = run(pick_device(args.device), baseline=not args.no_baseline, bf16=bool(args.bf16_json),
+              flops=bool(args.flops_json), is_images=args.is_images, nhwc=not args.no_channels_last)
+    paths = dict(ours=args.json, plain=args.baseline_json, bf16=args.bf16_json, flops=args.flops_json)
+    for key, values in out.items():
+        if paths[key]:
+            with open(paths[key], 'w') as fh:
                 json.dump(values, fh, indent=2)
+    print('\n' + speed_table(out['ours'], out.get('plain', {}), out.get('flops'), 'this run:'), flush=True)
+    return out
 
 
 if __name__ == '__main__':

@@ -68,6 +68,7 @@ DEFAULTS = dict(
     init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
     precision='fp32',          # 'bf16': training forward passes in bfloat16 (opt-in, see low_precision)
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
+    compile_train=False,       # the training objective through torch.compile (CUDA graphs on CUDA); eager fallback
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
     checkpoint_minutes=10,     # also checkpoint mid-epoch this often (always at the end of an epoch)
 )

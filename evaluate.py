@@ -33,10 +33,15 @@ def per_image(loss, *args):
     return torch.func.vmap(lambda *a: loss(*(t[None] for t in a)))(*args)
 
 
+def to_host64(values):
+    """Per-image values as a float64 tensor on the CPU: float64 never runs on the compute device
+    (MPS has none)."""
+    return values.detach().cpu().double()
+
+
 def mean_stderr(values):
-    """{value, stderr, n_images} of a (n,) tensor of per-image values: stderr = std / sqrt(n). The
-    float64 arithmetic runs on the CPU (MPS has no float64)."""
-    v = values.detach().cpu().double()
+    """{value, stderr, n_images} of a (n,) tensor of per-image values: stderr = std / sqrt(n)."""
+    v = to_host64(values)
     se = (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else float('nan')
     return dict(value=round(v.mean().item(), 6), stderr=round(se, 6), n_images=len(v))
 

@@ -39,7 +39,7 @@ from transfer import pack, unpack
 from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, describe_hardware, list_settings,
                     model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
 from bench import estimate
-from evaluate import evaluate
+from evaluate import evaluate, to_host64
 from data import write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data, load_file,
                    load_models, model_record, say, train)
@@ -183,7 +183,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
     test_x = load_data(cfg, train=False).to(device)
     per_image = {}
     values = evaluate(nets, cfg, test_x, progress=progress, keep=per_image)
-    atomic_save({k: v.detach().cpu().double() for k, v in per_image.items()}, os.path.join(out, 'per_image.pt'))
+    atomic_save({k: to_host64(v) for k, v in per_image.items()}, os.path.join(out, 'per_image.pt'))
     figs = figures.sample_figures(part, nets, cfg, test_x, out)
     figs.update(figures.curve_figures(part, cfg, state['history'], out))
     write_json(paths['history'], state['history'])
@@ -282,9 +282,9 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     parts = check_parts(parts) if parts is not None else list(PARTS)
     if minutes is not None and not minutes > 0:
         raise ValueError(f'--minutes must be a positive number, got {minutes!r}')
-    stop_at = time.time() + 60 * minutes if minutes is not None else None
     expected = {p: e['seconds'] for p, e in estimate_all(profile, parts, device, results_dir, fresh,
                                                          precision).items()}
+    stop_at = time.time() + 60 * minutes if minutes is not None else None  # each slice trains at least a step
     t_start = time.time()
     for i, part in enumerate(parts):
         print(f'\n[{i + 1}/{len(parts)}] {part}: {TITLES[part]} -- this part ~{fmt_time(expected[part])}, all '
@@ -309,8 +309,12 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
 # ---------------------------------------------------------------------------------------------
 # Recomputing and checking the reported numbers
 
-def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32'):
-    """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value."""
+def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
+                 update=False):
+    """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
+    keep: add its per-image values to per_image.pt (for paired comparisons). update: write the value
+    into metrics.json if it differs (after an estimator is corrected), recording the previous value
+    and the commit under 'recomputed'."""
     device = pick_device(device)
     profile = pick_profile(profile, device)
     path = os.path.join(run_dir(results_dir, profile, precision), part, 'model.pt')
@@ -327,7 +331,15 @@ def eval_command(part, quantity, results_dir='results', device=None, profile='au
     nets = load_models(record['models'], device, record['autoregress'])
     torch.manual_seed(cfg['seed'])
     test_x = load_data(cfg, train=False).to(device)
-    v = evaluate(nets, cfg, test_x, only=quantity, progress=False)[quantity]
+    per_image = {}
+    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image)[quantity]
+    out = os.path.dirname(path)
+    if keep and quantity in per_image:
+        kept_path = os.path.join(out, 'per_image.pt')
+        kept = load_file(kept_path) if os.path.exists(kept_path) else {}
+        atomic_save({**kept, quantity: to_host64(per_image[quantity])}, kept_path)
+    if update:
+        update_metric(os.path.join(out, 'metrics.json'), quantity, v)
     print(f'{part} {quantity}: {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
           + f' over {v["n_images"]} test images' + (f', M = {v["M"]}' if 'M' in v else '')
           + f' ({record["profile"]} profile, {cfg["epochs"]} epochs, {device})')
@@ -335,7 +347,18 @@ def eval_command(part, quantity, results_dir='results', device=None, profile='au
     return v['value']
 
 
-def verify(results_dir='results', parts=None, out=None, profiles=None):
+def update_metric(path, quantity, value):
+    """Replace one value in a metrics.json by its recomputation, keeping the previous one on record."""
+    m = read_json(path)
+    if m['values'].get(quantity) == value:
+        return
+    m.setdefault('recomputed', {})[quantity] = dict(previous=m['values'].get(quantity), commit=git_commit())
+    m['values'][quantity] = value
+    write_json(path, m, indent=1)
+    print(f'{path}: {quantity} updated to {value["value"]}', flush=True)
+
+
+def verify(results_dir='results', parts=None, out=None, profiles=None, quantities=None):
     """Run every `reproduce` command of the summary.json of each run directory (or those of `parts`,
     or of the run directories named in `profiles`, e.g. ['cpu', 'cpu-bf16']) as a user would, in a
     fresh process from the repository root, and compare the value it prints last with the reported
@@ -348,7 +371,8 @@ def verify(results_dir='results', parts=None, out=None, profiles=None):
     for path, profile, precision in run_dirs(results_dir):
         name = os.path.basename(path)
         if (profiles is None or name in profiles) and os.path.exists(os.path.join(path, 'summary.json')):
-            rows += [r for r in read_json(os.path.join(path, 'summary.json')) if parts is None or r['part'] in parts]
+            rows += [r for r in read_json(os.path.join(path, 'summary.json')) if (parts is None or r['part'] in parts)
+                     and (quantities is None or any(r['quantity'].startswith(q) for q in quantities))]
     commit = git_commit()  # the code that recomputed the numbers
     checked = []
     for r in rows:
@@ -393,12 +417,15 @@ def main(argv=None):
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
+    e.add_argument('--keep', action='store_true', help="add the per-image values to the part's per_image.pt")
+    e.add_argument('--update', action='store_true', help='write the recomputed value into metrics.json')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
     v = sub.add_parser('verify', help="run every summary.json `reproduce` command and compare with the reported value")
     v.add_argument('--parts', default=None, help='comma-separated parts (default: every part in the summaries)')
     v.add_argument('--runs', default=None, help='comma-separated run directories, e.g. cpu,cpu-bf16 (default: all)')
+    v.add_argument('--quantities', default=None, help='comma-separated quantities or prefixes, e.g. test_elbo,kl')
     ls = sub.add_parser('list', help='print the parts, their settings and the deviations from the course framework')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
     pk = sub.add_parser('pack', help="write a profile's results into DIR as at most 8 files of 16 MiB")
@@ -438,7 +465,8 @@ def command(args):
         run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
                  precision=args.precision, **extra)
     elif args.command == 'eval':
-        eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision)
+        eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision, args.keep,
+                     args.update)
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
@@ -447,7 +475,8 @@ def command(args):
         write_summary(args.results_dir)
     elif args.command == 'verify':
         checked = verify(args.results_dir, args.parts.split(',') if args.parts else None,
-                         profiles=args.runs.split(',') if args.runs else None)
+                         profiles=args.runs.split(',') if args.runs else None,
+                         quantities=args.quantities.split(',') if args.quantities else None)
         if not all(c['ok'] for c in checked):
             sys.exit(1)
     elif args.command == 'notebooks':

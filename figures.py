@@ -5,6 +5,7 @@ from a run's models or its history.json, never by hand, and says in its title wh
 import math
 import os
 
+import numpy as np
 import torch
 import torchvision.utils as vutils
 from matplotlib.figure import Figure
@@ -76,13 +77,11 @@ def sample_figures(part, nets, cfg, test_x, out):
 
 
 def smooth(values, width):
-    """Moving average over `width` iterations (shorter at the start)."""
-    v = torch.tensor(values, dtype=torch.float64)
-    if len(v) == 0:
-        return []
-    c = torch.cat([torch.zeros(1, dtype=torch.float64), v.cumsum(0)])
-    idx = torch.arange(1, len(v) + 1)
-    return ((c[idx] - c[(idx - width).clamp(min=0)]) / (idx - (idx - width).clamp(min=0))).tolist()
+    """Moving average over `width` iterations (shorter at the start), on the host."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=np.float64))])
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - width, 0)
+    return ((c[idx] - c[lo]) / (idx - lo)).tolist()
 
 
 def test_segments(hist, key):

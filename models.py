@@ -235,6 +235,8 @@ class _IncrementalPixelCNN:
         m = self.model
         device, dtype = m.bias.device, m.bias.dtype
         uniforms = _uniforms(n, uniforms, device, dtype)
+        if n == 0:
+            return torch.zeros(0, 1, IMAGE, IMAGE, device=device, dtype=dtype)
         logit_bias = m.bias.expand(n, 1, IMAGE, IMAGE) + _offset(n, offset, device, dtype)
         self.caches = [torch.zeros(n, IMAGE + ph, IMAGE + 2 * pw, cin, device=device, dtype=dtype)
                        for _, _, ph, pw, cin in self.convs]

@@ -154,6 +154,27 @@ def objective(nets, cfg, x, eps, beta=1.0):
     return OBJECTIVES[cfg['model']](nets, cfg, x, eps, beta)
 
 
+def captured(fn, device):
+    """fn through torch.compile, for the training step: one fused graph per forward and backward
+    instead of hundreds of small kernels, and on CUDA replayed as a CUDA graph (mode
+    'reduce-overhead'), which removes the per-kernel launch cost that bounds small models there.
+    The same function (tests compare it with eager); if compilation fails it says so and runs fn.
+    beta is passed as a tensor, so that a KL warm-up does not recompile at every step."""
+    fast = [torch.compile(fn, mode='reduce-overhead' if torch.device(device).type == 'cuda' else None)]
+
+    def call(nets, cfg, x, eps, beta=1.0):
+        beta = torch.tensor(float(beta), device=x.device)
+        if fast[0] is not None:
+            try:
+                return fast[0](nets, cfg, x, eps, beta)
+            except Exception as err:  # any compiler failure: eager computes the same
+                print(f'torch.compile of the training objective failed ({type(err).__name__}: {str(err)[:200]}); '
+                      f'training eagerly', flush=True)
+                fast[0] = None
+        return fn(nets, cfg, x, eps, beta)
+    return call
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and model files
 
@@ -217,7 +238,7 @@ def total_grad_norm(params):
     """The Euclidean norm of every gradient together, on the device: NaN or inf as soon as one entry is."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else 'cpu')
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -257,6 +278,7 @@ class Training:
         self.saved = None     # {epoch, batch} of the checkpoint on disk
         self.pending = []     # per-step numbers not yet read from the device
         self.check_every = 1 if self.device.type == 'cpu' else SYNC_EVERY
+        self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
 
     def resume(self):
         """Load out/checkpoint.pt if there is one; its settings must be those of this run."""
@@ -351,7 +373,7 @@ class Training:
             if state['autoregress'] and hist['autoregress_step'] is None:
                 hist['autoregress_step'] = state['step']
         if state['batch'] == 0:
-            state['perm'] = torch.randperm(n, generator=self.shuffle)
+            state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
         for net in self.nets.values():
             net.train()
 
@@ -363,7 +385,7 @@ class Training:
         eps = noise(self.noise, (len(x), models.LATENT ** 2), self.device) if cfg['model'] != 'pixelcnn' else None
         # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
-        loss, recon, kl = objective(self.nets, cfg, x, eps, beta)
+        loss, recon, kl = self.objective(self.nets, cfg, x, eps, beta)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.pending.append((state['step'], b, beta, torch.stack([loss.detach(), recon.detach(), kl.detach(),
@@ -423,5 +445,10 @@ def train(part, cfg, nets, out, device, progress=True, stop_at=None):
     training is complete (False when stopped at the wall-clock time stop_at, checkpoint written)."""
     training = Training(part, cfg, nets, out, device, progress)
     training.resume()
-    done = training.run(stop_at)
+    # cuDNN picks the fastest deterministic kernels for these shapes on CUDA (so a resumed run ends
+    # with the numbers of an unbroken one); TF32 allowed in training, never in evaluation
+    cuda = torch.device(device).type == 'cuda'
+    with (torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=True, allow_tf32=True) if cuda
+          else contextlib.nullcontext()):
+        done = training.run(stop_at)
     return training.state, done

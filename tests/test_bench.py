@@ -1,15 +1,32 @@
-"""bench.py's FLOP accounting, against the count by hand (no timing is asserted)."""
+"""bench.py: its FLOP accounting against the count by hand, its workloads against the engine's,
+and the speed tables it renders from its JSON files (no timing is asserted)."""
+import json
+import os
+
+import pytest
 import torch
 
 import bench
-import losses
-import models
+import config
+import train
+
+KEYS = ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')
 
 
-def test_pixelcnn_training_step_flops_match_the_count_by_hand():
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: on a shared machine two threads fighting for one core crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pixelcnn_training_step_flops_match_the_count_by_hand(monkeypatch):
+    monkeypatch.setattr(bench, 'BATCH', 2)  # FLOPs per image do not depend on the batch
     device = torch.device('cpu')
-    p = models.PixelCNN()  # the course size, as bench.training_workloads builds it
-    step = bench.train_step([p], lambda x: (losses.cross_entropy(p(x), x), torch.zeros(())), device)
+    modules, loss = bench.engine_training('pixelcnn', device)  # the course size, as the benchmark times it
+    step = bench.train_step(modules, loss, bench.binary_batch(bench.BATCH, device, seed=0))
     per_image = bench.count_flops(step) / bench.BATCH
     px, c = 28 * 28, 32
     embed = px * c * 9 * 9 * 2              # 9x9 type-A convolution, 1 -> 32 channels
@@ -17,3 +34,90 @@ def test_pixelcnn_training_step_flops_match_the_count_by_hand():
     out = px * c * 3 * 3 * 2                # 3x3 output convolution, 32 -> 1
     # backward: input and weight gradients (2x forward), except the input gradient of the first layer
     assert per_image == 3 * (embed + blocks + out) - embed
+
+
+def test_this_implementations_workloads_train_the_engines_objective(monkeypatch):
+    """The loss the benchmark times is train.objective on the networks of the part's configuration."""
+    monkeypatch.setattr(bench, 'PROFILE', 'smoke')
+    calls = []
+    real = train.objective
+
+    def spy(nets, cfg, x, eps, beta=1.0):
+        calls.append((cfg, sorted(nets)))
+        return real(nets, cfg, x, eps, beta)
+    monkeypatch.setattr(bench, 'objective', spy)
+    x = bench.binary_batch(2, 'cpu', seed=0)
+    for name, part in bench.WORKLOADS.items():
+        modules, loss = bench.engine_training(name, 'cpu', 'bf16' if name == 'pixelcnn' else 'fp32')
+        assert torch.isfinite(loss(x))
+        cfg, nets = calls[-1]
+        assert cfg == config.config(part, 'smoke', precision=cfg['precision']) and len(modules) == len(nets)
+        assert cfg['precision'] == ('bf16' if name == 'pixelcnn' else 'fp32')
+    assert modules[1].autoregress is False  # iaf_vae (6d) has no PixelCNN
+    _, nets = bench.engine('pixelvae', 'cpu')
+    assert nets['decoder'].autoregress is True  # 6c timed with its PixelCNN on
+
+
+def write_bench(res, ours, plain, **beside):
+    (res / 'bench_cpu.json').write_text(json.dumps(ours))
+    (res / 'bench_cpu_straightforward.json').write_text(json.dumps(plain))
+    for suffix, values in beside.items():
+        (res / f'bench_cpu_{suffix}.json').write_text(json.dumps(values))
+
+
+def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
+    train_rates = dict(pixelcnn=150.0, binary_vae=500.0, gaussian_vae=22.0, pixelvae=115.0, iaf_vae=345.0)
+    plain = dict(pixelcnn=130.0, binary_vae=220.0, gaussian_vae=22.0, pixelvae=95.0, iaf_vae=225.0)
+    per_image = {f'train_{k}': 1.0 for k in train_rates}
+    per_image.update(is_binary_vae=90.0, is_pixelvae=100.0)
+    write_bench(tmp_path, {'device': 'CPU (x86_64), 2 cores', 'train_img_per_s': train_rates,
+                           'sample_s': dict(pixelcnn_49=0.65), 'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.6)},
+                {'train_img_per_s': plain, 'sample_s': dict(pixelcnn_49=78.0),
+                 'is_img_per_s': dict(binary_vae=1.1, pixelvae=0.3)},
+                flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
+                       'layer_gflop_per_s': {k: 30.0 for k in per_image}})
+    text = bench.speed_markdown(str(tmp_path))
+    assert f'`{tmp_path}/bench_cpu.json` (CPU (x86_64), 2 cores):' in text   # the device the run measured
+    row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
+    # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
+    assert '| 1.5x | 33.00 | 1 | 22 | 30 | 30.00 |' in row
+    assert '300 GFLOP/s' in text and 'bench_cpu_flops.json' not in text
+
+
+def test_speed_reading_names_met_and_unmet_goals_and_those_beyond_the_bound(tmp_path):
+    per_image = {f'train_{k}': 1.0 for k in KEYS}
+    per_image.update(is_binary_vae=1.0, is_pixelvae=1.0)
+    rates = dict.fromkeys(per_image, 1000.0)
+    rates['train_pixelcnn'] = 110.0   # the goal 2.5 x 50 = 125 images/s needs more than 110 / 1 GFLOP
+    write_bench(tmp_path, {'train_img_per_s': dict(dict.fromkeys(KEYS, 100.0), pixelcnn=120.0),
+                           'sample_s': dict(pixelcnn_49=1.0), 'is_img_per_s': dict(binary_vae=2.0, pixelvae=5.0)},
+                {'train_img_per_s': dict.fromkeys(KEYS, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
+                 'is_img_per_s': dict(binary_vae=1.0, pixelvae=1.0)},
+                flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image, 'layer_gflop_per_s': rates})
+    line = next(t for t in bench.speed_markdown(str(tmp_path)).splitlines() if t.startswith('Goals met'))
+    assert 'binary_vae (training, 2.0x of 1.5x)' in line and 'pixelcnn_49 (sampling 49 images, 50.0x of 20x)' in line
+    assert 'Not met: pixelcnn (training, 2.4x of 2.5x)' in line
+    assert 'For pixelcnn (training) the goal needs at least the bound' in line
+
+
+def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
+    write_bench(tmp_path, {'train_img_per_s': dict.fromkeys(KEYS, 100.0), 'sample_s': dict(pixelcnn_49=1.0),
+                           'is_img_per_s': dict(binary_vae=2.0, pixelvae=1.0)},
+                {'train_img_per_s': dict.fromkeys(KEYS, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
+                 'is_img_per_s': dict(binary_vae=1.0, pixelvae=0.5)},
+                bf16={'train_img_per_s': dict.fromkeys(KEYS, 300.0)})
+    for run, precision, value in (('cpu', None, 90.0), ('cpu-bf16', 'bf16', 90.5)):
+        os.makedirs(tmp_path / run / '6a')
+        cfg = dict(epochs=4, seed=0, **({'precision': precision} if precision else {}))  # fp32 saved without it
+        (tmp_path / run / '6a' / 'metrics.json').write_text(json.dumps(dict(
+            part='6a', epochs=3, config=cfg, values={'test_nll': dict(value=value, stderr=0.2, n_images=10000)})))
+    text = bench.speed_markdown(str(tmp_path))
+    assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
+    row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
+    assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
+    run = next(line for line in text.splitlines() if line.startswith('| 6a |'))
+    assert '| 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 | 10000 |' in run and run.endswith('| yes |')
+
+
+def test_no_benchmark_no_table(tmp_path):
+    assert bench.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'

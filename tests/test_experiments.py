@@ -162,22 +162,14 @@ def test_resume_continues_the_step_counter(tmp_path, capsys):
     assert 'already done' in capsys.readouterr().out and again['values'] == two['values']
 
 
-def test_resume_mid_epoch_after_an_interruption(tmp_path, monkeypatch):
-    settings = dict(profile='smoke', progress=False, batch_size=50, checkpoint_minutes=0)  # 4 steps an epoch, save every step
+def test_resume_mid_epoch_after_an_interruption(tmp_path):
+    """A run stopped after one step of the second epoch (a time limit already passed) resumes from
+    its mid-epoch checkpoint to exactly the numbers of an unbroken run."""
+    settings = dict(profile='smoke', device='cpu', progress=False, batch_size=50)  # 4 steps an epoch
     reference = E.run_part('6c', results_dir=str(tmp_path / 'reference'), **settings)
-    calls = {'n': 0}
-    objective = T.objective
-
-    def interrupted(*args, **kwargs):
-        calls['n'] += 1
-        if calls['n'] == 6:  # the second step of the second epoch
-            raise KeyboardInterrupt
-        return objective(*args, **kwargs)
-
-    monkeypatch.setattr(T, 'objective', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        E.run_part('6c', results_dir=str(tmp_path), **settings)
-    monkeypatch.setattr(T, 'objective', objective)
+    E.run_part('6c', results_dir=str(tmp_path), epochs=1, **settings)
+    os.remove(tmp_path / 'smoke' / '6c' / 'metrics.json')  # an unfinished run of 2 epochs, 1 done
+    assert E.run_part('6c', results_dir=str(tmp_path), stop_at=0.0, **settings) is None  # one more step, then stop
     ck = torch.load(tmp_path / 'smoke' / '6c' / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5)
     resumed = E.run_part('6c', results_dir=str(tmp_path), **settings)
@@ -236,22 +228,20 @@ def test_string_parameters_mean_what_they_say(tmp_path):
 
 
 def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_path, monkeypatch):
-    """A finite loss whose gradient is NaN: the step is not taken, the checkpoint of epoch 1 is
-    kept with finite weights, and the message, also in run.log, names it."""
+    """A finite loss whose gradient is NaN (in the resumed second epoch): the step is not taken,
+    the checkpoint of epoch 1 is kept with finite weights, and the message, also in run.log, names it."""
     objective = T.objective
-    calls = {'n': 0}
 
-    def nan_gradient(nets, *args, **kwargs):
-        loss, recon, kl = objective(nets, *args, **kwargs)
-        calls['n'] += 1
-        if calls['n'] == 3:  # the first step of epoch 2
-            p = next(nets['decoder'].parameters())
-            loss = loss + 0.0 * torch.sqrt(p.sum() * 0.0)  # value unchanged; d sqrt(0) = inf, times 0: NaN
-        return loss, recon, kl
+    def nan_gradient(nets, cfg, x, eps, beta=1.0):
+        loss, recon, kl = objective(nets, cfg, x, eps, beta)
+        p = next(nets['decoder'].parameters())
+        return loss + 0.0 * torch.sqrt(p.sum() * 0.0), recon, kl  # value unchanged; d sqrt(0) = inf, times 0: NaN
 
+    E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    os.remove(tmp_path / 'smoke' / '6b' / 'metrics.json')
     monkeypatch.setattr(T, 'objective', nan_gradient)
     with pytest.raises(E.NonFiniteLossError, match=r'gradient norm is nan.*epoch 2, batch 0.*holds epoch 1 \+ 0'):
-        E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
+        E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False)
     out = tmp_path / 'smoke' / '6b'
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['step']) == (1, 2)
@@ -277,22 +267,20 @@ def test_second_run_of_the_same_part_refuses_while_the_first_lives(tmp_path):
 
 
 def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    calls = {'n': 0}
-    elbo = losses.discrete_output_elbo
+    """A NaN training image makes the loss NaN in the step whose batch holds it: the run stops there,
+    names the step, and keeps the checkpoint of epoch 1 with finite weights."""
+    E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    load_data = T.load_data
 
-    def poisoned(*args):
-        recon, kl = elbo(*args)
-        if torch.is_grad_enabled():  # training steps only
-            calls['n'] += 1
-            if calls['n'] == 3:      # the first step of epoch 2 (2 steps an epoch)
-                return recon * float('nan'), kl
-        return recon, kl
+    def poisoned(cfg, train):
+        x = load_data(cfg, train)
+        return torch.where(torch.arange(len(x))[:, None, None, None] == 7, float('nan'), x) if train else x
 
-    monkeypatch.setattr(losses, 'discrete_output_elbo', poisoned)
-    with pytest.raises(E.NonFiniteLossError, match=r'part 6b: the training loss is nan at epoch 2, batch 0 of the '
-                                                    r'epoch, step 2') as err:
-        E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False)
-    assert 'checkpoint.pt' in str(err.value)
+    monkeypatch.setattr(T, 'load_data', poisoned)
+    with pytest.raises(E.NonFiniteLossError, match=r'part 6b: the training loss is nan at epoch 2, batch [01] of the '
+                                                    r'epoch, step [23]') as err:
+        E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
+    assert 'holds epoch 1 + 0 batches' in str(err.value)
     ck = torch.load(tmp_path / 'smoke' / '6b' / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['step']) == (1, 2)
     assert all(torch.isfinite(v).all() for v in ck['models']['decoder']['state_dict'].values())

@@ -1,0 +1,113 @@
+"""Device honesty: the engine and the benchmark make every tensor on the device they run on, and
+the benchmark runs end to end on the CPU and writes the files the speed tables read."""
+import ast
+import json
+import os
+
+import pytest
+import torch
+
+import bench
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINE_FILES = ('config.py', 'train.py', 'evaluate.py', 'figures.py', 'experiments.py', 'bench.py', 'transfer.py')
+FACTORIES = {'zeros', 'ones', 'empty', 'full', 'rand', 'randn', 'randint', 'randperm', 'arange', 'tensor', 'eye',
+             'linspace'}
+MARKER = '# cpu:'  # on a line of the call, followed by why the tensor belongs on the CPU
+
+
+def deviceless_calls(source, filename='<source>'):
+    """'file:line torch.<factory>(...)' for each call of a tensor factory that passes no device=
+    and carries no `# cpu: reason` comment on one of its lines."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == 'torch'
+                and node.func.attr in FACTORIES):
+            continue
+        if any(k.arg == 'device' for k in node.keywords):
+            continue
+        span = lines[node.lineno - 1:node.end_lineno]
+        if any(MARKER in line and line.split(MARKER, 1)[1].strip() for line in span):
+            continue
+        found.append(f'{filename}:{node.lineno} torch.{node.func.attr}(...)')
+    return found
+
+
+def test_the_lint_flags_factories_without_a_device_unless_marked_cpu_with_a_reason():
+    source = '\n'.join([
+        'a = torch.zeros(3)',
+        'b = torch.randn(2, device=x.device)',
+        'c = torch.zeros_like(x)',
+        'd = torch.randperm(n, generator=g)  # cpu: the data order, from a CPU generator',
+        'e = torch.arange(4)  # cpu:',
+        'f = torch.tensor([1.0],',
+        '                 dtype=torch.float64)  # cpu: plotted values',
+        'g = x.new_zeros(3)',
+    ])
+    assert deviceless_calls(source, 'f.py') == ['f.py:1 torch.zeros(...)', 'f.py:5 torch.arange(...)']
+
+
+def test_engine_and_benchmark_create_no_tensor_without_a_device():
+    offenders = []
+    for name in ENGINE_FILES:
+        with open(os.path.join(ROOT, name)) as fh:
+            offenders += deviceless_calls(fh.read(), name)
+    assert not offenders, ('tensors created without device= (pass the device, or mark CPU-only data with '
+                           f'`{MARKER} reason` on the line): ' + '; '.join(offenders))
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """bench at seconds' sizes: the smoke profile's networks, small batches, one timed repetition,
+    one thread (the test's machine may be shared; two threads fighting for one core crawl)."""
+    for name, value in dict(PROFILE='smoke', BATCH=4, M=16, IS_CHUNK=8, IS_BATCH=2, PLAIN_CHUNK=8, SAMPLES=2,
+                            REPEATS=1, WARMUP=1, CEILING=(8, 7, 2)).items():
+        monkeypatch.setattr(bench, name, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield bench
+    torch.set_num_threads(threads)
+
+
+def test_bench_runs_on_the_cpu_and_writes_what_the_speed_tables_read(tiny_bench, tmp_path, capsys):
+    paths = {key: tmp_path / f'bench_cpu{suffix}.json' for key, suffix in
+             (('json', ''), ('baseline-json', '_straightforward'), ('flops-json', '_flops'), ('bf16-json', '_bf16'))}
+    before = models.CHANNELS_LAST
+    tiny_bench.main(['--device', 'cpu', '--is-images', '2', '--no-channels-last']
+                    + [a for key, path in paths.items() for a in (f'--{key}', str(path))])
+    assert models.CHANNELS_LAST == before                     # the layout flag is restored
+    ours, plain, flops, bf16 = (json.loads(p.read_text()) for p in paths.values())
+    assert ours['device'].startswith('CPU') and ours['device'] in capsys.readouterr().out
+    for values in (ours, plain):
+        assert {group for group, _, _ in bench.BENCH_ROWS} == set(values) - {'device'}
+        for group, key, _ in bench.BENCH_ROWS:
+            assert values[group][key] > 0
+    assert set(bf16) == {'train_img_per_s'} and set(bf16['train_img_per_s']) == set(ours['train_img_per_s'])
+    assert set(flops) == {'ceiling_gflop_per_s', 'gflop_per_image', 'layer_gflop_per_s'}
+    assert set(flops['gflop_per_image']) == set(flops['layer_gflop_per_s']) == \
+        {f'train_{k}' for k in ours['train_img_per_s']} | {f'is_{k}' for k in ours['is_img_per_s']}
+    text = bench.speed_markdown(str(tmp_path))
+    assert f'({ours["device"]}):' in text and 'Opt-in bfloat16 training' in text
+    assert sum(line.startswith('| training, images/s: ') for line in text.splitlines()) == 5
+
+
+def test_every_timer_waits_for_the_device(monkeypatch):
+    events = []
+    monkeypatch.setattr(bench, 'synchronize', lambda device: events.append('sync'))
+    bench.in_turns({'a': lambda: events.append('a'), 'b': lambda: events.append('b')}, 'cpu', repeats=1, warmup=0)
+    assert events == ['sync', 'a', 'sync', 'sync', 'b', 'sync']
+    events.clear()
+    bench.timed(lambda: events.append('f'), 'cpu', repeats=3)
+    assert events == ['sync', 'f', 'sync'] * 3
+
+
+def test_channels_last_is_restored_after_an_error():
+    before = models.CHANNELS_LAST
+    with pytest.raises(RuntimeError):
+        with bench.channels_last(not before):
+            assert models.CHANNELS_LAST is (not before)
+            raise RuntimeError
+    assert models.CHANNELS_LAST == before

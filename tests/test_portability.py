@@ -1,0 +1,168 @@
+"""The paths a GPU user meets, checked on the CPU: no float64 on the compute device (MPS has none),
+a checkpoint moving between device types, `auto` resolving to the course's settings on CUDA in the
+notebooks and in `all`, time-limited slices packed and moved between machines, and the captured
+training step against eager."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import config as C
+import evaluate as V
+import experiments as E
+import train as T
+import transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(2)
+
+
+class NoFloat64(TorchFunctionMode):
+    """Fails on any torch call that brings float64 in (a float64 result from no float64 input),
+    outside evaluate.to_host64: the one place where per-image values become float64, on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.host = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in list(args) + list((kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+        if not self.host and not any(a.dtype == torch.float64 for a in inputs):
+            for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                    raise AssertionError(f'{getattr(func, "__name__", func)} made a float64 tensor on the compute path')
+        return out
+
+
+@pytest.mark.parametrize('part', ['5b', '6a', '6e-freebits'])
+def test_no_float64_on_the_compute_path(tmp_path, monkeypatch, part):
+    guard = NoFloat64()
+    to_host64 = V.to_host64
+
+    def on_host(values):
+        guard.host += 1
+        try:
+            return to_host64(values)
+        finally:
+            guard.host -= 1
+
+    monkeypatch.setattr(V, 'to_host64', on_host)
+    monkeypatch.setattr(E, 'to_host64', on_host)
+    with guard:
+        metrics = E.run_part(part, profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False)
+    assert metrics['epochs'] == 2
+
+
+def test_checkpoint_from_another_device_type_resumes(tmp_path, capsys):
+    """A CUDA generator state cannot be set on a CPU generator: the run resumes with the eps draws
+    restarted from the seed and says so; everything else (weights, optimiser, data order) resumes."""
+    E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    out = tmp_path / 'smoke' / '6b'
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    ck['rng']['noise'] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    torch.save(ck, out / 'checkpoint.pt')
+    two = E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
+    assert two['epochs'] == 2 and two['steps'] == 4
+    assert 'comes from another device' in (out / 'run.log').read_text()
+
+
+@pytest.fixture
+def simulated_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'simulated GPU', raising=False)
+
+
+@pytest.mark.parametrize('name', ['gaussian_vae.ipynb', 'pixelcnn.ipynb', 'binaryvae.ipynb'])
+def test_notebooks_run_the_course_settings_on_cuda(simulated_cuda, monkeypatch, name):
+    """Executing the committed notebook's cells as they are, on a machine with CUDA: every part
+    it trains resolves to the full profile."""
+    import report
+    profiles = []
+    monkeypatch.setattr(E, 'run_part', lambda part, profile='auto', **kw: profiles.append(
+        (part, C.pick_profile(profile, C.pick_device(kw.get('device')), quiet=True))))
+    for fn in ('show', 'compare', 'show_finished'):
+        monkeypatch.setattr(E, fn, lambda *a, **k: None)
+    monkeypatch.setattr(report, 'show_remedies', lambda *a, **k: None)
+    nb = nbformat.read(os.path.join(ROOT, name), as_version=4)
+    namespace = {}
+    for cell in nb.cells:
+        if cell.cell_type == 'code':
+            exec(cell.source, namespace)
+    assert profiles and all(p == 'full' for _, p in profiles)
+
+
+def test_all_runs_the_course_settings_on_cuda(simulated_cuda, monkeypatch):
+    seen = []
+    monkeypatch.setattr(E, 'estimate_all', lambda profile, parts, *a, **k: {p: dict(seconds=0.0) for p in parts})
+    monkeypatch.setattr(E, 'run_part', lambda part, profile, **kw: seen.append(profile) or {})
+    monkeypatch.setattr(E, 'write_summary', lambda *a, **k: None)
+    assert E.run_all(progress=False)
+    assert seen == ['full'] * len(C.PARTS)
+
+
+def test_time_limited_slices_moved_between_machines_equal_an_unbroken_run(tmp_path):
+    """`all --minutes` slices of a 6c run (it switches autoregression on mid-way), each packed,
+    moved to an empty results directory and unpacked there: the same numbers as one unbroken run."""
+    unbroken = tmp_path / 'unbroken'
+    assert E.run_all('smoke', ['6c'], 'cpu', results_dir=str(unbroken), progress=False)
+    slices, here = 0, tmp_path / 'machine0'
+    while not E.run_all('smoke', ['6c'], 'cpu', results_dir=str(here), progress=False, minutes=1e-6):
+        slices += 1
+        files = transfer.pack(str(tmp_path / f'pack{slices}'), 'smoke', results_dir=str(here))
+        assert len(files) <= 8 and all(os.path.getsize(f) <= 16 * 2 ** 20 for f in files)
+        shutil.rmtree(here)
+        here = tmp_path / f'machine{slices}'
+        transfer.unpack(str(tmp_path / f'pack{slices}'), str(here))
+        assert slices < 10
+    assert slices >= 2
+    a, b = (json.loads((d / 'smoke' / '6c' / 'metrics.json').read_text()) for d in (unbroken, here))
+    assert a['values'] == b['values'] and a['steps'] == b['steps']
+    ha, hb = (json.loads((d / 'smoke' / '6c' / 'history.json').read_text()) for d in (unbroken, here))
+    assert ha['loss'] == hb['loss'] and ha['autoregress_step'] == hb['autoregress_step']
+
+
+def test_minutes_from_the_command_line_stops_cleanly(tmp_path):
+    run = subprocess.run([sys.executable, 'experiments.py', 'all', '--profile', 'smoke', '--parts', '6a', '--device',
+                          'cpu', '--minutes', '0.000001', '--results-dir', str(tmp_path), '--no-progress'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'run the same command again to resume' in run.stdout
+    assert os.path.exists(tmp_path / 'smoke' / '6a' / 'checkpoint.pt')
+    with pytest.raises(ValueError, match='manifest'):
+        transfer.unpack(str(tmp_path / 'nothing-here'), str(tmp_path / 'elsewhere'))
+
+
+def test_a_damaged_pack_is_refused(tmp_path):
+    E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path / 'a'), progress=False, epochs=1)
+    files = transfer.pack(str(tmp_path / 'p'), 'smoke', results_dir=str(tmp_path / 'a'))
+    with open(files[0], 'r+b') as fh:
+        fh.seek(100)
+        fh.write(b'\x00\x01\x02')
+    with pytest.raises(ValueError, match='do not match their manifest'):
+        transfer.unpack(str(tmp_path / 'p'), str(tmp_path / 'b'))
+
+
+def test_captured_training_objective_equals_eager():
+    """The compiled objective (what compile_train=True trains with) gives eager's loss and gradients."""
+    cfg = C.config('6e-freebits', 'smoke', compile_train=True)
+    torch.manual_seed(0)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    nets['decoder'].autoregress = True
+    x = T.load_data(cfg, train=True)[:8]
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    params = [p for net in nets.values() for p in net.parameters()]
+    results = []
+    for fn in (T.objective, T.captured(T.objective, 'cpu')):
+        loss, recon, kl = fn(nets, cfg, x, eps, 0.5)
+        results.append((torch.stack([loss, recon, kl]).detach(), torch.autograd.grad(loss, params)))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    for g1, g2 in zip(ga, gb):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
