@@ -570,7 +570,7 @@ def bf16_markdown(bf16, fp32, plain, path):
 def bf16_runs_markdown(results_dir):
     """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
     seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
-    from report import difference, value_text  # here, not at the top: report imports this module
+    from answers import difference, value_text  # here, not at the top: answers imports report, writeup this module
     root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
     lines = []
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 import models
 from config import TITLES
 from evaluate import noise
+from report import read_json
 
 
 def image_rows(rows, path, title, ncol):
@@ -148,3 +149,34 @@ def kl_figure(part, hist, width, path):
     ax.set_title(f'{part}: the KL term against training iteration')
     fig.savefig(path, dpi=100)
     return path
+
+
+STYLES = {'6e-baseline': dict(color='k', ls='-', marker='o', lw=2.2, zorder=5),  # on top of the others
+          '6e-warmup': dict(color='C1', ls='--', marker='s'), '6e-freebits': dict(color='C2', ls='-.', marker='^'),
+          '6e-weak': dict(color='C3', ls=(0, (1, 1.5)), marker='D')}
+
+
+def remedies_kl_figure(results_dir):
+    """results_dir/6e_kl.png: the KL term against training iteration of every 6e part that has run
+    (training batches, moving mean over 50 iterations), a line style and marker each, the
+    baseline on top, the switch to the PixelCNN marked."""
+    from matplotlib.figure import Figure
+
+    from figures import smooth
+    drawn = [p for p in STYLES if os.path.exists(os.path.join(results_dir, p, 'history.json'))]
+    if not drawn:
+        return None
+    fig = Figure(figsize=(8, 4.5), tight_layout=True)
+    ax = fig.subplots()
+    for i, part in enumerate(drawn):
+        h = read_json(os.path.join(results_dir, part, 'history.json'))
+        every = max(len(drawn), len(h['step']) // 10)  # markers staggered, so that none hides another
+        ax.plot(h['step'], smooth(h['kl'], 50), label=f'{part}: {TITLES[part]}', ms=6,
+                markevery=(i * every // len(drawn), every), **{'lw': 1.6, **STYLES[part]})
+        if h.get('autoregress_step') is not None and part == drawn[0]:
+            ax.axvline(h['autoregress_step'], color='0.4', ls=':', lw=1.2, label='PixelCNN switched on')
+    ax.set(xlabel='training iteration', ylabel='KL term of the ELBO (nats, 50-step mean)', ylim=(0, None),
+           title='6e: PixelVAE + IAF encoder, KL term per remedy')
+    ax.legend(fontsize=8)
+    fig.savefig(os.path.join(results_dir, '6e_kl.png'), dpi=100)
+    return os.path.join(results_dir, '6e_kl.png')

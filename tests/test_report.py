@@ -9,7 +9,10 @@ import re
 import pytest
 import torch
 
+import answers
+import figures
 import report
+import writeup
 from config import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,15 +58,15 @@ def test_paired_standard_error_is_that_of_the_per_image_difference(tmp_path):
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)}, {'test_nll_is1000': b})
     ms = {m['part']: m for m in report.load_metrics(run)}
-    c = report.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
+    c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
     d = b - a
     assert c['paired'] and c['n'] == [1000]
     assert c['value'] == pytest.approx(d.mean().item()) and c['se'] == pytest.approx((d.std() / 1000 ** 0.5).item())
     se_a, se_b = (ms[p]['values']['test_nll_is1000']['stderr'] for p in ('6b', '6d'))
     unpaired = (se_a ** 2 + se_b ** 2) ** 0.5
     assert c['se'] < unpaired / 20                   # the shared per-image spread cancels
-    assert report.measurable(c) and 'paired, 1000 test images' in report.compared(c)
-    assert 'no measurable' not in report.compared(c)  # 0.3 nats, while the unpaired error would be about 0.9
+    assert answers.measurable(c) and 'paired, 1000 test images' in answers.compared(c)
+    assert 'no measurable' not in answers.compared(c)  # 0.3 nats, while the unpaired error would be about 0.9
 
 
 def test_paired_over_the_images_both_cover(tmp_path):
@@ -72,7 +75,7 @@ def test_paired_over_the_images_both_cover(tmp_path):
     write_part(run, '6e-freebits', {'test_nll_is1000': summary(b[:500])}, {'test_nll_is1000': b[:500]})
     write_part(run, '6a', {'test_nll': summary(a)}, {'test_nll': a})
     ms = {m['part']: m for m in report.load_metrics(run)}
-    c = report.contrast([(1, ms['6e-freebits'], 'test_nll_is1000'), (-1, ms['6a'], 'test_nll')])
+    c = answers.contrast([(1, ms['6e-freebits'], 'test_nll_is1000'), (-1, ms['6a'], 'test_nll')])
     assert c['paired'] and c['n'] == [500] and c['value'] == pytest.approx((b[:500] - a[:500]).mean().item())
 
 
@@ -82,11 +85,11 @@ def test_no_measurable_difference_under_two_standard_errors(tmp_path):
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)}, {'test_nll_is1000': b})
     ms = {m['part']: m for m in report.load_metrics(run)}
-    c = report.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
+    c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
     assert c['paired'] and abs(c['value']) < 2 * c['se']
-    assert report.compared(c).startswith('no measurable difference')
-    assert report.compared(dict(value=0.59, se=0.3, n=[10], paired=True)).startswith('no measurable')
-    assert not report.compared(dict(value=-0.61, se=0.3, n=[10], paired=True)).startswith('no measurable')
+    assert answers.compared(c).startswith('no measurable difference')
+    assert answers.compared(dict(value=0.59, se=0.3, n=[10], paired=True)).startswith('no measurable')
+    assert not answers.compared(dict(value=-0.61, se=0.3, n=[10], paired=True)).startswith('no measurable')
 
 
 def test_without_per_image_values_the_comparison_is_unpaired_and_says_so(tmp_path):
@@ -95,11 +98,11 @@ def test_without_per_image_values_the_comparison_is_unpaired_and_says_so(tmp_pat
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)})          # an older run: no per_image.pt
     ms = {m['part']: m for m in report.load_metrics(run)}
-    c = report.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
+    c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
     va, vb = ms['6b']['values']['test_nll_is1000'], ms['6d']['values']['test_nll_is1000']
     assert not c['paired'] and c['value'] == pytest.approx(vb['value'] - va['value'])
     assert c['se'] == pytest.approx((va['stderr'] ** 2 + vb['stderr'] ** 2) ** 0.5)
-    text = report.compared(c)
+    text = answers.compared(c)
     assert 'unpaired' in text and text.startswith('no measurable difference')  # 0.3 < 2 x 0.9
 
 
@@ -118,10 +121,10 @@ def iaf_pair(tmp_path, with_per_image):
 
 
 def test_iaf_tightness_sentence_follows_the_two_standard_error_rule(tmp_path):
-    text = report.answer_6d(iaf_pair(tmp_path / 'paired', True))[0][1]
+    text = answers.answer_6d(iaf_pair(tmp_path / 'paired', True))[0][1]
     assert re.search(r'With the flow the bound is tighter, here by 0\.\d\d ± 0\.0\d nats \(paired, 1000 test images\)',
                      text)
-    text = report.answer_6d(iaf_pair(tmp_path / 'unpaired', False))[0][1]
+    text = answers.answer_6d(iaf_pair(tmp_path / 'unpaired', False))[0][1]
     assert 'tighter' not in text and 'not resolved here: no measurable difference' in text and 'unpaired' in text
 
 
@@ -130,7 +133,7 @@ def test_kl_estimator_verdict_follows_the_difference_and_its_error(tmp_path):
         run = str(tmp_path / name / 'cpu')
         write_part(run, '5b', {'test_elbo': v(b, 5.0, 100)})
         write_part(run, '5c', {'test_elbo': v(c, 5.0, 100)})
-        return report.answer_5c({m['part']: m for m in report.load_metrics(run)})[0][1]
+        return answers.answer_5c({m['part']: m for m in report.load_metrics(run)})[0][1]
     assert 'no measurable mark' in verdict(1500.0, 1510.0, 'same')       # 10 < 2 x 7.07
     assert 'worse test bound' in verdict(1500.0, 1520.0, 'worse')
     better = verdict(1520.0, 1500.0, 'better')
@@ -146,12 +149,12 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     (root / 'full-bf16' / '6a' / 'run.log').write_text('6a: PixelCNN ...\n')
     (root / 'full-bf16' / '6a' / 'checkpoint.pt').write_bytes(b'')
     readme = tmp_path / 'README.md'
-    markers = ((report.MAP_BEGIN, report.MAP_END), (report.BEGIN, report.END), (report.GPU_BEGIN, report.GPU_END))
+    markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END))
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in markers))
     runs = report.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
-    report.update_readme(str(readme), runs)
-    report.latex(runs, str(tmp_path / 'results.tex'))
+    writeup.update_readme(str(readme), runs)
+    writeup.latex(runs, str(tmp_path / 'results.tex'))
     text, tex = readme.read_text(), (tmp_path / 'results.tex').read_text()
     assert 'old' not in text and '90.12 ± 0.31 (1000)' in text and '95.43 ± 0.25 (10000)' in text
     header = next(line for line in text.splitlines() if line.startswith('| part | quantity |'))
@@ -166,7 +169,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
 
 
 def test_settings_section_is_generated_from_config():
-    rows = next(b[4] for b in report.settings_blocks() if b[0] == 'table')
+    rows = next(b[4] for b in writeup.settings_blocks() if b[0] == 'table')
     text = dict((r[0], r[2]) for r in rows)
     for part in ('5b', '6a', '6b', '6e-baseline'):
         cpu, full = config(part, 'cpu'), config(part, 'full')
@@ -181,13 +184,13 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     write_part(run, '6c', {'test_elbo': v(90.5, 0.2, 10000), 'kl': v(9.4, 0.04, 10000), 'active_units': v(30, None, 10000),
                            'test_nll_is1000': v(86.4, 0.65, 1000, M=1000)}, history=hist)
     open(os.path.join(run, '6c', 'kl.png'), 'wb').write(b'png')
-    blocks = report.answer_6c({m['part']: m for m in report.load_metrics(run)})
+    blocks = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})
     figures = [b for b in blocks if b[0] == 'fig']
     assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
     assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
-    md = report.to_markdown([('p', 'See [[fig:6c-kl]] and [[fig:none]].')] + figures, str(tmp_path))
+    md = writeup.to_markdown([('p', 'See [[fig:6c-kl]] and [[fig:none]].')] + figures, str(tmp_path))
     assert 'See Figure 1 and figure (not drawn).' in md and '(results/cpu/6c/kl.png)' in md
-    tex = report.tex('See [[fig:6c-kl]], [[cite:chen2017]], `models.IAF` and q(z|x) ± 1.', {'fig:6c-kl': 1})
+    tex = writeup.tex('See [[fig:6c-kl]], [[cite:chen2017]], `models.IAF` and q(z|x) ± 1.', {'fig:6c-kl': 1})
     assert 'Figure~\\ref{fig:6c-kl}' in tex and '\\cite{chen2017}' in tex and '$\\pm$' in tex and '\\texttt{models.' in tex
 
 
@@ -204,9 +207,9 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     remedy('6e-weak', 95.0, 20.0, 30)      # in use, much worse
     write_part(run, '6a', {'test_nll': v(85.0, 0.2, 10000)})
     metrics = report.load_metrics(run)
-    table = report.remedies_markdown(metrics)
+    table = writeup.remedies_markdown(metrics)
     assert table.count('| 6e-') == 16 and '12 of 49' in table and '91.00 ± 0.50 (500)' in table
-    reading = report.remedies_reading(metrics)
+    reading = answers.remedies_reading(metrics)
     assert '2 of 4 keep the latent in use' in reading and '6e-freebits, 6e-weak' in reading
     assert 'Of these, 6e-freebits has the lowest' in reading
     assert "Final test KL against the baseline's: 6e-warmup +0.35 ± 0.01 nats (unpaired, 500 test images)" in reading
@@ -214,23 +217,23 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     assert 'Against the PixelCNN alone (6a): +6.00 ± 0.54 nats (unpaired, 500 and 10000 test images)' in reading
     remedy('6e-freebits', 91.0, 0.5, 0)
     remedy('6e-weak', 95.0, 0.9, 0)
-    assert 'No configuration kept the KL term' in report.remedies_reading(report.load_metrics(run))
+    assert 'No configuration kept the KL term' in answers.remedies_reading(report.load_metrics(run))
 
 
 def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
     run = str(tmp_path / 'cpu')
-    for part in report.REMEDIES:
+    for part in answers.REMEDIES:
         write_part(run, part, {'kl': v(10.0, 0.1)}, history=dict(step=list(range(200)), kl=[10.0] * 200,
                                                                   autoregress_step=100))
-    assert os.path.exists(report.remedies_kl_figure(run))
-    styles = [(s['ls'], s['marker']) for s in report.STYLES.values()]
-    assert len(set(styles)) == len(styles) == len(report.REMEDIES)
+    assert os.path.exists(writeup.remedies_kl_figure(run))
+    styles = [(s['ls'], s['marker']) for s in figures.STYLES.values()]
+    assert len(set(styles)) == len(styles) == len(answers.REMEDIES)
 
 
 def test_homework_map_names_resolve_and_cover_the_handout():
-    items = [h[0] for h in report.HOMEWORK]
+    items = [h[0] for h in writeup.HOMEWORK]
     assert items == ['5a', '5b', '5c', '6a', '6b', '6c', '6d', '6e'] + [f'Problem {i}' for i in range(1, 5)]
-    for item, _, parts, _, _, notebook, code in report.HOMEWORK:
+    for item, _, parts, _, _, notebook, code in writeup.HOMEWORK:
         for name in re.findall(r'`([^`]+)`', code):
             if '/' in name:
                 assert os.path.exists(os.path.join(ROOT, name)), name
@@ -239,7 +242,7 @@ def test_homework_map_names_resolve_and_cover_the_handout():
             for attr in name.split('.')[1:]:
                 obj = getattr(obj, attr)
         if notebook:
-            assert ' cell ' in report.notebook_cell(*notebook[:2]), item
+            assert ' cell ' in writeup.notebook_cell(*notebook[:2]), item
 
 
 def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
@@ -252,10 +255,10 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
               dict(part='6b', quantity='kl', reported=19.0, ok=True, seconds=20.0)]  # checked against an older run
     checks.append(dict(checks[0], profile='full', reported=95.0, ok=False))  # another run directory's check
     (root / 'verify.json').write_text(json.dumps(checks))
-    text = report.verification(report.load_metrics(str(res)), str(res))
+    text = writeup.verification(report.load_metrics(str(res)), str(res))
     assert text.startswith('1 of the 3 numbers')
     assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
-    assert report.verification([], str(tmp_path / 'none')) is None
+    assert writeup.verification([], str(tmp_path / 'none')) is None
 
 
 # The speed tables (bench.py's JSON files) --------------------------------------------------------
@@ -274,7 +277,7 @@ def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
     (res / 'bench_cpu_flops.json').write_text(json.dumps({'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
                                                           'gflop_per_s': {},
                                                           'layer_gflop_per_s': {k: 30.0 for k in per_image}}))
-    text = report.speed_markdown(str(res))
+    text = writeup.speed_markdown(str(res))
     row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
     # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
     assert '| 1.5x | 33.00 | 1 | 22 | 30 | 30.00 |' in row
@@ -300,7 +303,7 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
         m = json.loads(path.read_text())
         m['config'] = dict(cfg, precision=precision) if precision else dict(cfg)  # fp32 run saved without the key
         path.write_text(json.dumps(m))
-    text = report.speed_markdown(str(res))
+    text = writeup.speed_markdown(str(res))
     assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
     row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
     assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
@@ -324,7 +327,7 @@ def test_speed_reading_names_met_and_unmet_goals_and_those_beyond_the_bound(tmp_
     rates['train_pixelcnn'] = 110.0   # the goal 2.5 x 50 = 125 images/s needs more than 110 / 1 GFLOP
     (res / 'bench_cpu_flops.json').write_text(json.dumps({'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
                                                           'gflop_per_s': {}, 'layer_gflop_per_s': rates}))
-    line = next(t for t in report.speed_markdown(str(res)).splitlines() if t.startswith('Goals met'))
+    line = next(t for t in writeup.speed_markdown(str(res)).splitlines() if t.startswith('Goals met'))
     assert 'binary_vae (training, 2.0x of 1.5x)' in line and 'pixelcnn_49 (sampling 49 images, 50.0x of 20x)' in line
     assert 'Not met: pixelcnn (training, 2.4x of 2.5x)' in line
     assert 'For pixelcnn (training) the goal needs at least the bound' in line
