@@ -67,11 +67,17 @@ def pixelcnn_terms(nets, cfg, xb, gen):
     return dict(test_nll=per_image(losses.cross_entropy, nets['pixelcnn'](xb), xb))
 
 
+def posterior_sample(encoder, xb, gen):
+    """z ~ q(z|x) by reparameterisation with seeded eps: z, logqzx (B, 49), (B,) and mu, logvar (B, 49)."""
+    h, mu, logvar = encoder.encode(xb)
+    z, logqzx = encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
+    return z, logqzx, mu, logvar
+
+
 def gaussian_vae_terms(nets, cfg, xb, gen):
     """Reconstruction and both KL estimators on the same z ~ q(z|x) (5b: closed form, 5c: one-sample Monte Carlo)."""
-    f, g = nets['encoder'], nets['decoder']
-    h, mu, logvar = f.encode(xb)
-    z, _ = f.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
+    g = nets['decoder']
+    z, _, mu, logvar = posterior_sample(nets['encoder'], xb, gen)
 
     def with_sigma(loss):
         return lambda x1, x2, z, mu, logvar: loss(x1, x2, z, cfg['sigma'], mu, logvar)
@@ -83,10 +89,8 @@ def gaussian_vae_terms(nets, cfg, xb, gen):
 
 def binary_vae_terms(nets, cfg, xb, gen):
     """-log p(x|z) + log q(z|x) - log r(z) at z ~ q(z|x) (6b-6e)."""
-    f, g = nets['encoder'], nets['decoder']
-    h, mu, logvar = f.encode(xb)
-    z, logqzx = f.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
-    recon, kl = per_image(losses.discrete_output_elbo, g(z, xb), xb, z, logqzx)
+    z, logqzx, _, _ = posterior_sample(nets['encoder'], xb, gen)
+    recon, kl = per_image(losses.discrete_output_elbo, nets['decoder'](z, xb), xb, z, logqzx)
     return dict(test_elbo=recon + kl, test_recon=recon, kl=kl)
 
 

@@ -57,3 +57,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker('course_api') is None:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """Every test runs on the CPU, whatever accelerator the machine has: the engine's device choice
+    (CUDA, then MPS, then CPU) sees none. Tests that simulate a GPU patch this back themselves."""
+    import torch
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')  # subprocesses and notebook kernels see no GPU either
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    if getattr(torch.backends, 'mps', None) is not None:
+        monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 from torch.func import grad, jacrev, vmap
 
+from reference import LinearGaussianModel
+
 DTYPE = torch.float64
 
 
@@ -77,29 +79,6 @@ def test_p1_kl_closed_form():
 
 
 # --- Problem 2: importance-sampled marginal likelihood ----------------------------------
-
-class LinearGaussianModel:
-    """z ~ N(0, I_d), x | z ~ N(Az + b, s^2 I_D), so x ~ N(b, A A^T + s^2 I) and the
-    posterior is N(m, S) with S = (I + A^T A / s^2)^{-1}, m = S A^T (x - b) / s^2."""
-
-    def __init__(self, g, d=2, D=3, s=0.5):
-        self.A, self.b, self.s = randn(D, d, g=g), randn(D, g=g), s
-        self.d, self.D = d, D
-
-    def log_marginal(self, x):
-        cov = self.A @ self.A.T + self.s**2 * torch.eye(self.D, dtype=DTYPE)
-        return MultivariateNormal(self.b, cov).log_prob(x)
-
-    def posterior(self, x):
-        precision = torch.eye(self.d, dtype=DTYPE) + self.A.T @ self.A / self.s**2
-        cov = torch.linalg.inv(precision)
-        return MultivariateNormal(cov @ self.A.T @ (x - self.b) / self.s**2, cov)
-
-    def log_joint(self, x, z):
-        """log p(x|z) + log r(z), z of shape (..., d)."""
-        log_lik = Normal(z @ self.A.T + self.b, self.s).log_prob(x).sum(-1)
-        return log_lik + standard_normal(self.d).log_prob(z).sum(-1)
-
 
 def importance_estimates(model, x, q, M, repeats, g):
     """L_M = log (1/M) sum_i p(x|z_i) r(z_i) / q(z_i|x), z_i ~ q, drawn `repeats` times."""
