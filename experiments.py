@@ -25,7 +25,6 @@ curves), per_image.pt (per-image values, for paired comparisons), run.log and PN
 """
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -35,6 +34,7 @@ import time
 import torch
 
 import figures
+from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
 from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, describe_hardware, list_settings,
                     model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
@@ -45,7 +45,6 @@ from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init
                    load_models, model_record, say, train)
 from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)
 
-CODE_FILES = ('models.py', 'losses.py')  # the student's files: a finished run records their digest
 
 
 class RunLockedError(RuntimeError):
@@ -101,10 +100,7 @@ def process_alive(pid):
     return True
 
 
-def code_digest():
-    """{file: sha256} of models.py and losses.py as they are now."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    return {name: hashlib.sha256(open(os.path.join(root, name), 'rb').read()).hexdigest() for name in CODE_FILES}
+
 
 
 def finished_run(paths, cfg, out):
@@ -198,16 +194,6 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
                                      for k, v in values.items()) + f' (evaluation {metrics["eval_seconds"]:.0f} s)')
     return metrics
 
-
-def git_commit():
-    """The commit of the code that ran (None outside a git checkout)."""
-    import subprocess
-    try:
-        run = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True)
-        return run.stdout.strip() or None
-    except OSError:
-        return None
 
 
 NOTEBOOKS = ('gaussian_vae.ipynb', 'pixelcnn.ipynb', 'binaryvae.ipynb')
@@ -320,103 +306,6 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
 
 
 # ---------------------------------------------------------------------------------------------
-# Recomputing and checking the reported numbers
-
-def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
-                 update=False):
-    """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
-    keep: add its per-image values to per_image.pt (for paired comparisons). update: write the value
-    into metrics.json if it differs (after an estimator is corrected), recording the previous value
-    and the commit under 'recomputed'."""
-    device = pick_device(device)
-    profile = pick_profile(profile, device)
-    path = os.path.join(run_dir(results_dir, profile, precision), part, 'model.pt')
-    if not os.path.exists(path):
-        raise CheckpointError(f'{path} does not exist; run `python experiments.py run {part} --profile {profile}'
-                              + (f' --precision {precision}' if precision != 'fp32' else '') + '` first')
-    record = load_file(path, advice='restore it with git (`git checkout -- PATH`) or retrain the part with '
-                                    '`python experiments.py run PART --fresh`')
-    missing = [k for k in ('config', 'models', 'autoregress') if k not in record]
-    if missing:
-        raise CheckpointError(f'{path} is not a model file of this project (it lacks {", ".join(missing)}); '
-                              f'restore it with git or retrain the part with --fresh')
-    cfg = with_defaults(record['config'])
-    nets = load_models(record['models'], device, record['autoregress'])
-    torch.manual_seed(cfg['seed'])
-    test_x = load_data(cfg, train=False).to(device)
-    per_image = {}
-    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image)[quantity]
-    out = os.path.dirname(path)
-    if keep and quantity in per_image:
-        kept_path = os.path.join(out, 'per_image.pt')
-        kept = load_file(kept_path) if os.path.exists(kept_path) else {}
-        atomic_save({**kept, quantity: to_host64(per_image[quantity])}, kept_path)
-    if update:
-        update_metric(os.path.join(out, 'metrics.json'), quantity, v)
-    print(f'{part} {quantity}: {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
-          + f' over {v["n_images"]} test images' + (f', M = {v["M"]}' if 'M' in v else '')
-          + f' ({record["profile"]} profile, {cfg["epochs"]} epochs, {device})')
-    print(v['value'])
-    return v['value']
-
-
-def update_metric(path, quantity, value):
-    """Replace one value in a metrics.json by its recomputation, keeping the previous one on record."""
-    m = read_json(path)
-    if m['values'].get(quantity) == value:
-        return
-    m.setdefault('recomputed', {})[quantity] = dict(previous=m['values'].get(quantity), commit=git_commit())
-    m['values'][quantity] = value
-    write_json(path, m, indent=1)
-    print(f'{path}: {quantity} updated to {value["value"]}', flush=True)
-
-
-def verify(results_dir='results', parts=None, out=None, profiles=None, quantities=None):
-    """Run every `reproduce` command of the summary.json of each run directory (or those of `parts`,
-    or of the run directories named in `profiles`, e.g. ['cpu', 'cpu-bf16']) as a user would, in a
-    fresh process from the repository root, and compare the value it prints last with the reported
-    one: agreement means within max(0.05, stderr) nats. Writes the outcome to `out` (default
-    results_dir/verify.json, where earlier checks of other numbers are kept) and returns the rows
-    checked now; failures are listed, not raised."""
-    import subprocess
-    root = os.path.dirname(os.path.abspath(__file__))
-    rows = []
-    for path, profile, precision in run_dirs(results_dir):
-        name = os.path.basename(path)
-        if (profiles is None or name in profiles) and os.path.exists(os.path.join(path, 'summary.json')):
-            rows += [r for r in read_json(os.path.join(path, 'summary.json')) if (parts is None or r['part'] in parts)
-                     and (quantities is None or r['quantity'] in quantities)]
-    commit = git_commit()  # the code that recomputed the numbers
-    checked = []
-    for r in rows:
-        argv = shlex.split(r['reproduce'])
-        t0 = time.time()
-        run = subprocess.run([sys.executable if argv[0] == 'python' else argv[0]] + argv[1:], cwd=root,
-                             capture_output=True, text=True)
-        try:
-            value = float(run.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            value = None
-        tolerance = max(0.05, r['stderr'] or 0.0)
-        ok = run.returncode == 0 and value is not None and abs(value - r['value']) <= tolerance
-        checked.append(dict(part=r['part'], quantity=r['quantity'], profile=r['profile'],
-                            precision=r.get('precision', 'fp32'), reported=r['value'], reproduced=value,
-                            tolerance=tolerance, ok=ok, seconds=round(time.time() - t0, 1), command=r['reproduce'],
-                            commit=commit, error=None if run.returncode == 0 else run.stderr.strip()[-500:]))
-        print(f'{"ok  " if ok else "FAIL"} {r["part"]:12s} {r["quantity"]:16s} reported {r["value"]}, '
-              f'reproduced {value} (tolerance {tolerance:g}), {time.time() - t0:.0f} s', flush=True)
-    out = out or os.path.join(results_dir, 'verify.json')
-    earlier = []
-    if os.path.exists(out):  # keep the outcome of numbers not rechecked this time
-        done = {c['command'] for c in checked}
-        earlier = [c for c in read_json(out) if c['command'] not in done]
-    write_json(out, earlier + checked, indent=1)
-    failed = [c for c in checked if not c['ok']]
-    print(f'{len(checked) - len(failed)} of {len(checked)} numbers reproduced; details in {out}', flush=True)
-    return checked
-
-
-# ---------------------------------------------------------------------------------------------
 # The command line
 
 def main(argv=None):
@@ -443,22 +332,24 @@ def main(argv=None):
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
     pk = sub.add_parser('pack', help="write a profile's results into DIR as at most 8 files of 16 MiB")
     pk.add_argument('dir')
+    fg = sub.add_parser('figures', help="draw a finished part's figures again from its model.pt and history.json")
+    fg.add_argument('part', choices=list(PARTS))
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
     up.add_argument('dir')
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
-    for p in (a, r, e, es, nb, pk):
+    for p in (a, r, e, es, nb, pk, fg):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
-    for p in (a, r, e, es, pk):
+    for p in (a, r, e, es, pk, fg):
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
                        help='bf16: training forward passes in bfloat16 (evaluation stays float32); results go to '
                             '<results-dir>/<profile>-bf16')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, s, nb, v, pk, up):
+    for p in (a, r, e, s, nb, v, pk, up, fg):
         p.add_argument('--results-dir', default='results')
-    for p in (a, r, e, es):
+    for p in (a, r, e, es, fg):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
     args = parser.parse_args(argv)
     try:
@@ -498,6 +389,8 @@ def command(args):
         list_settings(args.profile)
     elif args.command == 'pack':
         pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir)
+    elif args.command == 'figures':
+        redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
     elif args.command == 'unpack':
         unpack(args.dir, args.results_dir)
 

@@ -101,3 +101,14 @@ def test_runs_with_another_models_py_are_not_passed_off_as_its_results(tmp_path,
     with pytest.raises(E.ResultsExistError, match=r'(?s)from another models\.py.*not this code.s results.*--fresh'):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
     assert C.config('6a', 'smoke')['layout'] == 'course'
+
+
+def test_the_command_line_never_trains_over_a_finished_run(tmp_path):
+    """`run` with other settings than the finished run in that directory refuses and keeps it."""
+    E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    out = tmp_path / 'smoke' / '6a'
+    os.remove(out / 'checkpoint.pt')  # as in a fresh clone: nothing to train on from
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    run = cli('run', '6a', '--profile', 'smoke', '--epochs', '2', '--device', 'cpu', '--results-dir', str(tmp_path))
+    assert run.returncode != 0 and 'finished run with other settings (epochs: 1 there, 2 asked)' in run.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
