@@ -313,6 +313,11 @@ def with_defaults(cfg):
     (SINCE), or else at their defaults."""
     return {**DEFAULTS, **SINCE, **cfg}
 
+def changes(before, after, keys, words=('there', 'asked')):
+    """'key: before-value there, after-value asked, ...' for the settings that differ."""
+    return ', '.join(f'{k}: {before.get(k)!r} {words[0]}, {after.get(k)!r} {words[1]}' for k in keys)
+
+
 def settings_differ(a, b):
     a, b = with_defaults(a), with_defaults(b)
     return sorted(k for k in set(a) | set(b) if k not in RESUMABLE and a.get(k) != b.get(k))

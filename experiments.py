@@ -37,7 +37,7 @@ import figures
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
 from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, describe_hardware, list_settings,
-                    model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
+                    changes, model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
 from bench import estimate
 from evaluate import evaluate, to_host64
 from data import write_json
@@ -119,8 +119,7 @@ def finished_run(paths, cfg, out):
     way_out = ('use another results directory (--results-dir, results_dir=...), or rerun with --fresh '
                '(fresh=True), which deletes that run')
     if differ:
-        changes = ', '.join(f'{k}: {saved.get(k)!r} there, {cfg.get(k)!r} asked' for k in differ)
-        raise ResultsExistError(f'{out} holds a finished run with other settings ({changes}); it is kept as it '
+        raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it is kept as it '
                                 f'is. To train this part with the new settings, {way_out}')
     changed = [f for f, digest in code_digest().items() if (done.get('code') or {}).get(f) != digest]
     if changed:

@@ -74,6 +74,14 @@ def _check_size(name, value, minimum):
         raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
+def _check_stack(capacity, depth, layout):
+    """A residual stack's capacity, depth and layout, checked: (capacity, layout)."""
+    _check_size('capacity', capacity, 1)
+    _check_size('depth', depth, 0)
+    _check_layout(layout)
+    return capacity, layout
+
+
 def _check_images(x, name='x'):
     if x.dim() != 4 or tuple(x.shape[1:]) != (1, IMAGE, IMAGE):
         raise ValueError(f'{name} must have shape (B, 1, {IMAGE}, {IMAGE}), got {tuple(x.shape)}')
@@ -151,10 +159,7 @@ class PixelCNN(nn.Module):
 
     def __init__(self, capacity=32, depth=9, layout='course'):
         super().__init__()
-        _check_size('capacity', capacity, 1)
-        _check_size('depth', depth, 0)
-        _check_layout(layout)
-        self.capacity, self.layout = capacity, layout
+        self.capacity, self.layout = _check_stack(capacity, depth, layout)
         self.embed = MaskedConv2d('A', 1, capacity, 9, padding=4, bias=layout == 'v1')
         self.resnet = nn.Sequential(*[MaskedConvnetBlock(capacity) for _ in range(depth)])
         self.image = MaskedConv2d('B', capacity, 1, 3, padding=1)
@@ -194,20 +199,21 @@ class PixelCNN(nn.Module):
         return x
 
 
+def _image_noise(name, n, given, device, dtype, make):
+    """A per-pixel tensor (n, 1, 28, 28) given by the caller (checked) or made by make(shape)."""
+    if given is None:
+        return make((n, 1, IMAGE, IMAGE))
+    if tuple(given.shape) != (n, 1, IMAGE, IMAGE):
+        raise ValueError(f'{name} must have shape ({n}, 1, {IMAGE}, {IMAGE}), got {tuple(given.shape)}')
+    return given.to(device=device, dtype=dtype)
+
+
 def _uniforms(n, uniforms, device, dtype):
-    if uniforms is None:
-        return torch.rand(n, 1, IMAGE, IMAGE, device=device, dtype=dtype)
-    if tuple(uniforms.shape) != (n, 1, IMAGE, IMAGE):
-        raise ValueError(f'uniforms must have shape ({n}, 1, {IMAGE}, {IMAGE}), got {tuple(uniforms.shape)}')
-    return uniforms.to(device=device, dtype=dtype)
+    return _image_noise('uniforms', n, uniforms, device, dtype, lambda s: torch.rand(s, device=device, dtype=dtype))
 
 
 def _offset(n, offset, device, dtype):
-    if offset is None:
-        return torch.zeros(n, 1, IMAGE, IMAGE, device=device, dtype=dtype)
-    if tuple(offset.shape) != (n, 1, IMAGE, IMAGE):
-        raise ValueError(f'offset must have shape ({n}, 1, {IMAGE}, {IMAGE}), got {tuple(offset.shape)}')
-    return offset.to(device=device, dtype=dtype)
+    return _image_noise('offset', n, offset, device, dtype, lambda s: torch.zeros(s, device=device, dtype=dtype))
 
 
 class _IncrementalPixelCNN:
@@ -277,10 +283,7 @@ class _LatentDecoder(nn.Module):
 
     def __init__(self, capacity, depth, layout):
         super().__init__()
-        _check_size('capacity', capacity, 1)
-        _check_size('depth', depth, 0)
-        _check_layout(layout)
-        self.capacity, self.layout = capacity, layout
+        self.capacity, self.layout = _check_stack(capacity, depth, layout)
         self.embed = nn.Linear(LATENT * LATENT, capacity * LATENT * LATENT, bias=layout == 'v1')
         self.resnet = nn.Sequential(*[ConvnetBlock(capacity) for _ in range(depth)])
         self.image = nn.ConvTranspose2d(capacity, 1, 4, stride=4)  # 7x7 -> 28x28

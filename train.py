@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 import data
 import losses
 import models
-from config import model_spec, settings_differ
+from config import changes, model_spec, settings_differ
 
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
 
@@ -291,8 +291,8 @@ class Training:
                                   f'rerun with --fresh (fresh=True) or delete it')
         differ = settings_differ(ck['config'], self.cfg)
         if differ:
-            changes = ', '.join(f'{k}: {ck["config"].get(k)!r} -> {self.cfg.get(k)!r}' for k in differ)
-            raise CheckpointError(f'{self.path} was trained with other settings ({changes}); '
+            raise CheckpointError(f'{self.path} was trained with other settings '
+                                  f'({changes(ck["config"], self.cfg, differ, ("in it", "now"))}); '
                                   f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
         for name, net in self.nets.items():
             net.load_state_dict(model_state(ck['models'][name]))
