@@ -280,7 +280,9 @@ def run_dir(results_dir, profile, precision='fp32'):
     return os.path.join(results_dir, profile if precision == 'fp32' else f'{profile}-{precision}')
 
 def pick_device(device=None):
-    """CUDA, else MPS, else CPU, unless a device is named."""
+    """CUDA, else MPS, else CPU, unless a device is named (here, or by the environment variable
+    HW2_DEVICE, e.g. HW2_DEVICE=cpu to keep a GPU machine's runs on its CPU)."""
+    device = device if device is not None else os.environ.get('HW2_DEVICE') or None
     if device is not None:
         return torch.device(device)
     if torch.cuda.is_available():

@@ -62,9 +62,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def on_the_cpu(monkeypatch):
     """Every test runs on the CPU, whatever accelerator the machine has: the engine's device choice
-    (CUDA, then MPS, then CPU) sees none. Tests that simulate a GPU patch this back themselves."""
-    import torch
-    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')  # subprocesses and notebook kernels see no GPU either
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    if getattr(torch.backends, 'mps', None) is not None:
-        monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
+    is pinned by HW2_DEVICE, and subprocesses and notebook kernels inherit it (and see no CUDA
+    device). Tests that simulate a GPU undo the pin themselves."""
+    monkeypatch.setenv('HW2_DEVICE', 'cpu')
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')

@@ -75,6 +75,7 @@ def test_checkpoint_from_another_device_type_resumes(tmp_path, capsys):
 
 @pytest.fixture
 def simulated_cuda(monkeypatch):
+    monkeypatch.delenv('HW2_DEVICE')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'simulated GPU', raising=False)
 
