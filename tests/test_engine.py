@@ -1,0 +1,514 @@
+"""The engine's arithmetic through its public functions: the test ELBO against losses.py on the
+same seeded draws, active units, the training objective under beta and free bits, and what a
+smoke run records about autoregression, KL warm-up and the learning-rate drop."""
+import json
+import math
+import os
+import re
+
+import pytest
+import torch
+
+import config as C
+import evaluate as V
+import experiments as E
+import losses
+import models
+import train as T
+
+torch.set_num_threads(2)
+
+SEED = 11
+
+
+def tiny_vae(flows=0, autoregress=False, seed=0, dtype=torch.float64):
+    """A small binary VAE with random weights of a visible size, so that every path matters."""
+    torch.manual_seed(seed)
+    f = models.VAEEncoder(capacity=4, depth=1, flows=flows, iaf_depth=1)
+    g = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=autoregress, pixelcnn_capacity=4,
+                                  pixelcnn_depth=1)
+    g.autoregress = autoregress
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in list(f.parameters()) + list(g.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return f.to(dtype).eval(), g.to(dtype).eval()
+
+
+def binary_images(n, dtype=torch.float64, seed=0):
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.3, dtype=dtype), generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_eps(shape, seed=SEED):
+    """The draws neg_elbo makes: torch.Generator().manual_seed(seed), then one randn of mu's shape."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def per_image_by_hand(loss, *tensors):
+    """loss evaluated on each image on its own (a batch of one), its terms stacked: (n,) each."""
+    rows = [loss(*(t[i:i + 1] for t in tensors)) for i in range(len(tensors[0]))]
+    return [torch.stack(column) for column in zip(*rows)]
+
+
+def sample_stats(values):
+    v = values.double()
+    return v.mean().item(), (v.std() / math.sqrt(len(v))).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The test ELBO: losses.py per image at the seeded z ~ q(z|x)
+
+@pytest.mark.parametrize('flows,autoregress', [(0, False), (0, True), (2, True)])
+def test_binary_test_elbo_is_the_discrete_output_elbo_at_the_seeded_sample(flows, autoregress):
+    f, g = tiny_vae(flows=flows, autoregress=autoregress)
+    x = binary_images(6)
+    keep = {}
+    out = V.neg_elbo(dict(encoder=f, decoder=g), C.config('6b', 'smoke'), x, SEED, keep=keep)
+    with torch.no_grad():
+        h, mu, logvar = f.encode(x)
+        eps = seeded_eps(mu.shape)
+        if flows:
+            z, logqzx = f.reparameterize(h, mu, logvar, eps)
+        else:  # z = mu + sigma eps, -log q(z|x) - (49/2) log 2pi = sum_d (logvar_d + eps_d^2) / 2
+            z, logqzx = mu + torch.exp(0.5 * logvar) * eps, 0.5 * (logvar + eps.pow(2)).sum(1)
+        recon, kl = per_image_by_hand(losses.discrete_output_elbo, g(z, x), x, z, logqzx)
+    assert set(keep) == {'test_elbo', 'test_recon', 'kl'}
+    torch.testing.assert_close(keep['test_recon'], recon, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(keep['kl'], kl, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(keep['test_elbo'], recon + kl, rtol=1e-10, atol=1e-9)
+    for key, values in (('test_elbo', recon + kl), ('test_recon', recon), ('kl', kl)):
+        mean, stderr = sample_stats(values)
+        assert out[key]['value'] == pytest.approx(mean, abs=2e-6)
+        assert out[key]['stderr'] == pytest.approx(stderr, abs=2e-6)
+        assert out[key]['n_images'] == 6
+
+
+def test_gaussian_test_elbo_has_both_kl_estimators_on_the_same_sample():
+    torch.manual_seed(0)
+    f = models.VAEEncoder(capacity=4, depth=1).double().eval()
+    g = models.GaussianVAEDecoder(capacity=4, depth=1).double().eval()
+    with torch.no_grad():
+        for p in list(f.parameters()) + list(g.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    cfg = C.config('5b', 'smoke', sigma=0.3)
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    keep = {}
+    out = V.neg_elbo(dict(encoder=f, decoder=g), cfg, x, SEED, keep=keep)
+    with torch.no_grad():
+        _, mu, logvar = f.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * seeded_eps(mu.shape)
+        recon, kl = per_image_by_hand(lambda *a: losses.gaussian_elbo(*a[:3], 0.3, *a[3:]), g(z), x, z, mu, logvar)
+        recon_mc, kl_mc = per_image_by_hand(lambda *a: losses.mc_gaussian_elbo(*a[:3], 0.3, *a[3:]),
+                                            g(z), x, z, mu, logvar)
+    torch.testing.assert_close(recon_mc, recon)
+    expected = dict(test_elbo=recon + kl, test_elbo_mc=recon + kl_mc, test_recon=recon, kl=kl, kl_mc=kl_mc)
+    assert set(keep) == set(expected)
+    for key, values in expected.items():
+        torch.testing.assert_close(keep[key], values, rtol=1e-10, atol=1e-8)
+        assert out[key]['value'] == pytest.approx(sample_stats(values)[0], abs=2e-6)
+    assert not torch.allclose(kl, kl_mc)  # two estimators, not one twice
+
+
+def test_pixelcnn_test_nll_is_the_cross_entropy_per_image():
+    torch.manual_seed(0)
+    p = models.PixelCNN(capacity=4, depth=1).double().eval()
+    with torch.no_grad():
+        for q in p.parameters():
+            q.copy_(torch.randn(q.shape, generator=torch.Generator().manual_seed(q.numel())) * 0.2)
+    x = binary_images(4)
+    keep = {}
+    out = V.neg_elbo(dict(pixelcnn=p), C.config('6a', 'smoke'), x, SEED, keep=keep)
+    with torch.no_grad():
+        nll, = per_image_by_hand(lambda *a: (losses.cross_entropy(*a),), p(x), x)
+    assert set(out) == set(keep) == {'test_nll'}
+    torch.testing.assert_close(keep['test_nll'], nll)
+    assert out['test_nll']['value'] == pytest.approx(sample_stats(nll)[0], abs=2e-6)
+
+
+def test_test_elbo_in_batches_draws_each_batch_from_the_one_generator():
+    f, g = tiny_vae(flows=2)
+    x = binary_images(5)
+    keep = {}
+    out = V.neg_elbo(dict(encoder=f, decoder=g), C.config('6b', 'smoke'), x, SEED, batch=2, keep=keep)
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        h, mu, logvar = f.encode(x)
+        eps = torch.cat([torch.randn(len(mu[i:i + 2]), 49, generator=gen) for i in range(0, 5, 2)])
+        z, logqzx = f.reparameterize(h, mu, logvar, eps)
+        recon, kl = per_image_by_hand(losses.discrete_output_elbo, g(z, x), x, z, logqzx)
+    torch.testing.assert_close(keep['test_elbo'], recon + kl, rtol=1e-10, atol=1e-9)
+    assert out['test_elbo']['n_images'] == 5
+    one = V.neg_elbo(dict(encoder=f, decoder=g), C.config('6b', 'smoke'), x[:1], SEED)
+    assert math.isnan(one['test_elbo']['stderr']) and one['test_elbo']['n_images'] == 1
+
+
+def test_per_image_runs_each_loss_on_one_image_at_a_time_under_vmap():
+    """evaluate.per_image (torch.func.vmap): the same numbers as a loop over images; under vmap the
+    value checks of losses.py are skipped (the values cannot steer Python), the shape checks kept."""
+    gen = torch.Generator().manual_seed(4)
+    x1, x2 = torch.randn(5, 1, 28, 28, generator=gen), torch.rand(5, 1, 28, 28, generator=gen)
+    z, mu, logvar = (torch.randn(5, 49, generator=gen) for _ in range(3))
+    logqzx = torch.randn(5, generator=gen)
+    for loss, args in ((losses.discrete_output_elbo, (x1, x2, z, logqzx)),
+                       (lambda a, b, c, d, e: losses.gaussian_elbo(a, b, c, 0.2, d, e), (x1, x2, z, mu, logvar)),
+                       (lambda a, b, c, d, e: losses.mc_gaussian_elbo(a, b, c, torch.tensor(0.2), d, e),
+                        (x1, x2, z, mu, logvar))):
+        got = V.per_image(loss, *args)
+        want = per_image_by_hand(loss, *args)
+        for g, w in zip(got, want):
+            assert g.shape == (5,)
+            torch.testing.assert_close(g, w)
+    torch.testing.assert_close(V.per_image(losses.cross_entropy, x1, x2), per_image_by_hand(
+        lambda a, b: (losses.cross_entropy(a, b),), x1, x2)[0])
+    grads = torch.func.vmap(torch.func.grad(lambda a, b: losses.cross_entropy(a[None], b[None])))(x1, x2)
+    torch.testing.assert_close(grads, torch.sigmoid(x1) - x2)
+    with pytest.raises(ValueError, match='logqzx must have shape'):
+        V.per_image(losses.discrete_output_elbo, x1, x2, z, logqzx[:, None].expand(5, 2))
+    assert V.per_image(losses.cross_entropy, x1, x2 * 3).shape == (5,)  # values unchecked under vmap
+    with pytest.raises(ValueError, match='data x2 must be binary or in'):
+        losses.cross_entropy(x1, x2 * 3)  # outside vmap the values are checked
+
+
+def test_loss_errors_name_the_offending_value():
+    """What the engine passes on to a user who set sigma badly, or built a z of the wrong size."""
+    gen = torch.Generator().manual_seed(5)
+    x1, x2 = torch.rand(3, 1, 28, 28, generator=gen), torch.rand(3, 1, 28, 28, generator=gen)
+    z, mu, logvar = (torch.randn(3, 49, generator=gen) for _ in range(3))
+    for loss in (losses.gaussian_elbo, losses.mc_gaussian_elbo):
+        with pytest.raises(ValueError, match=r'sigma must be finite and > 0 .*got -0\.5$'):
+            loss(x1, x2, z, torch.tensor(-0.5), mu, logvar)
+        with pytest.raises(TypeError, match='sigma must be a real number.*got str$'):
+            loss(x1, x2, z, '0.1', mu, logvar)
+        with pytest.raises(ValueError, match=r'mu and z must have the same shape'):
+            loss(x1, x2, z[:, :48], 0.1, mu, logvar)  # z is checked even where the KL does not read it
+    with pytest.raises(TypeError, match='x1 must be a torch.Tensor, got list'):
+        losses.cross_entropy(x1.tolist(), x2)
+    for bad in (1.5, -0.5):  # just outside [0, 1]
+        with pytest.raises(ValueError, match='data x2 must be binary or in'):
+            losses.cross_entropy(x1, torch.full_like(x2, bad))
+
+
+def test_reported_numbers_are_rounded_means_with_standard_errors():
+    values = torch.tensor([1.23456789, 2.5, 3.75])
+    got = V.mean_stderr(values)
+    assert got == dict(value=round(values.double().mean().item(), 6),
+                       stderr=round((values.double().std() / math.sqrt(3)).item(), 6), n_images=3)
+    two = V.mean_stderr(torch.tensor([1.0, 2.0]))
+    assert two == dict(value=1.5, stderr=0.5, n_images=2)
+    assert math.isnan(V.mean_stderr(torch.tensor([7.0]))['stderr'])
+
+
+def evaluate_setup(part, **overrides):
+    settings = dict(test_images=6, is_images=3, is_samples=4, is_batch=2, is_chunk=2, au_samples=2, **overrides)
+    cfg = C.config(part, 'smoke', **settings)
+    torch.manual_seed(0)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    for net in nets.values():
+        net.eval()
+    return cfg, nets, batch_for(cfg, 8)
+
+
+def test_evaluate_reports_each_quantity_of_a_binary_vae_on_its_images():
+    cfg, nets, test_x = evaluate_setup('6d')
+    keep = {}
+    out = V.evaluate(nets, cfg, test_x, progress=False, keep=keep)
+    assert set(out) == {'test_elbo', 'test_recon', 'kl', 'active_units', 'test_nll_is4'}
+    assert {k: out[k]['n_images'] for k in out} == dict(test_elbo=6, test_recon=6, kl=6, active_units=6,
+                                                        test_nll_is4=3)
+    assert out['test_nll_is4']['M'] == 4 and keep['test_nll_is4'].shape == (3,)
+    assert out['test_nll_is4']['value'] == round(keep['test_nll_is4'].double().mean().item(), 6)
+    assert set(keep) == {'test_elbo', 'test_recon', 'kl', 'test_nll_is4'} and keep['kl'].shape == (6,)
+    assert out == V.evaluate(nets, cfg, test_x, progress=False)  # seeded: the same numbers again
+    # one quantity at a time: the same numbers, and only its group
+    assert V.evaluate(nets, cfg, test_x, only='active_units', progress=False) == dict(active_units=out['active_units'])
+    assert V.evaluate(nets, cfg, test_x, only='test_nll_is4', progress=False) == dict(test_nll_is4=out['test_nll_is4'])
+    assert V.evaluate(nets, cfg, test_x, only='kl', progress=False) == {k: out[k] for k in ('test_elbo', 'test_recon', 'kl')}
+    with pytest.raises(ValueError, match="part has no quantity 'test_nll'; it has test_elbo, test_nll_is4, kl, active_units"):
+        V.evaluate(nets, cfg, test_x, only='test_nll', progress=False)
+
+
+def test_evaluate_reports_each_quantity_of_a_gaussian_vae_and_a_pixelcnn():
+    cfg, nets, test_x = evaluate_setup('5c')
+    out = V.evaluate(nets, cfg, test_x, progress=False)
+    assert set(out) == {'test_elbo', 'test_elbo_mc', 'test_recon', 'kl', 'kl_mc', 'active_units'}
+    for only in ('test_elbo_mc', 'test_recon', 'kl_mc'):
+        assert V.evaluate(nets, cfg, test_x, only=only, progress=False)[only] == out[only]
+    cfg, nets, test_x = evaluate_setup('6a')
+    out = V.evaluate(nets, cfg, test_x, progress=False)
+    assert set(out) == {'test_nll'} and out['test_nll']['n_images'] == 6
+    assert V.evaluate(nets, cfg, test_x, only='test_nll', progress=False) == out
+    with pytest.raises(ValueError, match='part has no quantity .active_units.'):
+        V.evaluate(nets, cfg, test_x, only='active_units', progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Active units
+
+class FixedEncoder(torch.nn.Module):
+    """An encoder of (B, 49) inputs in {0, 1} whose mean mu_d(x) = scale (x_d - 1/2) in the
+    dimensions of `active` (variance scale^2 / 4 across images with p = 1/2) and still (x_d - 1/2)
+    in the others (variance 0.0025 at still = 0.1, under the 0.01 threshold); logvar = log var_q.
+    With flows (identity steps) the engine estimates E_q[z | x] from samples."""
+
+    def __init__(self, active, flows=0, var_q=1.0, scale=1.0, still=0.1):
+        super().__init__()
+        self.active = torch.zeros(49, dtype=torch.bool)
+        self.active[list(active)] = True
+        self.flows = torch.nn.ModuleList([torch.nn.Identity() for _ in range(flows)])
+        self.var_q, self.scale, self.still = var_q, scale, still
+
+    def encode(self, x):
+        mu = torch.where(self.active, self.scale * (x - 0.5), self.still * (x - 0.5))
+        return None, mu, torch.full_like(mu, math.log(self.var_q))
+
+    def reparameterize(self, h, mu, logvar, eps, per_dim=False):
+        z = mu + torch.exp(0.5 * logvar) * eps
+        terms = 0.5 * (logvar + eps.pow(2))
+        return z, (terms if per_dim else terms.sum(1))
+
+
+def coins(n, seed=0):
+    return torch.bernoulli(torch.full((n, 49), 0.5), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('active', [(), (3,), (0, 7, 8, 20, 48), tuple(range(0, 49, 2))])
+def test_active_units_counts_the_dimensions_whose_mean_varies_across_images(active):
+    au = V.active_units(FixedEncoder(active), coins(60), samples=3, seed=SEED, batch=25)
+    assert au == dict(value=len(active), stderr=None, n_images=60)
+
+
+def test_active_units_threshold_is_on_the_variance():
+    x = coins(400)
+    # variance at most 0.25 * 0.18^2 * 400/399 < 0.01 in the "active" dimensions too; about 0.25 * 0.22^2 > 0.01
+    assert V.active_units(FixedEncoder((1, 2), scale=0.18), x, samples=3, seed=SEED)['value'] == 0
+    assert V.active_units(FixedEncoder((1, 2), scale=0.22), x, samples=3, seed=SEED)['value'] == 2
+    assert V.active_units(FixedEncoder((1, 2)), x, samples=3, seed=SEED, threshold=0.3)['value'] == 0
+
+
+@pytest.mark.parametrize('samples,n', [(5, 20000), (10, 6000)])
+def test_active_units_with_flows_does_not_count_collapsed_dimensions(samples, n):
+    """With flows E_q[z_d | x] is a mean of S samples: in a collapsed dimension (q = the prior,
+    mu = 0, var 1) its variance across images is 1/S, far over the threshold and all Monte-Carlo
+    noise; the engine's correction removes it (to within about 0.002 at these n), and only the k used
+    dimensions count."""
+    active = (4, 5, 30)
+    x = coins(n, seed=1)
+    enc = FixedEncoder(active, flows=2, still=0.0)
+    assert V.active_units(enc, x, samples=samples, seed=SEED, batch=5000)['value'] == len(active)
+    sharp = FixedEncoder(active, flows=1, var_q=1e-8, still=0.0)  # q a point mass: no noise to correct
+    assert V.active_units(sharp, x[:200], samples=samples, seed=SEED)['value'] == len(active)
+
+
+def test_active_units_of_a_real_encoder_with_flows_is_seeded():
+    f, _ = tiny_vae(flows=2, dtype=torch.float32)
+    x = binary_images(30, dtype=torch.float32)
+    a = V.active_units(f, x, samples=3, seed=SEED)
+    assert a == V.active_units(f, x, samples=3, seed=SEED) and 0 <= a['value'] <= 49 and a['n_images'] == 30
+
+
+# ---------------------------------------------------------------------------------------------
+# The training objective: beta weighs the KL only; free bits
+
+def smoke_nets(part, **overrides):
+    cfg = C.config(part, 'smoke', **overrides)
+    torch.manual_seed(0)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    if cfg['autoregress']:
+        nets['decoder'].autoregress = True
+    return cfg, nets
+
+
+def batch_for(cfg, n=8):
+    if cfg['data'] == 'mnist':
+        return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return binary_images(n, dtype=torch.float32)
+
+
+@pytest.mark.parametrize('part', ['5b', '5c', '6b', '6e-baseline'])
+def test_beta_weighs_the_kl_and_not_the_reconstruction(part):
+    cfg, nets = smoke_nets(part)
+    informative_encoder(nets)
+    x = batch_for(cfg)
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    full, recon1, kl1 = T.objective(nets, cfg, x, eps)
+    objective, recon, kl = T.objective(nets, cfg, x, eps, beta=0.3)
+    assert recon.item() == pytest.approx(recon1.item(), rel=1e-6) and kl.item() == pytest.approx(kl1.item(), rel=1e-5)
+    assert full.item() == pytest.approx(recon1.item() + kl1.item(), rel=1e-6)
+    assert objective.item() == pytest.approx(recon.item() + 0.3 * kl.item(), rel=1e-6)
+    assert kl.item() > 49.0  # a KL large enough for beta to show
+
+
+def test_binary_objective_reconstruction_and_kl_are_losses_py_at_the_given_eps():
+    cfg, nets = smoke_nets('6e-baseline')
+    x = batch_for(cfg)
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    _, recon, kl = T.objective(nets, cfg, x, eps)
+    with torch.no_grad():
+        z, logqzx, _, _ = nets['encoder'](x, eps)
+        want = losses.discrete_output_elbo(nets['decoder'](z, x), x, z, logqzx)
+    assert recon.item() == pytest.approx(want[0].item(), rel=1e-6)
+    assert kl.item() == pytest.approx(want[1].item(), rel=1e-5, abs=1e-4)
+
+
+def test_gaussian_objective_is_the_configured_loss_at_the_given_eps():
+    for part, loss in (('5b', losses.gaussian_elbo), ('5c', losses.mc_gaussian_elbo)):
+        cfg, nets = smoke_nets(part, sigma=0.5)
+        x = batch_for(cfg)
+        eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+        _, recon, kl = T.objective(nets, cfg, x, eps)
+        with torch.no_grad():
+            z, _, mu, logvar = nets['encoder'](x, eps)
+            want = loss(nets['decoder'](z), x, z, 0.5, mu, logvar)
+        assert recon.item() == pytest.approx(want[0].item(), rel=1e-6)
+        assert kl.item() == pytest.approx(want[1].item(), rel=1e-5)
+
+
+def test_pixelcnn_objective_is_the_cross_entropy_with_no_kl():
+    cfg, nets = smoke_nets('6a')
+    x = batch_for(cfg)
+    objective, recon, kl = T.objective(nets, cfg, x, None, beta=0.3)
+    with torch.no_grad():
+        want = losses.cross_entropy(nets['pixelcnn'](x), x)
+    assert objective.item() == pytest.approx(want.item(), rel=1e-6) and recon.item() == objective.item()
+    assert kl.item() == 0.0
+
+
+def informative_encoder(nets):
+    """Move every posterior mean to about 3 with a small variance: each dimension's KL is then
+    clearly positive (a few nats), so a floor of 1e-9 never binds."""
+    with torch.no_grad():
+        nets['encoder'].mu.bias.fill_(3.0)
+        nets['encoder'].var.bias.fill_(-2.0)
+
+
+def per_dim_kl(nets, x, eps):
+    """(49,): log q(z_d|x) - log r(z_d) at z = the encoder's sample from eps, batch mean."""
+    with torch.no_grad():
+        h, mu, logvar = nets['encoder'].encode(x)
+        z, terms = nets['encoder'].reparameterize(h, mu, logvar, eps, per_dim=True)
+    return (0.5 * z.pow(2) - terms).mean(0)
+
+
+@pytest.mark.parametrize('part', ['6b', '6e-freebits'])
+def test_free_bits_under_every_dimensions_kl_leaves_the_elbo(part):
+    cfg, nets = smoke_nets(part, free_bits=1e-9)
+    informative_encoder(nets)
+    x = batch_for(cfg)
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    objective, recon, kl = T.objective(nets, cfg, x, eps)
+    assert per_dim_kl(nets, x, eps).min() > 0.1
+    assert objective.item() == pytest.approx(recon.item() + kl.item(), rel=1e-6)
+    # with beta: the floored KL is weighed like the plain one
+    objective, recon, kl = T.objective(nets, cfg, x, eps, beta=0.3)
+    assert objective.item() == pytest.approx(recon.item() + 0.3 * kl.item(), rel=1e-6)
+
+
+def test_free_bits_floor_applies_per_dimension_to_the_batch_mean_kl():
+    """A floor at the median of the dimensions' batch-mean KLs: the dimensions above it pay their
+    KL, the others the floor; a floor over every dimension costs 49 floors."""
+    cfg, nets = smoke_nets('6e-freebits')
+    informative_encoder(nets)
+    x = batch_for(cfg)
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    per_dim = per_dim_kl(nets, x, eps)
+    floor = per_dim.median().item()
+    objective, recon, _ = T.objective(nets, dict(cfg, free_bits=floor), x, eps)
+    assert objective.item() == pytest.approx(recon.item() + per_dim.clamp(min=floor).sum().item(), rel=1e-6)
+    high = per_dim.max().item() + 1.0
+    objective, recon, _ = T.objective(nets, dict(cfg, free_bits=high), x, eps)
+    assert objective.item() == pytest.approx(recon.item() + 49 * high, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoke runs: autoregression, KL warm-up, learning-rate drop
+
+TINY = dict(train_images=40, batch_size=10, monitor_images=10, test_images=10, is_images=2, is_samples=4,
+            is_batch=2, is_chunk=4, n_samples=4, au_samples=2)  # 4 steps an epoch
+
+
+class Run:
+    """A finished smoke run: its metrics, history.json, model.pt and directory."""
+
+    def __init__(self, results_dir, part, **overrides):
+        self.metrics = E.run_part(part, profile='smoke', results_dir=str(results_dir), progress=False,
+                                  **{**TINY, **overrides})
+        self.out = results_dir / 'smoke' / part
+        with open(self.out / 'history.json') as fh:
+            self.history = json.load(fh)
+        self.model = torch.load(self.out / 'model.pt', weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def pixelvae_run(tmp_path_factory):
+    return Run(tmp_path_factory.mktemp('pixelvae'), '6c', epochs=3, autoregress_epoch=2)
+
+
+@pytest.fixture(scope='module')
+def warmup_drop_run(tmp_path_factory):
+    """6b, 2 epochs: beta rises over the first, lr drops in the second."""
+    return Run(tmp_path_factory.mktemp('drop'), '6b', epochs=2, kl_warmup=1, kl_warmup_start=0, lr_drop_epoch=1)
+
+
+@pytest.fixture(scope='module')
+def late_warmup_run(tmp_path_factory):
+    """6b, 2 epochs: beta rises over the second; lr 2e-3 throughout."""
+    return Run(tmp_path_factory.mktemp('late'), '6b', epochs=2, kl_warmup=1, kl_warmup_start=1, lr=2e-3,
+               lr_drop_epoch=None)
+
+
+def test_pixelvae_switches_autoregression_on_at_its_epoch(pixelvae_run):
+    run = pixelvae_run
+    assert run.history['autoregress_step'] == 2 * 4 == run.metrics['autoregress_step']  # start of epoch 3
+    assert run.model['autoregress'] is True
+    # the PixelCNN is trained from then on: its output bias (0 at the start) has moved
+    assert run.model['models']['decoder']['state_dict']['pixelcnn.bias'].abs().max() > 0
+    # and evaluation used it: the test -ELBO differs from that of the same model without it
+    nets = T.load_models(run.model['models'], 'cpu', autoregress=False)
+    cfg = run.model['config']
+    x = T.load_data(cfg, train=False)[:cfg['test_images']]
+    off = V.neg_elbo(nets, cfg, x, cfg['seed'] + 101)['test_elbo']['value']
+    assert abs(off - run.metrics['values']['test_elbo']['value']) > 1e-3
+
+
+def test_last_monitor_point_is_the_test_elbo_when_both_use_the_same_images(warmup_drop_run, pixelvae_run):
+    for run in (warmup_drop_run, pixelvae_run):
+        assert run.history['test_epoch'] == list(range(1, len(run.history['test_epoch']) + 1))
+        assert run.history['test_step'] == [4 * e for e in run.history['test_epoch']]
+        assert run.history['test_loss'][-1] == run.metrics['values']['test_elbo']['value']
+        assert run.history['test_kl'][-1] == run.metrics['values']['kl']['value']
+
+
+def test_binary_vae_never_switches_autoregression_on(warmup_drop_run):
+    run = warmup_drop_run
+    assert run.history['autoregress_step'] is None and run.metrics['autoregress_step'] is None
+    assert run.model['autoregress'] is False
+
+
+@pytest.mark.parametrize('which,betas', [('warmup_drop_run', [0, 0.25, 0.5, 0.75, 1, 1, 1, 1]),
+                                         ('late_warmup_run', [1, 1, 1, 1, 0, 0.25, 0.5, 0.75])])
+def test_kl_warmup_rises_per_step_over_its_epochs(request, which, betas):
+    hist = request.getfixturevalue(which).history
+    assert hist['step'] == list(range(8))
+    assert hist['beta'] == pytest.approx(betas)
+    # the objective is recon + beta KL, the recorded loss the plain negative ELBO
+    for obj, recon, kl, beta, loss in zip(hist['objective'], hist['recon'], hist['kl'], hist['beta'], hist['loss']):
+        assert obj == pytest.approx(recon + beta * kl, rel=1e-5, abs=1e-3)
+        assert loss == pytest.approx(recon + kl)
+
+
+def lr_of_epochs(out):
+    """The learning rate of each epoch's run.log line."""
+    lines = [line for line in (out / 'run.log').read_text().splitlines() if re.search(r': epoch \d+/\d+, step', line)]
+    return [float(re.search(r', lr ([0-9.e-]+),', line).group(1)) for line in lines]
+
+
+def test_learning_rate_drops_to_lr_late_from_lr_drop_epoch(warmup_drop_run):
+    assert lr_of_epochs(warmup_drop_run.out) == [1e-3, 3e-4]
+    ck = torch.load(warmup_drop_run.out / 'checkpoint.pt', weights_only=True)
+    assert [g['lr'] for g in ck['optimizer']['param_groups']] == [3e-4]
+
+
+def test_learning_rate_stays_without_a_drop(late_warmup_run):
+    assert lr_of_epochs(late_warmup_run.out) == [2e-3, 2e-3]
+    ck = torch.load(late_warmup_run.out / 'checkpoint.pt', weights_only=True)
+    assert [g['lr'] for g in ck['optimizer']['param_groups']] == [2e-3]
