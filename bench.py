@@ -1,5 +1,6 @@
 """Benchmark: training, sampling and importance-sampling speed at the course's default sizes, on
-any device; and the speed tables of the README, which read the files it writes.
+any device. It owns the schema of the files it writes (BENCH_ROWS, BESIDE, GOALS), from which
+report.py makes the speed tables of docs/speed.md.
 
     python bench.py --json bench.json                 # this implementation, then a straightforward one
     python bench.py --json bench.json --baseline-json plain.json
@@ -13,7 +14,7 @@ the engine's objective (train.objective on what train.build makes of the part's 
 importance sampling, M = 1000 draws per image through evaluate.importance_sampled_nll as the
 engine runs it (compiled on the CPU: the first call, which compiles, is printed, not counted).
 The "straightforward" column is a plain solution written the common way at the same sizes, for
-side-by-side timing only: conv -> BatchNorm -> ReLU residual blocks, a mask multiplied into
+side-by-side timing only (straightforward.py): conv -> BatchNorm -> ReLU residual blocks, a mask multiplied into
 every masked kernel on every call, the course's losses in a plain loop with torch.optim.Adam,
 sampling by one full forward pass per pixel, importance sampling image by image (x expanded to
 125 copies, 8 chunks of 125 draws, the full decoder g(z, x) each time).
@@ -34,13 +35,12 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import losses
 import models
 from config import config, describe_hardware, model_spec, pick_device
 from evaluate import importance_sampled_nll
+from straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
 from train import adam, build, load_data, load_file, objective
 
 PROFILE = 'full'  # the networks' sizes (tests use 'smoke')
@@ -54,126 +54,6 @@ WARMUP = 2
 CEILING = (128, 28, 32)        # the reference convolution: channels, side, batch
 WORKLOADS = {'pixelcnn': '6a', 'binary_vae': '6b', 'gaussian_vae': '5b', 'pixelvae': '6c', 'iaf_vae': '6d'}
 OURS, PLAIN, BF16 = 'this implementation', 'straightforward', 'this implementation, bf16'
-
-
-# ---------------------------------------------------------------- the straightforward solution
-class PlainBlock(nn.Module):
-    """conv -> BN -> ReLU -> conv -> BN, plus the input, then ReLU (masked or not)."""
-
-    def __init__(self, filters, masked=False):
-        super().__init__()
-        conv = (lambda: models.MaskedConv2d('B', filters, filters, 3, padding=1)) if masked \
-            else (lambda: nn.Conv2d(filters, filters, 3, padding=1))
-        self.c1, self.b1, self.c2, self.b2 = conv(), nn.BatchNorm2d(filters), conv(), nn.BatchNorm2d(filters)
-
-    def forward(self, x):
-        return F.relu(x + self.b2(self.c2(F.relu(self.b1(self.c1(x))))))
-
-
-class PlainPixelCNN(nn.Module):
-    def __init__(self, capacity=32, depth=9):
-        super().__init__()
-        self.embed = models.MaskedConv2d('A', 1, capacity, 9, padding=4)
-        self.blocks = nn.Sequential(*[PlainBlock(capacity, masked=True) for _ in range(depth)])
-        self.out = models.MaskedConv2d('B', capacity, 1, 3, padding=1)
-        self.bias = nn.Parameter(torch.zeros(28, 28))  # cpu: a parameter, moved by the module's .to(device)
-
-    def forward(self, x):
-        return self.out(self.blocks(self.embed(x))) + self.bias
-
-    @torch.no_grad()
-    def sample(self, n):
-        x = torch.zeros(n, 1, 28, 28, device=self.bias.device)
-        for i in range(28):
-            for j in range(28):
-                x[:, :, i, j] = torch.bernoulli(torch.sigmoid(self(x)[:, :, i, j]))
-        return x
-
-
-class PlainDecoder(nn.Module):
-    def __init__(self, capacity=32, depth=51, pixelcnn=None):
-        super().__init__()
-        self.capacity, self.pixelcnn = capacity, pixelcnn
-        self.fc = nn.Linear(49, capacity * 49)
-        self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
-        self.up = nn.ConvTranspose2d(capacity, 1, 4, stride=4)
-        self.bias = nn.Parameter(torch.zeros(28, 28))  # cpu: a parameter, moved by the module's .to(device)
-
-    def forward(self, z, x=None):
-        out = self.up(self.blocks(self.fc(z.view(-1, 49)).view(-1, self.capacity, 7, 7))) + self.bias
-        return out + self.pixelcnn(x) if self.pixelcnn is not None else out
-
-
-class PlainEncoder(nn.Module):
-    def __init__(self, capacity=32, depth=9, flows=0, iaf_depth=9):
-        super().__init__()
-        self.embed = nn.Conv2d(1, capacity, 7, stride=4, padding=3)
-        self.blocks = nn.Sequential(*[PlainBlock(capacity) for _ in range(depth)])
-        self.heads = nn.Conv2d(capacity, 2, 3, padding=1)
-        self.flows = nn.ModuleList([PlainIAF(capacity, iaf_depth) for _ in range(flows)])
-
-    def forward(self, x, eps):
-        h = self.blocks(self.embed(x))
-        mu, logvar = self.heads(h).flatten(2).unbind(1)
-        z = mu + (0.5 * logvar).exp() * eps.view(-1, 49)
-        logqzx = 0.5 * (logvar + eps.view(-1, 49) ** 2).sum(1)
-        for flow in self.flows:
-            z, logdet = flow(z, h)
-            logqzx = logqzx + logdet
-        return z, logqzx, mu, logvar
-
-
-class PlainIAF(nn.Module):
-    def __init__(self, filters, depth):
-        super().__init__()
-        self.embed = models.MaskedConv2d('A', 1, filters, 3, padding=1)
-        self.blocks = nn.Sequential(*[PlainBlock(filters, masked=True) for _ in range(depth)])
-        self.head = models.MaskedConv2d('B', filters, 2, 3, padding=1)
-
-    def forward(self, z, h):
-        m, s = self.head(self.blocks(self.embed(z.view(-1, 1, 7, 7)) + h)).flatten(2).unbind(1)
-        gate = torch.sigmoid(s)
-        return gate * z + (1 - gate) * m, torch.log(gate).sum(1)
-
-
-def plain_vae(cfg, device):
-    """The straightforward encoder and decoder at the part's sizes."""
-    f = PlainEncoder(cfg['enc_capacity'], cfg['enc_depth'], cfg['flows'], cfg['iaf_depth'])
-    pixelcnn = PlainPixelCNN(cfg['pixelcnn_capacity'], cfg['pixelcnn_depth']) if cfg['autoregress'] else None
-    return f.to(device), PlainDecoder(cfg['dec_capacity'], cfg['dec_depth'], pixelcnn).to(device)
-
-
-def plain_training(name, device):
-    """(modules, loss of a batch): the straightforward networks and the course's loss functions."""
-    cfg = config(WORKLOADS[name], PROFILE)
-    if cfg['model'] == 'pixelcnn':
-        p = PlainPixelCNN(cfg['pixelcnn_capacity'], cfg['pixelcnn_depth']).to(device)
-        return [p], lambda x: losses.cross_entropy(p(x), x)
-    f, g = plain_vae(cfg, device)
-
-    def loss(x):
-        z, logqzx, mu, logvar = f(x, torch.randn(len(x), 1, 7, 7, device=x.device))
-        if cfg['model'] == 'gaussian_vae':
-            recon, kl = losses.gaussian_elbo(g(z), x, z, cfg['sigma'], mu, logvar)
-        else:
-            recon, kl = losses.discrete_output_elbo(g(z, x), x, z, logqzx)
-        return recon + kl
-    return [f, g], loss
-
-
-@torch.no_grad()
-def plain_importance_sample(f, g, x):
-    """The course's loop: one image at a time, x expanded to 125 copies, M / 125 chunks of 125 draws."""
-    nll = []
-    for xi in x:
-        xi = xi.expand(PLAIN_CHUNK, 1, 28, 28)
-        log_w = []
-        for _ in range(M // PLAIN_CHUNK):
-            z, logqzx, _, _ = f(xi, torch.randn(PLAIN_CHUNK, 1, 7, 7, device=x.device))
-            logpxz = F.binary_cross_entropy_with_logits(g(z, xi), xi, reduction='none').view(-1, 784).sum(1)
-            log_w.append(-(logpxz + 0.5 * z.pow(2).sum(1) - logqzx))
-        nll.append(-(torch.logsumexp(torch.cat(log_w), 0) - math.log(M)))
-    return torch.stack(nll)
 
 
 # ---------------------------------------------------------------- this implementation
@@ -196,7 +76,8 @@ def engine_training(name, device, precision='fp32'):
     return list(nets.values()), loss
 
 
-TRAINING = {OURS: engine_training, PLAIN: plain_training,
+TRAINING = {OURS: engine_training,
+            PLAIN: lambda name, device: plain_training(config(WORKLOADS[name], PROFILE), device),
             BF16: lambda name, device: engine_training(name, device, 'bf16')}
 
 
@@ -300,7 +181,7 @@ def importance_sampling_calls(name, x, baseline, device):
     if baseline:
         pf, pg = (m.eval() for m in plain_vae(cfg, device))
         n[PLAIN] = min(len(x), 2 if cfg['autoregress'] else 4)
-        calls[PLAIN] = lambda: plain_importance_sample(pf, pg, x[:n[PLAIN]])
+        calls[PLAIN] = lambda: plain_importance_sample(pf, pg, x[:n[PLAIN]], M, PLAIN_CHUNK)
     return calls, n
 
 
@@ -474,129 +355,6 @@ FLOPS_NOTE = (
     'reference, a large convolution (128 channels, 28×28, batch 32) runs at {:.0f} GFLOP/s.')
 
 
-def goal(group, key):
-    return GOALS.get(('is', key)) if group == 'is_img_per_s' else GOALS.get(key)
-
-
-def read_beside(results_dir, name, suffix):
-    """results_dir/<name without .json><suffix>.json, or None if there is none."""
-    path = os.path.join(results_dir, name[:-5] + suffix + '.json')
-    if not os.path.exists(path):
-        return None
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def speed_markdown(results_dir):
-    """The benchmark table from results/bench_<device>.json and, beside it,
-    results/bench_<device>_straightforward.json (written by bench.py); with
-    results/bench_<device>_flops.json also the FLOPs per image and the share of the device's
-    measured convolution ceiling that each workload reaches, and that its goal would need."""
-    tables = []
-    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
-        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith(
-                tuple(s + '.json' for s in BESIDE)):
-            continue
-        ours, plain = read_beside(results_dir, name, ''), read_beside(results_dir, name, '_straightforward') or {}
-        title = f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):'
-        tables.append(speed_table(ours, plain, read_beside(results_dir, name, '_flops'), title))
-        bf16 = read_beside(results_dir, name, '_bf16')
-        if bf16 is not None:
-            tables.append(bf16_markdown(bf16['train_img_per_s'], ours['train_img_per_s'],
-                                        plain.get('train_img_per_s', {}), f'{results_dir}/{name[:-5]}_bf16.json'))
-    if tables:
-        tables.append(bf16_runs_markdown(results_dir))
-    return '\n'.join(t for t in tables if t) if tables else 'No benchmark has been run yet.\n'
-
-
-def speed_table(ours, plain, flops, title):
-    """One benchmark's table: this implementation against the straightforward solution, the goals,
-    with `flops` the FLOP columns, and which goals are met."""
-    head = '| workload | this implementation | straightforward solution | speed-up | goal |'
-    rule = '|---|---|---|---|---|'
-    if flops:
-        head += ' goal needs | GFLOP per image | GFLOP/s reached | main layer, GFLOP/s | bound |'
-        rule += '---|---|---|---|---|'
-    lines, met, unmet = [title, '', head, rule], [], []
-    for group, key, label in BENCH_ROWS:
-        a, b, g = ours[group][key], plain.get(group, {}).get(key), goal(group, key)
-        ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
-        line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
-                f'{"" if g is None else f"{g:g}x"} |')
-        fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
-        if b is not None and g is not None:
-            speedup = b / a if group == 'sample_s' else a / b
-            (met if speedup >= g else unmet).append((label, key, speedup, g, fkey, b))
-        if flops and fkey in flops['gflop_per_image']:
-            per_image, rate = flops['gflop_per_image'][fkey], flops['layer_gflop_per_s'][fkey]
-            need = '' if b is None or g is None else f'{g * b:.2f}'
-            line += f' {need} | {per_image:.3g} | {a * per_image:.0f} | {rate:.0f} | {rate / per_image:.2f} |'
-        elif flops:
-            line += ' | | | | |'
-        lines.append(line)
-    if flops:
-        lines += ['', FLOPS_NOTE.format(flops['ceiling_gflop_per_s'])]
-    if met or unmet:
-        lines += ['', goals_reading(met, unmet, flops)]
-    return '\n'.join(lines) + '\n'
-
-
-def goals_reading(met, unmet, flops):
-    """The goals met and not met, and those that need at least the bound of their main layer."""
-    def listed(rows):
-        return ', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in rows)
-    text = f'Goals met: {listed(met) or "none"}. Not met: {listed(unmet) or "none"}'
-    beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in
-              flops['gflop_per_image'] and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
-    if beyond:
-        text += (f'. For {", ".join(beyond)} the goal needs at least the bound, the images/s of an '
-                 f'implementation that did nothing but run its main layer at the rate measured here')
-    return text + '.'
-
-
-def bf16_markdown(bf16, fp32, plain, path):
-    """Training throughput with bfloat16 forward passes (experiments.py run --precision bf16) beside
-    float32, from the same machine; not counted against the goals, which ask for the same arithmetic."""
-    lines = [f'Opt-in bfloat16 training (`{path}`): not the same arithmetic, so not counted against the goals '
-             f'above.', '', '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward |'
-             ' goal |', '|---|---|---|---|---|---|']
-    for key, a in bf16.items():
-        b, c, g = fp32.get(key), plain.get(key), GOALS.get(key)
-        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {"" if b is None else f"{a / b:.1f}x"} | '
-                     f'{"" if c is None else f"{a / c:.1f}x"} | {"" if g is None else f"{g:g}x"} |')
-    return '\n'.join(lines) + '\n'
-
-
-def bf16_runs_markdown(results_dir):
-    """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
-    seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
-    from answers import difference, value_text  # here, not at the top: answers imports report, writeup this module
-    root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
-    lines = []
-    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
-        if not all(os.path.exists(p) for p in paths):
-            continue
-        low, full = (json.load(open(p)) for p in paths)
-        q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
-        a, b = low['values'][q], full['values'][q]
-        shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
-        same = all(low['config'][k] == full['config'][k] for k in shared)
-        diff, se = difference(a, b)
-        lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
-                     f'{low["epochs"]} | {"yes" if same else "no"} |')
-    if not lines:
-        return ''
-    return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
-            f'results in `{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
-            'table above, measured side by side; the runs\' own wall times come from machines under '
-            f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
-            f'QUANTITY --profile cpu --precision bf16`):\n\n'
-            '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
-            '|---|---|---|---|---|---|---|---|\n'
-            + '\n'.join(lines) + '\n')
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--json', help='write the results of this implementation here')
@@ -617,6 +375,7 @@ def main(argv=None):
         if paths[key]:
             with open(paths[key], 'w') as fh:
                 json.dump(values, fh, indent=2)
+    from report import speed_table  # here: report imports this module's schema
     print('\n' + speed_table(out['ours'], out.get('plain', {}), out.get('flops'), 'this run:'), flush=True)
     return out
 

@@ -2,13 +2,15 @@
 history; the summaries results/<profile>[-<precision>]/summary.{md,json} with each number's
 reproduce command; and the tables and figures the notebooks display. answers.py turns these into
 the answers to the handout, and writeup.py into the README sections and analysis/results.tex
-(`python report.py` writes both).
+(`python report.py` writes both); and the speed tables of docs/speed.md from the files bench.py
+writes (their schema: bench.BENCH_ROWS, bench.BESIDE, bench.GOALS).
 """
 import hashlib
 import json
 import os
 import shlex
 
+from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
 from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, quantities, run_dir
 from data import write_json
 
@@ -178,6 +180,127 @@ def write_summary(results_dir='results', profile=None, precision='fp32'):
         write_json(os.path.join(path, 'summary.json'), summary_rows(these, results_dir), indent=1)
         metrics += these
     return metrics
+
+
+# ---------------------------------------------------------------- speed tables (bench.py's files)
+def goal(group, key):
+    return GOALS.get(('is', key)) if group == 'is_img_per_s' else GOALS.get(key)
+
+
+def read_beside(results_dir, name, suffix):
+    """results_dir/<name without .json><suffix>.json, or None if there is none."""
+    path = os.path.join(results_dir, name[:-5] + suffix + '.json')
+    return read_json(path) if os.path.exists(path) else None
+
+
+def speed_markdown(results_dir):
+    """The benchmark table from results/bench_<device>.json and, beside it,
+    results/bench_<device>_straightforward.json (written by bench.py); with
+    results/bench_<device>_flops.json also the FLOPs per image and the share of the device's
+    measured convolution ceiling that each workload reaches, and that its goal would need."""
+    tables = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        if not (name.startswith('bench_') and name.endswith('.json')) or name.endswith(
+                tuple(s + '.json' for s in BESIDE)):
+            continue
+        ours, plain = read_beside(results_dir, name, ''), read_beside(results_dir, name, '_straightforward') or {}
+        title = f'`{results_dir}/{name}` ({ours.get("device", name[6:-5])}):'
+        tables.append(speed_table(ours, plain, read_beside(results_dir, name, '_flops'), title))
+        bf16 = read_beside(results_dir, name, '_bf16')
+        if bf16 is not None:
+            tables.append(bf16_markdown(bf16['train_img_per_s'], ours['train_img_per_s'],
+                                        plain.get('train_img_per_s', {}), f'{results_dir}/{name[:-5]}_bf16.json'))
+    if tables:
+        tables.append(bf16_runs_markdown(results_dir))
+    return '\n'.join(t for t in tables if t) if tables else 'No benchmark has been run yet.\n'
+
+
+def speed_table(ours, plain, flops, title):
+    """One benchmark's table: this implementation against the straightforward solution, the goals,
+    with `flops` the FLOP columns, and which goals are met."""
+    head = '| workload | this implementation | straightforward solution | speed-up | goal |'
+    rule = '|---|---|---|---|---|'
+    if flops:
+        head += ' goal needs | GFLOP per image | GFLOP/s reached | main layer, GFLOP/s | bound |'
+        rule += '---|---|---|---|---|'
+    lines, met, unmet = [title, '', head, rule], [], []
+    for group, key, label in BENCH_ROWS:
+        a, b, g = ours[group][key], plain.get(group, {}).get(key), goal(group, key)
+        ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
+        line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
+                f'{"" if g is None else f"{g:g}x"} |')
+        fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
+        if b is not None and g is not None:
+            speedup = b / a if group == 'sample_s' else a / b
+            (met if speedup >= g else unmet).append((label, key, speedup, g, fkey, b))
+        if flops and fkey in flops['gflop_per_image']:
+            per_image, rate = flops['gflop_per_image'][fkey], flops['layer_gflop_per_s'][fkey]
+            need = '' if b is None or g is None else f'{g * b:.2f}'
+            line += f' {need} | {per_image:.3g} | {a * per_image:.0f} | {rate:.0f} | {rate / per_image:.2f} |'
+        elif flops:
+            line += ' | | | | |'
+        lines.append(line)
+    if flops:
+        lines += ['', FLOPS_NOTE.format(flops['ceiling_gflop_per_s'])]
+    if met or unmet:
+        lines += ['', goals_reading(met, unmet, flops)]
+    return '\n'.join(lines) + '\n'
+
+
+def goals_reading(met, unmet, flops):
+    """The goals met and not met, and those that need at least the bound of their main layer."""
+    def listed(rows):
+        return ', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in rows)
+    text = f'Goals met: {listed(met) or "none"}. Not met: {listed(unmet) or "none"}'
+    beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in
+              flops['gflop_per_image'] and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
+    if beyond:
+        text += (f'. For {", ".join(beyond)} the goal needs at least the bound, the images/s of an '
+                 f'implementation that did nothing but run its main layer at the rate measured here')
+    return text + '.'
+
+
+def bf16_markdown(bf16, fp32, plain, path):
+    """Training throughput with bfloat16 forward passes (experiments.py run --precision bf16) beside
+    float32, from the same machine; not counted against the goals, which ask for the same arithmetic."""
+    lines = [f'Opt-in bfloat16 training (`{path}`): not the same arithmetic, so not counted against the goals '
+             f'above.', '', '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward |'
+             ' goal |', '|---|---|---|---|---|---|']
+    for key, a in bf16.items():
+        b, c, g = fp32.get(key), plain.get(key), GOALS.get(key)
+        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {"" if b is None else f"{a / b:.1f}x"} | '
+                     f'{"" if c is None else f"{a / c:.1f}x"} | {"" if g is None else f"{g:g}x"} |')
+    return '\n'.join(lines) + '\n'
+
+
+def bf16_runs_markdown(results_dir):
+    """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
+    seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
+    from answers import difference, value_text  # here, not at the top: answers imports this module
+    root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
+    lines = []
+    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
+        if not all(os.path.exists(p) for p in paths):
+            continue
+        low, full = (read_json(p) for p in paths)
+        q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
+        a, b = low['values'][q], full['values'][q]
+        shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
+        same = all(low['config'][k] == full['config'][k] for k in shared)
+        diff, se = difference(a, b)
+        lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
+                     f'{low["epochs"]} | {"yes" if same else "no"} |')
+    if not lines:
+        return ''
+    return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
+            f'results in `{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
+            'table above, measured side by side; the runs\' own wall times come from machines under '
+            f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
+            f'QUANTITY --profile cpu --precision bf16`):\n\n'
+            '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
+            '|---|---|---|---|---|---|---|---|\n'
+            + '\n'.join(lines) + '\n')
 
 
 def main():

@@ -12,10 +12,9 @@ import os
 import re
 
 from answers import ANSWERS, CITES, LITERATURE, REMEDIES, departures, is_q, run_name, shown, with_n
-from bench import speed_markdown
 from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from figures import remedies_kl_figure
-from report import load_runs, per_image, read_json
+from report import load_runs, per_image, read_json, speed_markdown
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bench
+import report
 import config
 import train
 
@@ -76,7 +77,7 @@ def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
                  'is_img_per_s': dict(binary_vae=1.1, pixelvae=0.3)},
                 flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
                        'layer_gflop_per_s': {k: 30.0 for k in per_image}})
-    text = bench.speed_markdown(str(tmp_path))
+    text = report.speed_markdown(str(tmp_path))
     assert f'`{tmp_path}/bench_cpu.json` (CPU (x86_64), 2 cores):' in text   # the device the run measured
     row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
     # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
@@ -94,7 +95,7 @@ def test_speed_reading_names_met_and_unmet_goals_and_those_beyond_the_bound(tmp_
                 {'train_img_per_s': dict.fromkeys(KEYS, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
                  'is_img_per_s': dict(binary_vae=1.0, pixelvae=1.0)},
                 flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image, 'layer_gflop_per_s': rates})
-    line = next(t for t in bench.speed_markdown(str(tmp_path)).splitlines() if t.startswith('Goals met'))
+    line = next(t for t in report.speed_markdown(str(tmp_path)).splitlines() if t.startswith('Goals met'))
     assert 'binary_vae (training, 2.0x of 1.5x)' in line and 'pixelcnn_49 (sampling 49 images, 50.0x of 20x)' in line
     assert 'Not met: pixelcnn (training, 2.4x of 2.5x)' in line
     assert 'For pixelcnn (training) the goal needs at least the bound' in line
@@ -111,7 +112,7 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
         cfg = dict(epochs=4, seed=0, **({'precision': precision} if precision else {}))  # fp32 saved without it
         (tmp_path / run / '6a' / 'metrics.json').write_text(json.dumps(dict(
             part='6a', epochs=3, config=cfg, values={'test_nll': dict(value=value, stderr=0.2, n_images=10000)})))
-    text = bench.speed_markdown(str(tmp_path))
+    text = report.speed_markdown(str(tmp_path))
     assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
     row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
     assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
@@ -120,4 +121,4 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
 
 
 def test_no_benchmark_no_table(tmp_path):
-    assert bench.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'
+    assert report.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bench
+import report
 import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ def test_bench_runs_on_the_cpu_and_writes_what_the_speed_tables_read(tiny_bench,
     assert set(flops) == {'ceiling_gflop_per_s', 'gflop_per_image', 'layer_gflop_per_s'}
     assert set(flops['gflop_per_image']) == set(flops['layer_gflop_per_s']) == \
         {f'train_{k}' for k in ours['train_img_per_s']} | {f'is_{k}' for k in ours['is_img_per_s']}
-    text = bench.speed_markdown(str(tmp_path))
+    text = report.speed_markdown(str(tmp_path))
     assert f'({ours["device"]}):' in text and 'Opt-in bfloat16 training' in text
     assert sum(line.startswith('| training, images/s: ') for line in text.splitlines()) == 5
 

@@ -241,6 +241,20 @@ def test_evaluate_reports_each_quantity_of_a_gaussian_vae_and_a_pixelcnn():
         V.evaluate(nets, cfg, test_x, only='active_units', progress=False)
 
 
+def test_a_compile_failure_names_what_failed_and_runs_it_eagerly(monkeypatch, capsys):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError('no C++ compiler')
+        return call
+    monkeypatch.setattr(torch, 'compile', broken)
+    unnamed = V.Compiled(lambda t: t * 2)
+    assert torch.equal(unnamed(torch.ones(2)), torch.full((2,), 2.0))
+    assert 'torch.compile of function failed (RuntimeError: no C++ compiler); running it eagerly' in capsys.readouterr().err
+    assert torch.equal(unnamed(torch.ones(2)), torch.full((2,), 2.0)) and capsys.readouterr().err == ''  # said once
+    off = V.Compiled(lambda t: t + 1, enabled=False)
+    assert torch.equal(off(torch.ones(1)), torch.full((1,), 2.0)) and capsys.readouterr().err == ''
+
+
 # ---------------------------------------------------------------------------------------------
 # Active units
 
