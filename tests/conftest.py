@@ -8,6 +8,11 @@ against the framework can be checked. While a file is substituted only tests/tes
 tests/test_losses.py are collected and every test not marked course_api is skipped: the others
 exercise this implementation's extras (and experiments.py, which would import the substituted
 file). With neither variable set, nothing here changes the suite.
+
+Under mutation testing (mutmut sets MUTANT_UNDER_TEST; docs/mutation.md) the tests run from the
+copy in mutants/: MNIST is read from the repository's data/ unless HW2_DATA says otherwise, and
+torch.compile runs its functions eagerly, because mutmut's dispatch sets a ContextVar on every
+call, which TorchDynamo cannot trace.
 """
 import importlib.util
 import os
@@ -38,6 +43,11 @@ def load_as(name, path):
 def pytest_configure(config):
     for name, path in substituted().items():
         load_as(name, path)
+    if 'MUTANT_UNDER_TEST' in os.environ or 'mutmut' in sys.modules:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../mutants
+        os.environ.setdefault('HW2_DATA', os.path.join(os.path.dirname(here), 'data'))
+        import torch._dynamo
+        torch._dynamo.config.disable = True
 
 
 def pytest_report_header(config):

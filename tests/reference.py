@@ -27,3 +27,11 @@ class LinearGaussianModel:
         """log p(x|z) + log r(z), z of shape (..., d)."""
         log_lik = Normal(z @ self.A.T + self.b, self.s).log_prob(x).sum(-1)
         return log_lik + Normal(torch.zeros(self.d, dtype=DTYPE), torch.ones(self.d, dtype=DTYPE)).log_prob(z).sum(-1)
+
+
+def broken_compile(fn, **kwargs):
+    """A stand-in for torch.compile on a machine where compiling fails (no C++ compiler): the
+    compiled function raises when called."""
+    def call(*args):
+        raise RuntimeError('no C++ compiler')
+    return call

@@ -15,7 +15,7 @@ import config as C
 import evaluate as V
 import experiments as E
 import train as T
-from reference import DTYPE, LinearGaussianModel
+from reference import DTYPE, LinearGaussianModel, broken_compile
 import losses
 import models
 
@@ -417,11 +417,7 @@ def test_compiled_importance_sampling_equals_eager_and_follows_weight_updates():
 
 
 def test_compile_failure_falls_back_to_eager_with_a_message(monkeypatch, capsys):
-    def broken(fn, **kwargs):
-        def call(*args):
-            raise RuntimeError('no C++ compiler')
-        return call
-    monkeypatch.setattr(torch, 'compile', broken)
+    monkeypatch.setattr(torch, 'compile', broken_compile)
     f, g = tiny_vae(dtype=torch.float32)
     x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
     eps = torch.randn(2, 8, 49, generator=torch.Generator().manual_seed(1))

@@ -217,9 +217,9 @@ def test_image_and_latent_shapes_are_enforced():
         losses.mc_gaussian_elbo(x1, x2, z[:, :48], 0.1, mu, logvar)
 
 
-def test_per_image_evaluation_under_vmap_and_compile():
-    """The losses run under torch.func.vmap (value checks skipped, shape checks kept) and compile
-    without graph breaks, with the same numbers as plain calls."""
+def test_per_image_evaluation_under_vmap():
+    """The losses run under torch.func.vmap (value checks skipped, shape checks kept), with the same
+    numbers as plain calls."""
     x1, x2, z, mu, logvar, eps = float32_batch()
     logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)
     recon, kl = per_image(losses.discrete_output_elbo, x1, x2, z, logqzx)
@@ -234,5 +234,11 @@ def test_per_image_evaluation_under_vmap_and_compile():
     with pytest.raises(ValueError, match='mu and logvar must have the same shape'):
         per_image(lambda *a: losses.gaussian_elbo(a[0], a[1], a[2], 0.03, a[3], a[4]),
                   x1, x2, z, mu[:, :48], logvar)
+
+
+@pytest.mark.compiles
+def test_losses_compile_in_one_graph_without_the_input_checks():
+    """Under torch.compile the value checks are skipped, so the loss is one graph with no breaks."""
+    x1, x2, _, _, _, _ = float32_batch()
     compiled = torch.compile(losses.cross_entropy, fullgraph=True, backend='eager')
     assert torch.equal(compiled(x1, x2), losses.cross_entropy(x1, x2))
