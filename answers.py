@@ -29,7 +29,8 @@ LITERATURE = [('PixelCNN', 81.30, 'vandenoord2016'), ('PixelVAE', 79.66, 'gulraj
 
 # The settings named where a run departs from the handout's (the `full` profile).
 WORDS = dict(enc_capacity='encoder capacity', enc_depth='encoder depth', dec_capacity='decoder capacity',
-             dec_depth='decoder depth', flows='IAF steps', pixelcnn_capacity='PixelCNN capacity',
+             dec_depth='decoder depth', flows='IAF steps', iaf_depth='masked blocks per IAF step',
+             pixelcnn_capacity='PixelCNN capacity',
              pixelcnn_depth='PixelCNN depth', epochs='epochs', autoregress_epoch='warm-up epochs before the PixelCNN',
              lr_drop_epoch=f'learning-rate drop to {DEFAULTS["lr_late"]:.0e} at epoch'.replace('e-0', 'e-'),
              kl_warmup='KL warm-up epochs', kl_warmup_start='KL warm-up from epoch', test_images='test images',
@@ -103,6 +104,8 @@ def relevant(key, cfg):
     """Whether a setting of WORDS matters to the part's kind of model."""
     if key in ONLY:
         return cfg['model'] == ONLY[key]
+    if key == 'iaf_depth':
+        return cfg['flows'] > 0
     if cfg['model'] == 'pixelcnn':
         return not key.startswith(('enc_', 'dec_', 'flows', 'autoregress', 'kl_'))
     return cfg['autoregress'] or not key.startswith(('pixelcnn_', 'autoregress'))
@@ -297,6 +300,11 @@ def answer_6d(ms):
             f'diagonal Gaussian encoder of 6b; 6d − 6b: {compared(contrast([(1, d, is_q(d)), (-1, b, is_q(b))]))}. '
             f'The gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(d))} for 6d, '
             f'{compared(gap(b))} for 6b. ')
+    others = [w for k, w in (('layout', 'the networks\' layout and initialisation'), ('epochs', 'the number of epochs'),
+                             ('lr_drop_epoch', 'the learning-rate schedule'))
+              if with_defaults(b.get('config') or {})[k] != with_defaults(d.get('config') or {})[k]]
+    if others:
+        text += f'The two runs also differ in {", ".join(others)}: these differences are not the encoder\'s alone. '
     if measurable(tight):
         text += (f'With the flow the bound is {"tighter" if tight["value"] > 0 else "looser"}, here by '
                  f'{abs(tight["value"]):.2f} ± {tight["se"]:.2f} nats ({how(tight)}). ')

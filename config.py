@@ -317,6 +317,7 @@ def with_defaults(cfg):
     (SINCE), or else at their defaults."""
     return {**DEFAULTS, **SINCE, **cfg}
 
+
 def changes(before, after, keys, words=('there', 'asked')):
     """'key: before-value there, after-value asked, ...' for the settings that differ."""
     return ', '.join(f'{k}: {before.get(k)!r} {words[0]}, {after.get(k)!r} {words[1]}' for k in keys)

@@ -61,6 +61,12 @@ HOMEWORK = [
 ]
 
 
+def except_parts(profile, key, value):
+    """', except 6d, 6e-baseline, ...': the parts of a profile that set a shared setting otherwise."""
+    others = [p for p in PARTS if config(p, profile)[key] != value]
+    return f', except {", ".join(others)}' if others else ''
+
+
 def settings_blocks():
     """Each profile against the handout's settings (the `full` profile), generated from config.py."""
     blocks = [('p', f'The handout\'s settings are the full profile (`config.PARTS` over `config.DEFAULTS`: batch '
@@ -78,8 +84,8 @@ def settings_blocks():
         blocks += [('table', 'settings', f'The {profile} profile: the settings of each part that differ from the '
                     f'handout\'s (in brackets).', ('part', 'what', f'{profile} profile (handout)'), rows,
                     r'lp{0.27\linewidth}p{0.57\linewidth}'),
-                   ('p', f'Every part of the {profile} profile also has ' + '; '.join(
-                       f'{k} = {shown(k, v)} (handout {shown(k, DEFAULTS[k])})'
+                   ('p', f'The parts of the {profile} profile also have ' + '; '.join(
+                       f'{k} = {shown(k, v)} (handout {shown(k, DEFAULTS[k])}{except_parts(profile, k, v)})'
                        + (f': {REASONS[profile][k]}' if k in REASONS.get(profile, {}) else '')
                        for k, v in shared.items()) + '.')]
     return blocks

@@ -262,3 +262,10 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
 
 
 # The speed tables (bench.py's JSON files) --------------------------------------------------------
+
+
+def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(monkeypatch):
+    import config as C
+    monkeypatch.setitem(C.PROFILES, 'trial', {'*': dict(dec_depth=7), '6d': dict(dec_depth=51)})
+    text = ' '.join(b[1] for b in writeup.settings_blocks() if b[0] == 'p')
+    assert 'The parts of the trial profile also have dec_depth = 7 (handout 51, except 6d).' in text
