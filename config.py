@@ -131,7 +131,7 @@ PROFILES = {
         # the course PixelCNN; 4 epochs with lr 3e-4 in the last (full: 40, from epoch 30)
         '6a': dict(epochs=4, lr_drop_epoch=3),
         # decoder depth 21 (full: 51), 8 epochs, lr 3e-4 from epoch 6 (full: 60, from 40)
-        '6b': dict(dec_depth=21, epochs=8, lr_drop_epoch=6),
+        '6b': dict(dec_depth=21, epochs=8, lr_drop_epoch=6, layout='course'),
         # decoder depth 21 + the course PixelCNN; 2 warm-up epochs + 2 autoregressive (full: 10 + 10)
         '6c': dict(dec_depth=21, epochs=4, autoregress_epoch=2),
         # decoder depth 21, 8 steps of the course IAF with one masked block each (full: 9, 2.8x
@@ -163,10 +163,10 @@ SINCE = dict(layout='v1', init_output_bias=True)
 
 # Why a profile departs from the course framework's networks and initialisation (`list` prints it).
 CPU_REASONS = dict(
-    layout="5b-6c: layout 'v1' of models.py, with which their committed runs were trained (a ReLU before "
+    layout="5b, 5c, 6a and 6c: layout 'v1' of models.py, with which their committed runs were trained (a ReLU before "
            "the output convolution instead of after the embedding, biased embeddings, PyTorch's default "
            "initialisation of the VAE networks); it is kept so that their model files load and every reported "
-           "number reproduces. 6d and 6e use the course's networks and initialisation",
+           "number reproduces. 6b, 6d and 6e use the course's networks and initialisation",
     init_output_bias="Gaussian VAE: the decoder's output bias starts at the logit of the mean training image; "
                      "measured in this profile: without it the run stalled at the all-black image (test -ELBO "
                      "45,288 with KL -> 0 after 5 epochs), with it the test -ELBO was 3,229.8 after one epoch",
