@@ -304,7 +304,8 @@ def answer_6d(ms):
                              ('lr_drop_epoch', 'the learning-rate schedule'))
               if with_defaults(b.get('config') or {})[k] != with_defaults(d.get('config') or {})[k]]
     if others:
-        text += f'The two runs also differ in {", ".join(others)}: these differences are not the encoder\'s alone. '
+        listed = ' and '.join(others) if len(others) < 3 else f'{", ".join(others[:-1])} and {others[-1]}'
+        text += f'The two runs also differ in {listed}: these differences are not the encoder\'s alone. '
     if measurable(tight):
         text += (f'With the flow the bound is {"tighter" if tight["value"] > 0 else "looser"}, here by '
                  f'{abs(tight["value"]):.2f} ± {tight["se"]:.2f} nats ({how(tight)}). ')
