@@ -40,7 +40,8 @@ def run(modules, children):
     seconds = {}
     for module in modules:
         start = time.monotonic()
-        done = subprocess.run(['mutmut', 'run', '--max-children', str(children), f'{module}.*'])
+        env = dict(os.environ, OMP_NUM_THREADS='1')  # one thread per worker; `children` workers share the cores
+        done = subprocess.run(['mutmut', 'run', '--max-children', str(children), f'{module}.*'], env=env)
         if done.returncode:
             sys.exit(f'mutmut run failed on {module} (exit {done.returncode}); its output is above')
         seconds[module] = round(time.monotonic() - start, 1)
@@ -61,7 +62,8 @@ def module_summary(module, seconds=None):
     status = outcomes(module)
     count = {s: sum(v == s for v in status.values()) for s in sorted(set(status.values()))}
     equivalent = sorted(n for n, s in status.items() if n in EQUIVALENT and s != 'killed')
-    survivors = sorted(n for n, s in status.items() if s not in ('killed', 'timeout') and n not in EQUIVALENT)
+    survivors = sorted(n for n, s in status.items()
+                       if s not in ('killed', 'timeout', 'not checked', 'skipped') and n not in EQUIVALENT)
     counted = len(status) - len(equivalent) - count.get('skipped', 0) - count.get('not checked', 0)
     caught = count.get('killed', 0) + count.get('timeout', 0)
     return dict(mutants=len(status), counts=count, equivalent=len(equivalent),
@@ -78,7 +80,7 @@ def report(seconds=None):
         with open(path) as fh:
             old = json.load(fh).get('modules', {})
     modules = {m: module_summary(m, (seconds or {}).get(m, old.get(m, {}).get('seconds')))
-               for m in MODULES if outcomes(m)}
+               for m in MODULES if any(v != 'not checked' for v in outcomes(m).values())}  # modules run
     import torch
     summary = dict(modules=modules, equivalent=EQUIVALENT, mutmut=mutmut.__version__, torch=torch.__version__,
                    cores=os.cpu_count(), machine=platform.machine())
