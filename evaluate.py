@@ -24,8 +24,9 @@ import losses
 from config import is_quantity, quantities
 
 
-def noise(generator, shape, device):
-    return torch.randn(shape, generator=generator, device=device)
+def noise(generator, shape):
+    """Standard normal draws of the given shape from a seeded generator, on its device."""
+    return torch.randn(shape, generator=generator, device=generator.device)
 
 
 def per_image(loss, *args):
@@ -70,7 +71,7 @@ def pixelcnn_terms(nets, cfg, xb, gen):
 def posterior_sample(encoder, xb, gen):
     """z ~ q(z|x) by reparameterisation with seeded eps: z, logqzx (B, 49), (B,) and mu, logvar (B, 49)."""
     h, mu, logvar = encoder.encode(xb)
-    z, logqzx = encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape, xb.device))
+    z, logqzx = encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape))
     return z, logqzx, mu, logvar
 
 
@@ -228,7 +229,7 @@ def active_units(encoder, x, samples, seed, batch=500, threshold=0.01):
         if len(encoder.flows) == 0:
             means.append(mu)
             continue
-        z = torch.stack([encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape, x.device))[0]
+        z = torch.stack([encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape))[0]
                          for _ in range(samples)])  # (S, B, 49)
         means.append(z.mean(0))
         spreads.append(z.var(0))                    # s^2(x), unbiased over the S draws

@@ -41,8 +41,8 @@ from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, descri
 from bench import estimate
 from evaluate import evaluate, to_host64
 from data import write_json
-from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data, load_file,
-                   load_models, model_record, say, train)
+from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
+                   model_record, say, train)
 from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)
 
 

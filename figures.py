@@ -66,7 +66,7 @@ def sample_figures(part, nets, cfg, test_x, out):
         samples = nets['pixelcnn'].sample(n, uniforms=torch.rand(n, 1, 28, 28, generator=gen, device=device))
         return dict(samples=image_rows([('', samples)], os.path.join(out, 'samples.png'), title, ncol))
     f, g = nets['encoder'], nets['decoder']
-    samples = decode(g, noise(gen, (n, models.LATENT ** 2), device), gen)
+    samples = decode(g, noise(gen, (n, models.LATENT ** 2)), gen)
     figs = dict(samples=image_rows([('', samples)], os.path.join(out, 'samples.png'), title, ncol))
     x = test_x[:10]
     h, mu, logvar = f.encode(x)

@@ -4,7 +4,8 @@ and runs the tests that reach the changed function; a mutant that no test fails 
 On demand, not in CI (docs/mutation.md):
 
     python mutation.py                     # every module, then the report
-    python mutation.py losses evaluate     # some modules (a rerun checks only unchecked mutants)
+    python mutation.py losses evaluate     # some modules (each run checks all their mutants)
+    python mutation.py --survivors train   # only survivors and unchecked mutants, after a new test
     python mutation.py --report            # only the report, from mutants/
 
 The fast test selection and what is not mutated are set in setup.cfg [mutmut]. The report,
@@ -32,19 +33,60 @@ MODULES = ('losses', 'models', 'train', 'evaluate')
 OUT = os.path.join('results', 'mutation')
 
 # mutant name -> why no test can tell it from the original
-EQUIVALENT = {}
+COMPILE_CHECK = ('picks torch._dynamo.is_compiling, the fallback for torch < 2.3, in place of '
+                 'torch.compiler.is_compiling; on every torch that has both they are the same check')
+BATCHED_CHECK = ('skips the BatchedTensor test under vmap; the value check then reaches _holds, which '
+                 'answers True on vmap\'s data-dependent-control-flow error, so the inputs are accepted as before')
+PROGRESS = 'progress only shows or hides a tqdm bar on stderr'
+COMPILE_PATH = ('compile only chooses the compiled path, which computes the same numbers as the eager one '
+                '(test_compiled_importance_sampling_equals_eager_and_follows_weight_updates)')
+CPU_GENERATOR = ('a generator made for the default device, the CPU, where the suite runs: the same draws; on '
+                 'a GPU the draw would fail loudly (tests/test_devices.py runs there)')
+V1_NAMES = ('renames the parameters of a record that has a layout as if it were layout v1; no parameter name '
+            'of today starts with a v1 name, so the names come back unchanged '
+            '(test_v1_renaming_leaves_todays_parameter_names_alone)')
+EQUIVALENT = {
+    'losses.x__is_compiling__mutmut_2': COMPILE_CHECK,  # `or` -> `and`
+    'losses.x__is_compiling__mutmut_3': COMPILE_CHECK,  # getattr(None, ...)
+    'losses.x__is_compiling__mutmut_7': ('getattr without its default returns the same function '
+                                         'wherever the attribute exists (torch >= 2.3)'),
+    'losses.x__is_compiling__mutmut_8': COMPILE_CHECK,  # a misspelt attribute name
+    'losses.x__is_compiling__mutmut_9': COMPILE_CHECK,  # an upper-case attribute name
+    'losses.x__values_hidden__mutmut_1': BATCHED_CHECK,  # `or` -> `and`: outside compile, never hidden
+    'losses.x__check_probabilities__mutmut_1': BATCHED_CHECK,  # _values_hidden(None)
+    'losses.x__check_sigma__mutmut_10': BATCHED_CHECK,  # _values_hidden(None)
+    'losses.x__check_sigma__mutmut_27': "float('INF') is float('inf'): float() reads the name in any case",
+    'evaluate.x_mean_stderr__mutmut_12': "float('NAN') is float('nan')",
+    'evaluate.x_evaluate__mutmut_1': PROGRESS,      # progress=True -> False as the default
+    'evaluate.x_evaluate__mutmut_33': PROGRESS,     # progress=None for the test ELBO
+    'evaluate.x_evaluate__mutmut_39': PROGRESS,     # progress left at neg_elbo's default
+    'evaluate.x_evaluate__mutmut_92': PROGRESS,     # progress=None for importance sampling
+    'evaluate.x_evaluate__mutmut_101': PROGRESS,    # progress left at its default
+    'evaluate.x_evaluate__mutmut_93': COMPILE_PATH,   # compile=None
+    'evaluate.x_evaluate__mutmut_102': COMPILE_PATH,  # compile left at its default, False
+    'evaluate.x_evaluate__mutmut_81': CPU_GENERATOR,  # torch.Generator(None)
+    'train.x_model_state__mutmut_1': V1_NAMES,  # every record renamed
+    'train.x_model_state__mutmut_5': V1_NAMES,  # a misspelt key: every record renamed
+    'train.x_model_state__mutmut_6': V1_NAMES,  # an upper-case key: every record renamed
+}
 
 
-def run(modules, children):
-    """mutmut run over the mutants of each module in turn; {module: wall seconds}."""
+def run(modules, children, survivors=False):
+    """mutmut run over the mutants of each module in turn (or over those that survived the last
+    run); {module: wall seconds} of whole-module runs."""
     seconds = {}
     for module in modules:
+        names = ([n for n, s in outcomes(module).items() if s in ('survived', 'not checked')] if survivors
+                 else [f'{module}.*'])
+        if not names:
+            continue
         start = time.monotonic()
         env = dict(os.environ, OMP_NUM_THREADS='1')  # one thread per worker; `children` workers share the cores
-        done = subprocess.run(['mutmut', 'run', '--max-children', str(children), f'{module}.*'], env=env)
+        done = subprocess.run(['mutmut', 'run', '--max-children', str(children), *names], env=env)
         if done.returncode:
             sys.exit(f'mutmut run failed on {module} (exit {done.returncode}); its output is above')
-        seconds[module] = round(time.monotonic() - start, 1)
+        if not survivors:
+            seconds[module] = round(time.monotonic() - start, 1)
     return seconds
 
 
@@ -95,6 +137,9 @@ def report(seconds=None):
                      f"{s['score']}% | {'yes' if s['complete'] else 'no'} | {s['seconds'] or ''} |")
     lines += ['', 'Survivors (mutmut show NAME prints the change):', '']
     lines += [f'- `{n}` ({st})' for s in modules.values() for n, st in s['survivors'].items()] or ['- none']
+    seen = [n for n in EQUIVALENT if n.split('.')[0] in modules]
+    lines += ['', 'Equivalent mutants (left out of the score; mutation.EQUIVALENT):', '']
+    lines += [f'- `{n}`: {EQUIVALENT[n]}' for n in seen] or ['- none']
     with open(os.path.join(OUT, 'summary.md'), 'w') as fh:
         fh.write('\n'.join(lines) + '\n')
     return summary
@@ -104,12 +149,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('modules', nargs='*', help=f'any of {", ".join(MODULES)} (default: all)')
     ap.add_argument('--children', type=int, default=os.cpu_count(), help='mutants run at once')
+    ap.add_argument('--survivors', action='store_true', help='check only the mutants that survived or are not checked yet')
     ap.add_argument('--report', action='store_true', help='only rewrite the report from mutants/')
     args = ap.parse_args(argv)
     unknown = set(args.modules) - set(MODULES)
     if unknown:
         ap.error(f'unknown module(s) {", ".join(sorted(unknown))}; choose from {", ".join(MODULES)}')
-    seconds = None if args.report else run(args.modules or MODULES, args.children)
+    seconds = None if args.report else run(args.modules or MODULES, args.children, args.survivors)
     for m, s in report(seconds)['modules'].items():
         print(f"{m}.py: {s['mutants']} mutants, score {s['score']}%, {len(s['survivors'])} survivors"
               f"{'' if s['complete'] else ' (not complete)'}")

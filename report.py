@@ -303,6 +303,25 @@ def bf16_runs_markdown(results_dir):
             + '\n'.join(lines) + '\n')
 
 
+def mutation_markdown(results_dir):
+    """The mutation-testing table from results/mutation/summary.json (mutation.py), or a line
+    saying that it has not been run."""
+    path = os.path.join(results_dir, 'mutation', 'summary.json')
+    if not os.path.exists(path):
+        return 'Mutation testing has not been run here yet (`python mutation.py`).\n'
+    s = read_json(path)
+    lines = ['| module | mutants | killed or timed out | equivalent | survived or no test | score | wall time |',
+             '|---|---|---|---|---|---|---|']
+    for module, m in s['modules'].items():
+        c = m['counts']
+        caught = c.get('killed', 0) + c.get('timeout', 0)
+        minutes = f"{m['seconds'] / 60:.0f} min" if m.get('seconds') else ''
+        lines.append(f"| `{module}.py` | {m['mutants']} | {caught} | {m['equivalent']} | {len(m['survivors'])} | "
+                     f"{m['score']}% | {minutes}{'' if m['complete'] else ' (not complete)'} |")
+    return ('\n'.join(lines) + f"\n\nmutmut {s['mutmut']}, torch {s['torch']}, {s['cores']} cores, one test worker "
+            f"per core; each survivor and equivalent mutant is listed in `results/mutation/summary.md`.\n")
+
+
 def main():
     import writeup
     writeup.main()

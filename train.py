@@ -26,6 +26,7 @@ import data
 import losses
 import models
 from config import changes, model_spec, settings_differ
+from evaluate import noise
 
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
 
@@ -69,10 +70,6 @@ def init_output_bias(nets, cfg, device):
     mean = load_data(cfg, train=True).mean(0)[0].clamp(1e-3, 1 - 1e-3)  # (28, 28)
     with torch.no_grad():
         nets['decoder'].bias.copy_(torch.logit(mean).to(device))
-
-
-def noise(generator, shape, device):
-    return torch.randn(shape, generator=generator, device=device)
 
 
 def kl_weight(step, warmup_steps, start_step=0):
@@ -216,7 +213,9 @@ def model_state(r):
     return r['state_dict'] if 'layout' in r['kwargs'] else models.upgrade_v1_state_dict(r['state_dict'])
 
 
-def load_models(record, device, autoregress=False):
+def load_models(record, device, autoregress):
+    """The networks of a model record on `device`, in eval mode; a decoder with a PixelCNN has
+    autoregression on or off as recorded."""
     nets = {}
     for name, r in record.items():
         nets[name] = getattr(models, r['cls'])(**model_kwargs(r)).to(device)
@@ -382,7 +381,7 @@ class Training:
         cfg, state = self.cfg, self.state
         bs = cfg['batch_size']
         x = x_train[state['perm'][b * bs:(b + 1) * bs].to(self.device)]  # (B, 1, 28, 28)
-        eps = noise(self.noise, (len(x), models.LATENT ** 2), self.device) if cfg['model'] != 'pixelcnn' else None
+        eps = noise(self.noise, (len(x), models.LATENT ** 2)) if cfg['model'] != 'pixelcnn' else None
         # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
         loss, recon, kl = self.objective(self.nets, cfg, x, eps, beta)

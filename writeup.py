@@ -14,7 +14,7 @@ import re
 from answers import ANSWERS, CITES, LITERATURE, REMEDIES, departures, is_q, run_name, shown, with_n
 from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from figures import remedies_kl_figure
-from report import load_runs, per_image, read_json, speed_markdown
+from report import load_runs, mutation_markdown, per_image, read_json, speed_markdown
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
@@ -27,6 +27,9 @@ GPU_BEGIN, GPU_END = '<!-- gpu:begin -->', '<!-- gpu:end -->'
 
 
 SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
+
+
+MUTATION_BEGIN, MUTATION_END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
 
 
 # The handout's items: (item, what it asks, parts and quantities that answer it, figure, (notebook,
@@ -314,11 +317,12 @@ def fill_file(path, sections):
         fh.write(text)
 
 
-def update_readme(readme, runs):
-    """README.md's homework map, results chapter and GPU times, from runs (load_runs)."""
+def update_readme(readme, runs, results_dir):
+    """README.md's homework map, results chapter, GPU times and mutation scores, from runs (load_runs)."""
     base = os.path.dirname(os.path.abspath(readme))
     fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (GPU_BEGIN, GPU_END, gpu_time(runs)),
-                       (BEGIN, END, to_markdown(chapter(runs), base) if runs else 'No run has finished yet.\n')])
+                       (BEGIN, END, to_markdown(chapter(runs), base) if runs else 'No run has finished yet.\n'),
+                       (MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir))])
 
 
 def main():
@@ -332,7 +336,7 @@ def main():
     for r in runs:
         remedies_kl_figure(r['path'])
     latex(runs, args.tex)
-    update_readme(args.readme, runs)
+    update_readme(args.readme, runs, args.results_dir)
     fill_file(args.speed, [(SPEED_BEGIN, SPEED_END, speed_markdown(args.results_dir))])
     print(f'{sum(len(r["parts"]) for r in runs)} parts in {len(runs)} run directories -> {args.tex}, {args.readme}, '
           f'{args.speed}')

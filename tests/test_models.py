@@ -470,6 +470,18 @@ def test_iaf_returns_m_and_one_plus_s():
     assert torch.equal(m, torch.zeros_like(m)) and torch.equal(s, torch.ones_like(s))
 
 
+@pytest.mark.parametrize('layout', ['course', 'v1'])
+def test_v1_renaming_leaves_todays_parameter_names_alone(layout):
+    """upgrade_v1_state_dict maps old names only: a state dict under today's names comes back as it is."""
+    for net in (models.VAEEncoder(capacity=4, depth=1, flows=2, layout=layout),
+                models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True, pixelcnn_capacity=4,
+                                          pixelcnn_depth=1, layout=layout),
+                models.GaussianVAEDecoder(capacity=4, depth=1, layout=layout),
+                models.PixelCNN(capacity=4, depth=1, layout=layout)):
+        state = net.state_dict()
+        assert list(models.upgrade_v1_state_dict(state)) == list(state)
+
+
 def test_committed_v1_model_files_load():
     """A model file that records no layout rebuilds with layout 'v1' under today's parameter names."""
     import os

@@ -149,11 +149,12 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     (root / 'full-bf16' / '6a' / 'run.log').write_text('6a: PixelCNN ...\n')
     (root / 'full-bf16' / '6a' / 'checkpoint.pt').write_bytes(b'')
     readme = tmp_path / 'README.md'
-    markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END))
+    markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END),
+               (writeup.MUTATION_BEGIN, writeup.MUTATION_END))
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in markers))
     runs = report.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
-    writeup.update_readme(str(readme), runs)
+    writeup.update_readme(str(readme), runs, str(root))
     writeup.latex(runs, str(tmp_path / 'results.tex'))
     text, tex = readme.read_text(), (tmp_path / 'results.tex').read_text()
     assert 'old' not in text and '90.12 ± 0.31 (1000)' in text and '95.43 ± 0.25 (10000)' in text
@@ -165,6 +166,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
     assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'No GPU time has been measured yet' in text
+    assert 'Mutation testing has not been run here yet' in text
     assert '80.50 $\\pm$ 0.31' in tex and '\\cite{kingma2016}' in tex and '[[' not in tex
 
 
@@ -269,3 +271,17 @@ def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(mon
     monkeypatch.setitem(C.PROFILES, 'trial', {'*': dict(dec_depth=7), '6d': dict(dec_depth=51)})
     text = ' '.join(b[1] for b in writeup.settings_blocks() if b[0] == 'p')
     assert 'The parts of the trial profile also have dec_depth = 7 (handout 51, except 6d).' in text
+
+
+def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
+    summary = dict(modules=dict(losses=dict(mutants=10, counts=dict(killed=8, timeout=1, survived=1), equivalent=0,
+                                            score=90.0, complete=True, seconds=300.0, survivors={'losses.x_f__mutmut_1': 'survived'}),
+                                train=dict(mutants=4, counts={'killed': 3, 'not checked': 1}, equivalent=1,
+                                           score=100.0, complete=False, seconds=None, survivors={})),
+                   equivalent={}, mutmut='3.8.1', torch='2.14.1', cores=2, machine='x86_64')
+    (tmp_path / 'mutation').mkdir()
+    (tmp_path / 'mutation' / 'summary.json').write_text(json.dumps(summary))
+    text = report.mutation_markdown(str(tmp_path))
+    assert '| `losses.py` | 10 | 9 | 0 | 1 | 90.0% | 5 min |' in text
+    assert '| `train.py` | 4 | 3 | 1 | 0 | 100.0% |  (not complete) |' in text
+    assert 'mutmut 3.8.1, torch 2.14.1, 2 cores' in text
