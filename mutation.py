@@ -68,6 +68,9 @@ EQUIVALENT = {
     'train.x_model_state__mutmut_1': V1_NAMES,  # every record renamed
     'train.x_model_state__mutmut_5': V1_NAMES,  # a misspelt key: every record renamed
     'train.x_model_state__mutmut_6': V1_NAMES,  # an upper-case key: every record renamed
+    'train.xǁTrainingǁ__init____mutmut_28': CPU_GENERATOR,  # torch.Generator(None) for eps
+    'train.xǁTrainingǁ__init____mutmut_59': ("self.saved = '' for None: both are false, and the only reading of it "
+                                             "is stop_message's `if saved`"),
 }
 
 

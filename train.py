@@ -234,10 +234,9 @@ def say(out, message):
 
 
 def total_grad_norm(params):
-    """The Euclidean norm of every gradient together, on the device: NaN or inf as soon as one entry is."""
+    """The Euclidean norm of every gradient together (parameters without one are skipped), on the
+    device: NaN or inf as soon as one entry is."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device if params else 'cpu')
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -264,7 +263,7 @@ class Training:
     """One part's training: its models, optimiser, generators and state, checkpointed to
     out/checkpoint.pt. The state (epoch, batch, step, data order, history) is what a checkpoint holds."""
 
-    def __init__(self, part, cfg, nets, out, device, progress=True):
+    def __init__(self, part, cfg, nets, out, device, progress):
         self.part, self.cfg, self.nets, self.out, self.progress = part, cfg, nets, out, progress
         self.device = torch.device(device)
         self.path = os.path.join(out, 'checkpoint.pt')

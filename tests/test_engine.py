@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 
 import pytest
@@ -519,6 +520,19 @@ def test_free_bits_floor_applies_per_dimension_to_the_batch_mean_kl():
     assert objective.item() == pytest.approx(recon.item() + 49 * high, rel=1e-6)
 
 
+def test_a_floor_under_one_nat_binds_where_the_posterior_is_near_the_prior():
+    """Free bits at lambda = 0.5 (under one nat, as in Kingma et al. 2016) on an untrained encoder,
+    whose q(z|x) is close to the prior: the floor binds, and the objective is recon + sum_d max(lambda, KL_d)."""
+    cfg, nets = smoke_nets('6e-freebits')
+    x = batch_for(cfg)
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    per_dim = per_dim_kl(nets, x, eps)
+    assert (per_dim < 0.5).sum() > 10
+    objective, recon, kl = T.objective(nets, dict(cfg, free_bits=0.5), x, eps)
+    assert objective.item() == pytest.approx(recon.item() + per_dim.clamp(min=0.5).sum().item(), rel=1e-6)
+    assert objective.item() > recon.item() + kl.item() + 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # KL warm-up and free bits
 
@@ -756,6 +770,119 @@ def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
 # ---------------------------------------------------------------------------------------------
 # The optimiser, the output bias and bfloat16 training
+
+def test_captured_training_objective_equals_eager():
+    """The compiled objective (what compile_train=True trains with) gives eager's loss and gradients."""
+    cfg = C.config('6e-freebits', 'smoke', compile_train=True)
+    torch.manual_seed(0)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    nets['decoder'].autoregress = True
+    x = T.load_data(cfg, train=True)[:8]
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    params = [p for net in nets.values() for p in net.parameters()]
+    results = []
+    for fn in (T.objective, T.captured(T.objective, 'cpu')):
+        loss, recon, kl = fn(nets, cfg, x, eps, 0.5)
+        results.append((torch.stack([loss, recon, kl]).detach(), torch.autograd.grad(loss, params)))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    for g1, g2 in zip(ga, gb):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('compile_train', [False, True])
+def test_compile_train_chooses_the_compiled_objective_and_falls_back_to_eager(tmp_path, monkeypatch, capsys,
+                                                                              compile_train):
+    """With compile_train the loop trains through torch.compile (here one that fails, as without a C++
+    compiler: the run says so once and trains eagerly, to the numbers of an eager run)."""
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    done = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1,
+                      compile_train=compile_train)
+    said = capsys.readouterr().out.count('torch.compile of the training objective failed')
+    assert said == (1 if compile_train else 0)
+    eager = E.run_part('6b', profile='smoke', results_dir=str(tmp_path / 'eager'), progress=False, epochs=1)
+    assert done['values'] == eager['values']
+
+
+def smoke_training(tmp_path, part='6b', **overrides):
+    cfg = C.config(part, 'smoke', **overrides)
+    torch.manual_seed(0)
+    return T.Training(part, cfg, T.build(C.model_spec(cfg), 'cpu'), str(tmp_path), 'cpu', progress=False)
+
+
+def test_training_draws_the_data_order_and_eps_from_their_seeded_streams(tmp_path):
+    """Batch b of an epoch is x[perm[b B:(b + 1) B]] with perm from a generator seeded seed + 1, and
+    eps comes from one seeded seed + 2: the streams that make a resumed run equal an unbroken one."""
+    training = smoke_training(tmp_path)
+    cfg, seen = training.cfg, []
+
+    def spy(nets, cfg, x, eps, beta):
+        seen.append((x.clone(), eps.clone()))
+        return T.objective(nets, cfg, x, eps, beta)
+    training.objective = spy
+    x_train = T.load_data(cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 2)
+    training.step(x_train, 1, 2)
+    bs = cfg['batch_size']
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg['seed'] + 1))
+    noise = torch.Generator().manual_seed(cfg['seed'] + 2)
+    for b, (x, e) in enumerate(seen):
+        assert torch.equal(x, x_train[perm[b * bs:(b + 1) * bs]])
+        assert torch.equal(e, torch.randn(bs, 49, generator=noise))  # one draw per step
+
+
+def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
+    """The loss and gradient norm are read at every step on the CPU: the step that meets a NaN
+    gradient raises before the optimiser moves any parameter."""
+    training = smoke_training(tmp_path)
+    x_train = T.load_data(training.cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 2)
+    before = [p.detach().clone() for p in training.params]
+
+    def nan_gradient(nets, cfg, x, eps, beta):
+        loss, recon, kl = T.objective(nets, cfg, x, eps, beta)
+        p = next(nets['decoder'].parameters())
+        return loss + 0.0 * torch.sqrt(p.sum() * 0.0), recon, kl
+    training.objective = nan_gradient
+    with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
+        training.step(x_train, 1, 2)
+    assert all(torch.equal(p, q) for p, q in zip(training.params, before))
+
+
+def test_recorded_training_time_is_part_of_the_wall_time(tmp_path):
+    """train_seconds counts the time in training steps only: never more than the call took."""
+    training = smoke_training(tmp_path)
+    start = time.time()
+    assert training.run(stop_at=0.0) is False  # one step, a checkpoint, then stop
+    wall = time.time() - start
+    assert training.state['step'] == 1 and 0 < training.state['train_seconds'] <= wall
+
+
+def test_gradient_norm_is_that_of_all_gradients_together():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    unused = torch.nn.Parameter(torch.ones(2))  # no gradient: skipped
+    b(a(torch.randn(4, 3))).sum().backward()
+    params = [unused, *a.parameters(), *b.parameters()]
+    every = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
+    torch.testing.assert_close(T.total_grad_norm(params), every.norm())
+    a.bias.grad[0] = float('nan')
+    assert torch.isnan(T.total_grad_norm(params))
+
+
+def test_run_log_lines_are_printed_and_time_stamped(tmp_path, capsys):
+    import datetime
+    T.say(str(tmp_path), 'first')
+    T.say(str(tmp_path), 'second')
+    assert capsys.readouterr().out == 'first\nsecond\n'
+    lines = (tmp_path / 'run.log').read_text().splitlines()
+    assert [line.split('  ', 1)[1] for line in lines] == ['first', 'second']
+    for line in lines:
+        stamp = datetime.datetime.strptime(line.split('  ', 1)[0], '%Y-%m-%d %H:%M:%S')
+        assert abs((datetime.datetime.now() - stamp).total_seconds()) < 120
+
 
 @pytest.mark.parametrize('part', ['6a', '5b', '6c'])
 def test_a_model_record_rebuilds_each_kind_on_the_device_asked_for(part):

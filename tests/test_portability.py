@@ -16,7 +16,6 @@ from torch.overrides import TorchFunctionMode
 import config as C
 import evaluate as V
 import experiments as E
-import train as T
 import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,22 +147,3 @@ def test_a_damaged_pack_is_refused(tmp_path):
         fh.write(b'\x00\x01\x02')
     with pytest.raises(ValueError, match='do not match their manifest'):
         transfer.unpack(str(tmp_path / 'p'), str(tmp_path / 'b'))
-
-
-def test_captured_training_objective_equals_eager():
-    """The compiled objective (what compile_train=True trains with) gives eager's loss and gradients."""
-    cfg = C.config('6e-freebits', 'smoke', compile_train=True)
-    torch.manual_seed(0)
-    nets = T.build(C.model_spec(cfg), 'cpu')
-    nets['decoder'].autoregress = True
-    x = T.load_data(cfg, train=True)[:8]
-    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
-    params = [p for net in nets.values() for p in net.parameters()]
-    results = []
-    for fn in (T.objective, T.captured(T.objective, 'cpu')):
-        loss, recon, kl = fn(nets, cfg, x, eps, 0.5)
-        results.append((torch.stack([loss, recon, kl]).detach(), torch.autograd.grad(loss, params)))
-    (a, ga), (b, gb) = results
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    for g1, g2 in zip(ga, gb):
-        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
