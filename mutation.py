@@ -22,6 +22,7 @@ import sys
 import time
 
 from data import write_json
+from report import read_json
 
 try:
     import mutmut
@@ -75,12 +76,12 @@ EQUIVALENT = {
 
 
 def run(modules, children, survivors=False):
-    """mutmut run over the mutants of each module in turn (or over those that survived the last
-    run); {module: wall seconds} of whole-module runs."""
-    seconds = {}
+    """mutmut run over the mutants of each module in turn (or over those that survived, have no
+    test or are not checked yet); {module: {checked, seconds, survivors_only}} of each run."""
+    runs = {}
     for module in modules:
-        names = ([n for n, s in outcomes(module).items() if s in ('survived', 'not checked')] if survivors
-                 else [f'{module}.*'])
+        names = ([n for n, s in outcomes(module).items() if s in ('survived', 'no tests', 'not checked')]
+                 if survivors else [f'{module}.*'])
         if not names:
             continue
         start = time.monotonic()
@@ -88,9 +89,9 @@ def run(modules, children, survivors=False):
         done = subprocess.run(['mutmut', 'run', '--max-children', str(children), *names], env=env)
         if done.returncode:
             sys.exit(f'mutmut run failed on {module} (exit {done.returncode}); its output is above')
-        if not survivors:
-            seconds[module] = round(time.monotonic() - start, 1)
-    return seconds
+        checked = len(names) if survivors else len(outcomes(module))
+        runs[module] = dict(checked=checked, seconds=round(time.monotonic() - start, 1), survivors_only=survivors)
+    return runs
 
 
 def outcomes(module):
@@ -103,7 +104,8 @@ def outcomes(module):
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
-def module_summary(module, seconds=None):
+def module_summary(module, runs):
+    """Counts, score and survivors of a module from mutants/, with the runs that checked them."""
     status = outcomes(module)
     count = {s: sum(v == s for v in status.values()) for s in sorted(set(status.values()))}
     equivalent = sorted(n for n, s in status.items() if n in EQUIVALENT and s != 'killed')
@@ -113,39 +115,51 @@ def module_summary(module, seconds=None):
     caught = count.get('killed', 0) + count.get('timeout', 0)
     return dict(mutants=len(status), counts=count, equivalent=len(equivalent),
                 score=round(100 * caught / counted, 1) if counted else None,
-                complete=count.get('not checked', 0) == 0, seconds=seconds,
-                survivors={n: status[n] for n in survivors})
+                complete=count.get('not checked', 0) == 0, runs=runs,
+                seconds=round(sum(r['seconds'] for r in runs), 1), survivors={n: status[n] for n in survivors})
 
 
-def report(seconds=None):
+def merged_runs(module, old, new):
+    """The runs behind a module's verdicts: a whole-module run replaces the earlier ones, a run of
+    the survivors adds to them."""
+    before = old.get('runs') or ([dict(checked=old['mutants'], seconds=old['seconds'], survivors_only=False)]
+                                 if old.get('seconds') else [])
+    if module not in new:
+        return before
+    return before + [new[module]] if new[module]['survivors_only'] else [new[module]]
+
+
+def report(new_runs=None):
     """Write results/mutation/summary.json and summary.md for every module mutmut has seen."""
-    old = {}
     path = os.path.join(OUT, 'summary.json')
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = json.load(fh).get('modules', {})
-    modules = {m: module_summary(m, (seconds or {}).get(m, old.get(m, {}).get('seconds')))
+    old = read_json(path).get('modules', {}) if os.path.exists(path) else {}
+    modules = {m: module_summary(m, merged_runs(m, old.get(m, {}), new_runs or {}))
                for m in MODULES if any(v != 'not checked' for v in outcomes(m).values())}  # modules run
     import torch
     summary = dict(modules=modules, equivalent=EQUIVALENT, mutmut=mutmut.__version__, torch=torch.__version__,
                    cores=os.cpu_count(), machine=platform.machine())
     os.makedirs(OUT, exist_ok=True)
     write_json(path, summary, indent=2)
-    lines = ['| module | mutants | killed | timeout | survived | no tests | equivalent | score | complete | wall time, s |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    with open(os.path.join(OUT, 'summary.md'), 'w') as fh:
+        fh.write(markdown(modules))
+    return summary
+
+
+def markdown(modules):
+    lines = ['| module | mutants | killed | timeout | survived | no tests | equivalent | score | complete | '
+             'wall time, s (mutants checked) |', '|---|---|---|---|---|---|---|---|---|---|']
     for m, s in modules.items():
         c = s['counts']
+        runs = ' + '.join(f"{r['seconds']:.0f} ({r['checked']})" for r in s['runs'])
         lines.append(f"| {m}.py | {s['mutants']} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {s['equivalent']} | "
-                     f"{s['score']}% | {'yes' if s['complete'] else 'no'} | {s['seconds'] or ''} |")
+                     f"{s['score']}% | {'yes' if s['complete'] else 'no'} | {runs} |")
     lines += ['', 'Survivors (mutmut show NAME prints the change):', '']
     lines += [f'- `{n}` ({st})' for s in modules.values() for n, st in s['survivors'].items()] or ['- none']
     seen = [n for n in EQUIVALENT if n.split('.')[0] in modules]
     lines += ['', 'Equivalent mutants (left out of the score; mutation.EQUIVALENT):', '']
     lines += [f'- `{n}`: {EQUIVALENT[n]}' for n in seen] or ['- none']
-    with open(os.path.join(OUT, 'summary.md'), 'w') as fh:
-        fh.write('\n'.join(lines) + '\n')
-    return summary
+    return '\n'.join(lines) + '\n'
 
 
 def main(argv=None):
@@ -158,8 +172,8 @@ def main(argv=None):
     unknown = set(args.modules) - set(MODULES)
     if unknown:
         ap.error(f'unknown module(s) {", ".join(sorted(unknown))}; choose from {", ".join(MODULES)}')
-    seconds = None if args.report else run(args.modules or MODULES, args.children, args.survivors)
-    for m, s in report(seconds)['modules'].items():
+    runs = None if args.report else run(args.modules or MODULES, args.children, args.survivors)
+    for m, s in report(runs)['modules'].items():
         print(f"{m}.py: {s['mutants']} mutants, score {s['score']}%, {len(s['survivors'])} survivors"
               f"{'' if s['complete'] else ' (not complete)'}")
 

@@ -315,7 +315,9 @@ def mutation_markdown(results_dir):
     for module, m in s['modules'].items():
         c = m['counts']
         caught = c.get('killed', 0) + c.get('timeout', 0)
-        minutes = f"{m['seconds'] / 60:.0f} min" if m.get('seconds') else ''
+        runs = m.get('runs') or []
+        minutes = (f"{m['seconds'] / 60:.0f} min" + (f' in {len(runs)} runs' if len(runs) > 1 else '')
+                   if m.get('seconds') else '')
         lines.append(f"| `{module}.py` | {m['mutants']} | {caught} | {m['equivalent']} | {len(m['survivors'])} | "
                      f"{m['score']}% | {minutes}{'' if m['complete'] else ' (not complete)'} |")
     return ('\n'.join(lines) + f"\n\nmutmut {s['mutmut']}, torch {s['torch']}, {s['cores']} cores, one test worker "
