@@ -40,7 +40,7 @@ from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, descri
                     changes, model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
 from bench import estimate
 from evaluate import evaluate, to_host64
-from data import write_json
+from files import write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
                    model_record, say, train)
 from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from data import write_json
+from files import write_json
 from report import read_json
 
 try:

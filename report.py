@@ -12,7 +12,7 @@ import shlex
 
 from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
 from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, quantities, run_dir
-from data import write_json
+from files import write_json
 
 # What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
 # applies to that file only, so a rerun's figures are described once somebody has looked at them.

@@ -12,7 +12,7 @@ import torch
 
 import figures
 from config import pick_device, pick_profile, run_dir, with_defaults
-from data import write_json
+from files import write_json
 from evaluate import evaluate, to_host64
 from report import read_json, run_dirs
 from train import CheckpointError, atomic_save, load_data, load_file, load_models

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data
+import files
 import losses
 import models
 from config import changes, model_spec, settings_differ
@@ -159,7 +160,7 @@ def captured(fn, device):
     beta is passed as a tensor, so that a KL warm-up does not recompile at every step."""
     fast = [torch.compile(fn, mode='reduce-overhead' if torch.device(device).type == 'cuda' else None)]
 
-    def call(nets, cfg, x, eps, beta=1.0):
+    def call(nets, cfg, x, eps, beta):
         beta = torch.tensor(float(beta), device=x.device)
         if fast[0] is not None:
             try:
@@ -186,10 +187,15 @@ class NonFiniteLossError(FloatingPointError):
 def atomic_save(obj, path):
     """torch.save through a temporary file and os.replace: readers see the old file or the new one,
     never half of one. On failure (a full disk) the temporary file is removed and the error names the path."""
-    data.atomic_save(obj, path)
+    files.atomic_save(obj, path)
 
 
-def load_file(path, advice='rerun with --fresh (fresh=True) or delete it'):
+FRESH = 'rerun with --fresh (fresh=True) or delete it'  # what to do about an unusable checkpoint
+
+
+def load_file(path, advice=FRESH):
+    """A checkpoint or model file, onto the CPU, with tensors and plain containers only (no code
+    runs while loading); CheckpointError with `advice` if it cannot be read."""
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
@@ -314,17 +320,16 @@ class Training:
         """Write the checkpoint, after reading every pending number: never a non-finite model."""
         self.flush()
         if not all(torch.isfinite(p).all() for p in self.params):
-            raise NonFiniteLossError(stop_message(self.part, self.where(), self.path, self.saved,
-                                                  'a parameter is not finite'))
+            where = self.where(self.state['batch'], self.state['step'])
+            raise NonFiniteLossError(stop_message(self.part, where, self.path, self.saved, 'a parameter is not finite'))
         rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
                          optimizer=self.opt.state_dict(), rng=rng, **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
-    def where(self, step=None):
-        s = self.state
-        return (f'epoch {s["epoch"] + 1}, batch {s["batch"]} of the epoch, step {s["step"]}' if step is None
-                else f'step {step} (epoch {s["epoch"] + 1})')
+    def where(self, batch, step):
+        """Where training is, in a stop message: epoch (counted from 1), batch of the epoch, step."""
+        return f'epoch {self.state["epoch"] + 1}, batch {batch} of the epoch, step {step}'
 
     def run(self, stop_at=None):
         """Train to cfg['epochs'] (or until the wall-clock time stop_at, then checkpoint and return
@@ -406,8 +411,7 @@ class Training:
                 self.pending = []
                 what = (f'the training loss is {obj}' if not math.isfinite(obj)
                         else f'the gradient norm is {grad_norm} (the loss is {obj})')
-                where = f'epoch {self.state["epoch"] + 1}, batch {b} of the epoch, step {step}'
-                message = stop_message(self.part, where, self.path, self.saved, what)
+                message = stop_message(self.part, self.where(b, step), self.path, self.saved, what)
                 say(self.out, message)
                 raise NonFiniteLossError(message)
             for k, v in (('step', step), ('objective', obj), ('recon', recon), ('kl', kl), ('beta', beta)):

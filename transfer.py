@@ -10,7 +10,7 @@ import os
 import tarfile
 
 from config import run_dir
-from data import write_json
+from files import write_json
 from report import read_json
 
 

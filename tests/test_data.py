@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 import data
+import files
 
 # SHA-256 of the statically binarized bits, uint8 (N, 28, 28) in C order, from
 # data.binarize(mnist_uint8(train), data.binarize_seed(train)) with BINARIZE_SEED = 599.
@@ -283,7 +284,7 @@ def test_unwritable_cache_is_a_warning(raw_root, offline, bmnist, monkeypatch, r
             raise OSError(errno.EROFS, "Read-only file system", file)
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(data, "open", read_only_open, raising=False)
+    monkeypatch.setattr(files, "open", read_only_open, raising=False)  # where every file is written
     for _ in range(2):
         b = data.load_binarized_mnist(False, root=raw_root)
         assert torch.equal(b, bmnist[False])
@@ -304,8 +305,8 @@ def tmp_files(directory):
 
 def test_atomic_save_roundtrip_creates_directories_and_replaces(tmp_path):
     path = tmp_path / "a" / "b" / "checkpoint.pt"
-    data.atomic_save({"step": 1, "w": torch.arange(5)}, path)
-    data.atomic_save({"step": 2, "w": torch.arange(6)}, str(path))
+    files.atomic_save({"step": 1, "w": torch.arange(5)}, path)
+    files.atomic_save({"step": 2, "w": torch.arange(6)}, str(path))
     loaded = torch.load(path)
     assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.arange(6))
     assert os.listdir(path.parent) == ["checkpoint.pt"]
@@ -326,10 +327,10 @@ def partial_write_then(error):
 ], ids=["ENOSPC", "unexpected-pos"])
 def test_atomic_save_on_a_full_disk_names_the_file(tmp_path, monkeypatch, error):
     path = tmp_path / "checkpoint.pt"
-    data.atomic_save(torch.ones(3), path)
+    files.atomic_save(torch.ones(3), path)
     monkeypatch.setattr(torch, "save", partial_write_then(error))
-    with pytest.raises(data.DiskFullError) as err:
-        data.atomic_save(torch.zeros(3), path)
+    with pytest.raises(files.DiskFullError) as err:
+        files.atomic_save(torch.zeros(3), path)
     assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
     assert str(path) in str(err.value) and "disk is full" in str(err.value)
     assert err.value.__cause__ is error
@@ -341,19 +342,19 @@ def test_atomic_save_on_a_full_disk_names_the_file(tmp_path, monkeypatch, error)
 def test_atomic_save_other_failures_keep_their_type_and_clean_up(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
     with pytest.raises(Exception) as err:
-        data.atomic_save(lambda: None, path)  # not picklable
+        files.atomic_save(lambda: None, path)  # not picklable
     assert not isinstance(err.value, OSError)
     assert os.listdir(tmp_path) == []
 
     monkeypatch.setattr(torch, "save", partial_write_then(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        data.atomic_save(torch.zeros(1), path)
+        files.atomic_save(torch.zeros(1), path)
     assert os.listdir(tmp_path) == []
 
     monkeypatch.setattr(torch, "save", partial_write_then(OSError(errno.EIO, "Input/output error")))
     with pytest.raises(OSError, match=f"could not write {path}: Input/output error") as err:
-        data.atomic_save(torch.zeros(1), path)
-    assert err.value.errno == errno.EIO and not isinstance(err.value, data.DiskFullError)
+        files.atomic_save(torch.zeros(1), path)
+    assert err.value.errno == errno.EIO and not isinstance(err.value, files.DiskFullError)
     assert os.listdir(tmp_path) == []
 
 
@@ -361,7 +362,7 @@ DEAD_PID = 99_999_999  # above Linux's largest possible pid (2**22)
 
 
 def test_clean_stale_tmp_removes_only_dead_writers_files(tmp_path, capsys):
-    host = data._HOST_TAG
+    host = files._HOST_TAG
     other_host = "0" * 8 if host != "0" * 8 else "1" * 8
     stale = [f"ckpt.pt.{DEAD_PID}.0123abcd.h{host}.tmp",
              f"bmnist_test.pt.{DEAD_PID}.89abcdef.tmp"]  # written before the host tag
@@ -370,20 +371,20 @@ def test_clean_stale_tmp_removes_only_dead_writers_files(tmp_path, capsys):
             "notes.tmp", "ckpt.pt"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"x")
-    removed = data.clean_stale_tmp(tmp_path)
+    removed = files.clean_stale_tmp(tmp_path)
     assert sorted(removed) == sorted(str(tmp_path / name) for name in stale)
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
     assert str(tmp_path / stale[0]) in capsys.readouterr().out
-    assert data.clean_stale_tmp(tmp_path / "missing") == []
+    assert files.clean_stale_tmp(tmp_path / "missing") == []
 
 
 def test_atomic_save_temporary_files_are_recognised(tmp_path, monkeypatch):
     # the name atomic_save gives its temporary file is one clean_stale_tmp would remove once its writer dies
     names = []
     monkeypatch.setattr(data.os, "replace", lambda src, dst: names.append(os.path.basename(src)))
-    data.atomic_save(torch.zeros(1), tmp_path / "c.pt")
-    m = data._TMP_PATTERN.match(names[0])
-    assert m and m["target"] == "c.pt" and int(m["pid"]) == os.getpid() and m["host"] == data._HOST_TAG
+    files.atomic_save(torch.zeros(1), tmp_path / "c.pt")
+    m = files._TMP_PATTERN.match(names[0])
+    assert m and m["target"] == "c.pt" and int(m["pid"]) == os.getpid() and m["host"] == files._HOST_TAG
 
 
 def test_stale_tmp_files_are_cleaned_when_loading(tmp_path, offline, mnist):

@@ -771,8 +771,9 @@ def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, mo
 # ---------------------------------------------------------------------------------------------
 # The optimiser, the output bias and bfloat16 training
 
-def test_captured_training_objective_equals_eager():
-    """The compiled objective (what compile_train=True trains with) gives eager's loss and gradients."""
+def test_captured_training_objective_equals_eager(capsys):
+    """The compiled objective (what compile_train=True trains with) gives eager's loss and gradients,
+    and really is compiled (no fallback to eager)."""
     cfg = C.config('6e-freebits', 'smoke', compile_train=True)
     torch.manual_seed(0)
     nets = T.build(C.model_spec(cfg), 'cpu')
@@ -788,6 +789,7 @@ def test_captured_training_objective_equals_eager():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     for g1, g2 in zip(ga, gb):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+    assert 'failed' not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('compile_train', [False, True])
@@ -802,6 +804,10 @@ def test_compile_train_chooses_the_compiled_objective_and_falls_back_to_eager(tm
     assert said == (1 if compile_train else 0)
     eager = E.run_part('6b', profile='smoke', results_dir=str(tmp_path / 'eager'), progress=False, epochs=1)
     assert done['values'] == eager['values']
+    cfg, nets = smoke_nets('6b')
+    x, eps = batch_for(cfg), torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    fallback = T.captured(T.objective, 'cpu')(nets, cfg, x, eps, 0.5)  # the eager path keeps beta
+    assert torch.equal(torch.stack(fallback), torch.stack(T.objective(nets, cfg, x, eps, 0.5)))
 
 
 def smoke_training(tmp_path, part='6b', **overrides):
@@ -849,6 +855,36 @@ def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
     with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
         training.step(x_train, 1, 2)
     assert all(torch.equal(p, q) for p, q in zip(training.params, before))
+
+
+def test_a_non_finite_parameter_is_never_saved(tmp_path):
+    training = smoke_training(tmp_path)
+    x_train = T.load_data(training.cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 2)
+    with torch.no_grad():
+        training.params[0].view(-1)[0] = float('inf')
+    with pytest.raises(T.NonFiniteLossError, match=r'part 6b: a parameter is not finite at epoch 1, batch 1 of '
+                                                   r'the epoch, step 1.*no checkpoint had been written yet'):
+        training.save()
+    assert not os.path.exists(training.path)
+
+
+class NotATensor:
+    """An object that only unrestricted unpickling could rebuild."""
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    """A file that is readable but not a checkpoint (no settings, models, optimiser, generators,
+    epoch), or that holds more than tensors and plain containers, is refused with what to do."""
+    training = smoke_training(tmp_path)
+    torch.save({'epoch': 1}, training.path)
+    with pytest.raises(T.CheckpointError, match=r'is not a checkpoint of this project \(it lacks config, models, '
+                                                r'optimizer, rng\); rerun with --fresh'):
+        training.resume()
+    torch.save({'epoch': 1, 'payload': NotATensor()}, training.path)
+    with pytest.raises(T.CheckpointError, match=r'(?s)is corrupt or unreadable .*rerun with --fresh \(fresh=True\) or delete it'):
+        training.resume()
 
 
 def test_recorded_training_time_is_part_of_the_wall_time(tmp_path):
