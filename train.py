@@ -29,6 +29,9 @@ import models
 from config import changes, model_spec, settings_differ
 from evaluate import noise
 
+# cuDNN in training: the fastest deterministic kernels for these shapes (so a resumed run ends with
+# the numbers of an unbroken one), TF32 allowed (never in evaluation)
+CUDNN_TRAINING = dict(enabled=True, benchmark=True, deterministic=True, allow_tf32=True)
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
 
 _DATA = {}
@@ -441,16 +444,13 @@ class Training:
         self.save()
 
 
-def train(part, cfg, nets, out, device, progress=True, stop_at=None):
+def train(part, cfg, nets, out, device, progress, stop_at=None):
     """Train the part's models, resuming from out/checkpoint.pt if present. Returns (state, done):
     the training state {epoch, batch, step, train_seconds, history, autoregress, ...} and whether
     training is complete (False when stopped at the wall-clock time stop_at, checkpoint written)."""
     training = Training(part, cfg, nets, out, device, progress)
     training.resume()
-    # cuDNN picks the fastest deterministic kernels for these shapes on CUDA (so a resumed run ends
-    # with the numbers of an unbroken one); TF32 allowed in training, never in evaluation
     cuda = torch.device(device).type == 'cuda'
-    with (torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=True, allow_tf32=True) if cuda
-          else contextlib.nullcontext()):
+    with torch.backends.cudnn.flags(**CUDNN_TRAINING) if cuda else contextlib.nullcontext():
         done = training.run(stop_at)
     return training.state, done

@@ -704,11 +704,20 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path):
     os.remove(tmp_path / 'smoke' / '6c' / 'metrics.json')  # an unfinished run of 2 epochs, 1 done
     assert E.run_part('6c', results_dir=str(tmp_path), stop_at=0.0, **settings) is None  # one more step, then stop
     ck = torch.load(tmp_path / 'smoke' / '6c' / 'checkpoint.pt', weights_only=True)
-    assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5)
+    assert (ck['epoch'], ck['batch'], ck['step']) == (1, 1, 5) and ck['part'] == '6c'
     resumed = E.run_part('6c', results_dir=str(tmp_path), **settings)
     assert history(tmp_path, '6c')['step'] == list(range(8))
     assert history(tmp_path, '6c')['loss'] == history(tmp_path / 'reference', '6c')['loss']
     assert resumed['values'] == reference['values']
+
+
+def test_a_run_killed_after_its_last_epoch_is_evaluated_without_training_again(tmp_path):
+    """A kill between the last checkpoint and the metrics: the rerun loads the finished training
+    and evaluates it, to the numbers of an unbroken run."""
+    done = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    os.remove(tmp_path / 'smoke' / '6b' / 'metrics.json')
+    again = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    assert again['values'] == done['values'] and history(tmp_path)['step'] == [0, 1]
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
@@ -719,6 +728,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
     fresh = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2, fresh=True)
     assert fresh['epochs'] == 2
+    assert history(tmp_path, '6a')['test_kl'] == [0.0, 0.0]  # a PixelCNN has no KL term
 
 
 def test_checkpoint_from_other_settings_is_refused(tmp_path):
