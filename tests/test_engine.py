@@ -436,10 +436,7 @@ def batch_for(cfg, n=8):
 
 @pytest.mark.parametrize('part', ['5b', '5c', '6b', '6e-baseline'])
 def test_beta_weighs_the_kl_and_not_the_reconstruction(part):
-    cfg, nets = smoke_nets(part)
-    informative_encoder(nets)
-    x = batch_for(cfg)
-    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    cfg, nets, x, eps = informative_setup(part)
     full, recon1, kl1 = T.objective(nets, cfg, x, eps)
     objective, recon, kl = T.objective(nets, cfg, x, eps, beta=0.3)
     assert recon.item() == pytest.approx(recon1.item(), rel=1e-6) and kl.item() == pytest.approx(kl1.item(), rel=1e-5)
@@ -482,6 +479,13 @@ def informative_encoder(nets):
         nets['encoder'].var.bias.fill_(-2.0)
 
 
+def informative_setup(part, **overrides):
+    """A smoke part's networks with an informative encoder, a batch of 8 and its eps."""
+    cfg, nets = smoke_nets(part, **overrides)
+    informative_encoder(nets)
+    return cfg, nets, batch_for(cfg), torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+
+
 def per_dim_kl(nets, x, eps):
     """(49,): log q(z_d|x) - log r(z_d) at z = the encoder's sample from eps, batch mean."""
     with torch.no_grad():
@@ -492,10 +496,7 @@ def per_dim_kl(nets, x, eps):
 
 @pytest.mark.parametrize('part', ['6b', '6e-freebits'])
 def test_free_bits_under_every_dimensions_kl_leaves_the_elbo(part):
-    cfg, nets = smoke_nets(part, free_bits=1e-9)
-    informative_encoder(nets)
-    x = batch_for(cfg)
-    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    cfg, nets, x, eps = informative_setup(part, free_bits=1e-9)
     objective, recon, kl = T.objective(nets, cfg, x, eps)
     assert per_dim_kl(nets, x, eps).min() > 0.1
     assert objective.item() == pytest.approx(recon.item() + kl.item(), rel=1e-6)
@@ -507,10 +508,7 @@ def test_free_bits_under_every_dimensions_kl_leaves_the_elbo(part):
 def test_free_bits_floor_applies_per_dimension_to_the_batch_mean_kl():
     """A floor at the median of the dimensions' batch-mean KLs: the dimensions above it pay their
     KL, the others the floor; a floor over every dimension costs 49 floors."""
-    cfg, nets = smoke_nets('6e-freebits')
-    informative_encoder(nets)
-    x = batch_for(cfg)
-    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    cfg, nets, x, eps = informative_setup('6e-freebits')
     per_dim = per_dim_kl(nets, x, eps)
     floor = per_dim.median().item()
     objective, recon, _ = T.objective(nets, dict(cfg, free_bits=floor), x, eps)
@@ -1002,11 +1000,7 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
     """--precision bf16 runs the networks under autocast and the losses in float32: the objective
     stays within bfloat16 rounding of the float32 one, every gradient is float32, and fp32 is
     plain float32 (no autocast: identical to calling the networks directly)."""
-    cfg = C.config(part, 'smoke')
-    torch.manual_seed(0)
-    nets = T.build(C.model_spec(cfg), 'cpu')
-    if cfg['autoregress']:
-        nets['decoder'].autoregress = True
+    cfg, nets = smoke_nets(part)
     x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
     conv = next(m for net in nets.values() for m in net.modules() if isinstance(m, torch.nn.Conv2d))

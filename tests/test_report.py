@@ -52,13 +52,18 @@ def correlated_pair(shift, noise, n=1000, seed=0):
     return a, a + shift + noise * torch.randn(n, generator=g, dtype=torch.float64)
 
 
-def test_paired_standard_error_is_that_of_the_per_image_difference(tmp_path):
-    a, b = correlated_pair(shift=0.3, noise=0.5)
+def contrast_6d_6b(tmp_path, a, b):
+    """6d - 6b from per-image NLLs a (6b) and b (6d) saved in a run directory; the contrast and the metrics."""
     run = str(tmp_path / 'cpu')
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)}, {'test_nll_is1000': b})
     ms = {m['part']: m for m in report.load_metrics(run)}
-    c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
+    return answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')]), ms
+
+
+def test_paired_standard_error_is_that_of_the_per_image_difference(tmp_path):
+    a, b = correlated_pair(shift=0.3, noise=0.5)
+    c, ms = contrast_6d_6b(tmp_path, a, b)
     d = b - a
     assert c['paired'] and c['n'] == [1000]
     assert c['value'] == pytest.approx(d.mean().item()) and c['se'] == pytest.approx((d.std() / 1000 ** 0.5).item())
@@ -81,11 +86,7 @@ def test_paired_over_the_images_both_cover(tmp_path):
 
 def test_no_measurable_difference_under_two_standard_errors(tmp_path):
     a, b = correlated_pair(shift=0.0, noise=0.5)
-    run = str(tmp_path / 'cpu')
-    write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
-    write_part(run, '6d', {'test_nll_is1000': summary(b)}, {'test_nll_is1000': b})
-    ms = {m['part']: m for m in report.load_metrics(run)}
-    c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
+    c, ms = contrast_6d_6b(tmp_path, a, b)
     assert c['paired'] and abs(c['value']) < 2 * c['se']
     assert answers.compared(c).startswith('no measurable difference')
     assert answers.compared(dict(value=0.59, se=0.3, n=[10], paired=True)).startswith('no measurable')
