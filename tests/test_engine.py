@@ -655,16 +655,13 @@ def lr_of_epochs(out):
     return [float(re.search(r', lr ([0-9.e-]+),', line).group(1)) for line in lines]
 
 
-def test_learning_rate_drops_to_lr_late_from_lr_drop_epoch(warmup_drop_run):
-    assert lr_of_epochs(warmup_drop_run.out) == [1e-3, 3e-4]
-    ck = torch.load(warmup_drop_run.out / 'checkpoint.pt', weights_only=True)
-    assert [g['lr'] for g in ck['optimizer']['param_groups']] == [3e-4]
-
-
-def test_learning_rate_stays_without_a_drop(late_warmup_run):
-    assert lr_of_epochs(late_warmup_run.out) == [2e-3, 2e-3]
-    ck = torch.load(late_warmup_run.out / 'checkpoint.pt', weights_only=True)
-    assert [g['lr'] for g in ck['optimizer']['param_groups']] == [2e-3]
+@pytest.mark.parametrize('which,lrs', [('warmup_drop_run', [1e-3, 3e-4]),   # dropped from lr_drop_epoch = 1
+                                       ('late_warmup_run', [2e-3, 2e-3])])  # no drop
+def test_learning_rate_of_each_epoch_and_in_the_checkpoint(request, which, lrs):
+    run = request.getfixturevalue(which)
+    assert lr_of_epochs(run.out) == lrs
+    ck = torch.load(run.out / 'checkpoint.pt', weights_only=True)
+    assert [g['lr'] for g in ck['optimizer']['param_groups']] == lrs[-1:]
 
 
 # ---------------------------------------------------------------------------------------------
