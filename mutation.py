@@ -41,8 +41,15 @@ BATCHED_CHECK = ('skips the BatchedTensor test under vmap; the value check then 
 PROGRESS = 'progress only shows or hides a tqdm bar on stderr'
 COMPILE_PATH = ('compile only chooses the compiled path, which computes the same numbers as the eager one '
                 '(test_compiled_importance_sampling_equals_eager_and_follows_weight_updates)')
-CPU_GENERATOR = ('a generator made for the default device, the CPU, where the suite runs: the same draws; on '
-                 'a GPU the draw would fail loudly (tests/test_devices.py runs there)')
+CPU_DEVICE = ('the default device, the CPU, in place of the one asked for: the same where the suite runs, on '
+              'the CPU; on a GPU tensors would meet on two devices and torch would raise (tests/test_devices.py '
+              'also reads the engine for tensors made without a device)')
+MAP_LOCATION = ('a file is loaded where it was saved instead of onto the CPU: every file the suite reads was '
+                'saved on the CPU')
+WEIGHTS_ONLY = ('weights_only left at torch.load\'s default, which is True from torch 2.6 (the suite runs 2.14); '
+                'weights_only=False is killed by test_a_file_that_is_not_a_checkpoint_is_refused')
+CUDNN = 'whether the cuDNN training settings are applied: they have no effect on the CPU, where the suite runs'
+DISPLAY = 'only changes the tqdm progress bar on stderr'
 V1_NAMES = ('renames the parameters of a record that has a layout as if it were layout v1; no parameter name '
             'of today starts with a v1 name, so the names come back unchanged '
             '(test_v1_renaming_leaves_todays_parameter_names_alone)')
@@ -65,13 +72,34 @@ EQUIVALENT = {
     'evaluate.x_evaluate__mutmut_101': PROGRESS,    # progress left at its default
     'evaluate.x_evaluate__mutmut_93': COMPILE_PATH,   # compile=None
     'evaluate.x_evaluate__mutmut_102': COMPILE_PATH,  # compile left at its default, False
-    'evaluate.x_evaluate__mutmut_81': CPU_GENERATOR,  # torch.Generator(None)
+    'evaluate.x_evaluate__mutmut_81': CPU_DEVICE,  # torch.Generator(None)
     'train.x_model_state__mutmut_1': V1_NAMES,  # every record renamed
     'train.x_model_state__mutmut_5': V1_NAMES,  # a misspelt key: every record renamed
     'train.x_model_state__mutmut_6': V1_NAMES,  # an upper-case key: every record renamed
-    'train.xǁTrainingǁ__init____mutmut_28': CPU_GENERATOR,  # torch.Generator(None) for eps
+    'train.xǁTrainingǁ__init____mutmut_28': CPU_DEVICE,  # torch.Generator(None) for eps
     'train.xǁTrainingǁ__init____mutmut_59': ("self.saved = '' for None: both are false, and the only reading of it "
                                              "is stop_message's `if saved`"),
+    'train.x_captured__mutmut_3': CPU_DEVICE,     # beta made with device=None
+    'train.x_captured__mutmut_5': CPU_DEVICE,     # beta made without a device
+    'train.x_load_file__mutmut_2': MAP_LOCATION,  # map_location=None
+    'train.x_load_file__mutmut_5': MAP_LOCATION,  # no map_location
+    'train.x_load_file__mutmut_3': WEIGHTS_ONLY,  # weights_only=None
+    'train.x_load_file__mutmut_6': WEIGHTS_ONLY,  # weights_only left out
+    'train.xǁTrainingǁrun__mutmut_13': ('`>` for `>=` in the finished-training check: at epoch == epochs the loop over '
+                                        'the remaining epochs is empty, so both return True having trained nothing'),
+    'train.xǁTrainingǁrun__mutmut_18': CPU_DEVICE,  # training images .to(None)
+    'train.xǁTrainingǁrun__mutmut_25': CPU_DEVICE,  # monitor images .to(None)
+    'train.xǁTrainingǁrun__mutmut_27': "load_data(train=None): None is false, so the test images as with train=False",
+    'train.xǁTrainingǁrun__mutmut_53': DISPLAY,   # desc=None
+    'train.xǁTrainingǁrun__mutmut_54': DISPLAY,   # initial=None
+    'train.xǁTrainingǁrun__mutmut_55': DISPLAY,   # total=None
+    'train.xǁTrainingǁrun__mutmut_56': DISPLAY,   # leave=None
+    'train.xǁTrainingǁrun__mutmut_57': DISPLAY,   # disable=None
+    'train.xǁTrainingǁrun__mutmut_59': DISPLAY,   # no desc
+    'train.x_train__mutmut_17': CUDNN,  # `== 'XXcudaXX'`: never applied
+    'train.x_train__mutmut_18': CUDNN,  # `== 'CUDA'`: never applied
+    'train.x_train__mutmut_19': CUDNN,  # `and False`: never applied
+    'train.x_train__mutmut_20': CUDNN,  # `or True`: applied on the CPU too
 }
 
 

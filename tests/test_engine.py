@@ -708,11 +708,12 @@ def test_resume_mid_epoch_after_an_interruption(tmp_path):
 
 def test_a_run_killed_after_its_last_epoch_is_evaluated_without_training_again(tmp_path):
     """A kill between the last checkpoint and the metrics: the rerun loads the finished training
-    and evaluates it, to the numbers of an unbroken run."""
-    done = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
-    os.remove(tmp_path / 'smoke' / '6b' / 'metrics.json')
-    again = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
-    assert again['values'] == done['values'] and history(tmp_path)['step'] == [0, 1]
+    and evaluates it, to the numbers of an unbroken run (a PixelVAE with its PixelCNN on, as trained)."""
+    settings = dict(profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2, autoregress_epoch=1)
+    done = E.run_part('6c', **settings)
+    os.remove(tmp_path / 'smoke' / '6c' / 'metrics.json')
+    again = E.run_part('6c', **settings)
+    assert again['values'] == done['values'] and history(tmp_path, '6c')['step'] == [0, 1, 2, 3]
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
