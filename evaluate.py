@@ -24,6 +24,12 @@ import losses
 from config import is_quantity, quantities
 
 
+def bar(items, show, desc, **options):
+    """items, drawn as a progress bar on stderr while they are iterated (nothing drawn if not show);
+    options: tqdm's, e.g. initial and total."""
+    return tqdm(items, desc=desc, leave=False, disable=not show, **options)  # pragma: no mutate (display only)
+
+
 def noise(generator, shape):
     """Standard normal draws of the given shape from a seeded generator, on its device."""
     return torch.randn(shape, generator=generator, device=generator.device)
@@ -105,7 +111,8 @@ def neg_elbo(nets, cfg, x, seed, batch=500, progress=False, keep=None):
     gen = torch.Generator(x.device).manual_seed(seed)
     rows = {}
     with float32_eval():
-        for i in tqdm(range(0, len(x), batch), desc='test ELBO', leave=False, disable=not progress):
+        starts = range(0, len(x), batch)
+        for i in bar(starts, progress, 'test ELBO'):  # pragma: no mutate (display only)
             for k, v in TEST_TERMS[cfg['model']](nets, cfg, x[i:i + batch], gen).items():
                 rows.setdefault(k, []).append(v)
     values = {k: torch.cat(v) for k, v in rows.items()}
@@ -167,7 +174,8 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
     latent_logits = Compiled(decoder.latent_logits, fast, 'the decoder\'s latent_logits')
     nll = []
-    for i in tqdm(range(0, len(x), batch), desc=f'IS NLL, M={samples}', leave=False, disable=not progress):
+    starts = range(0, len(x), batch)
+    for i in bar(starts, progress, f'IS NLL, M={samples}'):  # pragma: no mutate (display only)
         xb = x[i:i + batch]                    # (B, 1, 28, 28)
         n = len(xb)
         h, mu, logvar = encoder.encode(xb)     # (B, C, 7, 7), (B, 49), (B, 49)

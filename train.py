@@ -20,14 +20,13 @@ import os
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 import data
 import files
 import losses
 import models
 from config import changes, model_spec, settings_differ
-from evaluate import noise
+from evaluate import bar, noise
 
 # cuDNN in training: the fastest deterministic kernels for these shapes (so a resumed run ends with
 # the numbers of an unbroken one), TF32 allowed (never in evaluation)
@@ -350,8 +349,9 @@ class Training:
         for epoch in range(state['epoch'], cfg['epochs']):
             self.start_epoch(epoch, len(x_train))
             t0 = time.time()
-            for b in tqdm(range(state['batch'], steps_per_epoch), desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}',
-                          initial=state['batch'], total=steps_per_epoch, leave=False, disable=not self.progress):
+            batches = range(state['batch'], steps_per_epoch)
+            shown = dict(desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}', initial=batches.start)  # pragma: no mutate
+            for b in bar(batches, self.progress, total=steps_per_epoch, **shown):  # pragma: no mutate (display only)
                 self.step(x_train, b, steps_per_epoch)
                 late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
                 if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:

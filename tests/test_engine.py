@@ -893,6 +893,16 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
         training.resume()
 
 
+@pytest.mark.parametrize('minutes,saved', [(0, [(0, 1), (0, 2), (0, 3), (1, 0)]),  # every step; at the end of the epoch
+                                           (60, [(1, 0)])])                           # at the end of the epoch only
+def test_checkpoints_are_written_every_checkpoint_minutes_and_at_each_epochs_end(tmp_path, monkeypatch, minutes, saved):
+    written = []
+    monkeypatch.setattr(T, 'atomic_save', lambda ck, path: written.append((ck['epoch'], ck['batch'])))
+    training = smoke_training(tmp_path, batch_size=50, checkpoint_minutes=minutes, epochs=1)  # 4 steps an epoch
+    assert training.run() is True
+    assert written == saved
+
+
 def test_recorded_training_time_is_part_of_the_wall_time(tmp_path):
     """train_seconds counts the time in training steps only: never more than the call took."""
     training = smoke_training(tmp_path)
