@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -49,58 +50,82 @@ MAP_LOCATION = ('a file is loaded where it was saved instead of onto the CPU: ev
 WEIGHTS_ONLY = ('weights_only left at torch.load\'s default, which is True from torch 2.6 (the suite runs 2.14); '
                 'weights_only=False is killed by test_a_file_that_is_not_a_checkpoint_is_refused')
 CUDNN = 'whether the cuDNN training settings are applied: they have no effect on the CPU, where the suite runs'
-DISPLAY = 'only changes the tqdm progress bar on stderr'
 V1_NAMES = ('renames the parameters of a record that has a layout as if it were layout v1; no parameter name '
             'of today starts with a v1 name, so the names come back unchanged '
             '(test_v1_renaming_leaves_todays_parameter_names_alone)')
+# mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
+# a function's mutants afresh when the function changes, so an entry counts only while its mutant
+# still makes that change (mutant_body); otherwise the report lists it as stale.
 EQUIVALENT = {
-    'losses.x__is_compiling__mutmut_2': COMPILE_CHECK,  # `or` -> `and`
-    'losses.x__is_compiling__mutmut_3': COMPILE_CHECK,  # getattr(None, ...)
-    'losses.x__is_compiling__mutmut_7': ('getattr without its default returns the same function '
-                                         'wherever the attribute exists (torch >= 2.3)'),
-    'losses.x__is_compiling__mutmut_8': COMPILE_CHECK,  # a misspelt attribute name
-    'losses.x__is_compiling__mutmut_9': COMPILE_CHECK,  # an upper-case attribute name
-    'losses.x__values_hidden__mutmut_1': BATCHED_CHECK,  # `or` -> `and`: outside compile, never hidden
-    'losses.x__check_probabilities__mutmut_1': BATCHED_CHECK,  # _values_hidden(None)
-    'losses.x__check_sigma__mutmut_10': BATCHED_CHECK,  # _values_hidden(None)
-    'losses.x__check_sigma__mutmut_27': "float('INF') is float('inf'): float() reads the name in any case",
-    'evaluate.x_mean_stderr__mutmut_12': "float('NAN') is float('nan')",
-    'evaluate.x_evaluate__mutmut_1': PROGRESS,      # progress=True -> False as the default
-    'evaluate.x_evaluate__mutmut_33': PROGRESS,     # progress=None for the test ELBO
-    'evaluate.x_evaluate__mutmut_39': PROGRESS,     # progress left at neg_elbo's default
-    'evaluate.x_evaluate__mutmut_92': PROGRESS,     # progress=None for importance sampling
-    'evaluate.x_evaluate__mutmut_101': PROGRESS,    # progress left at its default
-    'evaluate.x_evaluate__mutmut_93': COMPILE_PATH,   # compile=None
-    'evaluate.x_evaluate__mutmut_102': COMPILE_PATH,  # compile left at its default, False
-    'evaluate.x_evaluate__mutmut_81': CPU_DEVICE,  # torch.Generator(None)
-    'train.x_model_state__mutmut_1': V1_NAMES,  # every record renamed
-    'train.x_model_state__mutmut_5': V1_NAMES,  # a misspelt key: every record renamed
-    'train.x_model_state__mutmut_6': V1_NAMES,  # an upper-case key: every record renamed
-    'train.xǁTrainingǁ__init____mutmut_28': CPU_DEVICE,  # torch.Generator(None) for eps
-    'train.xǁTrainingǁ__init____mutmut_59': ("self.saved = '' for None: both are false, and the only reading of it "
-                                             "is stop_message's `if saved`"),
-    'train.x_captured__mutmut_3': CPU_DEVICE,     # beta made with device=None
-    'train.x_captured__mutmut_5': CPU_DEVICE,     # beta made without a device
-    'train.x_load_file__mutmut_2': MAP_LOCATION,  # map_location=None
-    'train.x_load_file__mutmut_5': MAP_LOCATION,  # no map_location
-    'train.x_load_file__mutmut_3': WEIGHTS_ONLY,  # weights_only=None
-    'train.x_load_file__mutmut_6': WEIGHTS_ONLY,  # weights_only left out
-    'train.xǁTrainingǁrun__mutmut_13': ('`>` for `>=` in the finished-training check: at epoch == epochs the loop over '
-                                        'the remaining epochs is empty, so both return True having trained nothing'),
-    'train.xǁTrainingǁrun__mutmut_18': CPU_DEVICE,  # training images .to(None)
-    'train.xǁTrainingǁrun__mutmut_25': CPU_DEVICE,  # monitor images .to(None)
-    'train.xǁTrainingǁrun__mutmut_27': "load_data(train=None): None is false, so the test images as with train=False",
-    'train.xǁTrainingǁrun__mutmut_53': DISPLAY,   # desc=None
-    'train.xǁTrainingǁrun__mutmut_54': DISPLAY,   # initial=None
-    'train.xǁTrainingǁrun__mutmut_55': DISPLAY,   # total=None
-    'train.xǁTrainingǁrun__mutmut_56': DISPLAY,   # leave=None
-    'train.xǁTrainingǁrun__mutmut_57': DISPLAY,   # disable=None
-    'train.xǁTrainingǁrun__mutmut_59': DISPLAY,   # no desc
-    'train.x_train__mutmut_17': CUDNN,  # `== 'XXcudaXX'`: never applied
-    'train.x_train__mutmut_18': CUDNN,  # `== 'CUDA'`: never applied
-    'train.x_train__mutmut_19': CUDNN,  # `and False`: never applied
-    'train.x_train__mutmut_20': CUDNN,  # `or True`: applied on the CPU too
+    'losses.x__is_compiling__mutmut_2': ("None) and torch._dynamo", COMPILE_CHECK),
+    'losses.x__is_compiling__mutmut_3': ("getattr(None, 'is_compiling'", COMPILE_CHECK),
+    'losses.x__is_compiling__mutmut_7': ("'is_compiling', ) or", 'getattr without its default returns the same '
+                                         'function wherever the attribute exists (torch >= 2.3)'),
+    'losses.x__is_compiling__mutmut_8': ("'XXis_compilingXX'", COMPILE_CHECK),
+    'losses.x__is_compiling__mutmut_9': ("'IS_COMPILING'", COMPILE_CHECK),
+    'losses.x__values_hidden__mutmut_1': ('_is_compiling() and any(', BATCHED_CHECK),
+    'losses.x__check_probabilities__mutmut_1': ('_values_hidden(None)', BATCHED_CHECK),
+    'losses.x__check_sigma__mutmut_10': ('_values_hidden(None)', BATCHED_CHECK),
+    'losses.x__check_sigma__mutmut_27': ("float('INF')", "float('INF') is float('inf'): float() reads the name in any case"),
+    'evaluate.x_mean_stderr__mutmut_12': ("float('NAN')", "float('NAN') is float('nan')"),
+    'evaluate.x_evaluate__mutmut_1': ('only=None, progress=False', PROGRESS),
+    'evaluate.x_evaluate__mutmut_33': ('seed + 101, progress=None', PROGRESS),
+    'evaluate.x_evaluate__mutmut_39': ('seed + 101, keep=keep)', PROGRESS),
+    'evaluate.x_evaluate__mutmut_92': ("progress=None, compile=cfg['compile']", PROGRESS),
+    'evaluate.x_evaluate__mutmut_101': ("                compile=cfg['compile'])", PROGRESS),
+    'evaluate.x_evaluate__mutmut_93': ('progress=progress, compile=None)', COMPILE_PATH),
+    'evaluate.x_evaluate__mutmut_102': ('progress=progress, )', COMPILE_PATH),
+    'evaluate.x_evaluate__mutmut_81': ('torch.Generator(None).manual_seed(seed + 202)', CPU_DEVICE),
+    'evaluate.x_noise__mutmut_3': ('generator=generator, device=None)', CPU_DEVICE),
+    'evaluate.x_noise__mutmut_6': ('generator=generator, )', CPU_DEVICE),
+    'train.x_model_state__mutmut_1': ("('layout' in r['kwargs']) and False", V1_NAMES),
+    'train.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
+    'train.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
+    'train.xǁTrainingǁ__init____mutmut_27': ('torch.Generator(None).manual_seed', CPU_DEVICE),
+    'train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only reading "
+                                             "of it is stop_message's `if saved`"),
+    'train.x_captured__mutmut_3': ('float(beta), device=None)', CPU_DEVICE),
+    'train.x_captured__mutmut_5': ('float(beta), )', CPU_DEVICE),
+    'train.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
+    'train.x_load_file__mutmut_5': ('torch.load(path, weights_only=True)', MAP_LOCATION),
+    'train.x_load_file__mutmut_3': ('weights_only=None', WEIGHTS_ONLY),
+    'train.x_load_file__mutmut_6': ("map_location='cpu', )", WEIGHTS_ONLY),
+    'train.xǁTrainingǁrun__mutmut_13': ("if state['epoch'] > cfg['epochs']:", (
+        '`>` for `>=` in the finished-training check: at epoch == epochs the loop over the remaining epochs is '
+        'empty, so both return True having trained nothing')),
+    'train.xǁTrainingǁrun__mutmut_18': ('load_data(cfg, train=True).to(None)', CPU_DEVICE),
+    'train.xǁTrainingǁrun__mutmut_25': ("[:cfg['monitor_images']].to(None)", CPU_DEVICE),
+    'train.xǁTrainingǁrun__mutmut_27': ('load_data(cfg, train=None)', 'None is false: the test images, as with train=False'),
+    'train.x_train__mutmut_7': ('Training(part, cfg, nets, out, device, None)', PROGRESS),
+    'train.x_train__mutmut_14': ('cuda = None', CUDNN),
+    'train.x_train__mutmut_16': ("!= 'cuda'", CUDNN),
+    'train.x_train__mutmut_17': ("'XXcudaXX'", CUDNN),
+    'train.x_train__mutmut_18': ("'CUDA'", CUDNN),
+    'train.x_train__mutmut_19': ('if (cuda) and False', CUDNN),
+    'train.x_train__mutmut_20': ('if (cuda) or True', CUDNN),
 }
+
+
+def mutant_body(name):
+    """The source of a mutant's function in mutants/<module>.py, or None if mutmut has not made it."""
+    module, function = name.split('.', 1)
+    path = os.path.join('mutants', f'{module}.py')
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        text = fh.read()
+    start = re.search(rf'^(\s*)def {re.escape(function)}\(', text, re.M)
+    if start is None:
+        return None
+    rest = text[start.end():]
+    end = re.search(rf'^{start.group(1)}\S', rest, re.M)  # the next line at the def's own indentation
+    return rest[:end.start()] if end else rest
+
+
+def equivalent(name):
+    """Whether a mutant is listed as equivalent and still makes the listed change."""
+    body = mutant_body(name) if name in EQUIVALENT else None
+    return body is not None and EQUIVALENT[name][0] in body
 
 
 def run(modules, children, survivors=False):
@@ -136,12 +161,12 @@ def module_summary(module, runs):
     """Counts, score and survivors of a module from mutants/, with the runs that checked them."""
     status = outcomes(module)
     count = {s: sum(v == s for v in status.values()) for s in sorted(set(status.values()))}
-    equivalent = sorted(n for n, s in status.items() if n in EQUIVALENT and s != 'killed')
+    same = sorted(n for n, s in status.items() if s != 'killed' and equivalent(n))
     survivors = sorted(n for n, s in status.items()
-                       if s not in ('killed', 'timeout', 'not checked', 'skipped') and n not in EQUIVALENT)
-    counted = len(status) - len(equivalent) - count.get('skipped', 0) - count.get('not checked', 0)
+                       if s not in ('killed', 'timeout', 'not checked', 'skipped') and n not in same)
+    counted = len(status) - len(same) - count.get('skipped', 0) - count.get('not checked', 0)
     caught = count.get('killed', 0) + count.get('timeout', 0)
-    return dict(mutants=len(status), counts=count, equivalent=len(equivalent),
+    return dict(mutants=len(status), counts=count, equivalent=len(same),
                 score=round(100 * caught / counted, 1) if counted else None,
                 complete=count.get('not checked', 0) == 0, runs=runs,
                 seconds=round(sum(r['seconds'] for r in runs), 1), survivors={n: status[n] for n in survivors})
@@ -186,7 +211,11 @@ def markdown(modules):
     lines += [f'- `{n}` ({st})' for s in modules.values() for n, st in s['survivors'].items()] or ['- none']
     seen = [n for n in EQUIVALENT if n.split('.')[0] in modules]
     lines += ['', 'Equivalent mutants (left out of the score; mutation.EQUIVALENT):', '']
-    lines += [f'- `{n}`: {EQUIVALENT[n]}' for n in seen] or ['- none']
+    lines += [f'- `{n}` (`{EQUIVALENT[n][0].strip()}`): {EQUIVALENT[n][1]}' for n in seen if equivalent(n)] or ['- none']
+    stale = [n for n in seen if not equivalent(n)]
+    if stale:
+        lines += ['', 'Listed as equivalent, but the mutant of that name no longer makes the listed change (counted '
+                  'as any other mutant until the entry is updated):', ''] + [f'- `{n}`' for n in stale]
     return '\n'.join(lines) + '\n'
 
 
