@@ -38,7 +38,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from config import config, describe_hardware, model_spec, pick_device
+from config import PRECISIONS, config, describe_hardware, model_spec, pick_device
 from evaluate import importance_sampled_nll
 from straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
 from train import adam, build, load_data, load_file, objective
@@ -333,6 +333,22 @@ def estimate(part, cfg, device, out=None):
         rate['is_samples_s'] = len(xb) * cfg['is_chunk'] / is_time
         seconds += len(x_test[:cfg['is_images']]) * cfg['is_samples'] / rate['is_samples_s']
     return dict(seconds=seconds, **rate)
+
+
+def precision_speeds(part, profile, device, repeats=3):
+    """{precision: training images/s} of the part at the profile's sizes and batch, one Adam step of
+    the engine's objective per precision, timed in turns (in_turns); for the 'auto' precision."""
+    steps = {}
+    for precision in PRECISIONS:
+        cfg = config(part, profile, precision=precision)
+        torch.manual_seed(cfg['seed'])
+        nets = build(model_spec(cfg), device)
+        x = binary_batch(cfg['batch_size'], device, seed=0)
+        eps = None if cfg['model'] == 'pixelcnn' else torch.randn(len(x), 49, device=device)
+        steps[precision] = train_step(list(nets.values()), lambda x, nets=nets, cfg=cfg: objective(
+            nets, cfg, x, eps)[0], x)
+    seconds = in_turns(steps, device, repeats=repeats, warmup=1)
+    return {precision: len(x) / s for precision, s in seconds.items()}
 
 
 # ---------------------------------------------------------------- the speed tables

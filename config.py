@@ -25,6 +25,7 @@ mean over test images, reported with its standard error std / sqrt(n).
 """
 import os
 import platform
+import subprocess
 
 import torch
 
@@ -66,7 +67,7 @@ DEFAULTS = dict(
     layout='course',           # models.py layout: 'course' (the framework's), 'v1' (the networks of the committed cpu runs)
     iaf_depth=9,               # masked residual blocks per IAF step (the framework's IAF(filters, depth=9))
     init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
-    precision='fp32',          # 'bf16': training forward passes in bfloat16 (opt-in, see low_precision)
+    precision='fp32',          # 'bf16': training forward passes in bfloat16 (see low_precision); run_part's 'auto' picks
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
     compile_train=False,       # the training objective through torch.compile (CUDA graphs on CUDA); eager fallback
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
@@ -181,6 +182,15 @@ FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot cha
 
 PRECISIONS = ('fp32', 'bf16')
 
+# Parts whose test numbers trained in bfloat16 matched float32 in the cpu profile, where both runs
+# are committed (results/cpu-bf16/<part>, results/cpu/<part>): the paired difference is within two
+# standard errors (tests/test_results.py checks each against the committed runs). Precision 'auto'
+# trains only these in bfloat16, in these profiles, and only on a CPU with bfloat16 units on which
+# it measures faster (experiments.pick_precision); float32 everywhere else.
+BF16_PARITY = ('6a',)
+AUTO_PROFILES = ('cpu', 'full')  # smoke's numbers show nothing, so tests train it as asked
+BF16_FLAGS = ('amx_bf16', 'avx512_bf16', 'bf16')  # /proc/cpuinfo: x86 AMX and AVX-512, Arm's BF16
+
 REMEDIES = ('baseline', 'warmup', 'freebits', 'weak')
 
 
@@ -219,6 +229,30 @@ def quantity_label(q):
 def check_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+
+def bf16_units(cpuinfo='/proc/cpuinfo'):
+    """The CPU's bfloat16 instruction sets as the operating system reports them: the flags of
+    BF16_FLAGS in Linux's cpuinfo, or FEAT_BF16 on macOS; () where none is reported."""
+    if os.path.exists(cpuinfo):
+        with open(cpuinfo) as fh:
+            flags = set(fh.read().split())
+        return tuple(f for f in BF16_FLAGS if f in flags)
+    if platform.system() == 'Darwin':
+        try:
+            out = subprocess.run(['sysctl', '-n', 'hw.optional.arm.FEAT_BF16'], capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ()
+        return ('FEAT_BF16',) if out == '1' else ()
+    return ()
+
+
+def precisions_started(results_dir, part, profile, files=('metrics.json', 'checkpoint.pt')):
+    """The precisions, float32 first, in which results_dir holds a run of the part: finished
+    (metrics.json) or under way (checkpoint.pt)."""
+    return [p for p in PRECISIONS
+            if any(os.path.exists(os.path.join(part_dir(results_dir, part, profile, p), f)) for f in files)]
+
 
 def config(part, profile='full', **overrides):
     """The settings of one part: DEFAULTS < PARTS[part] < PROFILES[profile] < overrides."""

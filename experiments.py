@@ -6,6 +6,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py all --profile cpu --parts 5b,6a  # some parts, a given profile
     python experiments.py all --profile full --minutes 50  # stop cleanly after 50 minutes; rerun to resume
     python experiments.py run 6b [--fresh] [--epochs N]    # one part (resumes from its checkpoint)
+    python experiments.py run 6a --precision bf16          # bfloat16 forward passes; default auto (pick_precision)
     python experiments.py eval 6b --quantity test_nll_is1000 --profile cpu  # recompute one number
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
     python experiments.py list [--profile cpu]             # the parts, their settings and the deviations
@@ -36,9 +37,10 @@ import torch
 import figures
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
-from config import (PARTS, PRECISIONS, PROFILES, TITLES, as_bool, config, describe_hardware, list_settings,
-                    changes, model_spec, part_dir, part_for, pick_device, pick_profile, run_dir, with_defaults)  # noqa: F401
-from bench import estimate
+from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, bf16_units, config,
+                    describe_hardware, list_settings, changes, model_spec, part_dir, part_for, pick_device, pick_profile,
+                    precisions_started, run_dir, with_defaults)  # noqa: F401
+from bench import estimate, precision_speeds
 from evaluate import evaluate, to_host64
 from files import write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
@@ -132,15 +134,49 @@ def finished_run(paths, cfg, out):
 FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
 
 
+AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least this much faster
+
+
+def pick_precision(precision, part, profile, device, results_dir='results', fresh=False):
+    """(precision, why) of a part's training. 'fp32' and 'bf16' are taken as asked. 'auto' is
+    float32 on a GPU; on a CPU, the precision of the part's run already in results_dir (float32
+    first), so that a rerun resumes or finds it; otherwise bfloat16 for a part with shown parity
+    (BF16_PARITY) in the cpu or full profile, on a CPU with bfloat16 units, where a few training
+    steps each way, in turns, measure it AUTO_SPEEDUP times faster; float32 otherwise."""
+    if precision != 'auto':
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be auto or one of {", ".join(PRECISIONS)}, got {precision!r}')
+        return precision, 'as asked'
+    device = torch.device(device)
+    started = [] if as_bool(fresh, 'fresh') else precisions_started(results_dir, part, profile)
+    if device.type != 'cpu':
+        return 'fp32', f'float32 on {device.type}'
+    if started:
+        return started[0], f'its run in {part_dir(results_dir, part, profile, started[0])}'
+    if part not in BF16_PARITY or profile not in AUTO_PROFILES:
+        return 'fp32', (f'float32: {part} has not shown bf16 parity' if part not in BF16_PARITY
+                        else f'float32 in the {profile} profile')
+    units = bf16_units()
+    if not units:
+        return 'fp32', 'float32: this CPU reports no bfloat16 units'
+    speed = precision_speeds(part, profile, device)
+    measured = f'{speed["bf16"]:.0f} against {speed["fp32"]:.0f} training images/s, measured in turns'
+    if speed['bf16'] < AUTO_SPEEDUP * speed['fp32']:
+        return 'fp32', f'float32: bf16 is not faster here ({measured})'
+    return 'bf16', f'bf16: the CPU has {", ".join(units)}, {measured}, and {part} has shown parity'
+
+
 def run_part(part, profile='auto', device=None, fresh=False, results_dir='results', progress=True, stop_at=None,
-             **overrides):
+             precision='auto', **overrides):
     """Train (or resume) one part, evaluate it, save its figures and metrics; returns the metrics
     (None if stopped at the wall-clock time stop_at, with a checkpoint to resume from). The files
-    go to results_dir/<profile>[-<precision>]/<part>. overrides: settings of `config`, e.g. epochs=1."""
+    go to results_dir/<profile>[-<precision>]/<part>; precision 'auto' is pick_precision's choice.
+    overrides: settings of `config`, e.g. epochs=1."""
     fresh = as_bool(fresh, 'fresh')
     device = pick_device(device)
     profile = pick_profile(profile, device)
-    cfg = config(part, profile, **overrides)
+    precision, why = pick_precision(precision, part, profile, device, results_dir, fresh)
+    cfg = config(part, profile, precision=precision, **overrides)
     out = part_dir(results_dir, part, profile, cfg['precision'])
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
@@ -155,6 +191,8 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
             print(f'{part}: already done ({paths["metrics"]}, trained on {done.get("hardware", done["device"])}); '
                   f'--fresh to redo it', flush=True)
             return done
+        if why != 'as asked':
+            say(out, f"{part}: precision 'auto' -> {precision} ({why})")
         return train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at)
 
 
@@ -247,29 +285,30 @@ def check_parts(parts):
     return parts
 
 
-def estimate_all(profile, parts, device, results_dir=None, fresh=False, precision='fp32'):
-    """{part: estimate} for the parts, 0 s for those already done; prints a table."""
+def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto'):
+    """{part: estimate, with its 'precision'} for the parts (precision 'auto': pick_precision's
+    choice for each), 0 s for those already done; prints a table."""
     parts = check_parts(parts)
     print(f'estimating the time of {len(parts)} parts on {device} ({profile} profile)...', flush=True)
     expected = {}
     for part in parts:
-        out = os.path.join(run_dir(results_dir, profile, precision), part) if results_dir else None
-        if out and not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
+        chosen = pick_precision(precision, part, profile, device, results_dir, fresh)[0]
+        out = part_dir(results_dir, part, profile, chosen)
+        if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
             expected[part] = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=None, is_samples_s=None)
         else:
-            expected[part] = estimate(part, config(part, profile, precision=precision), device,
-                                      None if fresh else out)
-        e = expected[part]
+            expected[part] = estimate(part, config(part, profile, precision=chosen), device, None if fresh else out)
+        e = expected[part] = dict(expected[part], precision=chosen)
         rates = ', '.join(f'{label} {e[k]:.0f}/s' for k, label in (
             ('train_images_s', 'training images'), ('autoregressive_images_s', 'with the PixelCNN on'),
             ('is_samples_s', 'importance samples')) if e[k])
-        print(f'  {part:12s} ~{fmt_time(e["seconds"]):>7s}  {rates or "done"}', flush=True)
-    print(f'  {"total":12s} ~{fmt_time(sum(e["seconds"] for e in expected.values())):>7s}', flush=True)
+        print(f'  {part:12s} {chosen:4s} ~{fmt_time(e["seconds"]):>7s}  {rates or "done"}', flush=True)
+    print(f'  {"total":17s} ~{fmt_time(sum(e["seconds"] for e in expected.values())):>7s}', flush=True)
     return expected
 
 
 def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
-            precision='fp32', minutes=None):
+            precision='auto', minutes=None):
     """Every part (or the given ones) in one profile, with time estimates; then the summary. With
     minutes, stop cleanly once that much time has passed (a checkpoint at the current step; rerun
     the same command, on this machine or another after pack/unpack, to resume). Returns True when
@@ -280,8 +319,8 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     parts = check_parts(parts) if parts is not None else list(PARTS)
     if minutes is not None and not minutes > 0:
         raise ValueError(f'--minutes must be a positive number, got {minutes!r}')
-    expected = {p: e['seconds'] for p, e in estimate_all(profile, parts, device, results_dir, fresh,
-                                                         precision).items()}
+    estimates = estimate_all(profile, parts, device, results_dir, fresh, precision)
+    expected = {p: e['seconds'] for p, e in estimates.items()}
     stop_at = time.time() + 60 * minutes if minutes is not None else None  # each slice trains at least a step
     t_start = time.time()
     for i, part in enumerate(parts):
@@ -291,16 +330,18 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
         stopped = stop_at is not None and time.time() > stop_at
         if not stopped:
             stopped = run_part(part, profile=profile, device=device, fresh=fresh, results_dir=results_dir,
-                               progress=progress, stop_at=stop_at, precision=precision) is None
+                               progress=progress, stop_at=stop_at, precision=estimates[part]['precision']) is None
         if stopped:
             again = ' '.join(shlex.quote(a) for a in sys.argv) if sys.argv[0].endswith('experiments.py') else ''
             print(f'\nstopped after {fmt_time(time.time() - t_start)} (the --minutes limit) before {part} finished; '
                   f'run the same command again to resume' + (f': {again}' if again else ''), flush=True)
             return False
         fresh = False  # --fresh applies once per part, not to a resumed slice
-    write_summary(results_dir, profile, precision)  # every part present, not only those run now
-    summary = os.path.join(run_dir(results_dir, profile, precision), 'summary.md')
-    print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {summary}', flush=True)
+    summaries = []
+    for chosen in sorted({e['precision'] for e in estimates.values()}, key=PRECISIONS.index):
+        write_summary(results_dir, profile, chosen)  # every part present, not only those run now
+        summaries.append(os.path.join(run_dir(results_dir, profile, chosen), 'summary.md'))
+    print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {" and ".join(summaries)}', flush=True)
     return True
 
 
@@ -339,14 +380,19 @@ def main(argv=None):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
     for p in (a, r, e, es, nb, pk, fg):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
-    for p in (a, r, e, es, pk, fg):
+    for p in (a, r, es):
+        p.add_argument('--precision', default='auto', choices=['auto', *PRECISIONS],
+                       help='bf16: training forward passes in bfloat16 (evaluation stays float32), results in '
+                            '<results-dir>/<profile>-bf16; auto (default): bf16 for the parts that have shown parity, '
+                            'on a CPU with bfloat16 units where it measures faster, float32 otherwise')
+    for p in (e, pk, fg):
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                       help='bf16: training forward passes in bfloat16 (evaluation stays float32); results go to '
-                            '<results-dir>/<profile>-bf16')
+                       help="the run's training precision: fp32 (results in <results-dir>/<profile>) or bf16 "
+                            '(<results-dir>/<profile>-bf16)')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, s, nb, v, pk, up, fg):
+    for p in (a, r, e, es, s, nb, v, pk, up, fg):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es, fg):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
@@ -373,7 +419,7 @@ def command(args):
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
-                     else list(PARTS), device, precision=args.precision)
+                     else list(PARTS), device, args.results_dir, precision=args.precision)
     elif args.command == 'summary':
         write_summary(args.results_dir)
     elif args.command == 'verify':

@@ -11,7 +11,7 @@ import os
 import shlex
 
 from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
-from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, quantities, run_dir
+from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, precisions_started, quantities, run_dir
 from files import write_json
 
 # What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
@@ -42,8 +42,13 @@ def load_metrics(results_dir):
 
 def part_metrics(results_dir, profile, part, precision='fp32'):
     """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
-    from the device, as run_part does."""
-    profile = pick_profile(profile, pick_device(None), quiet=True)
+    from the device, as run_part does, and precision 'auto' as it resumes: float32 on a GPU, and
+    on a CPU the part's finished run, float32 first."""
+    device = pick_device(None)
+    profile = pick_profile(profile, device, quiet=True)
+    if precision == 'auto':
+        finished = precisions_started(results_dir, part, profile, files=('metrics.json',))
+        precision = finished[0] if finished and device.type == 'cpu' else 'fp32'
     path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
     return read_json(path) if os.path.exists(path) else None
 
@@ -87,17 +92,17 @@ def seen(path):
     return SEEN.get(hashlib.sha256(open(path, 'rb').read()).hexdigest()[:16]) if os.path.exists(path) else None
 
 
-def show(part, results_dir='results', profile='auto', precision='fp32'):
+def show(part, results_dir='results', profile='auto', precision='auto'):
     """Display a part's metrics and all its figures in a notebook."""
     show_finished([part], results_dir, profile, figures=None, precision=precision)
 
 
-def compare(parts, results_dir='results', profile='auto', precision='fp32'):
+def compare(parts, results_dir='results', profile='auto', precision='auto'):
     """Display the metrics of several finished parts as one table in a notebook."""
     show_finished(parts, results_dir, profile, figures=(), precision=precision)
 
 
-def show_finished(parts, results_dir='results', profile='auto', figures=('samples', 'kl'), precision='fp32'):
+def show_finished(parts, results_dir='results', profile='auto', figures=('samples', 'kl'), precision='auto'):
     """Display one table of every part among `parts` that has finished, then the named figures of
     each (None: all of them); a part that has not run is named, not an error."""
     from IPython.display import Image, Markdown, display
@@ -210,8 +215,6 @@ def speed_markdown(results_dir):
         if bf16 is not None:
             tables.append(bf16_markdown(bf16['train_img_per_s'], ours['train_img_per_s'],
                                         plain.get('train_img_per_s', {}), f'{results_dir}/{name[:-5]}_bf16.json'))
-    if tables:
-        tables.append(bf16_runs_markdown(results_dir))
     return '\n'.join(t for t in tables if t) if tables else 'No benchmark has been run yet.\n'
 
 
@@ -273,33 +276,47 @@ def bf16_markdown(bf16, fp32, plain, path):
     return '\n'.join(lines) + '\n'
 
 
+def bf16_parity(results_dir):
+    """[(part, quantity, bf16 metrics, fp32 metrics, contrast)] for each part trained in both
+    precisions in the cpu profile (results_dir/cpu-bf16 and results_dir/cpu): bfloat16 minus
+    float32, paired over the same test images where both saved per-image values."""
+    from answers import contrast  # here, not at the top: answers imports this module
+    low_dir, full_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
+    found = []
+    for part in PARTS:
+        paths = [os.path.join(d, part, 'metrics.json') for d in (low_dir, full_dir)]
+        if all(os.path.exists(p) for p in paths):
+            low, full = (dict(read_json(p), dir=os.path.dirname(p)) for p in paths)
+            q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
+            found.append((part, q, low, full, contrast([(1, low, q), (-1, full, q)])))
+    return found
+
+
 def bf16_runs_markdown(results_dir):
     """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
     seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
-    from answers import difference, value_text  # here, not at the top: answers imports this module
-    root, results_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
+    from answers import value_text  # here, not at the top: answers imports this module
     lines = []
-    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        paths = [os.path.join(d, part, 'metrics.json') for d in (root, results_dir)]
-        if not all(os.path.exists(p) for p in paths):
-            continue
-        low, full = (read_json(p) for p in paths)
-        q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
-        a, b = low['values'][q], full['values'][q]
+    for part, q, low, full, d in bf16_parity(results_dir):
         shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
         same = all(low['config'][k] == full['config'][k] for k in shared)
-        diff, se = difference(a, b)
-        lines.append(f'| {part} | {q} | {value_text(a)} | {value_text(b)} | {diff:+.2f} ± {se:.2f} | {a["n_images"]} | '
-                     f'{low["epochs"]} | {"yes" if same else "no"} |')
+        parity = 'yes' if d['value'] < 2 * d['se'] else 'no'  # lower is better: not measurably worse
+        lines.append(f'| {part} | {q} | {value_text(low["values"][q])} | {value_text(full["values"][q])} | '
+                     f'{d["value"]:+.2f} ± {d["se"]:.2f} ({"paired" if d["paired"] else "unpaired"}) | {parity} | '
+                     f'{"/".join(map(str, d["n"]))} | {low["epochs"]} | {"yes" if same else "no"} |')
     if not lines:
         return ''
+    root = os.path.join(results_dir, 'cpu-bf16')
     return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
-            f'results in `{root}`), against their float32 run; both evaluated in float32, nats per image (speeds: the '
-            'table above, measured side by side; the runs\' own wall times come from machines under '
-            f'different loads; each bfloat16 number is recomputed by `python experiments.py eval PART --quantity '
-            f'QUANTITY --profile cpu --precision bf16`):\n\n'
-            '| part | quantity | bfloat16 | float32 | difference | images | epochs | same settings and seed |\n'
-            '|---|---|---|---|---|---|---|---|\n'
+            f'results in `{root}`) against their float32 run, both evaluated in float32; nats per image, lower is '
+            'better. The difference is bfloat16 minus float32 over the same test images, with the standard error '
+            'of the paired difference, which counts the spread over test images, not that between two training runs. '
+            'Parity: bfloat16 is not measurably worse (its difference is below two standard errors). Each bfloat16 '
+            'number is recomputed by `python experiments.py eval PART --quantity QUANTITY --profile cpu --precision '
+            'bf16`; training speeds in bfloat16 and float32, measured side by side: '
+            '[`docs/speed.md`](docs/speed.md).\n\n'
+            '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | same settings and seed |\n'
+            '|---|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n')
 
 

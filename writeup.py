@@ -14,7 +14,7 @@ import re
 from answers import ANSWERS, CITES, LITERATURE, REMEDIES, departures, is_q, run_name, shown, with_n
 from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from figures import remedies_kl_figure
-from report import load_runs, mutation_markdown, per_image, read_json, speed_markdown
+from report import bf16_runs_markdown, load_runs, mutation_markdown, per_image, read_json, speed_markdown
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
@@ -30,6 +30,9 @@ SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
 
 
 MUTATION_BEGIN, MUTATION_END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
+
+
+PRECISION_BEGIN, PRECISION_END = '<!-- precision:begin -->', '<!-- precision:end -->'
 
 
 # The handout's items: (item, what it asks, parts and quantities that answer it, figure, (notebook,
@@ -318,11 +321,14 @@ def fill_file(path, sections):
 
 
 def update_readme(readme, runs, results_dir):
-    """README.md's homework map, results chapter, GPU times and mutation scores, from runs (load_runs)."""
+    """README.md's homework map, results chapter, GPU times, mutation scores and bf16 parity, from runs
+    (load_runs) and results_dir."""
     base = os.path.dirname(os.path.abspath(readme))
     fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (GPU_BEGIN, GPU_END, gpu_time(runs)),
                        (BEGIN, END, to_markdown(chapter(runs), base) if runs else 'No run has finished yet.\n'),
-                       (MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir))])
+                       (MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir)),
+                       (PRECISION_BEGIN, PRECISION_END, bf16_runs_markdown(results_dir) or 'No part has been trained '
+                        'in both precisions yet.\n')])
 
 
 def main():

@@ -116,9 +116,42 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
     assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
     row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
     assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
-    run = next(line for line in text.splitlines() if line.startswith('| 6a |'))
-    assert '| 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 | 10000 |' in run and run.endswith('| yes |')
+    assert '| 6a |' not in text                                       # the parity table is the README's
+    run = next(line for line in report.bf16_runs_markdown(str(tmp_path)).splitlines() if line.startswith('| 6a |'))
+    assert run == '| 6a | test_nll | 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 (unpaired) | yes | 10000 | 3 | yes |'
+
+
+@pytest.mark.parametrize('shift,parity', [(0.05, 'no'), (-0.05, 'yes'), (0.0, 'yes')])
+def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_path, shift, parity):
+    """With per-image values the difference is paired: bfloat16 0.05 nats worse on every image is
+    measurable (its paired standard error is tiny beside the two runs' own), 0.05 better is parity."""
+    base = 90 + torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = 0.01 * torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for run, values in (('cpu', base), ('cpu-bf16', base + shift + noise)):
+        os.makedirs(tmp_path / run / '6a')
+        (tmp_path / run / '6a' / 'metrics.json').write_text(json.dumps(dict(
+            part='6a', epochs=4, config=dict(seed=0, precision='bf16' if 'bf16' in run else 'fp32'),
+            values={'test_nll': dict(value=values.mean().item(), stderr=(values.std() / 20).item(), n_images=400)})))
+        torch.save({'test_nll': values}, tmp_path / run / '6a' / 'per_image.pt')
+    [(part, q, _, _, d)] = report.bf16_parity(str(tmp_path))
+    assert (part, q, d['paired'], d['n']) == ('6a', 'test_nll', True, [400])
+    assert d['value'] == pytest.approx((shift + noise).mean().item()) and d['se'] == pytest.approx(
+        noise.std().item() / 20)
+    run = next(line for line in report.bf16_runs_markdown(str(tmp_path)).splitlines() if line.startswith('| 6a |'))
+    assert f'(paired) | {parity} | 400 | 4 | yes |' in run
 
 
 def test_no_benchmark_no_table(tmp_path):
     assert report.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'
+
+
+def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
+    for flags, units in (('fpu avx512f amx_bf16 avx512_bf16 amx_tile', ('amx_bf16', 'avx512_bf16')),
+                         ('fp asimd bf16 i8mm', ('bf16',)), ('fpu sse2 avx2 avx512f', ())):
+        (tmp_path / 'cpuinfo').write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+        assert config.bf16_units(str(tmp_path / 'cpuinfo')) == units
+
+
+def test_precision_speeds_times_one_training_step_each_way():
+    speeds = bench.precision_speeds('6b', 'smoke', 'cpu', repeats=1)
+    assert set(speeds) == {'fp32', 'bf16'} and all(v > 0 for v in speeds.values())

@@ -110,3 +110,59 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
     assert not E.verify(str(results), parts=['6a'])[0]['ok']
 
 
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU with bfloat16 units on which bf16 trains twice as fast, and smoke parts 6a and 6b with
+    shown parity; returns the list of parts whose speed was measured."""
+    measured = []
+    monkeypatch.setattr(E, 'bf16_units', lambda: ('amx_bf16',))
+    monkeypatch.setattr(E, 'precision_speeds', lambda part, profile, device: measured.append(part) or
+                        dict(fp32=100.0, bf16=200.0))
+    monkeypatch.setattr(E, 'BF16_PARITY', ('6a', '6b'))
+    monkeypatch.setattr(E, 'AUTO_PROFILES', ('smoke',))
+    return measured
+
+
+def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_cpu, monkeypatch, tmp_path):
+    pick = lambda part, device='cpu', profile='smoke': E.pick_precision('auto', part, profile, device, str(tmp_path))
+    assert pick('6a') == ('bf16', 'bf16: the CPU has amx_bf16, 200 against 100 training images/s, measured in '
+                                  'turns, and 6a has shown parity')
+    assert pick('6c')[0] == 'fp32' and 'has not shown bf16 parity' in pick('6c')[1]
+    assert pick('6a', profile='cpu') == ('fp32', 'float32 in the cpu profile')
+    assert pick('6a', device='cuda') == ('fp32', 'float32 on cuda')
+    assert bf16_cpu == ['6a']                                          # measured only where the rest allows bf16
+    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=109.0))
+    assert pick('6a')[0] == 'fp32' and 'not faster' in pick('6a')[1]  # under AUTO_SPEEDUP = 1.1
+    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=111.0))
+    assert pick('6a')[0] == 'bf16'
+    monkeypatch.setattr(E, 'bf16_units', lambda: ())
+    assert pick('6a') == ('fp32', 'float32: this CPU reports no bfloat16 units')
+    assert E.pick_precision('bf16', '6c', 'smoke', 'cuda') == ('bf16', 'as asked')  # a setting is taken as asked
+    with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, got 'fp16'"):
+        E.pick_precision('fp16', '6a', 'smoke', 'cpu')
+
+
+def test_auto_precision_resumes_the_run_it_finds_and_logs_its_choice(bf16_cpu, monkeypatch, tmp_path):
+    results = str(tmp_path)
+    m = E.run_part('6b', profile='smoke', device='cpu', results_dir=results, progress=False, epochs=1)
+    assert m['precision'] == 'bf16' and m['config']['precision'] == 'bf16'
+    out = tmp_path / 'smoke-bf16' / '6b'
+    assert "6b: precision 'auto' -> bf16 (bf16: the CPU has amx_bf16" in (out / 'run.log').read_text()
+    assert not (tmp_path / 'smoke' / '6b').exists()
+    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=50.0))
+    assert E.pick_precision('auto', '6b', 'smoke', 'cpu', results) == ('bf16', f'its run in {out}')
+    assert E.run_part('6b', profile='smoke', device='cpu', results_dir=results, progress=False, epochs=1) == m
+    assert E.pick_precision('auto', '6b', 'smoke', 'cpu', results, fresh=True)[0] == 'fp32'  # fresh: measured again
+    E.run_part('6b', profile='smoke', device='cpu', results_dir=results, progress=False, epochs=1, precision='fp32')
+    assert E.pick_precision('auto', '6b', 'smoke', 'cpu', results)[0] == 'fp32'  # in both: float32 first
+    assert E.pick_precision('auto', '6b', 'smoke', 'cuda', results)[0] == 'fp32'
+
+
+def test_all_trains_each_part_in_its_own_precision_and_summarises_both(bf16_cpu, tmp_path):
+    assert E.run_all('smoke', ['6a', '5b'], 'cpu', results_dir=str(tmp_path), progress=False)
+    for run, part, precision in (('smoke-bf16', '6a', 'bf16'), ('smoke', '5b', 'fp32')):
+        assert json.loads((tmp_path / run / part / 'metrics.json').read_text())['precision'] == precision
+        assert f'| {part} |' in (tmp_path / run / 'summary.md').read_text()
+    assert not (tmp_path / 'smoke' / '6a').exists() and not (tmp_path / 'smoke-bf16' / '5b').exists()

@@ -100,7 +100,8 @@ def test_notebooks_run_the_course_settings_on_cuda(simulated_cuda, monkeypatch, 
 
 def test_all_runs_the_course_settings_on_cuda(simulated_cuda, monkeypatch):
     seen = []
-    monkeypatch.setattr(E, 'estimate_all', lambda profile, parts, *a, **k: {p: dict(seconds=0.0) for p in parts})
+    monkeypatch.setattr(E, 'estimate_all', lambda profile, parts, *a, **k: {p: dict(seconds=0.0, precision='fp32')
+                                                                        for p in parts})
     monkeypatch.setattr(E, 'run_part', lambda part, profile, **kw: seen.append(profile) or {})
     monkeypatch.setattr(E, 'write_summary', lambda *a, **k: None)
     assert E.run_all(progress=False)

@@ -151,7 +151,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     (root / 'full-bf16' / '6a' / 'checkpoint.pt').write_bytes(b'')
     readme = tmp_path / 'README.md'
     markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END),
-               (writeup.MUTATION_BEGIN, writeup.MUTATION_END))
+               (writeup.MUTATION_BEGIN, writeup.MUTATION_END), (writeup.PRECISION_BEGIN, writeup.PRECISION_END))
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in markers))
     runs = report.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
@@ -168,6 +168,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'No GPU time has been measured yet' in text
     assert 'Mutation testing has not been run here yet' in text
+    assert 'No part has been trained in both precisions yet.' in text
     assert '80.50 $\\pm$ 0.31' in tex and '\\cite{kingma2016}' in tex and '[[' not in tex
 
 
@@ -286,3 +287,15 @@ def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
     assert '| `losses.py` | 10 | 9 | 0 | 1 | 90.0% | 5 min |' in text
     assert '| `train.py` | 4 | 3 | 1 | 0 | 100.0% |  (not complete) |' in text
     assert 'mutmut 3.8.1, torch 2.14.1, 2 cores' in text
+
+
+def test_every_part_auto_trains_in_bf16_has_shown_parity_in_the_committed_runs():
+    """config.BF16_PARITY lists only parts whose committed bf16 run (results/cpu-bf16) is not
+    measurably worse than their float32 run (results/cpu), paired over the same test images."""
+    import config as C
+    found = {part: (low, full, d) for part, _, low, full, d in report.bf16_parity(os.path.join(ROOT, 'results'))}
+    for part in C.BF16_PARITY:
+        assert part in found, f'{part} is in BF16_PARITY without a committed run in both precisions'
+        low, full, d = found[part]
+        assert (low['precision'], full['precision']) == ('bf16', 'fp32') and low['epochs'] == full['epochs']
+        assert d['paired'] and d['value'] < 2 * d['se'], (part, d)
