@@ -55,6 +55,11 @@ CUDNN = 'whether the cuDNN training settings are applied: they have no effect on
 V1_NAMES = ('renames the parameters of a record that has a layout as if it were layout v1; no parameter name '
             'of today starts with a v1 name, so the names come back unchanged '
             '(test_v1_renaming_leaves_todays_parameter_names_alone)')
+CLOCK_TIE = ('`>=` for `>` between a reading of the wall clock and a limit: the two differ only when the clock reads '
+             'the limit exactly, a tie that "more than checkpoint_minutes" and "past stop_at" leave to either side '
+             '(tests on a stepped clock pin everything else: test_training_time_checkpoints_and_a_time_limit_follow_the_clock)')
+PIXELCNN_EPS = ('draws eps for a PixelCNN too: its objective never reads eps, and the noise stream serves only eps, '
+                'so every number is the same')
 # mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
 # a function's mutants afresh when the function changes, so an entry counts only while its mutant
 # still makes that change (mutant_body); otherwise the report lists it as stale.
@@ -107,6 +112,15 @@ EQUIVALENT = {
     'train.x_train__mutmut_18': ("'CUDA'", CUDNN),
     'train.x_train__mutmut_19': ('if (cuda) and False', CUDNN),
     'train.x_train__mutmut_20': ('if (cuda) or True', CUDNN),
+    'train.x_init_output_bias__mutmut_30': ('torch.logit(mean).to(None)', CPU_DEVICE),
+    'train.xǁTrainingǁstep__mutmut_6': ("[b * bs:(b + 1) * bs].to(None)", CPU_DEVICE),
+    'train.xǁTrainingǁstep__mutmut_15': ("if (cfg['model'] != 'pixelcnn') or True", PIXELCNN_EPS),
+    'train.xǁTrainingǁstep__mutmut_25': ("cfg['model'] != 'XXpixelcnnXX'", PIXELCNN_EPS),
+    'train.xǁTrainingǁstep__mutmut_26': ("cfg['model'] != 'PIXELCNN'", PIXELCNN_EPS),
+    'train.xǁTrainingǁrun__mutmut_67': ("time.time() - last_save >= 60 * cfg['checkpoint_minutes']", CLOCK_TIE),
+    'train.xǁTrainingǁrun__mutmut_76': ('(stop_at is not None and time.time() >= stop_at)) and b + 1', CLOCK_TIE),
+    'train.xǁTrainingǁrun__mutmut_89': ('if stop_at is not None and time.time() >= stop_at:', CLOCK_TIE),
+    'train.xǁTrainingǁrun__mutmut_106': ("time.time() >= stop_at and state['epoch'] < cfg['epochs']", CLOCK_TIE),
 }
 
 

@@ -1037,3 +1037,98 @@ def test_precision_setting_is_checked_and_older_checkpoints_still_match():
         assert p.embed(x).dtype == torch.bfloat16   # the convolutions really run in bfloat16
     with T.low_precision('fp32', 'cpu'):
         assert p.embed(x).dtype == torch.float32
+
+
+def test_decoder_bias_is_finite_for_pixels_always_on_or_always_off(monkeypatch):
+    """A pixel on in every training image (or in none) starts at logit(1 - 1e-3) (or logit(1e-3)),
+    not at an infinite bias."""
+    cfg = C.config('5b', 'smoke', init_output_bias=True)
+    images = torch.zeros(4, 1, 28, 28)
+    images[:, :, :14] = 1.0                                 # the top half always on, the bottom always off
+    monkeypatch.setattr(T, 'load_data', lambda cfg, train: images)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    T.init_output_bias(nets, cfg, 'cpu')
+    bias = nets['decoder'].bias.detach()                    # (28, 28)
+    edge = math.log((1 - 1e-3) / 1e-3)
+    torch.testing.assert_close(bias[:14], torch.full((14, 28), edge))
+    torch.testing.assert_close(bias[14:], torch.full((14, 28), -edge))
+
+
+class Clock:
+    """train.py's `time` module with a clock that moves only while a training step runs."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def time(self):
+        return self.now
+
+    def __getattr__(self, name):  # strftime and the rest: the real module's
+        return getattr(time, name)
+
+
+def clocked_training(tmp_path, monkeypatch, step_seconds=10.0, **overrides):
+    """smoke_training of 6b on a Clock (returned with it) on which each training step takes step_seconds."""
+    clock = Clock()
+    monkeypatch.setattr(T, 'time', clock)
+    training = smoke_training(tmp_path, **overrides)
+
+    def timed(*args):
+        clock.now += step_seconds
+        return T.objective(*args)
+    training.objective = timed
+    return training, clock
+
+
+def test_training_time_checkpoints_and_a_time_limit_follow_the_clock(tmp_path, monkeypatch):
+    """Steps of 10 s, checkpoint_minutes 0.33 (19.8 s), a time limit after 65 s: checkpoints after
+    the 2nd step of each epoch (20 s since the last) and at each epoch's end, a stop with a
+    checkpoint at the first step past the limit; train_seconds counts every step once, across the
+    checkpoints, the epochs and the resume."""
+    written, save = [], T.atomic_save
+    monkeypatch.setattr(T, 'atomic_save', lambda ck, path: written.append((ck['epoch'], ck['batch'])) or save(ck, path))
+    training, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2, checkpoint_minutes=0.33)
+    assert training.run(stop_at=clock.now + 65) is False    # 4 steps an epoch
+    assert written == [(0, 2), (1, 0), (1, 2), (1, 3)] and training.state['step'] == 7
+    assert training.state['train_seconds'] == 70.0
+    again, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2, checkpoint_minutes=0.33)
+    again.resume()
+    assert again.state['train_seconds'] == 70.0 and again.run(stop_at=clock.now + 65) is True
+    assert written[4:] == [(2, 0)] and again.state['step'] == 8 and again.state['train_seconds'] == 80.0
+
+
+def test_a_time_limit_met_at_an_epochs_end_stops_there_unless_training_is_done(tmp_path, monkeypatch):
+    """One step an epoch, the limit already past: each call trains one epoch and says whether
+    training is complete."""
+    training, clock = clocked_training(tmp_path, monkeypatch, batch_size=200, epochs=3)
+    done = [training.run(stop_at=clock.now - 1) for _ in range(3)]
+    assert done == [False, False, True] and training.state['epoch'] == 3 and training.state['step'] == 3
+
+
+def test_the_switch_to_autoregression_is_recorded_once_at_its_step(tmp_path):
+    training = smoke_training(tmp_path, part='6c', epochs=3, autoregress_epoch=1)
+    hist, n = training.state['history'], len(T.load_data(training.cfg, train=True))
+    training.start_epoch(0, n)
+    assert hist['autoregress_step'] is None and not training.nets['decoder'].autoregress
+    training.state['step'] = 4
+    training.start_epoch(1, n)
+    assert hist['autoregress_step'] == 4 and training.nets['decoder'].autoregress
+    training.state['step'] = 8
+    training.start_epoch(2, n)
+    assert hist['autoregress_step'] == 4
+
+
+def test_a_stop_on_a_non_finite_parameter_names_the_checkpoint_it_kept(tmp_path):
+    training = smoke_training(tmp_path)
+    x_train = T.load_data(training.cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 4)
+    training.save()                                        # a good checkpoint at epoch 0 + 1 batch
+    training.step(x_train, 1, 4)
+    with torch.no_grad():
+        training.params[0].view(-1)[0] = float('inf')
+    with pytest.raises(T.NonFiniteLossError, match=r'a parameter is not finite at epoch 1, batch 2 of the epoch, '
+                                                   r'step 2; .*holds epoch 0 \+ 1 batches and was not overwritten'):
+        training.save()
+    kept = T.load_file(training.path)
+    assert (kept['epoch'], kept['batch'], kept['step']) == (0, 1, 1)
