@@ -747,9 +747,10 @@ def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_
     model = (tmp_path / 'smoke' / '6b' / 'model.pt').read_bytes()
     os.remove(tmp_path / 'smoke' / '6b' / 'metrics.json')
     monkeypatch.setattr(T, 'objective', nan_gradient)
-    with pytest.raises(E.NonFiniteLossError, match=r'gradient norm is nan.*epoch 2, batch 0.*holds epoch 1 \+ 0'):
-        E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False)
     out = tmp_path / 'smoke' / '6b'
+    kept = re.escape(f'the last good checkpoint, {out / "checkpoint.pt"}, holds epoch 1 + 0 batches')
+    with pytest.raises(E.NonFiniteLossError, match=r'gradient norm is nan.*epoch 2, batch 0.*' + kept):
+        E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False)
     ck = torch.load(out / 'checkpoint.pt', weights_only=True)
     assert (ck['epoch'], ck['step']) == (1, 2)
     assert all(torch.isfinite(v).all() for m in ck['models'].values() for v in m['state_dict'].values())
@@ -845,20 +846,21 @@ def test_training_draws_the_data_order_and_eps_from_their_seeded_streams(tmp_pat
 def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
     """The loss and gradient norm are read at every step on the CPU: the step that meets a NaN
     gradient raises before the optimiser moves any parameter."""
-    training = smoke_training(tmp_path)
-    x_train = T.load_data(training.cfg, train=True)
-    training.start_epoch(0, len(x_train))
-    training.step(x_train, 0, 2)
-    before = [p.detach().clone() for p in training.params]
-
     def nan_gradient(nets, cfg, x, eps, beta):
         loss, recon, kl = T.objective(nets, cfg, x, eps, beta)
         p = next(nets['decoder'].parameters())
         return loss + 0.0 * torch.sqrt(p.sum() * 0.0), recon, kl
-    training.objective = nan_gradient
-    with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
-        training.step(x_train, 1, 2)
-    assert all(torch.equal(p, q) for p, q in zip(training.params, before))
+    training = smoke_training(tmp_path)
+    x_train = T.load_data(training.cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    for b in range(2):                                     # at the first step of the run, and at the second
+        before = [p.detach().clone() for p in training.params]
+        training.objective = nan_gradient
+        with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
+            training.step(x_train, b, 2)
+        assert all(torch.equal(p, q) for p, q in zip(training.params, before))
+        training.objective = T.objective
+        training.step(x_train, b, 2)
 
 
 def test_a_non_finite_parameter_is_never_saved(tmp_path):
@@ -1132,3 +1134,31 @@ def test_a_stop_on_a_non_finite_parameter_names_the_checkpoint_it_kept(tmp_path)
         training.save()
     kept = T.load_file(training.path)
     assert (kept['epoch'], kept['batch'], kept['step']) == (0, 1, 1)
+
+
+def test_adam_takes_the_fused_kernel_where_torch_has_it_and_the_plain_one_elsewhere(monkeypatch):
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(2))]
+    opt = T.adam(iter(params), 0.01)
+    assert opt.param_groups[0]['params'] == params and opt.defaults['lr'] == 0.01
+    if tuple(int(v) for v in torch.__version__.split('.')[:2]) >= (2, 4):  # fused Adam on the CPU
+        assert opt.defaults['fused'] is True
+    adam = torch.optim.Adam
+
+    def no_fused(params, lr, fused=None):
+        if fused:
+            raise RuntimeError('fused=True requires all the params to be floating point Tensors of supported devices')
+        return adam(params, lr=lr)
+    monkeypatch.setattr(torch.optim, 'Adam', no_fused)
+    opt = T.adam(iter(params), 0.01)
+    assert opt.param_groups[0]['params'] == params and opt.defaults['lr'] == 0.01 and not opt.defaults['fused']
+
+
+def test_kl_warm_up_of_one_step_starts_at_zero():
+    assert [T.kl_weight(s, 1, 5) for s in (4, 5, 6, 7)] == [1.0, 0.0, 1.0, 1.0]
+    assert [T.kl_weight(s, 0, 5) for s in (4, 5, 6)] == [1.0, 1.0, 1.0]  # no warm-up
+
+
+def test_a_part_without_autoregression_never_records_it_on(tmp_path):
+    training = smoke_training(tmp_path, epochs=1)
+    assert training.run() is True
+    assert training.state['autoregress'] is False and training.state['history']['autoregress_step'] is None
