@@ -58,6 +58,9 @@ V1_NAMES = ('renames the parameters of a record that has a layout as if it were 
 CLOCK_TIE = ('`>=` for `>` between a reading of the wall clock and a limit: the two differ only when the clock reads '
              'the limit exactly, a tie that "more than checkpoint_minutes" and "past stop_at" leave to either side '
              '(tests on a stepped clock pin everything else: test_training_time_checkpoints_and_a_time_limit_follow_the_clock)')
+ZERO_GRAD = ('gradients zeroed in place instead of freed: a parameter that has had a gradient gets one at every '
+             'later step (the trained set only grows, when autoregression switches on), so Adam sees the same '
+             'gradients and skips the same parameters')
 PIXELCNN_EPS = ('draws eps for a PixelCNN too: its objective never reads eps, and the noise stream serves only eps, '
                 'so every number is the same')
 # mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
@@ -123,6 +126,8 @@ EQUIVALENT = {
     'train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
         'the numbers are read at every step on every device, as on the CPU, where the suite runs; on a GPU that '
         'is slower and stops on a NaN sooner')),
+    'train.xǁTrainingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
+    'train.xǁTrainingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),
     'train.xǁTrainingǁrun__mutmut_106': ("time.time() >= stop_at and state['epoch'] < cfg['epochs']", CLOCK_TIE),
 }
 

@@ -1162,3 +1162,16 @@ def test_a_part_without_autoregression_never_records_it_on(tmp_path):
     training = smoke_training(tmp_path, epochs=1)
     assert training.run() is True
     assert training.state['autoregress'] is False and training.state['history']['autoregress_step'] is None
+
+
+def test_each_part_trains_and_tests_on_its_own_mnist():
+    """Gaussian parts read grayscale MNIST, binary ones the binarized set: the first train_images
+    training images, and every test image; in any order of reading (the sets are cached)."""
+    import data
+    for part, load in (('6b', data.load_binarized_mnist), ('5b', data.load_mnist), ('6b', data.load_binarized_mnist)):
+        for cfg in (C.config(part, 'smoke'), C.config(part, 'full')):
+            n = cfg['train_images']
+            assert torch.equal(T.load_data(cfg, train=True), load(True)[:n])
+            assert torch.equal(T.load_data(cfg, train=False), load(False))
+    assert T.load_data(C.config('6b', 'smoke'), train=True).shape == (200, 1, 28, 28)
+    assert T.load_data(C.config('6b', 'smoke'), train=False).shape == (10000, 1, 28, 28)
