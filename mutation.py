@@ -126,6 +126,7 @@ EQUIVALENT = {
     'train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
         'the numbers are read at every step on every device, as on the CPU, where the suite runs; on a GPU that '
         'is slower and stops on a NaN sooner')),
+    'train.x_build__mutmut_1': ('(**kwargs).to(None) for name', CPU_DEVICE),
     'train.xǁTrainingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
     'train.xǁTrainingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),
     'train.xǁTrainingǁrun__mutmut_106': ("time.time() >= stop_at and state['epoch'] < cfg['epochs']", CLOCK_TIE),

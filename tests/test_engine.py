@@ -1175,3 +1175,13 @@ def test_each_part_trains_and_tests_on_its_own_mnist():
             assert torch.equal(T.load_data(cfg, train=False), load(False))
     assert T.load_data(C.config('6b', 'smoke'), train=True).shape == (200, 1, 28, 28)
     assert T.load_data(C.config('6b', 'smoke'), train=False).shape == (10000, 1, 28, 28)
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_bf16_means_bfloat16_on_every_device(device):
+    """CUDA's autocast defaults to float16, whose range overflows where bfloat16's does not: the
+    engine names bfloat16 (the context is only built here, so no GPU is needed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
+        ctx = T.low_precision('bf16', device)
+    assert ctx.fast_dtype == torch.bfloat16 and ctx.device == device
