@@ -126,6 +126,8 @@ EQUIVALENT = {
     'train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
         'the numbers are read at every step on every device, as on the CPU, where the suite runs; on a GPU that '
         'is slower and stops on a NaN sooner')),
+    'models.xǁGaussianVAEDecoderǁ__init____mutmut_3': ("depth=51, autoregress=True, layout='course'", (
+        "a Gaussian decoder accepts autoregress only for the course API's signature and never reads it")),
     'train.x_build__mutmut_1': ('(**kwargs).to(None) for name', CPU_DEVICE),
     'train.xǁTrainingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
     'train.xǁTrainingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),

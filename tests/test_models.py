@@ -491,3 +491,53 @@ def test_committed_v1_model_files_load():
     nets = T.load_models(record['models'], 'cpu', record['autoregress'])
     assert nets['encoder'].layout == 'v1' and nets['decoder'].layout == 'v1'
     assert nets['decoder'].pixelcnn.layout == 'v1'
+
+
+@pytest.mark.parametrize('layout', ['course', 'v1'])
+def test_iaf_step_is_the_frameworks_formula(layout):
+    """IAF.forward(z, h) computes the docstring's equation from its own layers: course,
+    u = resnet(relu(embedz(z) + embedh(h))), m = m_head(u), s = 1 + s_head(u); v1, one masked
+    block and a two-channel head, m and s its channels."""
+    iaf = randomize(models.IAF(4, depth=2, layout=layout), std=0.2).double().eval()
+    g = torch.Generator().manual_seed(3)
+    z, h = torch.randn(2, 49, generator=g, dtype=torch.float64), torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64)
+    m, s = iaf(z, h)
+    grid = z.view(2, 1, 7, 7)
+    with torch.no_grad():
+        if layout == 'course':
+            u = iaf.resnet(torch.relu(iaf.embedz(grid) + iaf.embedh(h)))
+            expected = iaf.m(u), 1 + iaf.s(u)
+        else:
+            out = iaf.head(torch.relu(iaf.block(iaf.embed(grid) + iaf.context(h))))
+            expected = out[:, :1], out[:, 1:]
+    for got, want in zip((m, s), expected):
+        assert got.shape == (2, 1, 7, 7)
+        torch.testing.assert_close(got, want)
+
+
+def test_iaf_of_layout_v1_is_autoregressive_and_sees_h():
+    iaf = randomize(models.IAF(4, layout='v1')).double()
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(1, 4, 7, 7, generator=g, dtype=torch.float64)
+    z = torch.randn(49, generator=g, dtype=torch.float64)
+    for k in range(2):
+        j = jacobian(lambda v: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
+        assert torch.triu(j).abs().max() == 0 and torch.tril(j, -1).abs().max() > 0
+        assert not torch.equal(iaf(z.view(1, 1, 7, 7), h)[k], iaf(z.view(1, 1, 7, 7), 2 * h)[k])
+
+
+def test_layout_v1_initialisation():
+    """Layout v1 (the committed cpu runs' PixelCNN and IAF): normal(0, 0.01) weights and zero biases,
+    the IAF's s-bias at 2, so that its gate sigmoid(s) starts near 0.88."""
+    torch.manual_seed(0)
+    iaf = models.IAF(32, layout='v1')
+    for model in (models.PixelCNN(layout='v1'), iaf):
+        for name, p in model.named_parameters():
+            if name == 'head.bias':
+                assert p.tolist() == [0.0, 2.0]
+            elif name.endswith('bias'):
+                assert p.abs().max() == 0, name
+            else:
+                assert p.abs().max() < 0.1, name                 # 0.01 * (at most ~6 standard deviations)
+                if p.numel() >= 1000:
+                    assert abs(p.std().item() - 0.01) < 0.002 and abs(p.mean().item()) < 0.002, name
