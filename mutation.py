@@ -32,6 +32,13 @@ except ImportError:  # a development tool, not in requirements.txt
     sys.exit("mutation testing needs mutmut: pip install 'mutmut>=3.8,<4'")
 
 MODULES = ('losses', 'models', 'train', 'evaluate')
+# The test files that judge each module's mutants (of them, mutmut runs the tests that reach the
+# mutated function; under a mutant, tests/conftest.py skips the rest): a change to the networks is
+# caught by the networks' own tests, which take seconds; the engine's training and evaluation need
+# the engine's tests, whose smoke runs take minutes together.
+NETWORKS = ('test_models.py', 'test_losses.py', 'test_bad_input.py')
+ENGINE = NETWORKS + ('test_engine.py',)
+TESTS = dict(losses=ENGINE, models=NETWORKS, train=ENGINE, evaluate=ENGINE)
 OUT = os.path.join('results', 'mutation')
 
 # mutant name -> why no test can tell it from the original
@@ -167,7 +174,8 @@ def run(modules, children, survivors=False):
         if not names:
             continue
         start = time.monotonic()
-        env = dict(os.environ, OMP_NUM_THREADS='1')  # one thread per worker; `children` workers share the cores
+        env = dict(os.environ, OMP_NUM_THREADS='1',  # one thread per worker; `children` workers share the cores
+                   MUTATION_TESTS=','.join(TESTS[module]))
         done = subprocess.run(['mutmut', 'run', '--max-children', str(children), *names], env=env)
         if done.returncode:
             sys.exit(f'mutmut run failed on {module} (exit {done.returncode}); its output is above')

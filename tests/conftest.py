@@ -50,6 +50,14 @@ def pytest_configure(config):
         torch._dynamo.config.disable = True
 
 
+def pytest_runtest_setup(item):
+    """Under a mutant, only the test files of the mutated module's selection (mutation.TESTS, passed
+    as MUTATION_TESTS) judge it; mutmut's other phases (its test statistics, the clean run) run all."""
+    chosen = os.environ.get('MUTATION_TESTS')
+    if chosen and '__mutmut_' in os.environ.get('MUTANT_UNDER_TEST', '') and item.path.name not in chosen.split(','):
+        pytest.skip("not among the tests that judge this module's mutants (mutation.TESTS)")
+
+
 def pytest_report_header(config):
     return [f'{name} under test: {path}' for name, path in substituted().items()]
 
