@@ -541,3 +541,62 @@ def test_layout_v1_initialisation():
                 assert p.abs().max() < 0.1, name                 # 0.01 * (at most ~6 standard deviations)
                 if p.numel() >= 1000:
                     assert abs(p.std().item() - 0.01) < 0.002 and abs(p.mean().item()) < 0.002, name
+
+
+def test_iaf_steps_alternate_the_raster_order():
+    """Over four steps, the odd ones (1 and 3) run in reversed raster order and the even ones do not."""
+    f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=4, iaf_depth=1), seed=6).double()
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64)
+    mu, logvar, eps = (torch.randn(2, 49, generator=g, dtype=torch.float64) * scale for scale in (1, 0.5, 1))
+    z, logdet = mu + (0.5 * logvar).exp() * eps, 0
+    for t, flow in enumerate(f.flows):
+        if t % 2:
+            z, step = gated_step(flow, z.flip(1), h.flip(2, 3))
+            z = z.flip(1)
+        else:
+            z, step = gated_step(flow, z, h)
+        logdet = logdet + step
+    got, logqzx = f.reparameterize(h, mu, logvar, eps)
+    torch.testing.assert_close(got, z, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logqzx, 0.5 * (logvar + eps.pow(2)).sum(1) + logdet, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('layout', ['course', 'v1'])
+def test_encoder_features_are_the_frameworks(layout):
+    """encode(x): course, h = resnet(relu(embed(x))); v1, h = relu(resnet(embed(x))); mu and logvar
+    are the two 3x3 heads of h, flattened to (B, 49)."""
+    f = randomize(models.VAEEncoder(capacity=4, depth=2, layout=layout), std=0.2).double()
+    x = (torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(8)) < 0.5).double()
+    h, mu, logvar = f.encode(x)
+    with torch.no_grad():
+        e = f.embed(x)
+        want = f.resnet(torch.relu(e)) if layout == 'course' else torch.relu(f.resnet(e))
+    torch.testing.assert_close(h, want)
+    torch.testing.assert_close(mu, f.mu(want).flatten(1))
+    torch.testing.assert_close(logvar, f.var(want).flatten(1))
+
+
+def test_pixel_term_of_a_decoder_without_autoregression_is_zero():
+    """pixel_logits(x), the term of the logits that depends on x_<i: a scalar 0 of x's dtype with
+    autoregression off (the logits are the latent ones), the PixelCNN's logits with it on."""
+    d = randomize(models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True, pixelcnn_capacity=4,
+                                            pixelcnn_depth=1), std=0.1).double()
+    x = (torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(9)) < 0.5).double()
+    zero = d.pixel_logits(x)
+    assert zero.shape == () and zero.dtype == torch.float64 and zero.device == x.device and zero.item() == 0
+    d.autoregress = True
+    torch.testing.assert_close(d.pixel_logits(x), d.pixelcnn(x))
+
+
+def test_shapes_of_mu_logvar_and_depths_are_checked():
+    f = models.VAEEncoder(capacity=4, depth=1)
+    h, ok = torch.zeros(2, 4, 7, 7), torch.zeros(2, 49)
+    for mu, logvar in ((torch.zeros(2, 48), torch.zeros(2, 48)), (ok, torch.zeros(2, 48)),
+                       (torch.zeros(2, 49, 1), torch.zeros(2, 49, 1))):
+        with pytest.raises(ValueError, match=r'mu and logvar must both have shape \(B, 49\)'):
+            f.reparameterize(h, mu, logvar, ok)
+    with pytest.raises(ValueError, match=r'depth must be an integer >= 0, got -1'):
+        models.IAF(4, depth=-1)
+    m, s = models.IAF(4, depth=0)(ok, h)  # no residual block: the embeddings and the heads
+    assert m.shape == s.shape == (2, 1, 7, 7)
