@@ -65,6 +65,8 @@ V1_NAMES = ('renames the parameters of a record that has a layout as if it were 
 CLOCK_TIE = ('`>=` for `>` between a reading of the wall clock and a limit: the two differ only when the clock reads '
              'the limit exactly, a tie that "more than checkpoint_minutes" and "past stop_at" leave to either side '
              '(tests on a stepped clock pin everything else: test_training_time_checkpoints_and_a_time_limit_follow_the_clock)')
+ZERO_OFFSET = ('the default offset, zeros, made in float32 instead of the model\'s dtype: added to float32 or float64 '
+               'logits it changes neither value nor dtype (samplers run in those two; training alone uses bfloat16)')
 NO_BIAS = 'bias=None for bias=False: a convolution reads either as "no bias" (`if bias:`)'
 ZERO_GRAD = ('gradients zeroed in place instead of freed: a parameter that has had a gradient gets one at every '
              'later step (the trained set only grows, when autoregression switches on), so Adam sees the same '
@@ -138,6 +140,12 @@ EQUIVALENT = {
         "a Gaussian decoder accepts autoregress only for the course API's signature and never reads it")),
     'models.xǁIAFǁ__init____mutmut_82': ("'A', 1, filters, 3, padding=1, bias=None)", NO_BIAS),
     'models.xǁIAFǁ__init____mutmut_100': ('nn.Conv2d(filters, filters, 3, padding=1, bias=None)', NO_BIAS),
+    'models.x__image_noise__mutmut_7': ('return given.to(device=None, dtype=dtype)', CPU_DEVICE),
+    'models.x__offset__mutmut_4': ("_image_noise('offset', n, offset, None, dtype", CPU_DEVICE),
+    'models.x__offset__mutmut_17': ('torch.zeros(s, device=None, dtype=dtype)', CPU_DEVICE),
+    'models.x__offset__mutmut_20': ('lambda s: torch.zeros(s, dtype=dtype))', CPU_DEVICE),
+    'models.x__offset__mutmut_18': ('torch.zeros(s, device=device, dtype=None)', ZERO_OFFSET),
+    'models.x__offset__mutmut_21': ('torch.zeros(s, device=device, ))', ZERO_OFFSET),
     'train.x_build__mutmut_1': ('(**kwargs).to(None) for name', CPU_DEVICE),
     'train.xǁTrainingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
     'train.xǁTrainingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),
