@@ -600,3 +600,33 @@ def test_shapes_of_mu_logvar_and_depths_are_checked():
         models.IAF(4, depth=-1)
     m, s = models.IAF(4, depth=0)(ok, h)  # no residual block: the embeddings and the heads
     assert m.shape == s.shape == (2, 1, 7, 7)
+
+
+def zero_model(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def test_samplers_draw_and_read_noise_in_the_models_dtype():
+    """Uniforms drawn by a sampler are torch.rand of the model's dtype; uniforms and offsets a
+    caller gives are converted to it first. A model whose logits are exactly 0 (p = 1/2) tells:
+    the float64 uniform 1/2 - 2^-30 is 1/2 in float32, so no pixel is on; an offset just above c
+    (with sigmoid(c) rounded down in float32, uniforms at that float32 value) is c in float32."""
+    pixelcnn = randomize(models.PixelCNN(4, 1), std=0.2).double()
+    torch.manual_seed(0)
+    drawn = pixelcnn.sample(2)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, pixelcnn.sample(2, uniforms=torch.rand(2, 1, 28, 28, dtype=torch.float64)))
+    pixelcnn, decoder = zero_model(models.PixelCNN(4, 1)), zero_model(models.DiscreteVAEDecoder(4, 1))
+    below = torch.full((2, 1, 28, 28), 0.5 - 2 ** -30, dtype=torch.float64)
+    for draw in (pixelcnn.sample, pixelcnn.sample_naive, lambda n, **k: decoder.sample(torch.zeros(n, 49), **k)):
+        assert draw(2, uniforms=below).sum() == 0 and draw(2, uniforms=below.float()).sum() == 0
+    c = next(c for c in (1.0, 2.0, 3.0, 0.5, 1.5, 2.5) if torch.sigmoid(torch.tensor(c)).double()
+             < torch.sigmoid(torch.tensor(c, dtype=torch.float64)))
+    at = torch.sigmoid(torch.tensor(c)).expand(2, 1, 28, 28)
+    for draw in (pixelcnn.sample, pixelcnn.sample_naive):
+        assert draw(2, offset=torch.full((2, 1, 28, 28), c + 2 ** -40, dtype=torch.float64), uniforms=at).sum() == 0
+    with pytest.raises(ValueError, match=r'uniforms must have shape \(2, 1, 28, 28\), got \(2, 784\)'):
+        pixelcnn.sample(2, uniforms=torch.zeros(2, 784))
