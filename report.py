@@ -296,8 +296,11 @@ def bf16_runs_markdown(results_dir):
     """Parts trained again with --precision bf16 into results_dir/cpu-bf16/<part> (same settings and
     seed), set against the float32 run of results_dir/cpu/<part>; both evaluated in float32."""
     from answers import value_text  # here, not at the top: answers imports this module
-    lines = []
+    lines, readings = [], []
     for part, q, low, full, d in bf16_parity(results_dir):
+        readings.append(f'{part}: ' + (f'bfloat16 is {abs(d["value"]):.2f} ± {d["se"]:.2f} nats '
+                                       f'{"lower" if d["value"] < 0 else "higher"}, a measurable difference'
+                                       if abs(d['value']) >= 2 * d['se'] else 'no measurable difference') + '.')
         shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults
         same = all(low['config'][k] == full['config'][k] for k in shared)
         parity = 'yes' if d['value'] < 2 * d['se'] else 'no'  # lower is better: not measurably worse
@@ -317,7 +320,7 @@ def bf16_runs_markdown(results_dir):
             '[`docs/speed.md`](docs/speed.md).\n\n'
             '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | same settings and seed |\n'
             '|---|---|---|---|---|---|---|---|---|\n'
-            + '\n'.join(lines) + '\n')
+            + '\n'.join(lines) + '\n\n' + ' '.join(readings) + '\n')
 
 
 def mutation_markdown(results_dir):

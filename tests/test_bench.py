@@ -121,8 +121,10 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
     assert run == '| 6a | test_nll | 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 (unpaired) | yes | 10000 | 3 | yes |'
 
 
-@pytest.mark.parametrize('shift,parity', [(0.05, 'no'), (-0.05, 'yes'), (0.0, 'yes')])
-def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_path, shift, parity):
+@pytest.mark.parametrize('shift,parity,reading', [(0.05, 'no', 'nats higher, a measurable difference.'),
+                                                   (-0.05, 'yes', 'nats lower, a measurable difference.'),
+                                                   (0.0, 'yes', '6a: no measurable difference.')])
+def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_path, shift, parity, reading):
     """With per-image values the difference is paired: bfloat16 0.05 nats worse on every image is
     measurable (its paired standard error is tiny beside the two runs' own), 0.05 better is parity."""
     base = 90 + torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -137,8 +139,9 @@ def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_
     assert (part, q, d['paired'], d['n']) == ('6a', 'test_nll', True, [400])
     assert d['value'] == pytest.approx((shift + noise).mean().item()) and d['se'] == pytest.approx(
         noise.std().item() / 20)
-    run = next(line for line in report.bf16_runs_markdown(str(tmp_path)).splitlines() if line.startswith('| 6a |'))
-    assert f'(paired) | {parity} | 400 | 4 | yes |' in run
+    text = report.bf16_runs_markdown(str(tmp_path))
+    run = next(line for line in text.splitlines() if line.startswith('| 6a |'))
+    assert f'(paired) | {parity} | 400 | 4 | yes |' in run and text.rstrip().endswith(reading)
 
 
 def test_no_benchmark_no_table(tmp_path):
