@@ -181,11 +181,12 @@ def equivalent(name):
 
 def run(modules, children, survivors=False):
     """mutmut run over the mutants of each module in turn (or over those that survived, have no
-    test or are not checked yet); {module: {checked, seconds, survivors_only}} of each run."""
+    test or are not checked yet, less the equivalent ones); {module: {checked, seconds,
+    survivors_only}} of each run."""
     runs = {}
     for module in modules:
-        names = ([n for n, s in outcomes(module).items() if s in ('survived', 'no tests', 'not checked')]
-                 if survivors else [f'{module}.*'])
+        names = ([n for n, s in outcomes(module).items() if s in ('survived', 'no tests', 'not checked')
+                  and not equivalent(n)] if survivors else [f'{module}.*'])
         if not names:
             continue
         start = time.monotonic()
