@@ -630,3 +630,17 @@ def test_samplers_draw_and_read_noise_in_the_models_dtype():
         assert draw(2, offset=torch.full((2, 1, 28, 28), c + 2 ** -40, dtype=torch.float64), uniforms=at).sum() == 0
     with pytest.raises(ValueError, match=r'uniforms must have shape \(2, 1, 28, 28\), got \(2, 784\)'):
         pixelcnn.sample(2, uniforms=torch.zeros(2, 784))
+
+
+def test_encoder_sizes_are_checked_and_its_iaf_steps_follow_its_layout():
+    for kwargs, message in ((dict(capacity=0), 'capacity must be an integer >= 1, got 0'),
+                            (dict(depth=-1), 'depth must be an integer >= 0, got -1'),
+                            (dict(flows=-1), 'flows must be an integer >= 0, got -1')):
+        with pytest.raises(ValueError, match=message):
+            models.VAEEncoder(**kwargs)
+    f = models.VAEEncoder(capacity=1, depth=0)                 # the smallest encoder: one channel, no block
+    assert len(f.resnet) == 0 and f.embed.out_channels == 1
+    for layout in ('course', 'v1'):
+        (step,) = models.VAEEncoder(capacity=4, depth=1, flows=1, layout=layout).flows
+        assert step.layout == layout
+    assert len(models.VAEEncoder(capacity=4, depth=1, flows=1).flows[0].resnet) == 9  # the framework's IAF depth
