@@ -209,8 +209,13 @@ def outcomes(module):
     path = os.path.join('mutants', f'{module}.py.meta')
     if not os.path.exists(path):
         return {}
-    with open(path) as fh:
-        codes = json.load(fh)['exit_code_by_key']
+    try:
+        with open(path) as fh:
+            codes = json.load(fh)['exit_code_by_key']
+    except (ValueError, KeyError) as err:  # mutmut rewrites the file in place; a killed run can leave it cut short
+        sys.exit(f'{path} cannot be read ({type(err).__name__}: {err}): a mutmut run was probably stopped while '
+                 f'writing it. Its verdicts are lost: delete mutants/{module}.py and {path}, then run '
+                 f'`python mutation.py {module}` again. Stop a run with Ctrl-C, which lets mutmut finish writing.')
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
