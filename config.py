@@ -183,10 +183,11 @@ FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot cha
 PRECISIONS = ('fp32', 'bf16')
 
 # Parts whose test numbers trained in bfloat16 matched float32 in the cpu profile, where both runs
-# are committed (results/cpu-bf16/<part>, results/cpu/<part>): the paired difference is within two
-# standard errors (tests/test_results.py checks each against the committed runs). Precision 'auto'
-# trains only these in bfloat16, in these profiles, and only on a CPU with bfloat16 units on which
-# it measures faster (experiments.pick_precision); float32 everywhere else.
+# are committed (results/cpu-bf16/<part>, results/cpu/<part>): in each likelihood bound or estimate
+# the two share, bfloat16 is not measurably worse (its paired difference is below two standard
+# errors; tests/test_report.py checks each against the committed runs). Precision 'auto' trains
+# only these in bfloat16, in these profiles, and only on a CPU with bfloat16 units on which it
+# measures faster (experiments.pick_precision); float32 everywhere else.
 BF16_PARITY = ('6a',)
 AUTO_PROFILES = ('cpu', 'full')  # smoke's numbers show nothing, so tests train it as asked
 BF16_FLAGS = ('amx_bf16', 'avx512_bf16', 'bf16')  # /proc/cpuinfo: x86 AMX and AVX-512, Arm's BF16

@@ -277,8 +277,8 @@ def bf16_markdown(bf16, fp32, plain, path):
 
 
 def bf16_parity(results_dir):
-    """[(part, quantity, bf16 metrics, fp32 metrics, contrast)] for each part trained in both
-    precisions in the cpu profile (results_dir/cpu-bf16 and results_dir/cpu): bfloat16 minus
+    """[(part, quantity, bf16 metrics, fp32 metrics, contrast)] for each likelihood bound or estimate
+    (test NLL, test ELBO, importance-sampled NLL) of each part trained in both precisions in the cpu profile (results_dir/cpu-bf16 and results_dir/cpu): bfloat16 minus
     float32, paired over the same test images where both saved per-image values."""
     from answers import contrast  # here, not at the top: answers imports this module
     low_dir, full_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
@@ -287,8 +287,9 @@ def bf16_parity(results_dir):
         paths = [os.path.join(d, part, 'metrics.json') for d in (low_dir, full_dir)]
         if all(os.path.exists(p) for p in paths):
             low, full = (dict(read_json(p), dir=os.path.dirname(p)) for p in paths)
-            q = next(q for q in ('test_nll', 'test_elbo') if q in low['values'] and q in full['values'])
-            found.append((part, q, low, full, contrast([(1, low, q), (-1, full, q)])))
+            for q in (q for q in low['values'] if q in full['values'] and (q in ('test_nll', 'test_elbo')
+                                                                            or q.startswith('test_nll_is'))):
+                found.append((part, q, low, full, contrast([(1, low, q), (-1, full, q)])))
     return found
 
 
@@ -298,7 +299,7 @@ def bf16_runs_markdown(results_dir):
     from answers import value_text  # here, not at the top: answers imports this module
     lines, readings = [], []
     for part, q, low, full, d in bf16_parity(results_dir):
-        readings.append(f'{part}: ' + (f'bfloat16 is {abs(d["value"]):.2f} ± {d["se"]:.2f} nats '
+        readings.append(f'{part} {q}: ' + (f'bfloat16 is {abs(d["value"]):.2f} ± {d["se"]:.2f} nats '
                                        f'{"lower" if d["value"] < 0 else "higher"}, a measurable difference'
                                        if abs(d['value']) >= 2 * d['se'] else 'no measurable difference') + '.')
         shared = (set(low['config']) & set(full['config'])) - {'precision'}  # settings added later: at defaults

@@ -123,7 +123,7 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
 
 @pytest.mark.parametrize('shift,parity,reading', [(0.05, 'no', 'nats higher, a measurable difference.'),
                                                    (-0.05, 'yes', 'nats lower, a measurable difference.'),
-                                                   (0.0, 'yes', '6a: no measurable difference.')])
+                                                   (0.0, 'yes', '6a test_nll: no measurable difference.')])
 def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_path, shift, parity, reading):
     """With per-image values the difference is paired: bfloat16 0.05 nats worse on every image is
     measurable (its paired standard error is tiny beside the two runs' own), 0.05 better is parity."""

@@ -293,9 +293,10 @@ def test_every_part_auto_trains_in_bf16_has_shown_parity_in_the_committed_runs()
     """config.BF16_PARITY lists only parts whose committed bf16 run (results/cpu-bf16) is not
     measurably worse than their float32 run (results/cpu), paired over the same test images."""
     import config as C
-    found = {part: (low, full, d) for part, _, low, full, d in report.bf16_parity(os.path.join(ROOT, 'results'))}
+    found = report.bf16_parity(os.path.join(ROOT, 'results'))
     for part in C.BF16_PARITY:
-        assert part in found, f'{part} is in BF16_PARITY without a committed run in both precisions'
-        low, full, d = found[part]
-        assert (low['precision'], full['precision']) == ('bf16', 'fp32') and low['epochs'] == full['epochs']
-        assert d['paired'] and d['value'] < 2 * d['se'], (part, d)
+        rows = [(q, low, full, d) for p, q, low, full, d in found if p == part]
+        assert rows, f'{part} is in BF16_PARITY without a committed run in both precisions'
+        for q, low, full, d in rows:  # every likelihood bound or estimate the two runs share
+            assert (low['precision'], full['precision']) == ('bf16', 'fp32') and low['epochs'] == full['epochs']
+            assert d['paired'] and d['value'] < 2 * d['se'], (part, q, d)
