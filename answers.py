@@ -274,7 +274,8 @@ def answer_6c(ms):
     if trend:
         before, last, step = trend
         text += (f'Over the 100 training batches before the PixelCNN is switched on (iteration {step}) it averages '
-                 f'{before:.1f} nats per image, over the last 100 {last:.1f}; on the test set it ends at '
+                 f'{before:.1f} nats per image, over the last 100 {last:.1f} (a ratio of {last / before:.2f}; a '
+                 f'fall to a quarter or less is the collapse the handout asks to observe); on the test set it ends at '
                  f'{value_text(v["kl"])}, {with_n(v.get("active_units")) or "an unmeasured number of"} dimensions '
                  f'active. ')
         if last < before:

@@ -73,6 +73,10 @@ ZERO_GRAD = ('gradients zeroed in place instead of freed: a parameter that has h
              'gradients and skips the same parameters')
 PIXELCNN_EPS = ('draws eps for a PixelCNN too: its objective never reads eps, and the noise stream serves only eps, '
                 'so every number is the same')
+BROADCAST = ('the bias expanded to another shape that broadcasts against the (n, 1, 28, 28) offset: the sampler '
+             'reads only logit_bias[:, 0, r, c], the same sum of bias and offset')
+WIDE_CACHE = ('a cache wider than its windows: the extra columns on the right stay zero and no window reads them '
+              '(_tap reads columns c .. c + 2 pw of the padded cache)')
 # mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
 # a function's mutants afresh when the function changes, so an entry counts only while its mutant
 # still makes that change (mutant_body); otherwise the report lists it as stale.
@@ -149,6 +153,15 @@ EQUIVALENT = {
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_6': ('_uniforms(n, uniforms, None, dtype)', CPU_DEVICE),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_18': ('torch.zeros(0, 1, IMAGE, IMAGE, device=None', CPU_DEVICE),
     'models.x__image_noise__mutmut_9': ('return given.to(dtype=dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_24': ('torch.zeros(0, 1, IMAGE, IMAGE, dtype=dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_41': ('_offset(n, offset, None, dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_52': ('2 * pw, cin, device=None, dtype=dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_58': ('IMAGE + 2 * pw, cin, dtype=dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_76': ('x = torch.zeros(n, 1, IMAGE, IMAGE, device=None', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_34': ('m.bias.expand(1, IMAGE, IMAGE)', BROADCAST),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_35': ('m.bias.expand(n, IMAGE, IMAGE)', BROADCAST),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_38': ('m.bias.expand(n, 2, IMAGE, IMAGE)', BROADCAST),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_63': ('IMAGE + 3 * pw', WIDE_CACHE),
     'models.x__uniforms__mutmut_4': ("_image_noise('uniforms', n, uniforms, None, dtype", CPU_DEVICE),
     'models.x__uniforms__mutmut_17': ('torch.rand(s, device=None, dtype=dtype)', CPU_DEVICE),
     'models.x__uniforms__mutmut_20': ('lambda s: torch.rand(s, dtype=dtype))', CPU_DEVICE),

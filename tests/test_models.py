@@ -388,17 +388,27 @@ def test_deep_stacks_of_layout_v1_are_stable_at_init():
     assert logits.abs().max() < 0.1
 
 
+@pytest.mark.parametrize('layout', ['course', 'v1'])
 @pytest.mark.parametrize('autoregressive_vae', [False, True])
-def test_cached_sampler_equals_naive_sampler(autoregressive_vae):
-    """The incremental sampler draws exactly the naive sampler's images from the same uniforms."""
+def test_cached_sampler_equals_naive_sampler(autoregressive_vae, layout):
+    """The incremental sampler draws exactly the naive sampler's images from the same uniforms, in
+    both layouts (they place the ReLUs differently)."""
     torch.manual_seed(0)
-    model = randomize(models.PixelCNN(capacity=6, depth=2), std=0.4).double()
+    model = randomize(models.PixelCNN(capacity=6, depth=2, layout=layout), std=0.4).double()
     u = torch.rand(5, 1, 28, 28, dtype=torch.float64)
     offset = torch.randn(5, 1, 28, 28, dtype=torch.float64) if autoregressive_vae else None
     fast = model.sample(5, offset=offset, uniforms=u)
     slow = model.sample_naive(5, offset=offset, uniforms=u)
-    assert torch.equal(fast, slow)
+    assert torch.equal(fast, slow) and fast.dtype == slow.dtype == torch.float64
     assert 0.05 < fast.mean() < 0.95  # non-degenerate draws
+
+
+def test_no_samples_come_in_the_models_dtype():
+    """sample(0) returns an empty batch of the model's dtype, like any other n."""
+    model = models.PixelCNN(capacity=4, depth=1).double()
+    for sample in (model.sample, model.sample_naive):
+        x = sample(0)
+        assert x.shape == (0, 1, 28, 28) and x.dtype == torch.float64
 
 
 def test_pixelvae_sample_uses_latent_and_pixelcnn():
