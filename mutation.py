@@ -77,6 +77,8 @@ BROADCAST = ('the bias expanded to another shape that broadcasts against the (n,
              'reads only logit_bias[:, 0, r, c], the same sum of bias and offset')
 WIDE_CACHE = ('a cache wider than its windows: the extra columns on the right stay zero and no window reads them '
               '(_tap reads columns c .. c + 2 pw of the padded cache)')
+BOOL_BITS = ('the drawn bits kept as booleans: written into the image and the first cache, both of the model\'s '
+             'dtype, they become the same 0 and 1')
 # mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
 # a function's mutants afresh when the function changes, so an entry counts only while its mutant
 # still makes that change (mutant_body); otherwise the report lists it as stale.
@@ -158,6 +160,8 @@ EQUIVALENT = {
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_52': ('2 * pw, cin, device=None, dtype=dtype)', CPU_DEVICE),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_58': ('IMAGE + 2 * pw, cin, dtype=dtype)', CPU_DEVICE),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_76': ('x = torch.zeros(n, 1, IMAGE, IMAGE, device=None', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_82': ('x = torch.zeros(n, 1, IMAGE, IMAGE, dtype=dtype)', CPU_DEVICE),
+    'models.xǁ_IncrementalPixelCNNǁsample__mutmut_165': ('torch.sigmoid(logit)).to(None)', BOOL_BITS),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_34': ('m.bias.expand(1, IMAGE, IMAGE)', BROADCAST),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_35': ('m.bias.expand(n, IMAGE, IMAGE)', BROADCAST),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_38': ('m.bias.expand(n, 2, IMAGE, IMAGE)', BROADCAST),

@@ -403,6 +403,28 @@ def test_cached_sampler_equals_naive_sampler(autoregressive_vae, layout):
     assert 0.05 < fast.mean() < 0.95  # non-degenerate draws
 
 
+@pytest.mark.parametrize('cls', [models.GaussianVAEDecoder, models.DiscreteVAEDecoder])
+@pytest.mark.parametrize('layout', ['course', 'v1'])
+def test_latent_logits_follow_the_layout(cls, layout):
+    """The decoders' latent path from their own layers: course image(resnet(relu(embed(z)))) + bias,
+    v1 image(relu(resnet(embed(z)))) + bias."""
+    d = randomize(cls(capacity=4, depth=1, layout=layout), std=0.4).double()
+    z = torch.randn(3, 49, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    h = d.embed(z).view(3, 4, 7, 7)
+    expected = d.image(torch.relu(d.resnet(h))) if layout == 'v1' else d.image(d.resnet(torch.relu(h)))
+    torch.testing.assert_close(d.latent_logits(z), expected + d.bias)
+
+
+def test_pixelvae_decoder_builds_the_pixelcnn_asked_for():
+    """At defaults the PixelVAE decoder's PixelCNN is the framework's (capacity 32, depth 9); sizes
+    and layout given are passed on."""
+    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
+    assert (d.pixelcnn.capacity, len(d.pixelcnn.resnet), d.pixelcnn.layout) == (32, 9, 'course')
+    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True, pixelcnn_capacity=5, pixelcnn_depth=2,
+                                  layout='v1')
+    assert (d.pixelcnn.capacity, len(d.pixelcnn.resnet), d.pixelcnn.layout) == (5, 2, 'v1')
+
+
 def test_no_samples_come_in_the_models_dtype():
     """sample(0) returns an empty batch of the model's dtype, like any other n."""
     model = models.PixelCNN(capacity=4, depth=1).double()
