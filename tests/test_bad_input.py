@@ -22,11 +22,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (lambda: models.VAEEncoder(flows=1.5), 'flows must be an integer'),
     (lambda: models.DiscreteVAEDecoder(depth=-3), 'depth must be an integer >= 0'),
     (lambda: models.IAF(0), 'filters must be an integer >= 1'),
+    (lambda: models.ConvnetBlock(0), 'filters must be an integer >= 1'),
+    (lambda: models.MaskedConvnetBlock(0), 'filters must be an integer >= 1'),
     (lambda: models.PixelCNN(layout='v2'), 'layout must be one of course, v1'),
 ])
 def test_impossible_sizes_are_refused(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_the_smallest_sizes_are_accepted():
+    """The bounds the messages state are the bounds: one filter and no residual blocks build."""
+    x = torch.zeros(1, 1, 28, 28)
+    for block in (models.ConvnetBlock(1), models.MaskedConvnetBlock(1)):
+        assert block(torch.zeros(1, 1, 7, 7)).shape == (1, 1, 7, 7)
+    assert models.PixelCNN(capacity=1, depth=0)(x).shape == x.shape
+    assert models.DiscreteVAEDecoder(capacity=1, depth=0).latent_logits(torch.zeros(1, 49)).shape == x.shape
 
 
 def test_wrong_latent_shapes_are_refused_not_reshaped():
