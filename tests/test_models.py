@@ -415,6 +415,17 @@ def test_latent_logits_follow_the_layout(cls, layout):
     torch.testing.assert_close(d.latent_logits(z), expected + d.bias)
 
 
+@pytest.mark.parametrize('layout', ['course', 'v1'])
+def test_pixelcnn_logits_follow_the_layout(layout):
+    """The PixelCNN from its own layers: course image(resnet(relu(embed(x)))) + bias,
+    v1 image(relu(resnet(embed(x)))) + bias."""
+    m = randomize(models.PixelCNN(capacity=4, depth=1, layout=layout), std=0.4).double()
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    h = m.embed(x)
+    expected = m.image(torch.relu(m.resnet(h))) if layout == 'v1' else m.image(m.resnet(torch.relu(h)))
+    torch.testing.assert_close(m(x), expected + m.bias)
+
+
 def test_pixelvae_decoder_builds_the_pixelcnn_asked_for():
     """At defaults the PixelVAE decoder's PixelCNN is the framework's (capacity 32, depth 9); sizes
     and layout given are passed on."""
