@@ -79,6 +79,8 @@ WIDE_CACHE = ('a cache wider than its windows: the extra columns on the right st
               '(_tap reads columns c .. c + 2 pw of the padded cache)')
 BOOL_BITS = ('the drawn bits kept as booleans: written into the image and the first cache, both of the model\'s '
              'dtype, they become the same 0 and 1')
+SAME_INIT = ('the other layout\'s initialisation of a PixelCNN: both draw normal(0, 0.01) for every weight in the '
+             'same order and set every bias to zero, so the parameters are equal from the same seed')
 # mutant name -> (text of its changed line, why no test can tell it from the original). mutmut numbers
 # a function's mutants afresh when the function changes, so an entry counts only while its mutant
 # still makes that change (mutant_body); otherwise the report lists it as stale.
@@ -162,6 +164,9 @@ EQUIVALENT = {
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_76': ('x = torch.zeros(n, 1, IMAGE, IMAGE, device=None', CPU_DEVICE),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_82': ('x = torch.zeros(n, 1, IMAGE, IMAGE, dtype=dtype)', CPU_DEVICE),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_165': ('torch.sigmoid(logit)).to(None)', BOOL_BITS),
+    'models.xǁPixelCNNǁ__init____mutmut_58': ("if layout != 'course':", SAME_INIT),
+    'models.xǁPixelCNNǁ__init____mutmut_59': ("if layout == 'XXcourseXX':", SAME_INIT),
+    'models.xǁPixelCNNǁ__init____mutmut_60': ("if layout == 'COURSE':", SAME_INIT),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_34': ('m.bias.expand(1, IMAGE, IMAGE)', BROADCAST),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_35': ('m.bias.expand(n, IMAGE, IMAGE)', BROADCAST),
     'models.xǁ_IncrementalPixelCNNǁsample__mutmut_38': ('m.bias.expand(n, 2, IMAGE, IMAGE)', BROADCAST),

@@ -65,9 +65,12 @@ def test_masked_conv_kernel(mask_type, kept):
     assert int(mask.sum()) == kept                  # 2 full rows of 5 + 2 (or 3) taps in the centre row
     assert mask[:2].all() and not mask[3:].any()
     assert mask[2, :2].all() and not mask[2, 3:].any()
-    assert bool(mask[2, 2]) == (mask_type == 'B')
+    assert bool(mask[2, 2]) == (mask_type == 'B') and conv.mask_type == mask_type
     with pytest.raises(ValueError):
         models.MaskedConv2d('C', 1, 1, 3)
+    for size in ((4, 3), (3, 4), (2, 2)):  # no centre pixel to mask around
+        with pytest.raises(ValueError, match='masked kernels need odd sizes'):
+            models.MaskedConv2d(mask_type, 1, 1, size)
 
 
 def causal_violations(model, forward, mode):
