@@ -188,7 +188,7 @@ PRECISIONS = ('fp32', 'bf16')
 # errors; tests/test_report.py checks each against the committed runs). Precision 'auto' trains
 # only these in bfloat16, in these profiles, and only on a CPU with bfloat16 units on which it
 # measures faster (experiments.pick_precision); float32 everywhere else.
-BF16_PARITY = ('6a',)
+BF16_PARITY = ('6a', '6c')
 AUTO_PROFILES = ('cpu', 'full')  # smoke's numbers show nothing, so tests train it as asked
 BF16_FLAGS = ('amx_bf16', 'avx512_bf16', 'bf16')  # /proc/cpuinfo: x86 AMX and AVX-512, Arm's BF16
 
