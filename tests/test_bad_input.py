@@ -2,6 +2,7 @@
 nothing: wrong shapes, impossible sizes, empty batches, bad command lines, damaged result files."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,16 @@ def test_the_smallest_sizes_are_accepted():
         assert block(torch.zeros(1, 1, 7, 7)).shape == (1, 1, 7, 7)
     assert models.PixelCNN(capacity=1, depth=0)(x).shape == x.shape
     assert models.DiscreteVAEDecoder(capacity=1, depth=0).latent_logits(torch.zeros(1, 49)).shape == x.shape
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 28, 28), (2, 1, 32, 32), (1, 28, 28), (2, 784)])
+def test_wrong_image_shapes_are_refused_by_name(shape):
+    """Images reach the networks as (B, 1, 28, 28); a colour channel, another size, a missing
+    channel axis or a flattened batch is refused with the shape that came, before any convolution."""
+    x = torch.zeros(shape)
+    for net in (models.PixelCNN(capacity=2, depth=0).forward, models.VAEEncoder(capacity=2, depth=0).encode):
+        with pytest.raises(ValueError, match=rf'^x must have shape \(B, 1, 28, 28\), got {re.escape(str(shape))}$'):
+            net(x)
 
 
 def test_wrong_latent_shapes_are_refused_not_reshaped():

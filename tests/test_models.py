@@ -690,3 +690,20 @@ def test_encoder_sizes_are_checked_and_its_iaf_steps_follow_its_layout():
         (step,) = models.VAEEncoder(capacity=4, depth=1, flows=1, layout=layout).flows
         assert step.layout == layout
     assert len(models.VAEEncoder(capacity=4, depth=1, flows=1).flows[0].resnet) == 9  # the framework's IAF depth
+
+
+@pytest.mark.parametrize('on', [True, False])
+def test_the_channels_last_switch_changes_the_layout_and_not_the_values(monkeypatch, on):
+    """models.CHANNELS_LAST puts 4-d CPU tensors in NHWC layout (oneDNN's fast path) when on, and
+    leaves every tensor as it is when off; other ranks are never touched. The logits agree."""
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.4), generator=torch.Generator().manual_seed(0))
+    net = models.PixelCNN(capacity=4, depth=1).eval()
+    monkeypatch.setattr(models, 'CHANNELS_LAST', on)
+    wide = torch.zeros(3, 8, 28, 28)
+    assert models._nhwc(wide).is_contiguous(memory_format=torch.channels_last) is on
+    assert (models._nhwc(wide) is wide) is (not on)
+    flat = torch.zeros(3, 784)
+    assert models._nhwc(flat) is flat
+    logits = net(x)
+    monkeypatch.setattr(models, 'CHANNELS_LAST', not on)
+    torch.testing.assert_close(net(x), logits, rtol=1e-5, atol=1e-5)

@@ -192,6 +192,11 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     figures = [b for b in blocks if b[0] == 'fig']
     assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
     assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
+    assert 'the exact NLL of the PixelCNN alone' not in blocks[0][1]   # no 6a in this run directory
+    write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)})
+    text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]
+    assert ('(6a: 88.00 ± 0.20 (10000 test images)), its importance-sampled NLL differs by -1.60 ± 0.68 nats '
+            '(unpaired, 1000 and 10000 test images), lower:') in text
     md = writeup.to_markdown([('p', 'See [[fig:6c-kl]] and [[fig:none]].')] + figures, str(tmp_path))
     assert 'See Figure 1 and figure (not drawn).' in md and '(results/cpu/6c/kl.png)' in md
     tex = writeup.tex('See [[fig:6c-kl]], [[cite:chen2017]], `models.IAF` and q(z|x) ± 1.', {'fig:6c-kl': 1})
