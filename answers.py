@@ -284,11 +284,11 @@ def answer_6c(ms):
                      + ('complete.' if v['kl']['value'] < 1 else 'still under way when training stops.'))
     if '6a' in ms:  # the same run directory: the PixelCNN alone at the same settings
         c = contrast([(1, m, is_q(m)), (-1, ms['6a'], 'test_nll')])
+        verdict = ('.' if not measurable(c) else
+                   ', lower: with its latent code the PixelVAE models the test images better than the PixelCNN alone.'
+                   if c['value'] < 0 else ', higher: the PixelVAE models the test images worse than the PixelCNN alone.')
         text += (f' Against the exact NLL of the PixelCNN alone at the same settings (6a: '
-                 f'{with_n(ms["6a"]["values"]["test_nll"])}), its importance-sampled NLL differs by {compared(c)}' + (
-                     ', lower: with its latent code the PixelVAE models the test images better than the PixelCNN alone.' if measurable(c) and c['value'] < 0 else
-                     ', higher: the PixelVAE models the test images worse than the PixelCNN alone.'
-                     if measurable(c) else '.'))
+                 f'{with_n(ms["6a"]["values"]["test_nll"])}), its importance-sampled NLL differs by {compared(c)}{verdict}')
     return [('p', text + ' Samples and reconstructions: [[fig:6c]].')] + figure(
         m['dir'], '6c-kl', ('kl',), 'PixelVAE (6c): the KL term of the ELBO against training iteration: each training '
                                     'batch (faint), their moving mean, the test value at the end of each epoch, and the '
