@@ -13,13 +13,17 @@ References
   "Importance Weighted Autoencoders".
 """
 import contextlib
+import hashlib
 import math
+import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import files
 import losses
 from config import is_quantity, quantities
 
@@ -155,9 +159,74 @@ class Compiled:
         return self.fn(*args)
 
 
+class EvaluationStopped(Exception):
+    """Importance sampling stopped at the time limit; the PartialPass file holds the images done."""
+
+    def __init__(self, path, done, total):
+        super().__init__(f'importance sampling stopped at the time limit after {done} of {total} test images; '
+                         f'{path} holds them: rerun the same command to resume')
+        self.path, self.done, self.total = path, done, total
+
+
+def fingerprint(*tensors):
+    """sha256 of the tensors' values, in order: which model, which test images."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to('cpu', torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class PartialPass:
+    """An importance-sampling pass saved after each batch of images (their NLLs, the generator's
+    state and the seconds spent), so that a pass stopped at a time limit, or killed, resumes at its
+    next batch and ends with the numbers of an unbroken pass. A file made for another model, other
+    test images or other settings (its key differs), or one that cannot be read, is not used: a
+    message says so and the pass starts from the first image. path None: nothing is saved."""
+
+    def __init__(self, path, stop_at=None):
+        self.path, self.stop_at = path, stop_at
+        self.earlier = 0.0  # seconds spent in earlier sittings
+        self.started = time.time()
+
+    def resume(self, key, generator):
+        """The NLLs already computed ([] or [(n,)]) under key, with the generator moved on to where they stopped."""
+        if self.path is None or not os.path.exists(self.path):
+            return []
+        try:
+            saved = torch.load(self.path, map_location='cpu', weights_only=True)
+            same = saved['key'] == key
+        except Exception as err:  # a damaged file costs its compute, never the run
+            print(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
+                  f'image', file=sys.stderr, flush=True)
+            return []
+        if not same:
+            print(f'{self.path} holds importance sampling of another model, other test images or other settings; '
+                  f'starting from the first image', file=sys.stderr, flush=True)
+            return []
+        if generator is not None:
+            generator.set_state(saved['generator'])
+        self.earlier = saved['seconds']
+        print(f'importance sampling resumes after {len(saved["nll"])} images ({self.path})', flush=True)
+        return [saved['nll']]
+
+    def save(self, key, nll, generator, total):
+        """Save the NLLs so far; past the time limit, with images left, raise EvaluationStopped."""
+        if self.path is None:
+            return
+        done = torch.cat(nll).cpu()
+        files.atomic_save(dict(key=key, nll=done, seconds=self.earlier + time.time() - self.started,
+                               generator=None if generator is None else generator.get_state()), self.path)
+        if self.stop_at is not None and time.time() > self.stop_at and len(done) < total:
+            raise EvaluationStopped(self.path, len(done), total)
+
+    def remove(self):
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+
+
 @torch.inference_mode()
 def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator=None, eps=None, progress=False,
-                           compile=False):
+                           compile=False, partial=None):
     """-log p(x) per image (N,), estimated with M = samples importance samples from q(z|x):
 
         log p(x) ~ logsumexp_i [log p(x|z_i) + log r(z_i) - log q(z_i|x)] - log M,  z_i ~ q(.|x),
@@ -168,13 +237,17 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     replaces the draws from `generator` (tests compare with importance_sample_naive on it).
     compile: run the per-sample passes (reparameterize, with its IAF steps, and latent_logits)
     through Compiled, on the CPU only (bench.py times it, compiling excluded, and prints how long
-    the first call, which compiles, takes).
+    the first call, which compiles, takes). partial, a PartialPass: saved after each batch, resumed
+    from if it holds part of this very pass.
     """
     fast = compile and x.device.type == 'cpu'
     reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
     latent_logits = Compiled(decoder.latent_logits, fast, 'the decoder\'s latent_logits')
-    nll = []
-    starts = range(0, len(x), batch)
+    partial = partial or PartialPass(None)
+    key = dict(images=len(x), samples=samples, chunk=chunk, batch=batch, eps=eps is not None,
+               model=fingerprint(*encoder.state_dict().values(), *decoder.state_dict().values()), x=fingerprint(x))
+    nll = [t.to(x.device) for t in partial.resume(key, generator)]
+    starts = range(sum(map(len, nll)), len(x), batch)
     for i in bar(starts, progress, f'IS NLL, M={samples}'):  # pragma: no mutate (display only)
         xb = x[i:i + batch]                    # (B, 1, 28, 28)
         n = len(xb)
@@ -199,6 +272,7 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
             return log_px_z - 0.5 * z.pow(2).sum(-1) + logqzx  # (m, B)
 
         nll.append(-importance_sample(draw, log_weight, samples, chunk))
+        partial.save(key, nll, generator, len(x))
     return torch.cat(nll)
 
 
@@ -247,10 +321,11 @@ def active_units(encoder, x, samples, seed, batch=500, threshold=0.01):
     return dict(value=int((variance > threshold).sum()), stderr=None, n_images=len(x))
 
 
-def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None):
+def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None, partial=None):
     """Every reported number of a part: {quantity: {value, stderr, n_images[, M]}}, in float32.
     Each group has its own seeded generator, so `python experiments.py eval` recomputes the same
-    numbers. keep, a dict, receives the per-image values of each quantity that has them."""
+    numbers. keep, a dict, receives the per-image values of each quantity that has them. partial, a
+    PartialPass, makes the importance sampling resumable."""
     seed = cfg['seed']
     x = test_x[:cfg['test_images']]
     keep = {} if keep is None else keep
@@ -264,7 +339,7 @@ def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None):
             gen = torch.Generator(x.device).manual_seed(seed + 202)
             nll = importance_sampled_nll(nets['encoder'], nets['decoder'], test_x[:cfg['is_images']],
                                          cfg['is_samples'], cfg['is_chunk'], cfg['is_batch'], generator=gen,
-                                         progress=progress, compile=cfg['compile'])
+                                         progress=progress, compile=cfg['compile'], partial=partial)
             keep[is_quantity(cfg)] = nll
             out[is_quantity(cfg)] = dict(mean_stderr(nll), M=cfg['is_samples'])
     if only is not None and only not in out:

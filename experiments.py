@@ -22,7 +22,9 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
 Files per part, in results/<profile>[-bf16]/<part>/: checkpoint.pt (training state, rewritten
 atomically every epoch and every `checkpoint_minutes`; a rerun resumes from it, --fresh starts
 over), model.pt (the trained model, what `eval` loads), metrics.json, history.json (per-iteration
-curves), per_image.pt (per-image values, for paired comparisons), run.log and PNG figures.
+curves), per_image.pt (per-image values, for paired comparisons), run.log and PNG figures. While
+importance sampling runs, is_partial.pt holds the images done, saved after each batch: a rerun
+resumes from it (a long pass can span sittings; `--minutes` stops it cleanly too).
 """
 import argparse
 import contextlib
@@ -41,7 +43,7 @@ from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TIT
                     describe_hardware, list_settings, changes, model_spec, part_dir, part_for, pick_device, pick_profile,
                     precisions_started, run_dir, with_defaults)  # noqa: F401
 from bench import estimate, precision_speeds
-from evaluate import evaluate, to_host64
+from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
 from files import write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
                    model_record, say, train)
@@ -134,6 +136,8 @@ def finished_run(paths, cfg, out):
 FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
 
 
+PARTIAL = 'is_partial.pt'  # an importance-sampling pass in progress, resumed by a rerun (evaluate.PartialPass)
+
 AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least this much faster
 
 
@@ -183,7 +187,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
                                                               ('metrics', 'metrics.json'), ('history', 'history.json'))}
     with part_lock(out):
         if fresh:
-            for p in list(paths.values()) + [os.path.join(out, n) for n in ('run.log', 'per_image.pt')]:
+            for p in list(paths.values()) + [os.path.join(out, n) for n in ('run.log', 'per_image.pt', PARTIAL)]:
                 if os.path.exists(p):
                     os.remove(p)
         done = finished_run(paths, cfg, out)
@@ -214,8 +218,12 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
         net.eval()
     t0 = time.time()
     test_x = load_data(cfg, train=False).to(device)
-    per_image = {}
-    values = evaluate(nets, cfg, test_x, progress=progress, keep=per_image)
+    per_image, partial = {}, PartialPass(os.path.join(out, PARTIAL), stop_at)
+    try:
+        values = evaluate(nets, cfg, test_x, progress=progress, keep=per_image, partial=partial)
+    except EvaluationStopped as stop:
+        say(out, f'{part}: {stop}')
+        return None
     atomic_save({k: to_host64(v) for k, v in per_image.items()}, os.path.join(out, 'per_image.pt'))
     figs = figures.sample_figures(part, nets, cfg, test_x, out)
     figs.update(figures.curve_figures(part, cfg, state['history'], out))
@@ -223,10 +231,11 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
     metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device),
                    hardware=describe_hardware(device), precision=cfg['precision'], epochs=state['epoch'],
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
-                   eval_seconds=round(time.time() - t0, 1), model=paths['model'], commit=git_commit(),
+                   eval_seconds=round(time.time() - t0 + partial.earlier, 1), model=paths['model'], commit=git_commit(),
                    code=code_digest(), autoregress_step=state['history']['autoregress_step'], values=values,
                    figures=figs, config=cfg)
     write_json(paths['metrics'], metrics, indent=1)
+    partial.remove()
     say(out, f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
                                      for k, v in values.items()) + f' (evaluation {metrics["eval_seconds"]:.0f} s)')
     return metrics

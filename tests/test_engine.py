@@ -307,6 +307,52 @@ def test_importance_sampling_on_a_linear_gaussian_model():
     assert gaps[100] < 0.2 * gaps[1]
 
 
+def test_importance_sampling_stopped_and_resumed_equals_an_unbroken_pass(tmp_path, capsys):
+    """A pass stopped at a time limit after each batch, then resumed from its file in a new call
+    with a fresh generator of the same seed, ends with exactly the NLLs of an unbroken pass."""
+    f, g = tiny_vae(autoregress=True)
+    x = binary_images(5)
+
+    def nll(partial=None):
+        return V.importance_sampled_nll(f, g, x, samples=6, chunk=4, batch=2, partial=partial,
+                                        generator=torch.Generator().manual_seed(7))
+
+    unbroken, path = nll(), str(tmp_path / 'is_partial.pt')
+    for done in (2, 4):  # one batch of 2 images a sitting, past the time limit
+        with pytest.raises(V.EvaluationStopped, match=f'after {done} of 5 test images; .*rerun the same command'):
+            nll(V.PartialPass(path, stop_at=0.0))
+        saved = torch.load(path, weights_only=True)
+        assert torch.equal(saved['nll'], unbroken[:done]) and saved['seconds'] > 0
+    resumed = V.PartialPass(path, stop_at=0.0)  # the last batch: done, so no stop
+    assert torch.equal(nll(resumed), unbroken) and resumed.earlier == saved['seconds']
+    assert 'resumes after 4 images' in capsys.readouterr().out
+    resumed.remove()
+    assert not os.path.exists(path)
+    assert torch.equal(nll(V.PartialPass(None, stop_at=0.0)), unbroken)  # no file: nothing saved, never stopped
+
+
+def test_a_partial_pass_of_another_model_or_a_damaged_one_is_not_used(tmp_path, capsys):
+    f, g = tiny_vae(autoregress=True)
+    x = binary_images(4)
+    path = str(tmp_path / 'is_partial.pt')
+
+    def nll(samples=6, images=x, partial=None):
+        return V.importance_sampled_nll(f, g, images, samples=samples, chunk=4, batch=2, partial=partial,
+                                        generator=torch.Generator().manual_seed(7))
+
+    with pytest.raises(V.EvaluationStopped):
+        nll(partial=V.PartialPass(path, stop_at=0.0))
+    with torch.no_grad():
+        next(g.parameters()).add_(0.01)  # the model changed since
+    for changed in (dict(), dict(samples=8), dict(images=binary_images(4, seed=1))):
+        assert torch.equal(nll(partial=V.PartialPass(path), **changed), nll(**changed))
+        assert 'holds importance sampling of another model, other test images or other settings' in \
+            capsys.readouterr().err
+    open(path, 'wb').write(b'half a file')
+    assert torch.equal(nll(partial=V.PartialPass(path)), nll())
+    assert 'cannot be read' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('flows,autoregress', [(0, False), (0, True), (2, True)])
 def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
     f, g = tiny_vae(flows=flows, autoregress=autoregress)
@@ -712,6 +758,25 @@ def test_a_run_killed_after_its_last_epoch_is_evaluated_without_training_again(t
     os.remove(tmp_path / 'smoke' / '6c' / 'metrics.json')
     again = E.run_part('6c', **settings)
     assert again['values'] == done['values'] and history(tmp_path, '6c')['step'] == [0, 1, 2, 3]
+
+
+def test_a_run_stopped_during_importance_sampling_resumes_it_to_the_numbers_of_an_unbroken_run(tmp_path):
+    """Training done, then the time limit falls inside the importance sampling (10 images, batches of
+    5): the run stops after the first batch with is_partial.pt saved; the rerun takes up the second
+    and reports the numbers of an unbroken run, its evaluation time counting both sittings."""
+    settings = dict(profile='smoke', progress=False, epochs=2, autoregress_epoch=1)
+    done = E.run_part('6c', results_dir=str(tmp_path / 'unbroken'), **settings)
+    E.run_part('6c', results_dir=str(tmp_path), **settings)
+    out = tmp_path / 'smoke' / '6c'
+    os.remove(out / 'metrics.json')
+    assert E.run_part('6c', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
+    partial = torch.load(out / 'is_partial.pt', weights_only=True)
+    assert len(partial['nll']) == 5 and not (out / 'metrics.json').exists()
+    assert 'after 5 of 10 test images' in (out / 'run.log').read_text()
+    again = E.run_part('6c', results_dir=str(tmp_path), **settings)
+    assert again['values'] == done['values'] and not (out / 'is_partial.pt').exists()
+    assert again['eval_seconds'] >= partial['seconds']
+    assert history(tmp_path, '6c')['step'] == [0, 1, 2, 3]  # trained once
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
