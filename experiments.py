@@ -201,8 +201,9 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
 
 
 def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at=None):
-    say(out, f'{part}: {TITLES[part]}, {profile} profile on {device}, torch {torch.__version__}, '
-             f'{torch.get_num_threads()} threads; settings ' + json.dumps(cfg, sort_keys=True))
+    say(out, f'{part}: {TITLES[part]}, {profile} profile on {device} ({describe_hardware(device)}), torch '
+             f'{torch.__version__}, {torch.get_num_threads()} threads, commit {git_commit()}; settings '
+             + json.dumps(cfg, sort_keys=True))  # one line per sitting: a run resumed elsewhere records each
     torch.manual_seed(cfg['seed'])
     spec = model_spec(cfg)
     nets = build(spec, device)

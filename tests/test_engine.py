@@ -777,6 +777,7 @@ def test_a_run_stopped_during_importance_sampling_resumes_it_to_the_numbers_of_a
     assert again['values'] == done['values'] and not (out / 'is_partial.pt').exists()
     assert again['eval_seconds'] >= partial['seconds']
     assert history(tmp_path, '6c')['step'] == [0, 1, 2, 3]  # trained once
+    assert (out / 'run.log').read_text().count(f', commit {E.git_commit()}; settings {{') == 3  # a line a sitting
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
