@@ -169,10 +169,12 @@ class EvaluationStopped(Exception):
 
 
 def fingerprint(*tensors):
-    """sha256 of the tensors' values, in order: which model, which test images."""
+    """sha256 of the tensors' dtypes, shapes and bytes, in order: which model, which test images.
+    Read on the host as raw bytes, with no conversion on the device (MPS has no float64)."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().to('cpu', torch.float64).contiguous().numpy().tobytes())
+        h.update(f'{t.dtype}{tuple(t.shape)}'.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
