@@ -237,12 +237,27 @@ def answer_6a(ms):
     if h and h.get('test_loss'):
         text += (f'The NLL on the first {with_defaults(m.get("config") or {})["monitor_images"] or "all"} test images '
                  f'after each epoch: ' + ' → '.join(f'{x:.2f}' for x in h['test_loss']) + ' ([[fig:6a-loss]]). ')
-    return [('p', text + 'Samples, drawn pixel by pixel: [[fig:6a]].')] + figure(
+    return [('p', text + schedule_reading(m) + 'Samples, drawn pixel by pixel: [[fig:6a]].')] + figure(
         m['dir'], '6a', ('samples',), '49 samples x ~ p(x) of the PixelCNN (6a), drawn pixel by pixel in raster '
                                       'order. What to look for: strokes that stay connected across rows; whole digits.'
     ) + figure(m['dir'], '6a-loss', ('loss',), 'PixelCNN (6a): training NLL per iteration (faint: each batch; line: '
                                                'moving mean) and test NLL at the end of each epoch. What to look for: '
                                                'whether the test NLL is still falling when training stops.')
+
+
+def schedule_reading(m):
+    """What the test NLL after each epoch says about the learning-rate drop and the epochs: its value
+    after the last epoch at the first rate, after the last epoch, and its mean fall per epoch over the
+    last five; '' without a drop inside the run or a history that covers it."""
+    cfg, losses = m.get('config') or {}, (history(m) or {}).get('test_loss') or []
+    drop = cfg.get('lr_drop_epoch')
+    if not drop or not 5 <= len(losses) or not drop < len(losses):
+        return ''
+    before, last = losses[drop - 1], losses[-1]    # losses[k]: after epoch k + 1; epochs >= drop train at lr_late
+    slope = (losses[-5] - last) / 4
+    return (f'The learning rate fell from {cfg["lr"]:g} to {cfg["lr_late"]:g} after epoch {drop}: the test NLL was '
+            f'{before:.2f} then and {last:.2f} after epoch {len(losses)}, {before - last:.2f} lower; over the last '
+            f'five epochs it fell by {slope:.2f} nats per epoch. ')
 
 
 def answer_6b(ms):

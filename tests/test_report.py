@@ -229,6 +229,17 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     assert 'No configuration kept the KL term' in answers.remedies_reading(report.load_metrics(run))
 
 
+def test_6a_answer_reads_the_learning_rate_drop_from_the_history(tmp_path):
+    run = str(tmp_path / 'full-bf16')
+    losses = [90.0 - 0.5 * k for k in range(30)] + [74.0, 73.5, 73.25, 73.0, 72.9, 72.8, 72.7, 72.6, 72.5, 72.4]
+    write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses})
+    text = answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
+    assert 'fell from 0.001 to 0.0003 after epoch 30: the test NLL was 75.50 then and 72.40 after epoch 40' in text
+    assert '3.10 lower' in text and 'by 0.10 nats per epoch' in text
+    write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses[:30]})
+    assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
+
+
 def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
     run = str(tmp_path / 'cpu')
     for part in answers.REMEDIES:
