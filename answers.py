@@ -126,13 +126,20 @@ def precision_words(precision):
     return 'bfloat16 training, float32 evaluation' if precision == 'bf16' else 'float32'
 
 
+def trained_apart(m, ref):
+    """', trained in float32' (or bfloat16) where ref was trained in another precision than m, else ''."""
+    p, q = (with_defaults(x.get('config') or {})['precision'] for x in (m, ref))
+    return '' if p == q else f', trained in {"bfloat16" if q == "bf16" else "float32"}'
+
+
 def run_settings(m, ref=None):
     """The settings of the run a number comes from, against the handout's; with ref (another part
     of the same run), only how m's settings differ from ref's."""
     cfg = with_defaults(m.get('config') or {})
     if ref is not None:
         diffs = departures(cfg, with_defaults(ref.get('config') or {}), word=ref['part'])
-        return f'{m["part"]}: ' + (', '.join(diffs) if diffs else f'the same settings as {ref["part"]}')
+        return (f'{m["part"]}: ' + (', '.join(diffs) if diffs else f'the same settings as {ref["part"]}')
+                + trained_apart(ref, m))
     diffs = departures(cfg, config(m['part'], 'full'))
     return (f'{m["part"]} in the {m["profile"]} profile, {precision_words(cfg["precision"])}, '
             f'{m.get("hardware", m.get("device", ""))}; ' + (', '.join(diffs) if diffs else "the handout's settings"))
@@ -297,12 +304,12 @@ def answer_6c(ms):
             text += ('Once the decoder predicts each pixel from the pixels above and to its left, the latent code is '
                      'worth less than it costs and the posterior moves towards the prior: posterior collapse, '
                      + ('complete.' if v['kl']['value'] < 1 else 'still under way when training stops.'))
-    if '6a' in ms:  # the same run directory: the PixelCNN alone at the same settings
+    if '6a' in ms:  # the same profile: the PixelCNN alone at the same settings
         c = contrast([(1, m, is_q(m)), (-1, ms['6a'], 'test_nll')])
         verdict = ('.' if not measurable(c) else
                    ', lower: with its latent code the PixelVAE models the test images better than the PixelCNN alone.'
                    if c['value'] < 0 else ', higher: the PixelVAE models the test images worse than the PixelCNN alone.')
-        text += (f' Against the exact NLL of the PixelCNN alone at the same settings (6a: '
+        text += (f' Against the exact NLL of the PixelCNN alone at the same settings (6a{trained_apart(m, ms["6a"])}: '
                  f'{with_n(ms["6a"]["values"]["test_nll"])}), its importance-sampled NLL differs by {compared(c)}{verdict}')
     return [('p', text + ' Samples and reconstructions: [[fig:6c]].')] + figure(
         m['dir'], '6c-kl', ('kl',), 'PixelVAE (6c): the KL term of the ELBO against training iteration: each training '
@@ -392,12 +399,12 @@ def remedies_reading(metrics):
         ref = ms.get(part)
         if ref is not None and ref is not best and (is_q(ref) or 'test_nll' in ref['values']):
             c = contrast([(1, best, is_q(best)), (-1, ref, is_q(ref) or 'test_nll')])
-            text += f'Against {label}: {compared(c)}. '
+            text += f'Against {label}{trained_apart(best, ref)}: {compared(c)}. '
     return text + 'Published, for orientation: ' + ', '.join(
         f'{name} {nll:.2f} [[cite:{key}]]' for name, nll, key in LITERATURE[1::2]) + '.'
 
 
-ANSWERS = [  # (heading, the parts an answer needs from one run directory, the function that writes it)
+ANSWERS = [  # (heading, the parts an answer needs from one profile, the function that writes it)
     ('Problem 5a: ConvnetBlock', (), answer_5a),
     ('Problem 5b: Gaussian VAE, closed-form KL', ('5b',), answer_5b),
     ('Problem 5c: Monte-Carlo KL, against 5b', ('5b', '5c'), answer_5c),

@@ -136,17 +136,29 @@ def glance_blocks(runs):
                                            'posterior collapse; the true ELBO and the NLL, whatever each trained.')
 
 
+def profile_views(runs):
+    """[{part: metrics}] per profile, course settings first: each part from the first of the profile's
+    run directories (float32 before bf16) that has it, so that an answer can set a part trained in one
+    precision beside one trained in the other; each number still names its precision."""
+    views = {}
+    for r in runs:
+        view = views.setdefault(r['profile'], {})
+        for part, m in r['parts'].items():
+            view.setdefault(part, m)
+    return list(views.values())
+
+
 def chapter(runs):
     """The blocks of the results chapter: settings, tables, then one answer per handout item, each
-    from the first run directory (course settings first) that has the parts it needs."""
+    from the first profile (course settings first) that has the parts it needs."""
     blocks = [('h', 'Settings')] + settings_blocks() + glance_blocks(runs)
     for heading, needs, write in ANSWERS:
-        run = next((r for r in runs if all(p in r['parts'] for p in needs)), None)
+        parts = next((v for v in profile_views(runs) if all(p in v for p in needs)), None)
         blocks.append(('h', heading))
-        if run is None and needs:
+        if parts is None and needs:
             blocks.append(('p', f'Not run yet: {", ".join(needs)}.'))
         else:
-            blocks += write(run['parts'] if run else {})
+            blocks += write(parts or {})
     return blocks
 
 

@@ -240,6 +240,22 @@ def test_6a_answer_reads_the_learning_rate_drop_from_the_history(tmp_path):
     assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
 
 
+def test_an_answer_sets_parts_of_one_profile_trained_in_either_precision_side_by_side(tmp_path):
+    a, b = correlated_pair(-2.0, 0.5)
+    root = tmp_path / 'results'
+    write_part(str(root / 'full-bf16'), '6a', {'test_nll': summary(a)}, {'test_nll': a})
+    write_part(str(root / 'full'), '6c', {'test_elbo': summary(b + 3), 'kl': v(1.0, 0.01, 1000),
+                                          'test_nll_is1000': dict(summary(b), M=1000)},
+               {'test_elbo': b + 3, 'test_nll_is1000': b})
+    write_part(str(root / 'cpu'), '6a', {'test_nll': v(95.0, 0.2, 10000)})
+    blocks = writeup.chapter(report.load_runs(str(root)))
+    text = next(b[1] for b in blocks if b[0] == 'p' and b[1].startswith('Run: 6c'))
+    assert '6c in the full profile, float32' in text
+    assert 'PixelCNN alone at the same settings (6a, trained in bfloat16: ' in text
+    assert f'{(b - a).mean():+.2f} ± {(b - a).std().item() / 1000 ** 0.5:.2f} nats (paired, 1000 test images), lower' in text
+    assert answers.trained_apart(*(report.load_runs(str(root))[0]['parts']['6c'],) * 2) == ''
+
+
 def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
     run = str(tmp_path / 'cpu')
     for part in answers.REMEDIES:
