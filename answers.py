@@ -242,8 +242,13 @@ def answer_6a(ms):
     text = (f'Run: {run_settings(m)}. Test NLL, exact: {with_n(v)} nats per image, {v["value"] - nll:.1f} above the '
             f'published {name}, {nll:.2f} [[cite:{key}]] (their network and training differ). ')
     if h and h.get('test_loss'):
-        text += (f'The NLL on the first {with_defaults(m.get("config") or {})["monitor_images"] or "all"} test images '
-                 f'after each epoch: ' + ' → '.join(f'{x:.2f}' for x in h['test_loss']) + ' ([[fig:6a-loss]]). ')
+        n, losses = with_defaults(m.get('config') or {})['monitor_images'], h['test_loss']
+        every = 1 if len(losses) <= 10 else 5   # epochs 1, 5, 10, ... and the last, for long runs
+        shown_epochs = sorted({1, len(losses)} | set(range(every, len(losses) + 1, every)))
+        text += (f'The NLL on {f"the first {n}" if n else "all"} test images after '
+                 + ('each epoch: ' + ' → '.join(f'{x:.2f}' for x in losses) if every == 1 else
+                    'epochs ' + ', '.join(f'{e}: {losses[e - 1]:.2f}' for e in shown_epochs))
+                 + ' ([[fig:6a-loss]]). ')
     return [('p', text + schedule_reading(m) + 'Samples, drawn pixel by pixel: [[fig:6a]].')] + figure(
         m['dir'], '6a', ('samples',), '49 samples x ~ p(x) of the PixelCNN (6a), drawn pixel by pixel in raster '
                                       'order. What to look for: strokes that stay connected across rows; whole digits.'

@@ -20,7 +20,8 @@ SEEN = {'4168688abb451e3b': 'strokes and squiggles, not digits', 'f40cf9fc9c20e7
         '39dff568c5a83884': 'strokes and squiggles, not digits', '35ab3a552961661e': 'the test digits above them',
         '97e2ee1b0e589328': 'connected pen strokes, a few of them recognisable digits',
         '0ea1ddfca15d8135': 'blurred, mostly recognisable digits',
-        'cc63255cb878d9dc': 'the first four are their test digits; several of the last six are another shape'}
+        'cc63255cb878d9dc': 'the first four are their test digits; several of the last six are another shape',
+        '13bbf445b965ec30': 'connected pen strokes, more than half of them recognisable digits'}
 
 
 def read_json(path):

@@ -236,6 +236,7 @@ def test_6a_answer_reads_the_learning_rate_drop_from_the_history(tmp_path):
     text = answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
     assert 'fell from 0.001 to 0.0003 after epoch 30: the test NLL was 75.50 then and 72.40 after epoch 40' in text
     assert '3.10 lower' in text and 'by 0.10 nats per epoch' in text
+    assert 'The NLL on all test images after epochs 1: 90.00, 5: 88.00, 10: 85.50,' in text and '40: 72.40 (' in text
     write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses[:30]})
     assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
 
