@@ -178,8 +178,6 @@ REASONS = dict(cpu=CPU_REASONS, smoke=dict(layout='see cpu'))
 RESUMABLE = ('compile', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
              'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
 
-FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
-
 PRECISIONS = ('fp32', 'bf16')
 
 # Parts whose test numbers trained in bfloat16 matched float32 in the cpu profile, where both runs
@@ -271,6 +269,8 @@ def config(part, profile='full', **overrides):
     check_precision(cfg['precision'])
     models._check_layout(cfg['layout'])
     cfg['epochs'] = as_int(cfg['epochs'], 'epochs', minimum=1)
+    if cfg['is_images'] is not None:
+        cfg['is_images'] = as_int(cfg['is_images'], 'is_images', minimum=1)
     return cfg
 
 def as_bool(value, name):

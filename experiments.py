@@ -6,6 +6,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py all --profile cpu --parts 5b,6a  # some parts, a given profile
     python experiments.py all --profile full --minutes 50  # stop cleanly after 50 minutes; rerun to resume
     python experiments.py run 6b [--fresh] [--epochs N]    # one part (resumes from its checkpoint)
+    python experiments.py run 6c --profile full --is-images 1000  # IS NLL on the first 1000 test images
     python experiments.py run 6a --precision bf16          # bfloat16 forward passes; default auto (pick_precision)
     python experiments.py eval 6b --quantity test_nll_is1000 --profile cpu  # recompute one number
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
@@ -122,6 +123,12 @@ def finished_run(paths, cfg, out):
         return None
     way_out = ('use another results directory (--results-dir, results_dir=...), or rerun with --fresh '
                '(fresh=True), which deletes that run')
+    if 'is_images' in differ:  # an evaluation's size: the number states its images, and `eval` redoes it
+        differ.remove('is_images')
+        if not differ:
+            print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"])}, not the '
+                  f'{describe_images(cfg["is_images"])} asked; to recompute it from the model: python experiments.py '
+                  f'eval PART --quantity test_nll_is{saved["is_samples"]} --is-images N --keep --update', flush=True)
     if differ:
         raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it is kept as it '
                                 f'is. To train this part with the new settings, {way_out}')
@@ -134,6 +141,10 @@ def finished_run(paths, cfg, out):
 
 
 FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
+
+
+def describe_images(n):
+    return 'all test images' if n is None else f'the first {n} test images'
 
 
 PARTIAL = 'is_partial.pt'  # an importance-sampling pass in progress, resumed by a rerun (evaluate.PartialPass)
@@ -366,11 +377,15 @@ def main(argv=None):
     r = sub.add_parser('run', help='run one part')
     r.add_argument('part', choices=list(PARTS))
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
+    r.add_argument('--is-images', type=int, default=None,
+                   help="importance-sample the first N test images instead of the profile's (full: all 10,000)")
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
     e.add_argument('--keep', action='store_true', help="add the per-image values to the part's per_image.pt")
     e.add_argument('--update', action='store_true', help='write the recomputed value into metrics.json')
+    e.add_argument('--is-images', type=int, default=None,
+                   help='importance-sample the first N test images instead of the number the run used')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
@@ -420,12 +435,12 @@ def command(args):
         run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress, args.precision,
                 args.minutes)
     elif args.command == 'run':
-        extra = {'epochs': args.epochs} if args.epochs is not None else {}
+        extra = {k: v for k, v in (('epochs', args.epochs), ('is_images', args.is_images)) if v is not None}
         run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
                  precision=args.precision, **extra)
     elif args.command == 'eval':
         eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision, args.keep,
-                     args.update)
+                     args.update, args.is_images)
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None

@@ -141,8 +141,10 @@ def show_remedies(results_dir='results', profile='auto'):
 def reproduce_command(m, quantity, results_dir):
     """The command that recomputes one reported number from the part's model.pt."""
     precision = m['config'].get('precision', 'fp32')
+    images = (m.get('recomputed') or {}).get(quantity, {}).get('is_images')  # set by eval --is-images N --update
     return (f'python experiments.py eval {m["part"]} --quantity {quantity} --profile {m["profile"]}'
             + (f' --precision {precision}' if precision != 'fp32' else '')
+            + (f' --is-images {images}' if images is not None else '')
             + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else '')
             + f' --device {m["device"]}')
 

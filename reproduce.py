@@ -11,7 +11,7 @@ import time
 import torch
 
 import figures
-from config import pick_device, pick_profile, run_dir, with_defaults
+from config import as_int, pick_device, pick_profile, run_dir, with_defaults
 from files import write_json
 from evaluate import evaluate, to_host64
 from report import read_json, run_dirs
@@ -38,12 +38,15 @@ def git_commit():
 
 
 def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
-                 update=False):
+                 update=False, is_images=None):
     """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
     keep: add its per-image values to per_image.pt (for paired comparisons). update: write the value
-    into metrics.json if it differs (after an estimator is corrected), recording the previous value
-    and the commit under 'recomputed'."""
+    into metrics.json if it differs (after an estimator is corrected, or over more images), recording
+    the previous value and the commit under 'recomputed'. is_images: importance-sample the first
+    is_images test images instead of the number the run used."""
     path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision)
+    if is_images is not None:
+        cfg['is_images'] = as_int(is_images, 'is_images', minimum=1)
     test_x = load_data(cfg, train=False).to(device)
     per_image = {}
     v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image)[quantity]
@@ -53,7 +56,7 @@ def eval_command(part, quantity, results_dir='results', device=None, profile='au
         kept = load_file(kept_path) if os.path.exists(kept_path) else {}
         atomic_save({**kept, quantity: to_host64(per_image[quantity])}, kept_path)
     if update:
-        update_metric(os.path.join(out, 'metrics.json'), quantity, v)
+        update_metric(os.path.join(out, 'metrics.json'), quantity, v, is_images)
     print(f'{part} {quantity}: {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
           + f' over {v["n_images"]} test images' + (f', M = {v["M"]}' if 'M' in v else '')
           + f' ({record["profile"]} profile, {cfg["epochs"]} epochs, {device})')
@@ -93,12 +96,14 @@ def redraw(part, results_dir='results', device=None, profile='auto', precision='
     print(f'{part}: ' + ', '.join(figs.values()), flush=True)
 
 
-def update_metric(path, quantity, value):
-    """Replace one value in a metrics.json by its recomputation, keeping the previous one on record."""
+def update_metric(path, quantity, value, is_images=None):
+    """Replace one value in a metrics.json by its recomputation, keeping the previous one on record
+    (and the number of images importance-sampled, when it was asked)."""
     m = read_json(path)
     if m['values'].get(quantity) == value:
         return
-    m.setdefault('recomputed', {})[quantity] = dict(previous=m['values'].get(quantity), commit=git_commit())
+    m.setdefault('recomputed', {})[quantity] = dict(previous=m['values'].get(quantity), commit=git_commit(),
+                                                    **({} if is_images is None else {'is_images': is_images}))
     m['values'][quantity] = value
     write_json(path, m, indent=1)
     print(f'{path}: {quantity} updated to {value["value"]}', flush=True)

@@ -13,6 +13,7 @@ import torch
 
 import config as C
 import experiments as E
+from report import summary_rows
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,9 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_finished_run_with_other_settings_is_never_trained_over(tmp_path):
     done = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
     files = {p: p.read_bytes() for p in (tmp_path / 'smoke' / '6b').iterdir() if p.is_file()}
-    for overrides in (dict(dec_depth=2), dict(is_images=5), dict(epochs=2, lr=0.01)):
+    for overrides in (dict(dec_depth=2), dict(is_images=5, lr=0.01), dict(epochs=2, lr=0.01)):
         with pytest.raises(E.ResultsExistError, match=r'(?s)finished run with other settings.*--results-dir.*--fresh'):
             E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, **{'epochs': 1, **overrides})
+    # another number of importance-sampled images alone is no reason to train again: the run is done
+    assert E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, is_images=5) == done
     assert {p: p.read_bytes() for p in files} == files  # every file of the finished run is kept as it was
     # the same part at another profile or precision goes to its own directory
     E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, precision='bf16')
@@ -50,6 +53,10 @@ def test_string_parameters_mean_what_they_say(tmp_path):
     for epochs in (0, -1):
         with pytest.raises(ValueError, match='epochs must be an integer >= 1'):
             C.config('6a', 'smoke', epochs=epochs)
+    for n in (0, 'all', 2.5):
+        with pytest.raises(ValueError, match='is_images must be an integer >= 1'):
+            C.config('6b', 'smoke', is_images=n)
+    assert C.config('6b', 'smoke', is_images='7')['is_images'] == 7
 
 
 def test_second_run_of_the_same_part_refuses_while_the_first_lives(tmp_path):
@@ -108,6 +115,20 @@ def test_all_parts_end_to_end_and_reproduce_commands(tmp_path):
     rows[[r['part'] for r in rows].index('6a')]['value'] += 1.0
     (results / 'smoke' / 'summary.json').write_text(json.dumps(rows))
     assert not E.verify(str(results), parts=['6a'])[0]['ok']
+    # an importance-sampled NLL recomputed over other test images, with its command in the summary
+    common = ['--profile', 'smoke', '--device', 'cpu', '--results-dir', str(results)]
+    out = subprocess.run([sys.executable, 'experiments.py', 'eval', '6c', '--quantity', 'test_nll_is16', '--is-images',
+                          '6', '--keep', '--update'] + common, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((results / 'smoke' / '6c' / 'metrics.json').read_text())
+    assert m['values']['test_nll_is16']['n_images'] == 6 and m['recomputed']['test_nll_is16']['is_images'] == 6
+    kept = torch.load(results / 'smoke' / '6c' / 'per_image.pt', weights_only=True)['test_nll_is16']
+    assert len(kept) == 6 and abs(kept.mean().item() - m['values']['test_nll_is16']['value']) < 1e-4
+    row = next(r for r in summary_rows([m], str(results)) if r['quantity'] == 'test_nll_is16')
+    assert '--is-images 6' in row['reproduce']
+    argv = shlex.split(row['reproduce'])
+    again = subprocess.run([sys.executable] + argv[1:], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert float(again.stdout.strip().splitlines()[-1]) == row['value']
 
 
 
