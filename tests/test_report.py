@@ -192,6 +192,7 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     figures = [b for b in blocks if b[0] == 'fig']
     assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
     assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
+    assert 'so this gap understates that divergence. It is 44% of the KL term of the bound (9.40 nats)' in blocks[0][1]
     assert 'the exact NLL of the PixelCNN alone' not in blocks[0][1]   # no 6a in this run directory
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)})
     text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]
