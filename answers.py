@@ -302,6 +302,21 @@ def gap_reading(m):
             f'that remains is what the diagonal Gaussian q(z|x) misses of the posterior under the PixelCNN decoder. ')
 
 
+def same_epochs(m, a):
+    """Where the PixelCNN of 6a trained for more epochs than the PixelVAE m: its test NLL after m's
+    number of epochs, from its history; '' otherwise."""
+    losses, e = (history(a) or {}).get('test_loss') or [], m['epochs']
+    if not e < len(losses):
+        return ''
+    cfg = with_defaults(a.get('config') or {})
+    drop = cfg['lr_drop_epoch']
+    n = cfg['monitor_images']
+    return (f' 6a trained {len(losses)} epochs and 6c {e}: after epoch {e}'
+            + (f', before its learning-rate drop,' if drop and e <= drop else '')
+            + f' the NLL of 6a on {f"the first {n}" if n else "all"} test images was {losses[e - 1]:.2f} (one evaluation '
+            f'per epoch, in its history).')
+
+
 def answer_6c(ms):
     m = ms['6c']
     v, trend = m['values'], kl_trend(m)
@@ -326,7 +341,8 @@ def answer_6c(ms):
                    ', lower: with its latent code the PixelVAE models the test images better than the PixelCNN alone.'
                    if c['value'] < 0 else ', higher: the PixelVAE models the test images worse than the PixelCNN alone.')
         text += (f' Against the exact NLL of the PixelCNN alone at the same settings (6a{trained_apart(m, ms["6a"])}: '
-                 f'{with_n(ms["6a"]["values"]["test_nll"])}), its importance-sampled NLL differs by {compared(c)}{verdict}')
+                 f'{with_n(ms["6a"]["values"]["test_nll"])}), its importance-sampled NLL differs by {compared(c)}{verdict}'
+                 + same_epochs(m, ms['6a']))
     return [('p', text + ' Samples and reconstructions: [[fig:6c]].')] + figure(
         m['dir'], '6c-kl', ('kl',), 'PixelVAE (6c): the KL term of the ELBO against training iteration: each training '
                                     'batch (faint), their moving mean, the test value at the end of each epoch, and the '
