@@ -311,10 +311,11 @@ def same_epochs(m, a):
     cfg = with_defaults(a.get('config') or {})
     drop = cfg['lr_drop_epoch']
     n = cfg['monitor_images']
-    return (f' 6a trained {len(losses)} epochs and 6c {e}: after epoch {e}'
-            + (f', before its learning-rate drop,' if drop and e <= drop else '')
-            + f' the NLL of 6a on {f"the first {n}" if n else "all"} test images was {losses[e - 1]:.2f} (one evaluation '
-            f'per epoch, in its history).')
+    return (f' 6a trained {len(losses)} epochs and 6c {e}. On {f"the first {n}" if n else "all"} test images (one '
+            f'evaluation per epoch, in its history) the NLL of 6a was {losses[e - 1]:.2f} after epoch {e}'
+            + (', before its learning-rate drop,' if drop and e <= drop else '')
+            + f' and {losses[-1]:.2f} after epoch {len(losses)}: its further epochs gained it '
+            f'{losses[e - 1] - losses[-1]:.2f} nats.')
 
 
 def answer_6c(ms):

@@ -201,8 +201,9 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     assert '6a trained' not in text  # no history of 6a: nothing to set against the same epochs
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)}, history=dict(test_loss=[95.0, 91.5, 89.0, 88.0]))
     text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]  # cpu 6a: drop after epoch 3
-    assert ('6a trained 4 epochs and 6c 3: after epoch 3, before its learning-rate drop, the NLL of 6a on the first '
-            '1000 test images was 89.00 (one evaluation per epoch, in its history).') in text
+    assert ('6a trained 4 epochs and 6c 3. On the first 1000 test images (one evaluation per epoch, in its history) '
+            'the NLL of 6a was 89.00 after epoch 3, before its learning-rate drop, and 88.00 after epoch 4: its further '
+            'epochs gained it 1.00 nats.') in text
     md = writeup.to_markdown([('p', 'See [[fig:6c-kl]] and [[fig:none]].')] + figures, str(tmp_path))
     assert 'See Figure 1 and figure (not drawn).' in md and '(results/cpu/6c/kl.png)' in md
     tex = writeup.tex('See [[fig:6c-kl]], [[cite:chen2017]], `models.IAF` and q(z|x) ± 1.', {'fig:6c-kl': 1})
