@@ -21,7 +21,10 @@ SEEN = {'4168688abb451e3b': 'strokes and squiggles, not digits', 'f40cf9fc9c20e7
         '97e2ee1b0e589328': 'connected pen strokes, a few of them recognisable digits',
         '0ea1ddfca15d8135': 'blurred, mostly recognisable digits',
         'cc63255cb878d9dc': 'the first four are their test digits; several of the last six are another shape',
-        '13bbf445b965ec30': 'connected pen strokes, more than half of them recognisable digits'}
+        '13bbf445b965ec30': 'connected pen strokes, more than half of them recognisable digits',
+        '7135efd42b444d09': 'connected pen strokes, about half of them recognisable digits',
+        'f2944feb2b7e3ae8': 'four of the ten are their test digits (the 7, the 0, the second 1, the last 9); the '
+                            'other six are other shapes or fragments'}
 
 
 def read_json(path):
