@@ -45,7 +45,7 @@ from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TIT
                     precisions_started, run_dir, with_defaults)  # noqa: F401
 from bench import estimate, precision_speeds
 from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
-from files import write_json
+from files import keep_out_of_git, write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
                    model_record, say, train)
 from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)
@@ -226,6 +226,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
         return None
     atomic_save(dict(part=part, profile=profile, config=cfg, models=model_record(nets, spec),
                      autoregress=state['autoregress'], epoch=state['epoch'], step=state['step']), paths['model'])
+    uncommitted = keep_out_of_git(out, 'model.pt')  # the storage policy: too large for git, kept here only
     for net in nets.values():
         net.eval()
     t0 = time.time()
@@ -245,7 +246,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
                    eval_seconds=round(time.time() - t0 + partial.earlier, 1), model=paths['model'], commit=git_commit(),
                    code=code_digest(), autoregress_step=state['history']['autoregress_step'], values=values,
-                   figures=figs, config=cfg)
+                   figures=figs, config=cfg, **({'model_uncommitted': uncommitted} if uncommitted else {}))
     write_json(paths['metrics'], metrics, indent=1)
     partial.remove()
     say(out, f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
@@ -451,7 +452,7 @@ def command(args):
         checked = verify(args.results_dir, args.parts.split(',') if args.parts else None,
                          profiles=args.runs.split(',') if args.runs else None,
                          quantities=args.quantities.split(',') if args.quantities else None)
-        if not all(c['ok'] for c in checked):
+        if any(c['ok'] is False for c in checked):
             sys.exit(1)
     elif args.command == 'notebooks':
         run_notebooks(args.profile, args.results_dir)

@@ -142,3 +142,26 @@ def clean_stale_tmp(directory):
         print(f"[files] removed {path}, a temporary file left by a process that was stopped while writing", flush=True)
         removed.append(path)
     return removed
+
+
+# What git keeps of a run (docs/engine.md, "What is committed"). Our limit: a file a clone carries
+# forever must fit one pack piece (transfer.py) and keep `git clone --depth 1` small.
+MAX_COMMITTED_BYTES = 16 * 2 ** 20
+UNCOMMITTED = '.gitignore'  # a run directory's own ignore list: the files too large to commit
+
+
+def keep_out_of_git(directory, name, limit=None):
+    """If directory/name is larger than `limit` bytes (MAX_COMMITTED_BYTES), list it in the
+    directory's .gitignore so that `git add` leaves it out, and return why; None if it may be
+    committed. The file itself stays on disk."""
+    limit = MAX_COMMITTED_BYTES if limit is None else limit
+    path = os.path.join(directory, name)
+    size = os.path.getsize(path)
+    if size <= limit:
+        return None
+    ignore = os.path.join(directory, UNCOMMITTED)
+    listed = open(ignore).read().split() if os.path.exists(ignore) else []
+    if name not in listed:
+        atomic_write(ignore, lambda f: f.write(('\n'.join(listed + [name]) + '\n').encode()))
+    return (f'{name} is {size / 2 ** 20:.0f} MiB, over the {limit / 2 ** 20:.0f} MiB a committed file may have; '
+            f'it stays on the machine that trained it and is not committed')

@@ -109,6 +109,17 @@ def update_metric(path, quantity, value, is_images=None):
     print(f'{path}: {quantity} updated to {value["value"]}', flush=True)
 
 
+def why_not_verifiable(results_dir, row):
+    """Why a summary row cannot be recomputed here (its model file is not committed), or None."""
+    part_path = os.path.join(run_dir(results_dir, row['profile'], row.get('precision', 'fp32')), row['part'])
+    if os.path.exists(os.path.join(part_path, 'model.pt')):
+        return None
+    metrics = os.path.join(part_path, 'metrics.json')
+    reason = read_json(metrics).get('model_uncommitted') if os.path.exists(metrics) else None
+    return (f'{part_path}/model.pt is not here' + (f': {reason}' if reason else '')
+            + '; the number stands on the run that trained it (metrics.json, run.log)')
+
+
 def verify(results_dir='results', parts=None, out=None, profiles=None, quantities=None):
     """Run every `reproduce` command of the summary.json of each run directory (or those of `parts`,
     or of the run directories named in `profiles`, e.g. ['cpu', 'cpu-bf16']) as a user would, in a
@@ -127,6 +138,13 @@ def verify(results_dir='results', parts=None, out=None, profiles=None, quantitie
     commit = git_commit()  # the code that recomputed the numbers
     checked = []
     for r in rows:
+        skip = why_not_verifiable(results_dir, r)
+        if skip:
+            checked.append(dict(part=r['part'], quantity=r['quantity'], profile=r['profile'],
+                                precision=r.get('precision', 'fp32'), reported=r['value'], reproduced=None,
+                                ok=None, skipped=skip, command=r['reproduce'], commit=commit))
+            print(f'skip {r["part"]:12s} {r["quantity"]:16s} {skip}', flush=True)
+            continue
         argv = shlex.split(r['reproduce'])
         t0 = time.time()
         run = subprocess.run([sys.executable if argv[0] == 'python' else argv[0]] + argv[1:], cwd=root,
@@ -149,6 +167,9 @@ def verify(results_dir='results', parts=None, out=None, profiles=None, quantitie
         done = {c['command'] for c in checked}
         earlier = [c for c in read_json(out) if c['command'] not in done]
     write_json(out, earlier + checked, indent=1)
-    failed = [c for c in checked if not c['ok']]
-    print(f'{len(checked) - len(failed)} of {len(checked)} numbers reproduced; details in {out}', flush=True)
+    failed = [c for c in checked if c['ok'] is False]
+    skipped = sum(c['ok'] is None for c in checked)
+    print(f'{len(checked) - len(failed) - skipped} of {len(checked) - skipped} numbers reproduced'
+          + (f', {skipped} skipped (their model files are not committed)' if skipped else '')
+          + f'; details in {out}', flush=True)
     return checked
