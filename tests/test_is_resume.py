@@ -141,6 +141,11 @@ def other_weights():
     return dict(vae=(f, g))
 
 
+def given_eps(seed):
+    """Draws for 6 images x 6 samples, given instead of a generator's."""
+    return torch.randn(6, 6, 49, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
 CHANGES = {
     'is_chunk': lambda: dict(chunk=2),
     'is_batch': lambda: dict(batch=3),
@@ -150,7 +155,7 @@ CHANGES = {
     'fewer test images': lambda: dict(x=binary_images(4)),
     'other weights': other_weights,
     'PixelCNN switched off': lambda: dict(vae=tiny_vae(autoregress=False)),
-    'given eps': lambda: dict(eps=torch.randn(6, 6, 49, dtype=torch.float64, generator=torch.Generator().manual_seed(7))),
+    'given eps': lambda: dict(eps=given_eps(7)),
 }
 
 
@@ -173,7 +178,7 @@ def test_a_pass_given_other_eps_starts_afresh(tmp_path):
     """Draws given as eps are part of the key too: other eps, same shape, start afresh."""
     f, g = tiny_vae()
     x, path = binary_images(6), str(tmp_path / 'is_partial.pt')
-    eps = [torch.randn(6, 6, 49, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    eps = [given_eps(1), given_eps(2)]
     with pytest.raises(V.EvaluationStopped):
         one_pass(f, g, x, **BASE, eps=eps[0], partial=V.PartialPass(path, stop_at=0.0))
     assert torch.equal(one_pass(f, g, x, **BASE, eps=eps[1], partial=V.PartialPass(path)),
