@@ -226,6 +226,14 @@ class PartialPass:
             os.remove(self.path)
 
 
+def draws_key(generator, eps):
+    """What fixes the draws of a pass, for its PartialPass key: the given eps, or the generator's state
+    before the first draw (its seed, and its device: CPU and CUDA streams differ); None: torch's global one."""
+    if eps is not None:
+        return fingerprint(eps)
+    return None if generator is None else fingerprint(generator.get_state())
+
+
 @torch.inference_mode()
 def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator=None, eps=None, progress=False,
                            compile=False, partial=None):
@@ -246,7 +254,8 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
     latent_logits = Compiled(decoder.latent_logits, fast, 'the decoder\'s latent_logits')
     partial = partial or PartialPass(None)
-    key = dict(images=len(x), samples=samples, chunk=chunk, batch=batch, eps=eps is not None,
+    key = dict(images=len(x), samples=samples, chunk=chunk, batch=batch, draws=draws_key(generator, eps),
+               autoregress=bool(getattr(decoder, 'autoregress', False)),
                model=fingerprint(*encoder.state_dict().values(), *decoder.state_dict().values()), x=fingerprint(x))
     nll = [t.to(x.device) for t in partial.resume(key, generator)]
     starts = range(sum(map(len, nll)), len(x), batch)

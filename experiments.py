@@ -30,6 +30,7 @@ resumes from it (a long pass can span sittings; `--minutes` stops it cleanly too
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -307,6 +308,46 @@ def check_parts(parts):
     return parts
 
 
+# An epoch count asked for on the command line is checked before any work (our bounds, not the course's):
+STEP_RATE_BOUND = 10_000  # training steps a second that no device reaches with these networks (each step is a
+                          # forward pass, a backward pass and an Adam update, hundreds of kernels), so that
+                          # epochs x steps per epoch / STEP_RATE_BOUND is a lower bound on the training time
+UNASKED_HOURS = 24        # a run that this lower bound puts past a day needs --minutes
+MAX_EPOCHS = 2 ** 53      # the largest count metrics.json records exactly for every JSON reader (doubles)
+MNIST_TRAIN = 60_000      # images in MNIST's training set
+
+
+def check_run_length(part, profile, epochs, minutes=None):
+    """Refuse, before any work, a --minutes that is not a positive number, an epoch count below 1 or
+    above MAX_EPOCHS, and, without --minutes, one whose training alone would take over UNASKED_HOURS
+    even at STEP_RATE_BOUND steps a second; each message says how long the count would take."""
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f'--minutes must be a positive number, got {minutes!r}')
+    if epochs is None:
+        return
+    cfg = config(part, profile, epochs=epochs)  # epochs below 1 are refused here
+    per_epoch = math.ceil(min(cfg['train_images'] or MNIST_TRAIN, MNIST_TRAIN) / cfg['batch_size'])
+    steps = epochs * per_epoch
+    took = (f'{part} ({profile} profile) would train {steps:,} steps ({per_epoch:,} an epoch): at least '
+            f'{describe_duration(steps // STEP_RATE_BOUND)} even at {STEP_RATE_BOUND:,} steps a second')
+    if epochs > MAX_EPOCHS:
+        raise ValueError(f'--epochs must be at most {MAX_EPOCHS:,} (2^53, the largest count every JSON reader '
+                         f'holds exactly), got {epochs:,}; {took}')
+    if minutes is None and steps // STEP_RATE_BOUND > 3600 * UNASKED_HOURS:
+        raise ValueError(f'--epochs {epochs:,}: {took}, more than {UNASKED_HOURS} hours. Ask for fewer epochs, or '
+                         f'add --minutes N to train until that time limit (the run stops cleanly; rerun to resume)')
+
+
+def describe_duration(seconds):
+    """A whole number of seconds, however large, in hours, days or years."""
+    if seconds < 2 * 86400:
+        return f'{seconds / 3600:.1f} hours'
+    if seconds < 2 * 31_557_600:
+        return f'{seconds // 86400:,} days'
+    years = seconds // 31_557_600
+    return f'{years:,} years' if years < 10 ** 6 else f'10^{len(str(years)) - 1} years'
+
+
 def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto'):
     """{part: estimate, with its 'precision'} for the parts (precision 'auto': pick_precision's
     choice for each), 0 s for those already done; prints a table."""
@@ -380,6 +421,9 @@ def main(argv=None):
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
     r.add_argument('--is-images', type=int, default=None,
                    help="importance-sample the first N test images instead of the profile's (full: all 10,000)")
+    r.add_argument('--minutes', type=float, default=None,
+                   help='stop cleanly after this many minutes (rerun to resume); needed for an --epochs count that '
+                        'would train longer than a day')
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
@@ -437,8 +481,11 @@ def command(args):
                 args.minutes)
     elif args.command == 'run':
         extra = {k: v for k, v in (('epochs', args.epochs), ('is_images', args.is_images)) if v is not None}
+        check_run_length(args.part, pick_profile(args.profile, pick_device(args.device), quiet=True), args.epochs,
+                         args.minutes)
+        stop_at = time.time() + 60 * args.minutes if args.minutes is not None else None
         run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
-                 precision=args.precision, **extra)
+                 stop_at=stop_at, precision=args.precision, **extra)
     elif args.command == 'eval':
         eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision, args.keep,
                      args.update, args.is_images)
