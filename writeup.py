@@ -11,7 +11,8 @@ import argparse
 import os
 import re
 
-from answers import ANSWERS, CITES, LITERATURE, REMEDIES, departures, is_q, run_name, shown, with_n
+from answers import ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, REMEDIES, View, departures, is_q, run_name, shown, \
+    with_n
 from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from figures import remedies_kl_figure
 from report import bf16_runs_markdown, load_runs, mutation_markdown, per_image, read_json, speed_markdown
@@ -73,25 +74,36 @@ def except_parts(profile, key, value):
     return f', except {", ".join(others)}' if others else ''
 
 
+def handout_settings():
+    """The settings the handout itself sets (answers.HANDOUT), in words: '6b: is_samples = 1000, ...'."""
+    parts = dict.fromkeys(p for p, _ in HANDOUT)
+    return '; '.join(f'{p}: ' + ', '.join(f'{k} = {shown(k, v)}' for (q, k), v in HANDOUT.items() if q == p)
+                     for p in parts)
+
+
 def settings_blocks():
-    """Each profile against the handout's settings (the `full` profile), generated from config.py."""
-    blocks = [('p', f'The handout\'s settings are the full profile (`config.PARTS` over `config.DEFAULTS`: batch '
+    """Each profile against the full profile's settings (the course settings), generated from config.py."""
+    blocks = [('p', f'The course settings are the full profile (`config.PARTS` over `config.DEFAULTS`: batch '
                     f'{DEFAULTS["batch_size"]}, Adam, the course framework\'s networks; `python experiments.py list '
-                    f'--profile PROFILE` prints every setting). The smoke profile, seconds per part, serves the tests. '
-                    f'The other profiles depart from the handout as [[tab:settings]] lists.')]
+                    f'--profile PROFILE` prints every setting). The handout itself sets only a few of them: '
+                    f'{handout_settings()}. The full profile\'s other values are the course framework\'s, and those of '
+                    f'6e, which has no course setting, are our own. The smoke profile, seconds per part, serves the '
+                    f'tests. The other profiles depart from the full profile as [[tab:settings]] lists; in brackets '
+                    f'the full profile\'s value, marked "handout" where the handout sets it.')]
     for profile in (p for p in PROFILES if p not in ('full', 'smoke')):
         shared = PROFILES[profile].get('*', {})
         rows = []
         for part in PARTS:
             cfg = config(part, profile)
             same = [k for k in shared if cfg[k] == shared[k]]  # said once, below the table
-            rows.append((part, TITLES[part], ', '.join(departures(cfg, config(part, 'full'), same))
-                         or "the handout's settings"))
+            rows.append((part, TITLES[part], ', '.join(departures(cfg, config(part, 'full'), same, part=part))
+                         or "the full profile's settings"))
         blocks += [('table', 'settings', f'The {profile} profile: the settings of each part that differ from the '
-                    f'handout\'s (in brackets).', ('part', 'what', f'{profile} profile (handout)'), rows,
+                    f'full profile\'s (in brackets; "handout" where the handout sets the value).',
+                    ('part', 'what', f'{profile} profile (full profile)'), rows,
                     r'lp{0.27\linewidth}p{0.57\linewidth}'),
                    ('p', f'The parts of the {profile} profile also have ' + '; '.join(
-                       f'{k} = {shown(k, v)} (handout {shown(k, DEFAULTS[k])}{except_parts(profile, k, v)})'
+                       f'{k} = {shown(k, v)} (full profile {shown(k, DEFAULTS[k])}{except_parts(profile, k, v)})'
                        + (f': {REASONS[profile][k]}' if k in REASONS.get(profile, {}) else '')
                        for k, v in shared.items()) + '.')]
     return blocks
@@ -128,7 +140,9 @@ def glance_blocks(runs):
                'No run has saved per-image values yet, so every comparison below is unpaired (standard errors '
                'combined as if independent). ')
             + 'Published NLLs on binarized MNIST: ' + ', '.join(f'{n} {v:.2f} [[cite:{k}]]' for n, v, k in LITERATURE)
-            + '. ' + ' '.join(checks))
+            + f'. Set beside them, {DATA_NOTE}: each pixel of each test image is drawn once, with probability its '
+              f'grey level, from the seeded stream of `data.BINARIZE_SEED`, so our numbers and theirs are not '
+              f'measured on the same images. ' + ' '.join(checks))
     return [('h', 'Results at a glance'), ('p', text)] + \
         glance_table(runs, ['5b', '5c'], 'p5', 'Problem 5, Gaussian VAEs on MNIST.') + \
         glance_table(runs, ['6a', '6b', '6c', '6d'], 'p6', 'Problem 6a–d, binarized MNIST.') + \
@@ -136,29 +150,16 @@ def glance_blocks(runs):
                                            'posterior collapse; the true ELBO and the NLL, whatever each trained.')
 
 
-def profile_views(runs):
-    """[{part: metrics}] per profile, course settings first: each part from the first of the profile's
-    run directories (float32 before bf16) that has it, so that an answer can set a part trained in one
-    precision beside one trained in the other; each number still names its precision."""
-    views = {}
-    for r in runs:
-        view = views.setdefault(r['profile'], {})
-        for part, m in r['parts'].items():
-            view.setdefault(part, m)
-    return list(views.values())
-
-
 def chapter(runs):
-    """The blocks of the results chapter: settings, tables, then one answer per handout item, each
-    from the first profile (course settings first) that has the parts it needs."""
+    """The blocks of the results chapter: settings, tables, then one answer per handout item. Each
+    part is quoted from its first run directory (runs: course settings first, float32 before bf16),
+    and an answer says which of its parts have no course-settings run yet."""
     blocks = [('h', 'Settings')] + settings_blocks() + glance_blocks(runs)
+    view = View(runs)
     for heading, needs, write in ANSWERS:
-        parts = next((v for v in profile_views(runs) if all(p in v for p in needs)), None)
+        missing = [p for p in needs if p not in view]
         blocks.append(('h', heading))
-        if parts is None and needs:
-            blocks.append(('p', f'Not run yet: {", ".join(needs)}.'))
-        else:
-            blocks += write(parts or {})
+        blocks += [('p', f'Not run yet: {", ".join(missing)}.')] if missing else write(view)
     return blocks
 
 

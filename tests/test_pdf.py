@@ -1,14 +1,18 @@
-"""The committed write-up analysis/hw2.pdf is built from the committed sources.
+"""The committed write-up analysis/hw2.pdf is built from the committed sources, and is a PDF that
+says what the answers say.
 
 `make -C analysis` writes analysis/hw2.sources.sha256 beside the PDF: the SHA-256 of every .tex
 file in analysis/ and of every figure an uncommented \\includegraphics names, paths relative to the
 repository root. Here the same list is rebuilt from the sources on disk (the rules of
-analysis/Makefile) and compared with the recorded one, digest by digest.
+analysis/Makefile) and compared with the recorded one, digest by digest. The PDF itself is read
+(pypdf, else poppler's pdftotext) and must hold each answer's main number as results/ gives it.
 """
 import glob
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -73,3 +77,72 @@ def test_figure_names_are_read_like_latex():
     assert COMMENT.sub(r'\1', r'a \% b % \includegraphics{x}') == r'a \% b '
     assert INCLUDEGRAPHICS.findall(r'\includegraphics[width=0.5\linewidth]{../results/a.png} '
                                    r'\includegraphics {b}') == ['../results/a.png', 'b']
+
+
+def pdf_text(path):
+    """The text of a PDF, by pypdf or else by pdftotext; ValueError naming the file if neither reads it."""
+    try:
+        import pypdf
+    except ImportError:
+        pypdf = None
+    if pypdf is not None:
+        try:
+            return '\n'.join(page.extract_text() or '' for page in pypdf.PdfReader(path).pages)
+        except Exception as err:  # pypdf raises its own errors, and others, on a damaged file
+            raise ValueError(f'{path} cannot be read as a PDF ({type(err).__name__}: {err})') from err
+    if shutil.which('pdftotext') is None:
+        raise ValueError(f'cannot read {path}: install pypdf (requirements.txt) or poppler-utils (pdftotext)')
+    out = subprocess.run(['pdftotext', '-q', path, '-'], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f'{path} cannot be read as a PDF (pdftotext exit {out.returncode})')
+    return out.stdout
+
+
+def key_numbers(results_dir):
+    """{part: its main number as the answers print it (2 decimals)}: the importance-sampled NLL, the
+    exact NLL or the −ELBO of each part's preferred run (course settings first)."""
+    from answers import View, is_q
+    from report import load_runs
+    view = View(load_runs(results_dir))
+    return {part: f'{m["values"][q]["value"]:.2f}' for part, m in view.items()
+            for q in [is_q(m) or ('test_nll' if 'test_nll' in m['values'] else 'test_elbo')]}
+
+
+def pdf_problems(path, numbers):
+    """What is wrong with the PDF at path: not a PDF, unreadable, or lacking one of numbers
+    ({part: number}); [] if nothing."""
+    with open(path, 'rb') as f:
+        if not f.read(5) == b'%PDF-':
+            return [f'{path} is not a PDF (no %PDF- header)']
+    try:
+        text = re.sub(r'\s+', ' ', pdf_text(path))
+    except ValueError as err:
+        return [str(err)]
+    missing = [f'{part} {n}' for part, n in numbers.items() if n not in text]
+    return [f'{path} lacks the number of {", ".join(missing)}'] if missing else []
+
+
+def test_pdf_holds_each_answers_number():
+    numbers = key_numbers(os.path.join(ROOT, 'results'))
+    assert numbers, 'no finished part in results/'
+    problems = pdf_problems(PDF, numbers)
+    assert not problems, f'{STALE} ({"; ".join(problems)})'
+
+
+def test_a_garbage_or_foreign_pdf_is_refused(tmp_path):
+    garbage = tmp_path / 'hw2.pdf'
+    garbage.write_bytes(b'not a pdf at all')
+    assert 'not a PDF' in pdf_problems(str(garbage), {'6a': '82.39'})[0]
+    broken = tmp_path / 'broken.pdf'
+    broken.write_bytes(b'%PDF-1.5\n' + os.urandom(200))          # a header and nothing readable after it
+    assert pdf_problems(str(broken), {'6a': '82.39'})
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(2, 1))
+    fig.text(0.1, 0.5, 'NLL 12.34 nats')
+    other = tmp_path / 'other.pdf'
+    fig.savefig(other)
+    plt.close(fig)
+    assert pdf_problems(str(other), {'6a': '12.34'}) == []
+    assert pdf_problems(str(other), {'6a': '12.34', '6c': '56.78'}) == [f'{other} lacks the number of 6c 56.78']

@@ -22,13 +22,15 @@ def v(value, stderr, n=1000, **extra):
     return dict(value=value, stderr=stderr, n_images=n, **extra)
 
 
-def write_part(run, part, values, per_image=None, title='t', history=None):
-    """A finished part in the run directory `run` (results/<profile>[-<precision>]), as run_part leaves it."""
+def write_part(run, part, values, per_image=None, title='t', history=None, **settings):
+    """A finished part in the run directory `run` (results/<profile>[-<precision>]), as run_part leaves it;
+    settings override the profile's."""
     profile, _, precision = os.path.basename(run).partition('-')
     out = os.path.join(run, part)
     os.makedirs(out, exist_ok=True)
-    cfg = config(part, profile if profile in ('full', 'cpu') else 'full', precision=precision or 'fp32')
-    m = dict(part=part, title=title, profile=profile, device='cpu', hardware='CPU (test)', epochs=3, train_seconds=600.0,
+    cfg = config(part, profile if profile in ('full', 'cpu') else 'full', precision=precision or 'fp32', **settings)
+    m = dict(part=part, title=title, profile=profile, device='cpu', hardware='CPU (test)', epochs=cfg['epochs'],
+             train_seconds=600.0,
              values=values, figures={}, config=cfg, model=os.path.join(out, 'model.pt'))
     with open(os.path.join(out, 'metrics.json'), 'w') as fh:
         json.dump(m, fh)
@@ -107,7 +109,7 @@ def test_without_per_image_values_the_comparison_is_unpaired_and_says_so(tmp_pat
     assert 'unpaired' in text and text.startswith('no measurable difference')  # 0.3 < 2 x 0.9
 
 
-def iaf_pair(tmp_path, with_per_image):
+def iaf_pair(tmp_path, with_per_image, alike=True):
     """6b and 6d whose bounds differ in tightness by 0.6 nats per image, measurable only when paired."""
     g = torch.Generator().manual_seed(1)
     nll_b = 88 + 20 * torch.randn(1000, generator=g, dtype=torch.float64)
@@ -115,9 +117,11 @@ def iaf_pair(tmp_path, with_per_image):
     elbo_b = nll_b + 7.4 + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64)
     elbo_d = nll_d + 6.8 + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64)
     run = str(tmp_path / 'cpu')
+    like_6d = {k: config('6d', 'cpu')[k] for k in ('epochs', 'lr_drop_epoch')} if alike else {}
     for part, elbo, nll in (('6b', elbo_b, nll_b), ('6d', elbo_d, nll_d)):
         values = {'test_elbo': summary(elbo), 'kl': v(30.0, 0.1), 'test_nll_is1000': dict(summary(nll), M=1000)}
-        write_part(run, part, values, {'test_elbo': elbo, 'test_nll_is1000': nll} if with_per_image else None)
+        write_part(run, part, values, {'test_elbo': elbo, 'test_nll_is1000': nll} if with_per_image else None,
+                   **(like_6d if part == '6b' else {}))
     return {m['part']: m for m in report.load_metrics(run)}
 
 
@@ -127,6 +131,13 @@ def test_iaf_tightness_sentence_follows_the_two_standard_error_rule(tmp_path):
                      text)
     text = answers.answer_6d(iaf_pair(tmp_path / 'unpaired', False))[0][1]
     assert 'tighter' not in text and 'not resolved here: no measurable difference' in text and 'unpaired' in text
+
+
+def test_iaf_answer_draws_no_conclusion_from_runs_that_differ_in_more_than_the_flow(tmp_path):
+    text = answers.answer_6d(iaf_pair(tmp_path, True, alike=False))[0][1]   # the cpu profile: 8 against 4 epochs
+    assert 'tighter' not in text and 'looser' not in text
+    assert 'These runs also differ in epochs 4 against 8' in text and 'no conclusion about the flow' in text
+    assert 'set down to the flow' in text
 
 
 def test_kl_estimator_verdict_follows_the_difference_and_its_error(tmp_path):
@@ -163,7 +174,8 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
     answer = text[text.index('### Problem 6b'):]
     assert '80.50 ± 0.31 (1000 test images, M = 1000)' in answer.split('###')[1]   # quoted from the course run
-    assert "6b in the full profile, bfloat16 training, float32 evaluation, CPU (test); the handout's settings" in answer
+    assert ("6b in the full profile, bfloat16 training, float32 evaluation, CPU (test); the full profile's settings "
+            "(the course settings)") in answer and 'No course-settings run' not in answer.split('###')[1]
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
     assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'No GPU time has been measured yet' in text
@@ -177,27 +189,32 @@ def test_settings_section_is_generated_from_config():
     text = dict((r[0], r[2]) for r in rows)
     for part in ('5b', '6a', '6b', '6e-baseline'):
         cpu, full = config(part, 'cpu'), config(part, 'full')
-        assert f'epochs {cpu["epochs"]} (handout {full["epochs"]})' in text[part]
-    assert 'decoder depth 21 (handout 51)' in text['6b'] and 'encoder capacity 64 (handout 128)' in text['5b']
-    assert 'test images for importance sampling 500 (handout all)' in text['6e-weak']
+        assert f'epochs {cpu["epochs"]} (full {full["epochs"]})' in text[part]
+    assert 'decoder depth 21 (full 51)' in text['6b'] and 'encoder capacity 64 (full 128)' in text['5b']
+    assert 'epochs 4 (handout 20)' in text['6c']            # the handout sets 6c's 20 epochs
+    assert 'test images for importance sampling 500 (full all)' in text['6e-weak']
+    assert 'KL warm-up epochs 1 (full 5), KL warm-up from epoch 2 (full 10)' in text['6e-warmup']
 
 
 def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     run = str(tmp_path / 'results' / 'cpu')
     hist = dict(step=list(range(1, 301)), kl=[30.0] * 150 + [10.0] * 150, test_loss=[92.0, 90.0], autoregress_step=150)
     write_part(run, '6c', {'test_elbo': v(90.5, 0.2, 10000), 'kl': v(9.4, 0.04, 10000), 'active_units': v(30, None, 10000),
-                           'test_nll_is1000': v(86.4, 0.65, 1000, M=1000)}, history=hist)
+                           'test_nll_is1000': v(86.4, 0.65, 1000, M=1000)}, history=hist, epochs=3)
     open(os.path.join(run, '6c', 'kl.png'), 'wb').write(b'png')
     blocks = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})
     figures = [b for b in blocks if b[0] == 'fig']
     assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
     assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
-    assert 'so this gap understates that divergence. It is 44% of the KL term of the bound (9.40 nats)' in blocks[0][1]
+    assert ('so this gap understates that divergence. Set against the KL term of the bound, 9.40 nats over 10000 test '
+            'images, it is 44%, the two measured on different sets of test images.') in blocks[0][1]
     assert 'the exact NLL of the PixelCNN alone' not in blocks[0][1]   # no 6a in this run directory
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)})
     text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]
-    assert ('(6a: 88.00 ± 0.20 (10000 test images)), its importance-sampled NLL differs by -1.60 ± 0.68 nats '
-            '(unpaired, 1000 and 10000 test images), lower:') in text
+    assert ("6a's an exact NLL, 88.00 ± 0.20 (10000 test images). 6c (cpu profile, float32, 3 epochs) − 6a "
+            "(cpu profile, float32, 4 epochs): -1.60 ± 0.68 nats (unpaired, 1000 and 10000 test images). These runs "
+            "also differ in epochs 3 against 4 and learning-rate drop to 3e-4 at epoch none against 3") in text
+    assert 'models the test images better' not in text     # another learning-rate schedule: no conclusion
     assert '6a trained' not in text  # no history of 6a: nothing to set against the same epochs
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)}, history=dict(test_loss=[95.0, 91.5, 89.0, 88.0]))
     text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]  # cpu 6a: drop after epoch 3
@@ -228,9 +245,15 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     reading = answers.remedies_reading(metrics)
     assert '2 of 4 keep the latent in use' in reading and '6e-freebits, 6e-weak' in reading
     assert 'Of these, 6e-freebits has the lowest' in reading
-    assert "Final test KL against the baseline's: 6e-warmup +0.35 ± 0.01 nats (unpaired, 500 test images)" in reading
-    assert 'Against the unremedied baseline: no measurable difference (+1.00 ± 0.71 nats, unpaired' in reading
-    assert 'Against the PixelCNN alone (6a): +6.00 ± 0.54 nats (unpaired, 500 and 10000 test images)' in reading
+    assert ("Final test KL term against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − 6e-baseline "
+            "(likewise): +0.35 ± 0.01 nats (unpaired, 500 test images)") in reading
+    assert ("its importance-sampled NLL against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − "
+            "6e-baseline (likewise): no measurable difference (+0.30 ± 0.71 nats") in reading
+    assert ('6e-freebits (cpu profile, float32, 4 epochs) − 6e-baseline (likewise): no measurable difference '
+            '(+1.00 ± 0.71 nats, unpaired') in reading
+    assert ('Against the PixelCNN alone (6a), an exact NLL: 6e-freebits (cpu profile, float32, 4 epochs) − 6a '
+            '(likewise): +6.00 ± 0.54 nats (unpaired, 500 and 10000 test images). These runs also differ in PixelCNN '
+            'depth 5 against 9') in reading
     remedy('6e-freebits', 91.0, 0.5, 0)
     remedy('6e-weak', 95.0, 0.9, 0)
     assert 'No configuration kept the KL term' in answers.remedies_reading(report.load_metrics(run))
@@ -259,8 +282,10 @@ def test_an_answer_sets_parts_of_one_profile_trained_in_either_precision_side_by
     blocks = writeup.chapter(report.load_runs(str(root)))
     text = next(b[1] for b in blocks if b[0] == 'p' and b[1].startswith('Run: 6c'))
     assert '6c in the full profile, float32' in text
-    assert 'PixelCNN alone at the same settings (6a, trained in bfloat16: ' in text
-    assert f'{(b - a).mean():+.2f} ± {(b - a).std().item() / 1000 ** 0.5:.2f} nats (paired, 1000 test images), lower' in text
+    assert ('6c (full profile, the course settings, float32, 20 epochs) − 6a (full profile, the course settings, bf16 '
+            'training, 40 epochs): ') in text
+    assert f'{(b - a).mean():+.2f} ± {(b - a).std().item() / 1000 ** 0.5:.2f} nats (paired, 1000 test images)' in text
+    assert 'precision (float32 against bfloat16 training, float32 evaluation)' in text
     assert answers.trained_apart(*(report.load_runs(str(root))[0]['parts']['6c'],) * 2) == ''
 
 
@@ -312,7 +337,7 @@ def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(mon
     import config as C
     monkeypatch.setitem(C.PROFILES, 'trial', {'*': dict(dec_depth=7), '6d': dict(dec_depth=51)})
     text = ' '.join(b[1] for b in writeup.settings_blocks() if b[0] == 'p')
-    assert 'The parts of the trial profile also have dec_depth = 7 (handout 51, except 6d).' in text
+    assert 'The parts of the trial profile also have dec_depth = 7 (full profile 51, except 6d).' in text
 
 
 def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):

@@ -1,0 +1,252 @@
+"""The answers' numbers and words, against values computed here from given inputs: synthetic
+metrics, per-image values and histories in temporary result directories, with and without a
+course-settings run of a part."""
+import os
+import re
+
+import pytest
+import torch
+
+import answers
+import report
+import writeup
+from config import PARTS, config
+from test_report import summary, v, write_part
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def view(root):
+    return answers.View(report.load_runs(str(root)))
+
+
+def paragraph(blocks):
+    return next(b[1] for b in blocks if b[0] == 'p')
+
+
+def spread(n, seed, centre, scale):
+    g = torch.Generator().manual_seed(seed)
+    return centre + scale * torch.randn(n, generator=g, dtype=torch.float64)
+
+
+# X1: the 5b answer's squared error is the reconstruction term times 2σ² ----------------------------
+
+
+def test_5b_squared_error_is_the_reconstruction_term_times_two_sigma_squared(tmp_path):
+    recon = 1234.5
+    write_part(str(tmp_path / 'cpu'), '5b', {'test_elbo': v(recon + 150, 7.0, 10000), 'test_recon': v(recon, 7.0, 10000),
+                                             'kl': v(150.0, 0.1, 10000)})
+    text = paragraph(answers.answer_5b(view(tmp_path)))
+    sigma = config('5b', 'cpu')['sigma']
+    sq = recon * 2 * sigma ** 2                      # ‖x − g(z)‖² = 2σ² · (reconstruction term)
+    assert f'a squared error of {sq:.2f} per image ({(sq / 784) ** 0.5:.3f} per pixel, root mean square)' in text
+    assert 'No course-settings run of 5b yet: its cpu profile run stands in.' in text
+
+
+# X2: 5c's unbiasedness check is made on 5b itself, paired ------------------------------------------
+
+
+def test_5c_unbiasedness_check_is_kl_mc_minus_kl_of_5b_paired(tmp_path):
+    n = 2000
+    recon, kl = spread(n, 1, 1300.0, 200.0), spread(n, 2, 180.0, 5.0)
+    kl_mc = kl + spread(n, 3, 0.0, 2.0)               # one draw of z: KL + noise of mean 0
+    b = dict(test_elbo=recon + kl, test_elbo_mc=recon + kl_mc, test_recon=recon, kl=kl, kl_mc=kl_mc)
+    c_elbo = recon + kl - 30 + spread(n, 4, 0.0, 3.0)
+    run = str(tmp_path / 'cpu')
+    write_part(run, '5b', {q: summary(t) for q, t in b.items()}, b)
+    write_part(run, '5c', {'test_elbo': summary(c_elbo)}, {'test_elbo': c_elbo})
+    text = paragraph(answers.answer_5c(view(tmp_path)))
+    d = kl_mc - kl
+    expected = f'{d.mean().item():+.2f} ± {d.std().item() / n ** 0.5:.2f} nats, paired, {n} test images'
+    assert f'KL_mc − KL: no measurable difference ({expected}' in text
+    assert 'consistent with an unbiased estimator' in text and 'unpaired, as this run' not in text
+    e = c_elbo - (recon + kl)
+    assert f'5c (cpu profile, float32, 6 epochs) − 5b (likewise): {e.mean().item():+.2f} ± {e.std().item() / n ** 0.5:.2f}' \
+        in text
+
+
+def test_5c_unbiasedness_check_without_per_image_values_uses_the_kl_terms_and_says_unpaired(tmp_path):
+    run = str(tmp_path / 'cpu')
+    values = dict(test_elbo=v(1500.0, 8.0, 10000), test_elbo_mc=v(1500.5, 8.0, 10000), kl=v(180.0, 0.12, 10000),
+                  kl_mc=v(180.5, 0.13, 10000))
+    write_part(run, '5b', values)
+    write_part(run, '5c', {'test_elbo': v(1490.0, 8.0, 10000)})
+    text = paragraph(answers.answer_5c(view(tmp_path)))
+    se = (0.12 ** 2 + 0.13 ** 2) ** 0.5              # the KL terms' errors, not the −ELBOs' (which share recon)
+    assert f'KL_mc − KL: +0.50 ± {se:.2f} nats (unpaired, 10000 test images)' in text
+    assert 'a measurable difference, which an unbiased estimator should not show' in text
+
+
+# X3: the 6c answer's KL ratio is the last 100 batches over the 100 before the switch ---------------
+
+
+def test_6c_kl_ratio_is_after_over_before_and_claims_no_handout_threshold(tmp_path):
+    hist = dict(step=list(range(400)), kl=[24.0] * 200 + [6.0] * 200, autoregress_step=200,
+                test_kl=[20.0, 12.0, 9.0, 8.0])
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': v(86.0, 0.2, 10000), 'kl': v(8.0, 0.03, 10000),
+                                              'test_nll_is1000': v(83.0, 0.6, 1000, M=1000)}, history=hist)
+    text = paragraph(answers.answer_6c(view(tmp_path)))
+    assert f'it averages 24.0 nats per image, over the last 100 6.0 (a ratio of {6.0 / 24.0:.2f})' in text
+    assert 'quarter' not in text and 'No course-settings run' not in text
+    assert 'On all test images the KL term was 12.00, 9.00 and 8.00 after the last three epochs' in text
+    assert 'still under way when training stops' in text     # fell by 4.00, far over 2 x 0.03
+
+
+def test_6c_says_the_collapse_levelled_off_when_the_test_kl_is_flat(tmp_path):
+    hist = dict(step=list(range(400)), kl=[24.0] * 200 + [6.0] * 200, autoregress_step=200,
+                test_kl=[7.0, 6.88, 6.87, 6.86])
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': v(86.0, 0.2, 10000), 'kl': v(6.86, 0.03, 10000),
+                                              'test_nll_is1000': v(83.0, 0.6, 1000, M=1000)}, history=hist)
+    text = paragraph(answers.answer_6c(view(tmp_path)))
+    assert 'a change of -0.02 nats: within two standard errors of the final value (± 0.03), levelled off' in text
+    assert 'partial: the KL term levelled off' in text and 'still under way' not in text
+
+
+def test_6c_gap_is_set_against_the_kl_term_of_the_same_images(tmp_path):
+    n_all, n_is = 3000, 1000
+    kl = spread(n_all, 5, 7.0, 2.0)
+    kl[:n_is] += 1.0                                  # the first images cost more: the two sets differ
+    elbo = spread(n_all, 6, 86.0, 20.0)
+    nll = elbo[:n_is] - 2.0 + spread(n_is, 7, 0.0, 0.5)
+    per = dict(test_elbo=elbo, kl=kl, test_nll_is1000=nll)
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': summary(elbo), 'kl': summary(kl),
+                                              'test_nll_is1000': dict(summary(nll), M=1000)}, per)
+    text = paragraph(answers.answer_6c(view(tmp_path)))
+    g, k = (elbo[:n_is] - nll).mean().item(), kl[:n_is].mean().item()
+    assert f'It is {g / k:.0%} of the KL term of the bound over the same {n_is} test images ({k:.2f} nats)' in text
+
+
+# X10: the 6a answer says above or below the published number as it is ------------------------------
+
+
+@pytest.mark.parametrize('nll, words', [(83.3, '2.0 above'), (80.3, '1.0 below')])
+def test_6a_lies_above_or_below_the_published_pixelcnn_as_measured(tmp_path, nll, words):
+    write_part(str(tmp_path / 'full-bf16'), '6a', {'test_nll': v(nll, 0.2, 10000)})
+    text = paragraph(answers.answer_6a(view(tmp_path)))
+    name, published, _ = answers.LITERATURE[0]
+    assert f'{abs(nll - published):.1f} {"above" if nll > published else "below"}' == words
+    assert f'{words} the published {name}, {published:.2f}' in text
+    assert answers.DATA_NOTE in text
+
+
+def test_6a_mean_fall_over_the_last_five_epochs_spans_five_epochs(tmp_path):
+    losses = [90.0 - k for k in range(30)] + [60.0, 59.0, 58.0, 57.5, 57.2, 57.0, 56.9, 56.85, 56.8, 56.6]
+    write_part(str(tmp_path / 'full-bf16'), '6a', {'test_nll': v(56.6, 0.2, 10000)}, history={'test_loss': losses})
+    text = paragraph(answers.answer_6a(view(tmp_path)))
+    assert f'over the last five epochs it fell by {(losses[-6] - losses[-1]) / 5:.2f} nats per epoch' in text  # 0.08
+    assert f'{(losses[-5] - losses[-1]) / 4:.2f}' != f'{(losses[-6] - losses[-1]) / 5:.2f}'
+
+
+# Course settings present or absent ---------------------------------------------------------------
+
+
+def binary_parts(root, profile, parts, shift=0.0, n=1000):
+    """6b/6d of one run directory with per-image values on the same n test images."""
+    for i, part in enumerate(parts):
+        nll = spread(n, 10, 90.0, 20.0) + shift + i
+        elbo = nll + 7.0 + spread(n, 11 + i, 0.0, 0.5)
+        write_part(str(root / profile), part, {'test_elbo': summary(elbo), 'kl': v(30.0, 0.1, n),
+                                               'test_nll_is1000': dict(summary(nll), M=1000)},
+                   {'test_elbo': elbo, 'test_nll_is1000': nll})
+
+
+def test_answers_use_the_stand_in_while_a_part_has_no_course_settings_run(tmp_path):
+    binary_parts(tmp_path, 'cpu', ('6b', '6d'))
+    blocks = writeup.chapter(report.load_runs(str(tmp_path)))
+    b6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6b' in b[1])
+    assert b6.startswith('No course-settings run of 6b yet: its cpu profile run stands in. Run: 6b in the cpu profile')
+    d6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6d' in b[1])
+    assert d6.startswith('No course-settings run of 6d and 6b yet: their cpu profile runs stand in.')
+    assert 'where both parts ran' not in d6
+
+
+def test_answers_quote_the_course_settings_run_once_there_is_one(tmp_path):
+    binary_parts(tmp_path, 'cpu', ('6b', '6d'))
+    binary_parts(tmp_path, 'full', ('6b',), shift=-5.0)
+    blocks = writeup.chapter(report.load_runs(str(tmp_path)))
+    b6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6b' in b[1])
+    full_nll = report.load_metrics(str(tmp_path / 'full'))[0]['values']['test_nll_is1000']
+    assert b6.startswith('Run: 6b in the full profile') and answers.with_n(full_nll) in b6
+    d6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6d' in b[1])
+    assert d6.startswith('No course-settings run of 6d yet: its cpu profile run stands in.')
+    # across profiles: both named, the difference not set down to the flow
+    assert '6d (cpu profile, float32, 4 epochs) − 6b (full profile, the course settings, float32, 60 epochs)' in d6
+    assert 'no conclusion about the flow is drawn from it' in d6 and 'tighter' not in d6 and 'looser' not in d6
+    assert 'In the cpu profile, where both parts ran: 6d (cpu profile, float32, 4 epochs) − 6b (cpu profile' in d6
+
+
+# Every rule of a comparison --------------------------------------------------------------------
+
+
+def test_a_comparison_between_profiles_names_both_profiles(tmp_path):
+    n = 500
+    base = spread(n, 20, 85.0, 20.0)
+    elbo = base + 4.0
+    write_part(str(tmp_path / 'cpu'), '6e-baseline', {'test_elbo': summary(elbo), 'kl': v(8.0, 0.03, n),
+                                                      'test_nll_is1000': dict(summary(base), M=1000)},
+               {'test_elbo': elbo, 'test_nll_is1000': base})
+    ref = base - 2.0 + spread(n, 21, 0.0, 0.3)
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': summary(ref + 3), 'kl': v(6.9, 0.03, n),
+                                              'test_nll_is1000': dict(summary(ref), M=1000)},
+               {'test_elbo': ref + 3, 'test_nll_is1000': ref})
+    write_part(str(tmp_path / 'cpu'), '6c', {'test_elbo': v(90.0, 0.2, n), 'kl': v(9.0, 0.03, n),
+                                             'test_nll_is1000': v(86.0, 0.6, n, M=1000)})
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    said = text[text.index('Against the PixelVAE of 6c: '):]
+    d = base - ref
+    assert said.startswith(f'Against the PixelVAE of 6c: 6e-baseline (cpu profile, float32, 4 epochs) − 6c (full '
+                           f'profile, the course settings, float32, 20 epochs): {d.mean().item():+.2f} ± '
+                           f'{d.std().item() / n ** 0.5:.2f} nats (paired, {n} test images). These runs also differ in')
+    assert 'no conclusion about the IAF encoder is drawn from it' in said
+    c = answers.comparison(*(m for m in (view(tmp_path)['6e-baseline'],)), 'kl', view(tmp_path)['6c'], 'kl', 'x')[0]
+    assert 'cpu profile' in c and 'full profile' in c
+
+
+def handout_claims(part, text):
+    """[(setting, value called the handout's)] in a list of departures of one part."""
+    return [(key, ref) for key, words in answers.WORDS.items()
+            for ref in re.findall(rf'(?:^|, ){re.escape(words)} \S+ \(handout ([^)]*)\)', text)]
+
+
+def assert_handout_sets(part, text):
+    """Every value the text calls the handout's is the value HANDOUT gives the part's setting; the
+    number of such claims."""
+    claims = handout_claims(part, text)
+    for key, ref in claims:
+        assert (part, key) in answers.HANDOUT and str(answers.shown(key, answers.HANDOUT[(part, key)])) == ref, \
+            (part, key, ref)
+    assert len(claims) == text.count('(handout '), (part, text)   # no claim the table above missed
+    return len(claims)
+
+
+def test_no_sentence_calls_a_value_the_handouts_unless_the_handout_sets_it():
+    claims = 0
+    for b in writeup.settings_blocks():
+        for row in b[4] if b[0] == 'table' else ():
+            claims += assert_handout_sets(row[0], row[2])
+        if b[0] == 'p':
+            assert '(handout ' not in b[1] and "handout's settings" not in b[1]
+    for b in writeup.chapter(report.load_runs(os.path.join(ROOT, 'results'))):
+        if b[0] != 'p' or 'handout' not in b[1]:
+            continue
+        runs = re.findall(r'Run: (\S+) in the \S+ profile, [^;]*; (.*?)\. ', b[1])
+        for part, departed in runs:
+            claims += assert_handout_sets(part, departed)
+        assert b[1].count('(handout ') == sum(d.count('(handout ') for _, d in runs)
+        assert "handout's settings" not in b[1]
+    assert claims                                       # e.g. 6c's 20 epochs, 6b's test-set NLL
+
+
+def test_handout_settings_are_the_course_settings_of_their_parts():
+    for (part, key), value in answers.HANDOUT.items():
+        assert config(part, 'full')[key] == value, (part, key)
+    assert answers.reference_word('6c', 'epochs', 20) == 'handout'
+    assert answers.reference_word('6b', 'epochs', 60) == 'full'
+
+
+def test_every_published_number_in_an_answer_comes_with_the_data_note():
+    blocks = writeup.chapter(report.load_runs(os.path.join(ROOT, 'results')))
+    quoting = [b[1] for b in blocks if b[0] == 'p' and any(f'{nll:.2f}' in b[1] for _, nll, _ in answers.LITERATURE)]
+    assert quoting
+    for text in quoting:
+        assert 'seeded sample of MNIST' in text and '[[cite:larochelle2011]]' in text, text[:80]
