@@ -142,12 +142,15 @@ def suspects(worse, failures):
 def versus_markdown(results_dir='results', runs=None, check=True):
     """The table of yours against the reference, with the suspects where yours is worse (check:
     run the course_api tests to find them); a line saying so when nothing has finished."""
-    mine = mine_dir(results_dir)
-    found = rows(mine, student.reference_results(), runs)
+    mine, reference = mine_dir(results_dir), os.path.relpath(student.reference_results())
+    found = rows(mine, reference, runs)
+    if not found and student.is_reference():
+        return ('Your models.py and losses.py are the code behind the committed results: the numbers above are '
+                'the reference\'s own.\n')
     if not found:
         return (f'No part of yours has finished in `{mine}` yet: `python experiments.py run PART` (or `all`) trains '
                 f'your code there.\n')
-    lines = [f'Yours (`{mine}`) against the reference (`{student.reference_results()}`), same profile and '
+    lines = [f'Yours (`{mine}`) against the reference (`{reference}`), same profile and '
              'precision; nats per image, lower is better for the bounds and NLLs. The difference is yours minus '
              'the reference, over the same test images where both saved per-image values ("paired"), with its '
              'standard error; under two standard errors it is no measurable difference.', '',
