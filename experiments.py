@@ -347,7 +347,8 @@ def estimate_part(part, profile, device, results_dir, fresh, precision):
     out = part_dir(results_dir, part, profile, chosen)
     if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
         return dict(NOT_ESTIMATED, precision=chosen)
-    return dict(estimate(part, config(part, profile, precision=chosen), device, None if fresh else out), precision=chosen)
+    measured = estimate(part, config(part, profile, precision=chosen), device, None if fresh else out)
+    return dict(measured, precision=chosen)
 
 
 def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
@@ -395,8 +396,9 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     print('\n' + outcomes_table(outcomes), flush=True)
     failed = [p for p, (outcome, _) in outcomes.items() if outcome in ('skipped', 'failed')]
     if failed:
-        raise PartsFailedError(f'{len(failed)} of {len(parts)} parts did not run ({", ".join(failed)}); the table above '
-                               f'says why' + (f'; summary of the others in {" and ".join(summaries)}' if summaries else ''))
+        others = f'; summary of the others in {" and ".join(summaries)}' if summaries else ''
+        raise PartsFailedError(f'{len(failed)} of {len(parts)} parts did not run ({", ".join(failed)}); the table '
+                               f'above says why{others}')
     print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {" and ".join(summaries)}', flush=True)
     return True
 
@@ -426,7 +428,8 @@ def run_one(part, out, **kwargs):
     if m is None:
         return 'stopped', 'at the time limit, with a checkpoint'
     now = os.path.getmtime(metrics) if os.path.exists(metrics) else None
-    values = ', '.join(f'{q} {v["value"]:.2f}' for q, v in (m.get('values') or {}).items() if v.get('stderr') is not None)
+    values = ', '.join(f'{q} {v["value"]:.2f}' for q, v in (m.get('values') or {}).items()
+                       if v.get('stderr') is not None)
     return ('ran' if now != before else 'done'), values
 
 

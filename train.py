@@ -328,7 +328,7 @@ class Training:
                                   f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
         self.check_code(ck)
         for name, net in self.nets.items():
-            load_state(net, model_state(ck['models'][name]), f'{self.path} ({name})', RESUME_ADVICE)
+            load_state(net, model_state(ck['models'][name]), f'part {self.part}: {self.path} ({name})', RESUME_ADVICE)
         try:
             self.opt.load_state_dict(ck['optimizer'])
         except (ValueError, RuntimeError, KeyError) as e:

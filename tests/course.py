@@ -77,7 +77,9 @@ def tensors(what, value, *shapes):
 
 def shown(t):
     t = torch.as_tensor(t)
-    return f'{t.item():.6g}' if t.numel() == 1 else f'a tensor of shape {tuple(t.shape)}, first values {t.flatten()[:3].tolist()}'
+    if t.numel() == 1:
+        return f'{t.item():.6g}'
+    return f'a tensor of shape {tuple(t.shape)}, first values {t.flatten()[:3].tolist()}'
 
 
 def close(what, got, expected, meaning, rtol=None, atol=None):

@@ -94,8 +94,9 @@ def test_parameters_that_do_not_fit_are_named(tmp_path):
     state['embedding.weight'] = state.pop('embed.weight')  # a student's name for the layer
     torch.save(ck, path)
     before = path.read_bytes()
-    with pytest.raises(T.CheckpointError, match=r'(?s)checkpoint\.pt \(pixelcnn\).*models\.PixelCNN.*missing in the '
-                                                r'file: embed\.weight.*not in PixelCNN here: embedding\.weight.*kept'):
+    names = (r'(?s)part 6a: .*checkpoint\.pt \(pixelcnn\).*models\.PixelCNN.*missing in the file: embed\.weight.*'
+             r'not in PixelCNN here: embedding\.weight.*kept')
+    with pytest.raises(T.CheckpointError, match=names):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
     assert path.read_bytes() == before
 
@@ -162,7 +163,7 @@ def test_the_stub_files_fail_each_course_api_test_with_an_instruction(monkeypatc
     (none errors), each with a sentence naming the call, what it should do and what it did."""
     monkeypatch.setattr(student, 'CODE_DIR', os.path.join(ROOT, 'tests', 'fixtures', 'course_stub'))
     failures = versus.course_api_failures()
-    assert len(failures) == 15, failures
+    assert len(failures) >= 15, failures  # every course_api test of test_models.py and test_losses.py
     for test, message in failures.items():
         assert message.startswith(('Failed: models.', 'Failed: losses.')), (test, message)
         assert any(w in message for w in ('should return', 'not implemented yet', 'has no attribute')), (test, message)
