@@ -12,6 +12,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
     python experiments.py list [--profile cpu]             # the parts, their settings and the deviations
     python experiments.py summary                          # rewrite results/<profile>/summary.{md,json}
+    python experiments.py compare                          # your runs (results/mine) beside the reference's
     python experiments.py notebooks                        # execute the notebooks in place with the results
     python experiments.py verify                           # rerun every reproduce command, compare
     python experiments.py pack DIR --profile full          # a profile's results in at most 8 files of 16 MiB
@@ -26,6 +27,10 @@ over), model.pt (the trained model, what `eval` loads), metrics.json, history.js
 curves), per_image.pt (per-image values, for paired comparisons), run.log and PNG figures. While
 importance sampling runs, is_partial.pt holds the images done, saved after each batch: a rerun
 resumes from it (a long pass can span sittings; `--minutes` stops it cleanly too).
+
+With a models.py or losses.py other than the code behind the committed results (a student's own),
+runs asked to go to results/ go to results/mine/<profile>[-<precision>]/<part> (student.py); a
+checkpoint is resumed only by the code that wrote it.
 """
 import argparse
 import contextlib
@@ -39,6 +44,7 @@ import time
 import torch
 
 import figures
+import student
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
 from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, bf16_units, config,
@@ -187,8 +193,10 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     """Train (or resume) one part, evaluate it, save its figures and metrics; returns the metrics
     (None if stopped at the wall-clock time stop_at, with a checkpoint to resume from). The files
     go to results_dir/<profile>[-<precision>]/<part>; precision 'auto' is pick_precision's choice.
-    overrides: settings of `config`, e.g. epochs=1."""
+    With models.py or losses.py other than the code behind the committed results, results_dir
+    'results' means results/mine (student.results_for). overrides: settings of `config`, e.g. epochs=1."""
     fresh = as_bool(fresh, 'fresh')
+    results_dir = student.results_for(results_dir, say=True)  # a student's code: results/mine
     device = pick_device(device)
     profile = pick_profile(profile, device)
     precision, why = pick_precision(precision, part, profile, device, results_dir, fresh)
@@ -348,52 +356,74 @@ def describe_duration(seconds):
     return f'{years:,} years' if years < 10 ** 6 else f'10^{len(str(years)) - 1} years'
 
 
-def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto'):
+def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto', tolerant=False):
     """{part: estimate, with its 'precision'} for the parts (precision 'auto': pick_precision's
-    choice for each), 0 s for those already done; prints a table."""
+    choice for each), 0 s for those already done; prints a table. tolerant: a part whose estimate
+    raises (a student's model that does not run yet) is listed at 0 s; running it says why."""
     parts = check_parts(parts)
     print(f'estimating the time of {len(parts)} parts on {device} ({profile} profile)...', flush=True)
     expected = {}
     for part in parts:
-        chosen = pick_precision(precision, part, profile, device, results_dir, fresh)[0]
-        out = part_dir(results_dir, part, profile, chosen)
-        if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
-            expected[part] = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=None, is_samples_s=None)
-        else:
-            expected[part] = estimate(part, config(part, profile, precision=chosen), device, None if fresh else out)
-        e = expected[part] = dict(expected[part], precision=chosen)
+        try:
+            e = expected[part] = estimate_part(part, profile, device, results_dir, fresh, precision)
+        except Exception as err:  # a student's model that does not run yet: `all` runs it anyway and says why
+            if not tolerant:
+                raise
+            print(f'  {part:12s} cannot be estimated ({type(err).__name__}: {err}'.splitlines()[0] + ')', flush=True)
+            expected[part] = dict(NOT_ESTIMATED, precision=precision if precision != 'auto' else 'fp32')
+            continue
         rates = ', '.join(f'{label} {e[k]:.0f}/s' for k, label in (
             ('train_images_s', 'training images'), ('autoregressive_images_s', 'with the PixelCNN on'),
             ('is_samples_s', 'importance samples')) if e[k])
-        print(f'  {part:12s} {chosen:4s} ~{fmt_time(e["seconds"]):>7s}  {rates or "done"}', flush=True)
+        print(f'  {part:12s} {e["precision"]:4s} ~{fmt_time(e["seconds"]):>7s}  {rates or "done"}', flush=True)
     print(f'  {"total":17s} ~{fmt_time(sum(e["seconds"] for e in expected.values())):>7s}', flush=True)
     return expected
+
+
+NOT_ESTIMATED = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=None, is_samples_s=None)
+
+
+def estimate_part(part, profile, device, results_dir, fresh, precision):
+    """One part's estimate with its 'precision' (0 s when it has finished)."""
+    chosen = pick_precision(precision, part, profile, device, results_dir, fresh)[0]
+    out = part_dir(results_dir, part, profile, chosen)
+    if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
+        return dict(NOT_ESTIMATED, precision=chosen)
+    measured = estimate(part, config(part, profile, precision=chosen), device, None if fresh else out)
+    return dict(measured, precision=chosen)
 
 
 def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
             precision='auto', minutes=None):
     """Every part (or the given ones) in one profile, with time estimates; then the summary. With
     minutes, stop cleanly once that much time has passed (a checkpoint at the current step; rerun
-    the same command, on this machine or another after pack/unpack, to resume). Returns True when
-    every part is done."""
+    the same command, on this machine or another after pack/unpack, to resume). A part that cannot
+    run (refused, or its code raises) does not stop the others: the table at the end says what ran,
+    what was skipped or failed and why, and PartsFailedError follows it. Returns True when every
+    part is done (False when stopped by minutes). A student's code: results 'results' means
+    results/mine (student.results_for)."""
     fresh = as_bool(fresh, 'fresh')
+    results_dir = student.results_for(results_dir, say=True)
     device = pick_device(device)
     profile = pick_profile(profile, device)
     parts = check_parts(parts) if parts is not None else list(PARTS)
     if minutes is not None and not minutes > 0:
         raise ValueError(f'--minutes must be a positive number, got {minutes!r}')
-    estimates = estimate_all(profile, parts, device, results_dir, fresh, precision)
+    estimates = estimate_all(profile, parts, device, results_dir, fresh, precision, tolerant=True)
     expected = {p: e['seconds'] for p, e in estimates.items()}
     stop_at = time.time() + 60 * minutes if minutes is not None else None  # each slice trains at least a step
     t_start = time.time()
+    outcomes = {}
     for i, part in enumerate(parts):
         print(f'\n[{i + 1}/{len(parts)}] {part}: {TITLES[part]} -- this part ~{fmt_time(expected[part])}, all '
               f'remaining parts ~{fmt_time(sum(expected[p] for p in parts[i:]))} (elapsed '
               f'{fmt_time(time.time() - t_start)})', flush=True)
         stopped = stop_at is not None and time.time() > stop_at
         if not stopped:
-            stopped = run_part(part, profile=profile, device=device, fresh=fresh, results_dir=results_dir,
-                               progress=progress, stop_at=stop_at, precision=estimates[part]['precision']) is None
+            outcomes[part] = run_one(part, part_dir(results_dir, part, profile, estimates[part]['precision']),
+                                     profile=profile, device=device, fresh=fresh, results_dir=results_dir,
+                                     progress=progress, stop_at=stop_at, precision=estimates[part]['precision'])
+            stopped = outcomes[part][0] == 'stopped'
         if stopped:
             again = ' '.join(shlex.quote(a) for a in sys.argv) if sys.argv[0].endswith('experiments.py') else ''
             print(f'\nstopped after {fmt_time(time.time() - t_start)} (the --minutes limit) before {part} finished; '
@@ -402,10 +432,54 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
         fresh = False  # --fresh applies once per part, not to a resumed slice
     summaries = []
     for chosen in sorted({e['precision'] for e in estimates.values()}, key=PRECISIONS.index):
-        write_summary(results_dir, profile, chosen)  # every part present, not only those run now
-        summaries.append(os.path.join(run_dir(results_dir, profile, chosen), 'summary.md'))
+        if os.path.isdir(run_dir(results_dir, profile, chosen)):
+            write_summary(results_dir, profile, chosen)  # every part present, not only those run now
+            summaries.append(os.path.join(run_dir(results_dir, profile, chosen), 'summary.md'))
+    print('\n' + outcomes_table(outcomes), flush=True)
+    failed = [p for p, (outcome, _) in outcomes.items() if outcome in ('skipped', 'failed')]
+    if failed:
+        others = f'; summary of the others in {" and ".join(summaries)}' if summaries else ''
+        raise PartsFailedError(f'{len(failed)} of {len(parts)} parts did not run ({", ".join(failed)}); the table '
+                               f'above says why{others}')
     print(f'\nall parts done in {fmt_time(time.time() - t_start)}; summary in {" and ".join(summaries)}', flush=True)
     return True
+
+
+class PartsFailedError(RuntimeError):
+    """`all` ran every part it could, and some could not run (skipped or failed)."""
+
+
+REFUSALS = (ResultsExistError, RunLockedError, CheckpointError)  # the engine declined to run a part: nothing was done
+
+
+def run_one(part, out, **kwargs):
+    """(outcome, why) of one part in `all`: 'ran' (trained and evaluated now), 'done' (finished
+    before), 'stopped' (at the time limit), 'skipped' (refused, with the reason) or 'failed' (an
+    error, named; its traceback is printed)."""
+    metrics = os.path.join(out, 'metrics.json')
+    before = os.path.getmtime(metrics) if os.path.exists(metrics) else None
+    try:
+        m = run_part(part, **kwargs)
+    except REFUSALS as e:
+        print(f'{part}: skipped: {e}', flush=True)
+        return 'skipped', str(e)
+    except Exception as e:  # a student's models.py or losses.py may raise anything: the next part still runs
+        import traceback
+        traceback.print_exc()
+        return 'failed', f'{type(e).__name__}: {e}'.splitlines()[0]
+    if m is None:
+        return 'stopped', 'at the time limit, with a checkpoint'
+    now = os.path.getmtime(metrics) if os.path.exists(metrics) else None
+    values = ', '.join(f'{q} {v["value"]:.2f}' for q, v in (m.get('values') or {}).items()
+                       if v.get('stderr') is not None)
+    return ('ran' if now != before else 'done'), values
+
+
+def outcomes_table(outcomes):
+    """What `all` did with each part, one line each."""
+    lines = [f'{"part":12s} {"outcome":8s} why / numbers']
+    lines += [f'{part:12s} {outcome:8s} {why}' for part, (outcome, why) in outcomes.items()]
+    return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +507,8 @@ def main(argv=None):
                    help='importance-sample the first N test images instead of the number the run used')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
+    cp = sub.add_parser('compare', help="your finished parts (results/mine) beside the reference's, paired over the "
+                                        'same test images; suspects among the course_api tests where yours is worse')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
     v = sub.add_parser('verify', help="run every summary.json `reproduce` command and compare with the reported value")
     v.add_argument('--parts', default=None, help='comma-separated parts (default: every part in the summaries)')
@@ -462,14 +538,15 @@ def main(argv=None):
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, es, s, nb, v, pk, up, fg):
+    for p in (a, r, e, es, s, nb, v, pk, up, fg, cp):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es, fg):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
     args = parser.parse_args(argv)
     try:
         command(args)
-    except (CheckpointError, NonFiniteLossError, ResultsExistError, RunLockedError, ValueError, OSError) as err:
+    except (CheckpointError, NonFiniteLossError, ResultsExistError, RunLockedError, PartsFailedError, ValueError,
+            OSError) as err:
         sys.exit(f'error: {err}')
 
 
@@ -492,9 +569,12 @@ def command(args):
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
-                     else list(PARTS), device, args.results_dir, precision=args.precision)
+                     else list(PARTS), device, student.results_for(args.results_dir), precision=args.precision)
     elif args.command == 'summary':
-        write_summary(args.results_dir)
+        write_summary(student.results_for(args.results_dir, say=True))
+    elif args.command == 'compare':
+        import versus
+        print(versus.versus_markdown(args.results_dir), end='')
     elif args.command == 'verify':
         checked = verify(args.results_dir, args.parts.split(',') if args.parts else None,
                          profiles=args.runs.split(',') if args.runs else None,

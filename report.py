@@ -13,6 +13,7 @@ import shlex
 from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
 from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, precisions_started, quantities, run_dir
 from files import write_json
+import student
 
 # What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
 # applies to that file only, so a rerun's figures are described once somebody has looked at them.
@@ -58,11 +59,12 @@ def part_metrics(results_dir, profile, part, precision='fp32'):
 
 
 def run_dirs(results_dir):
-    """The run directories under results_dir that hold a finished part: [(path, profile, precision)]."""
+    """The run directories under results_dir that hold a finished part: [(path, profile, precision)].
+    results_dir/mine (a student's runs, student.py) is none of them."""
     found = []
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         profile, _, precision = name.partition('-')
-        if profile in PROFILES and (precision or 'fp32') in PRECISIONS and any(
+        if name != student.MINE and profile in PROFILES and (precision or 'fp32') in PRECISIONS and any(
                 os.path.exists(os.path.join(results_dir, name, p, 'metrics.json')) for p in PARTS):
             found.append((os.path.join(results_dir, name), profile, precision or 'fp32'))
     return found
@@ -110,6 +112,7 @@ def show_finished(parts, results_dir='results', profile='auto', figures=('sample
     """Display one table of every part among `parts` that has finished, then the named figures of
     each (None: all of them); a part that has not run is named, not an error."""
     from IPython.display import Image, Markdown, display
+    results_dir = student.results_for(results_dir)  # a student's code: their own runs, never the reference's
     done = [m for m in (part_metrics(results_dir, profile, p, precision) for p in parts) if m is not None]
     missing = [p for p in parts if p not in {m['part'] for m in done}]
     if missing:
@@ -129,7 +132,7 @@ def show_remedies(results_dir='results', profile='auto'):
     from answers import remedies_reading
     from figures import remedies_kl_figure
     from writeup import remedies_markdown, resolve
-    results_dir = run_dir(results_dir, pick_profile(profile, pick_device(None), quiet=True))
+    results_dir = run_dir(student.results_for(results_dir), pick_profile(profile, pick_device(None), quiet=True))
     metrics = load_metrics(results_dir)
     table = remedies_markdown(metrics)
     if not table:
@@ -188,6 +191,10 @@ def write_summary(results_dir='results', profile=None, precision='fp32'):
                      'test_nll_is<M> is -log p(x) estimated by importance sampling with M samples; kl is the '
                      'KL term of the ELBO; active_units counts latent dimensions with Var_x E_q[z_d] > 0.01.\n\n')
             fh.write(metrics_table(these, reported_only=True) + '\n')
+            if student.is_mine(results_dir):  # a student's own summary: beside the reference
+                from versus import versus_markdown
+                fh.write('\n## Yours against the reference\n\n' + versus_markdown(
+                    os.path.dirname(results_dir), runs=[os.path.basename(path)]))
         write_json(os.path.join(path, 'summary.json'), summary_rows(these, results_dir), indent=1)
         metrics += these
     return metrics

@@ -2,7 +2,6 @@
 command of every summary row), every number at once (`verify`, each in a fresh process, as a user
 would), and the figures (`figures`).
 """
-import hashlib
 import os
 import shlex
 import sys
@@ -15,15 +14,8 @@ from config import as_int, pick_device, pick_profile, run_dir, with_defaults
 from files import write_json
 from evaluate import evaluate, to_host64
 from report import read_json, run_dirs
+from student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
 from train import CheckpointError, atomic_save, load_data, load_file, load_models
-
-CODE_FILES = ('models.py', 'losses.py')  # the student's files: a finished run records their digest
-
-
-def code_digest():
-    """{file: sha256} of models.py and losses.py as they are now."""
-    root = os.path.dirname(os.path.abspath(__file__))
-    return {name: hashlib.sha256(open(os.path.join(root, name), 'rb').read()).hexdigest() for name in CODE_FILES}
 
 
 def git_commit():

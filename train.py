@@ -25,6 +25,7 @@ import data
 import files
 import losses
 import models
+import student
 from config import changes, model_spec, settings_differ
 from evaluate import bar, noise
 
@@ -221,13 +222,38 @@ def model_state(r):
     return r['state_dict'] if 'layout' in r['kwargs'] else models.upgrade_v1_state_dict(r['state_dict'])
 
 
+RESUME_ADVICE = ('To train this part with the code here, rerun with --fresh (fresh=True), which deletes it, or use '
+                 'another --results-dir')
+
+
+def load_state(net, state, what, advice):
+    """net.load_state_dict(state); parameters that do not fit raise a CheckpointError naming `what`
+    and those parameters, instead of torch's RuntimeError. The file is not touched."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        own = net.state_dict()
+        parts = [('missing in the file', [k for k in own if k not in state]),
+                 (f'not in {type(net).__name__} here', [k for k in state if k not in own]),
+                 ('of another shape', [f'{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here'
+                                       for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)])]
+        found = '; '.join(f'{label}: {names(keys)}' for label, keys in parts if keys) or str(e).splitlines()[0]
+        raise CheckpointError(f"{what}: its parameters do not fit models.{type(net).__name__} of the models.py here "
+                              f'({found}); it is kept as it is. {advice}') from None
+
+
+def names(keys, shown=5):
+    return ', '.join(keys[:shown]) + (f' and {len(keys) - shown} more' if len(keys) > shown else '')
+
+
 def load_models(record, device, autoregress):
     """The networks of a model record on `device`, in eval mode; a decoder with a PixelCNN has
     autoregression on or off as recorded."""
     nets = {}
     for name, r in record.items():
         nets[name] = getattr(models, r['cls'])(**model_kwargs(r)).to(device)
-        nets[name].load_state_dict(model_state(r))
+        load_state(nets[name], model_state(r), f'the {name} of a model file', 'Load it with the code that trained it, '
+                   'or retrain the part with the code here')
         nets[name].eval()
     if 'decoder' in nets and hasattr(nets['decoder'], 'autoregress'):
         nets['decoder'].autoregress = autoregress
@@ -300,9 +326,14 @@ class Training:
             raise CheckpointError(f'{self.path} was trained with other settings '
                                   f'({changes(ck["config"], self.cfg, differ, ("in it", "now"))}); '
                                   f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
+        self.check_code(ck)
         for name, net in self.nets.items():
-            net.load_state_dict(model_state(ck['models'][name]))
-        self.opt.load_state_dict(ck['optimizer'])
+            load_state(net, model_state(ck['models'][name]), f'part {self.part}: {self.path} ({name})', RESUME_ADVICE)
+        try:
+            self.opt.load_state_dict(ck['optimizer'])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{self.path}: its optimizer state does not fit this part's parameters ({e}); "
+                                  f'it is kept as it is. {RESUME_ADVICE}') from e
         self.shuffle.set_state(ck['rng']['shuffle'])
         torch.set_rng_state(ck['rng']['torch'])
         try:
@@ -318,6 +349,22 @@ class Training:
                                   f'{self.cfg["epochs"]} asked for; ask for at least {self.state["epoch"]} '
                                   f'epochs or rerun with --fresh')
 
+    def check_code(self, ck):
+        """A checkpoint is resumed only by the code that trained it: one that records the digest of
+        its models.py and losses.py by that code; one written before checkpoints recorded it (a
+        run of the reference code) only by the reference code."""
+        now = student.code_digest()
+        if 'code' in ck:
+            changed = [f for f in student.CODE_FILES if ck['code'].get(f) != now[f]]
+            why = changed and f'was trained by another {" and ".join(changed)} than the one here now'
+        else:
+            changed = student.changed_files()
+            why = changed and (f'records no code digest (it was written before checkpoints did, by the code '
+                               f'behind the committed results), and your {" and ".join(changed)} differ from that code')
+        if why:
+            raise CheckpointError(f"{self.path} {why}, so it is not resumed: its training would not be your code's. "
+                                  f'It is kept as it is. {RESUME_ADVICE}')
+
     def save(self):
         """Write the checkpoint, after reading every pending number: never a non-finite model."""
         self.flush()
@@ -326,7 +373,7 @@ class Training:
             raise NonFiniteLossError(stop_message(self.part, where, self.path, self.saved, 'a parameter is not finite'))
         rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
-                         optimizer=self.opt.state_dict(), rng=rng, **self.state), self.path)
+                         optimizer=self.opt.state_dict(), rng=rng, code=student.code_digest(), **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
     def where(self, batch, step):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+import course
 import losses
 
 
@@ -23,26 +24,39 @@ def batch(B=6, seed=0):
     return x1, x2, z, mu, logvar, eps
 
 
+GAUSSIAN = 'losses.gaussian_elbo(x1, x2, z, sigma, mu, logvar)'
+MC = 'losses.mc_gaussian_elbo(x1, x2, z, sigma, mu, logvar)'
+DISCRETE = 'losses.discrete_output_elbo(x1, x2, z, logqzx)'
+CROSS_ENTROPY = 'losses.cross_entropy(x1, x2)'
+
+
+def two_scalars(what, fn, *args):
+    """(reconstruction, divergence) of a loss call: two 0-dim tensors, checked."""
+    return course.tensors(what, course.call(what, fn, *args), (), ())
+
+
 @pytest.mark.course_api
 def test_gaussian_elbo_matches_distributions():
     x1, x2, z, mu, logvar, _ = batch()
     sigma = 0.03
-    recon, div = losses.gaussian_elbo(x1, x2, z, sigma, mu, logvar)
+    recon, div = two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, sigma, mu, logvar)
     # -log N(x2; x1, sigma^2) without its normaliser (D/2) log(2 pi sigma^2), per image
     nll = -Normal(x1, sigma).log_prob(x2).flatten(1).sum(1) - 784 * 0.5 * math.log(2 * math.pi * sigma ** 2)
-    torch.testing.assert_close(recon, nll.mean(), rtol=1e-5, atol=0)
+    course.close(GAUSSIAN + '[0]', recon, nll.mean(), 'the batch mean of ||x1 - x2||^2 / (2 sigma^2)', 1e-5, 0)
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1).mean()
-    torch.testing.assert_close(div, kl, rtol=1e-5, atol=0)
+    course.close(GAUSSIAN + '[1]', div, kl, 'the batch mean of the closed-form KL(N(mu, exp(logvar)) || N(0, I))',
+                 1e-5, 0)
 
 
 @pytest.mark.course_api
 def test_mc_gaussian_elbo_matches_log_probs_and_closed_form():
     x1, x2, z, mu, logvar, _ = batch()
-    recon, div = losses.mc_gaussian_elbo(x1, x2, z, 0.1, mu, logvar)
-    torch.testing.assert_close(recon, losses.gaussian_elbo(x1, x2, z, 0.1, mu, logvar)[0], rtol=1e-12, atol=0)
+    recon, div = two_scalars(MC, losses.mc_gaussian_elbo, x1, x2, z, 0.1, mu, logvar)
+    course.close(MC + '[0]', recon, two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, 0.1, mu, logvar)[0],
+                 "gaussian_elbo's reconstruction term", 1e-12, 0)
     q, r = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
     one_sample = (q.log_prob(z) - r.log_prob(z)).sum(1).mean()
-    torch.testing.assert_close(div, one_sample, rtol=1e-5, atol=0)
+    course.close(MC + '[1]', div, one_sample, 'the batch mean of log q(z|x) - log r(z) at the given z', 1e-5, 0)
     # Over n draws of eps per image the estimate matches the closed form within 4 standard errors.
     # One call on the n * B images: its batch mean is the mean of the n per-draw estimates, and the
     # one-sample check above makes the reference's spread the loss's spread.
@@ -51,12 +65,14 @@ def test_mc_gaussian_elbo_matches_log_probs_and_closed_form():
     eps = torch.randn(n * B, 49, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z = mu + (0.5 * logvar).exp() * eps
     x = torch.zeros(n * B, 1, 28, 28, dtype=torch.float64)
-    estimate = losses.mc_gaussian_elbo(x, x, z, 1.0, mu, logvar)[1]
-    closed = losses.gaussian_elbo(x, x, z, 1.0, mu, logvar)[1]
+    estimate = two_scalars(MC, losses.mc_gaussian_elbo, x, x, z, 1.0, mu, logvar)[1]
+    closed = two_scalars(GAUSSIAN, losses.gaussian_elbo, x, x, z, 1.0, mu, logvar)[1]
     q = Normal(mu, (0.5 * logvar).exp())
     per_draw = (q.log_prob(z) - r.log_prob(z)).sum(1).view(n, B).mean(1)
     stderr = per_draw.std() / math.sqrt(n)
-    assert abs(estimate - closed) < 4 * stderr
+    course.check(abs(estimate - closed) < 4 * stderr, MC + '[1] over 2000 draws of z per image',
+                 f'the closed-form KL {closed.item():.4f} within 4 standard errors ({4 * stderr.item():.4f})',
+                 f'{estimate.item():.4f}')
     assert stderr < 0.05 * closed  # the check has power: a wrong constant would be caught
 
 
@@ -66,7 +82,9 @@ def test_cross_entropy_matches_bernoulli():
     logits = (x1 - 0.5) * 8
     x2 = torch.bernoulli(torch.sigmoid(logits))
     expected = -Bernoulli(logits=logits).log_prob(x2).flatten(1).sum(1).mean()
-    torch.testing.assert_close(losses.cross_entropy(logits, x2), expected, rtol=1e-5, atol=0)
+    got = course.tensor(CROSS_ENTROPY, course.call(CROSS_ENTROPY, losses.cross_entropy, logits, x2), ())
+    course.close(CROSS_ENTROPY, got, expected, 'the batch mean of -log Bernoulli(x2; sigmoid(x1)) summed over pixels '
+                 '(x1: logits)', 1e-5, 0)
 
 
 @pytest.mark.course_api
@@ -74,10 +92,12 @@ def test_discrete_output_elbo_kl_is_log_q_minus_log_r():
     x1, _, z, mu, logvar, eps = batch()
     x2 = torch.bernoulli(torch.full_like(x1, 0.3))
     logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)  # the encoder's convention without flows
-    recon, div = losses.discrete_output_elbo(x1, x2, z, logqzx)
-    torch.testing.assert_close(recon, losses.cross_entropy(x1, x2))
+    recon, div = two_scalars(DISCRETE, losses.discrete_output_elbo, x1, x2, z, logqzx)
+    expected = course.tensor(CROSS_ENTROPY, course.call(CROSS_ENTROPY, losses.cross_entropy, x1, x2), ())
+    course.close(DISCRETE + '[0]', recon, expected, 'cross_entropy(x1, x2)', None, None)
     q, r = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
-    torch.testing.assert_close(div, (q.log_prob(z) - r.log_prob(z)).sum(1).mean(), rtol=1e-5, atol=0)
+    course.close(DISCRETE + '[1]', div, (q.log_prob(z) - r.log_prob(z)).sum(1).mean(),
+                 'the batch mean of log q(z|x) - log r(z), with logqzx = -log q(z|x) - (49/2) log 2pi', 1e-5, 0)
 
 
 @pytest.mark.course_api
@@ -86,14 +106,16 @@ def test_losses_return_two_scalars():
     x1, x2, z, mu, logvar, eps = batch()
     x2 = torch.bernoulli(x2)
     logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)
-    for recon, div in (losses.gaussian_elbo(x1, x2, z, 0.1, mu, logvar), losses.mc_gaussian_elbo(x1, x2, z, 0.1, mu, logvar),
-                       losses.discrete_output_elbo(x1, x2, z, logqzx)):
-        assert recon.shape == div.shape == ()
-    assert losses.cross_entropy(x1, x2).shape == ()
+    two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, 0.1, mu, logvar)
+    two_scalars(MC, losses.mc_gaussian_elbo, x1, x2, z, 0.1, mu, logvar)
+    two_scalars(DISCRETE, losses.discrete_output_elbo, x1, x2, z, logqzx)
+    course.tensor(CROSS_ENTROPY, course.call(CROSS_ENTROPY, losses.cross_entropy, x1, x2), ())
     # batch means: the loss of a batch is the mean of its images' losses
-    halves = [losses.discrete_output_elbo(x1[i:i + 3], x2[i:i + 3], z[i:i + 3], logqzx[i:i + 3]) for i in (0, 3)]
-    for k, whole in enumerate(losses.discrete_output_elbo(x1, x2, z, logqzx)):
-        torch.testing.assert_close(whole, (halves[0][k] + halves[1][k]) / 2)
+    halves = [two_scalars(DISCRETE, losses.discrete_output_elbo, x1[i:i + 3], x2[i:i + 3], z[i:i + 3], logqzx[i:i + 3])
+              for i in (0, 3)]
+    for k, whole in enumerate(two_scalars(DISCRETE, losses.discrete_output_elbo, x1, x2, z, logqzx)):
+        course.close(f'{DISCRETE}[{k}] on 6 images', whole, (halves[0][k] + halves[1][k]) / 2,
+                     'the mean of its values on the first and the last 3 (a batch mean, not a sum)', None, None)
 
 
 def test_bad_shapes_raise_value_errors_naming_shapes():

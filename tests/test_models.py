@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+import course
 import models
 
 torch.set_num_threads(2)
@@ -82,26 +83,38 @@ def causal_violations(model, forward, mode):
     return j[future].abs().max().item(), j[~future].abs().max().item()
 
 
+def causal(what, leak, past):
+    """The verdict of causal_violations, as an instruction."""
+    course.check(leak == 0.0, what, 'logit i to depend on the pixels before i only (raster order): '
+                 'd logit_i / d x_j = 0 for every j >= i', f'|d logit_i / d x_j| up to {leak:.3g} for some j >= i')
+    course.check(past > 0, what, 'logit i to depend on the pixels before it', 'no dependence on any pixel')
+
+
+IMAGE = (1, 1, 28, 28)
+
+
 @pytest.mark.course_api
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_pixelcnn_is_autoregressive(mode):
-    model = randomize(models.PixelCNN(capacity=8, depth=3)).double()
+    model, built = course.build(models, 'PixelCNN', capacity=8, depth=3)
+    model = randomize(model).double()
+    course.returns(f'{built}(x)', model, IMAGE, torch.zeros(IMAGE, dtype=torch.float64))
     leak, past = causal_violations(model, model, mode)
-    assert leak == 0.0
-    assert past > 0  # the Jacobian is not trivially zero: the test can see a dependence
+    causal(f'{built}(x) in {mode} mode', leak, past)  # past > 0: the test can see a dependence
 
 
 @pytest.mark.course_api
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 def test_pixelvae_decoder_is_autoregressive(mode):
     """logits_i of the PixelVAE decoder, forward(z, x) with autoregress on, see x_<i only."""
-    g = models.DiscreteVAEDecoder(capacity=4, depth=2, autoregress=True)
-    g.pixelcnn = models.PixelCNN(capacity=8, depth=2)  # the framework's attribute; a small one is faster
+    g, built = course.build(models, 'DiscreteVAEDecoder', capacity=4, depth=2, autoregress=True)
+    g.pixelcnn = course.build(models, 'PixelCNN', capacity=8, depth=2)[0]  # the framework's attribute; small is faster
     g = randomize(g).double()
     g.autoregress = True
     z = torch.randn(1, 49, dtype=torch.float64)
+    course.returns(f'{built}(z, x) with autoregress = True', g, IMAGE, z, torch.zeros(IMAGE, dtype=torch.float64))
     leak, past = causal_violations(g, lambda x: g(z, x), mode)
-    assert leak == 0.0 and past > 0
+    causal(f'{built}(z, x) with autoregress = True, in {mode} mode', leak, past)
 
 
 def test_masked_conv_detects_a_leak():
@@ -117,14 +130,19 @@ def test_iaf_is_autoregressive():
     """m_i and s_i of IAF.forward(z, h) depend on z_<i only (raster order, strictly): the update
     z_i' = sigmoid(s_i) z_i + (1 - sigmoid(s_i)) m_i then has a triangular Jacobian with diagonal
     sigmoid(s), which is what makes log|det| = sum_i log sigmoid(s_i) (Kingma et al. 2016, eq. 15)."""
-    iaf = randomize(models.IAF(4, depth=2)).double()
+    iaf, built = course.build(models, 'IAF', 4, depth=2)
+    iaf = randomize(iaf).double()
     g = torch.Generator().manual_seed(2)
     h = torch.randn(1, 4, 7, 7, generator=g, dtype=torch.float64)
     z = torch.randn(49, generator=g, dtype=torch.float64)
+    what = f'{built}(z, h) -> (m, s)'
+    course.tensors(what, course.call(what, iaf, z.view(1, 1, 7, 7), h), (1, 1, 7, 7), (1, 1, 7, 7))
     for k, name in enumerate(('m', 's')):
         j = jacobian(lambda v: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
-        assert torch.triu(j).abs().max() == 0, f'{name}_i depends on z_j for some j >= i'
-        assert torch.tril(j, -1).abs().max() > 0, f'{name} does not depend on z at all'
+        course.check(torch.triu(j).abs().max() == 0, f'{what}: {name}', f'{name}_i to depend on z_j for j < i only '
+                     '(raster order)', f'|d {name}_i / d z_j| up to {torch.triu(j).abs().max():.3g} for some j >= i')
+        course.check(torch.tril(j, -1).abs().max() > 0, f'{what}: {name}', f'{name}_i to depend on the z_j before i',
+                     'no dependence on z at all')
 
 
 def flow_logdet_check(flows, seed):
@@ -163,31 +181,39 @@ def test_iaf_encoder_logqzx_is_exact():
     -log q(z|x) = -log N(eps; 0, I) + log|det dz/deps| (change of variables, Problem 3) and the
     Jacobian dz/deps from autograd: nothing about the flow's structure is assumed."""
     B = 2
-    f = randomize(models.VAEEncoder(capacity=4, depth=1, flows=2), std=0.1).double()
+    f, built = course.build(models, 'VAEEncoder', capacity=4, depth=1, flows=2)
+    f = randomize(f, std=0.1).double()
     g = torch.Generator().manual_seed(3)
     x = torch.rand(B, 1, 28, 28, generator=g, dtype=torch.float64)
     eps = torch.randn(B, 1, 7, 7, generator=g, dtype=torch.float64)
-    z, logqzx, mu, logvar = f(x, eps)
-    assert z.shape == (B, 49) and logqzx.shape == (B,)
+    what = f'{built}(x, epsilon) -> (z, logqzx, mu, logvar)'
+    z, logqzx, mu, logvar = course.tensors(what, course.call(what, f, x, eps), (B, 49), (B,), (B, 49), (B, 49))
     jac = jacobian(lambda e: f(x, e.view(B, 1, 7, 7))[0].flatten(), eps.flatten(), f).view(B, 49, B, 49)
     for b in range(B):
         others = [c for c in range(B) if c != b]
-        assert jac[b][:, others].abs().max() == 0  # z_b depends on eps_b only
+        course.check(jac[b][:, others].abs().max() == 0, what, f'z of image {b} to depend on its own epsilon only',
+                     'a dependence on the epsilon of another image')
         logdet = torch.linalg.slogdet(jac[b, :, b]).logabsdet
         neg_log_q = -Normal(0.0, 1.0).log_prob(eps[b].flatten()).sum() + logdet
-        assert logqzx[b].item() == pytest.approx(neg_log_q.item() - HALF_LOG_2PI_49, abs=1e-8, rel=0)
+        course.check(abs(logqzx[b].item() - (neg_log_q.item() - HALF_LOG_2PI_49)) <= 1e-8, f'{what}: logqzx[{b}]',
+                     f'-log q(z|x) - (49/2) log 2pi = {neg_log_q.item() - HALF_LOG_2PI_49:.8g}, with -log q(z|x) = '
+                     f'-log N(epsilon; 0, I) + log|det dz/depsilon| (the flows\' log-determinants included)',
+                     f'{logqzx[b].item():.8g}')
         # the flows change the density by far more than the tolerance: a missing log-det term shows
         assert abs(logdet - 0.5 * logvar[b].sum()) > 1
 
 
 @pytest.mark.course_api
 def test_encoder_logqzx_matches_normal_log_prob():
-    f = models.VAEEncoder(capacity=4, depth=1)
+    f, built = course.build(models, 'VAEEncoder', capacity=4, depth=1)
     x = torch.rand(3, 1, 28, 28)
-    z, logqzx, mu, logvar = f(x, torch.randn(3, 1, 7, 7))
+    what = f'{built}(x, epsilon) -> (z, logqzx, mu, logvar)'
+    z, logqzx, mu, logvar = course.tensors(what, course.call(what, f, x, torch.randn(3, 1, 7, 7)),
+                                           (3, 49), (3,), (3, 49), (3, 49))
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
     expected = -q.log_prob(z).sum(1) - HALF_LOG_2PI_49
-    torch.testing.assert_close(logqzx, expected, rtol=1e-5, atol=1e-4)
+    course.close(f'{what}: logqzx', logqzx, expected, '-log N(z; mu, exp(logvar)) summed over the 49 dimensions, '
+                 'minus (49/2) log 2pi', 1e-5, 1e-4)
 
 
 def two_step_encoder():
@@ -252,23 +278,31 @@ def test_course_calls_and_shapes():
     """The notebooks' forward calls, at small sizes: shapes, value ranges and the PixelVAE logits
     pixelcnn(x) + (the logits with autoregress off)."""
     B = 4
-    x = torch.bernoulli(torch.rand(B, 1, 28, 28))
+    images = (B, 1, 28, 28)
+    x = torch.bernoulli(torch.rand(images))
     for flows in (0, 2):
-        f = models.VAEEncoder(capacity=8, depth=2, flows=flows)
-        z, logqzx, mu, logvar = f(x, torch.randn(B, 1, 7, 7))
-        assert z.shape == mu.shape == logvar.shape == (B, 49) and logqzx.shape == (B,)
-        assert torch.isfinite(logqzx).all()
-    g = models.GaussianVAEDecoder(capacity=8, depth=3)
-    out = g(z)
-    assert out.shape == (B, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
-    assert g(torch.randn(B, 49)).shape == (B, 1, 28, 28)
-    assert models.PixelCNN(capacity=4, depth=1)(x).shape == (B, 1, 28, 28)
-    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
-    assert d.autoregress is False and isinstance(d.pixelcnn, models.PixelCNN)
-    latent_only = d(z)
-    assert latent_only.shape == (B, 1, 28, 28)
+        f, built = course.build(models, 'VAEEncoder', capacity=8, depth=2, flows=flows)
+        what = f'{built}(x, epsilon) -> (z, logqzx, mu, logvar)'
+        z, logqzx, mu, logvar = course.tensors(what, course.call(what, f, x, torch.randn(B, 1, 7, 7)),
+                                               (B, 49), (B,), (B, 49), (B, 49))
+        course.check(torch.isfinite(logqzx).all(), f'{what}: logqzx', 'finite values', logqzx.tolist())
+    g, built = course.build(models, 'GaussianVAEDecoder', capacity=8, depth=3)
+    out = course.returns(f'{built}(z)', g, images, z)
+    course.check(out.min() >= 0 and out.max() <= 1, f'{built}(z)', 'pixel means in [0, 1]',
+                 f'values from {out.min().item():.3g} to {out.max().item():.3g}')
+    course.returns(f'{built}(z) for z of shape (B, 49)', g, images, torch.randn(B, 49))
+    pixelcnn, built = course.build(models, 'PixelCNN', capacity=4, depth=1)
+    course.returns(f'{built}(x)', pixelcnn, images, x)
+    d, built = course.build(models, 'DiscreteVAEDecoder', capacity=4, depth=1, autoregress=True)
+    course.check(course.attribute(d, 'autoregress', built) is False, f'{built}.autoregress', 'False until the '
+                 'notebook switches it on', repr(d.autoregress))
+    course.check(isinstance(course.attribute(d, 'pixelcnn', built), models.PixelCNN), f'{built}.pixelcnn',
+                 'a models.PixelCNN', type(d.pixelcnn).__name__)
+    latent_only = course.returns(f'{built}(z) with autoregress = False', d, images, z)
     d.autoregress = True
-    torch.testing.assert_close(d(z, x), latent_only + d.pixelcnn(x))
+    both = course.returns(f'{built}(z, x) with autoregress = True', d, images, z, x)
+    course.close(f'{built}(z, x) with autoregress = True', both, latent_only + d.pixelcnn(x),
+                 'the logits with autoregress off plus pixelcnn(x)')
 
 
 @pytest.mark.course_api
@@ -276,18 +310,27 @@ def test_course_samplers():
     """sample() of each model, as the notebooks call it: shapes and values. On a GPU when there is
     one: the framework's samplers allocate with .cuda()."""
     B = 4
-    g = models.GaussianVAEDecoder(capacity=8, depth=3).to(DEVICE)
-    s = g.sample(torch.randn(B, 1, 7, 7, device=DEVICE), 0.03)
-    assert s.shape == (B, 1, 28, 28) and s.min() >= 0 and s.max() <= 1
-    s = models.PixelCNN(capacity=4, depth=1).to(DEVICE).sample(3)
-    assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
-    d = models.DiscreteVAEDecoder(capacity=4, depth=1, autoregress=True)
-    d.pixelcnn = models.PixelCNN(capacity=4, depth=1)  # the framework's attribute; a small one samples faster
+    g, built = course.build(models, 'GaussianVAEDecoder', capacity=8, depth=3)
+    what = f'{built}.sample(z, sigma=0.03)'
+    s = course.returns(what, course.attribute(g.to(DEVICE), 'sample', built), (B, 1, 28, 28),
+                       torch.randn(B, 1, 7, 7, device=DEVICE), 0.03)
+    course.check(s.min() >= 0 and s.max() <= 1, what, 'images in [0, 1]',
+                 f'values from {s.min().item():.3g} to {s.max().item():.3g}')
+    pixelcnn, built = course.build(models, 'PixelCNN', capacity=4, depth=1)
+    binary(f'{built}.sample(3)', course.returns(f'{built}.sample(3)', course.attribute(
+        pixelcnn.to(DEVICE), 'sample', built), (3, 1, 28, 28), 3))
+    d, built = course.build(models, 'DiscreteVAEDecoder', capacity=4, depth=1, autoregress=True)
+    d.pixelcnn = course.build(models, 'PixelCNN', capacity=4, depth=1)[0]  # the framework's attribute; faster small
     d = d.to(DEVICE)
     for autoregress, z in ((False, torch.randn(B, 1, 7, 7)), (True, torch.randn(B, 49))):
         d.autoregress = autoregress
-        s = d.sample(z.to(DEVICE))
-        assert s.shape == (B, 1, 28, 28) and set(s.unique().tolist()) <= {0.0, 1.0}
+        what = f'{built}.sample(z) with autoregress = {autoregress}, z of shape {tuple(z.shape)}'
+        binary(what, course.returns(what, course.attribute(d, 'sample', built), (B, 1, 28, 28), z.to(DEVICE)))
+
+
+def binary(what, s):
+    values = sorted(set(s.unique().tolist()))
+    course.check(set(values) <= {0.0, 1.0}, what, 'binary images (values 0 and 1)', f'the values {values[:5]}')
 
 
 def test_engine_call_patterns():
@@ -506,14 +549,19 @@ def test_framework_initialisation():
 @pytest.mark.course_api
 def test_iaf_returns_m_and_one_plus_s():
     """IAF.forward(z, h) -> (m, s) with s = 1 + s_head(u): with the heads zeroed, m = 0 and s = 1."""
-    iaf = randomize(models.IAF(4, depth=2))
+    iaf, built = course.build(models, 'IAF', 4, depth=2)
+    iaf = randomize(iaf)
     with torch.no_grad():
-        for head in (iaf.m, iaf.s):
-            head.weight.zero_()
-            head.bias.zero_()
-    m, s = iaf(torch.randn(3, 1, 7, 7), torch.randn(3, 4, 7, 7))
-    assert m.shape == s.shape == (3, 1, 7, 7)
-    assert torch.equal(m, torch.zeros_like(m)) and torch.equal(s, torch.ones_like(s))
+        for name in ('m', 's'):
+            head = course.attribute(iaf, name, built)
+            course.attribute(head, 'weight', f'{built}.{name}').zero_()
+            course.attribute(head, 'bias', f'{built}.{name}').zero_()
+    what = f'{built}(z, h) -> (m, s)'
+    m, s = course.tensors(what, course.call(what, iaf, torch.randn(3, 1, 7, 7), torch.randn(3, 4, 7, 7)),
+                          (3, 1, 7, 7), (3, 1, 7, 7))
+    course.check(torch.equal(m, torch.zeros_like(m)) and torch.equal(s, torch.ones_like(s)), f'{what} with the heads '
+                 'm and s zeroed', 'm = 0 and s = 1 (s = 1 + s_head(u))', f'm up to {m.abs().max().item():.3g}, s from '
+                 f'{s.min().item():.3g} to {s.max().item():.3g}')
 
 
 @pytest.mark.parametrize('layout', ['course', 'v1'])
