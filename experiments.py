@@ -108,8 +108,8 @@ def process_alive(pid):
 
 
 
-def finished_run(paths, cfg, out):
-    """The metrics of the run finished in `out` with the settings cfg and today's models.py and
+def finished_run(paths, cfg, out, part, profile):
+    """The metrics of the part's run finished in `out` with the settings cfg and today's models.py and
     losses.py, or None if none has finished there (or if only more epochs are asked and its
     checkpoint is there to train on from). A finished run with other settings, or produced by other
     code, raises ResultsExistError: it is never trained over, and never passed off as this code's."""
@@ -125,10 +125,14 @@ def finished_run(paths, cfg, out):
                '(fresh=True), which deletes that run')
     if 'is_images' in differ:  # an evaluation's size: the number states its images, and `eval` redoes it
         differ.remove('is_images')
+        results = os.path.dirname(os.path.dirname(out))
         if not differ:
             print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"])}, not the '
                   f'{describe_images(cfg["is_images"])} asked; to recompute it from the model: python experiments.py '
-                  f'eval PART --quantity test_nll_is{saved["is_samples"]} --is-images N --keep --update', flush=True)
+                  f'eval {part} --quantity test_nll_is{saved["is_samples"]} --profile {profile}'
+                  + (f' --precision {cfg["precision"]}' if cfg['precision'] != 'fp32' else '')
+                  + (f' --results-dir {shlex.quote(results)}' if results != 'results' else '')
+                  + ' --is-images N --keep --update', flush=True)
     if differ:
         raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it is kept as it '
                                 f'is. To train this part with the new settings, {way_out}')
@@ -201,7 +205,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
             for p in list(paths.values()) + [os.path.join(out, n) for n in ('run.log', 'per_image.pt', PARTIAL)]:
                 if os.path.exists(p):
                     os.remove(p)
-        done = finished_run(paths, cfg, out)
+        done = finished_run(paths, cfg, out, part, profile)
         if done is not None:
             print(f'{part}: already done ({paths["metrics"]}, trained on {done.get("hardware", done["device"])}); '
                   f'--fresh to redo it', flush=True)

@@ -37,6 +37,22 @@ def test_finished_run_with_other_settings_is_never_trained_over(tmp_path):
     assert E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1) == done
 
 
+def test_a_finished_run_asked_for_other_images_prints_a_command_that_recomputes_them(tmp_path, capsys):
+    """The advice names the part, its profile, precision and results directory (not a literal PART),
+    and the command it prints, with N filled in, recomputes the number over those images."""
+    settings = dict(profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, precision='bf16')
+    E.run_part('6b', **settings)
+    capsys.readouterr()
+    E.run_part('6b', **dict(settings, is_images=5))
+    advice = capsys.readouterr().out
+    command = advice[advice.index('python experiments.py eval'):].splitlines()[0]
+    assert 'PART' not in command and command.startswith('python experiments.py eval 6b --quantity test_nll_is16 '
+                                                        '--profile smoke --precision bf16 --results-dir ')
+    E.main(shlex.split(command.replace(' N ', ' 5 '))[2:])
+    metrics = json.loads((tmp_path / 'smoke-bf16' / '6b' / 'metrics.json').read_text())
+    assert metrics['values']['test_nll_is16']['n_images'] == 5
+
+
 def test_string_parameters_mean_what_they_say(tmp_path):
     """papermill's -p passes 'false' as a string: it must not mean True."""
     done = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
