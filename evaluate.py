@@ -183,10 +183,14 @@ class PartialPass:
     state and the seconds spent), so that a pass stopped at a time limit, or killed, resumes at its
     next batch and ends with the numbers of an unbroken pass. A file made for another model, other
     test images or other settings (its key differs), or one that cannot be read, is not used: a
-    message says so and the pass starts from the first image. path None: nothing is saved."""
+    message says so and the pass starts from the first image; so does one whose generator state was
+    saved on another device type (a CPU generator's state cannot be set on a CUDA one, nor the
+    reverse), whose draws cannot be continued here. path None: nothing is saved. log: where those
+    messages go (the run's log; stderr by default)."""
 
-    def __init__(self, path, stop_at=None):
+    def __init__(self, path, stop_at=None, log=None):
         self.path, self.stop_at = path, stop_at
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.earlier = 0.0  # seconds spent in earlier sittings
         self.started = time.time()
 
@@ -198,15 +202,21 @@ class PartialPass:
             saved = torch.load(self.path, map_location='cpu', weights_only=True)
             same = saved['key'] == key
         except Exception as err:  # a damaged file costs its compute, never the run
-            print(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
-                  f'image', file=sys.stderr, flush=True)
+            self.log(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
+                     f'image')
             return []
         if not same:
-            print(f'{self.path} holds importance sampling of another model, other test images or other settings; '
-                  f'starting from the first image', file=sys.stderr, flush=True)
+            self.log(f'{self.path} holds importance sampling of another model, other test images or other settings; '
+                     f'starting from the first image')
             return []
         if generator is not None:
-            generator.set_state(saved['generator'])
+            try:
+                generator.set_state(saved['generator'])
+            except (RuntimeError, TypeError):  # a state of another device type's generator (or none)
+                self.log(f'{self.path} was saved on another device type, whose random draws cannot be continued on '
+                         f'{generator.device.type}; importance sampling restarts its draws from the first image '
+                         f'(the {len(saved["nll"])} images done there are computed again)')
+                return []
         self.earlier = saved['seconds']
         print(f'importance sampling resumes after {len(saved["nll"])} images ({self.path})', flush=True)
         return [saved['nll']]

@@ -234,7 +234,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
         net.eval()
     t0 = time.time()
     test_x = load_data(cfg, train=False).to(device)
-    per_image, partial = {}, PartialPass(os.path.join(out, PARTIAL), stop_at)
+    per_image, partial = {}, PartialPass(os.path.join(out, PARTIAL), stop_at, log=lambda m: say(out, m))
     try:
         values = evaluate(nets, cfg, test_x, progress=progress, keep=per_image, partial=partial)
     except EvaluationStopped as stop:

@@ -353,6 +353,28 @@ def test_a_partial_pass_of_another_model_or_a_damaged_one_is_not_used(tmp_path, 
     assert 'cannot be read' in capsys.readouterr().err
 
 
+def test_a_partial_pass_from_another_device_type_restarts_its_draws(tmp_path):
+    """A pass saved with a generator state of another device type (16 bytes: a CUDA generator's)
+    cannot continue its draws: it restarts from the first image, says so, and ends with the NLLs
+    of an unbroken pass on this device."""
+    f, g = tiny_vae()
+    x = binary_images(4)
+    path = str(tmp_path / 'is_partial.pt')
+
+    def nll(partial=None):
+        return V.importance_sampled_nll(f, g, x, samples=6, chunk=4, batch=2, partial=partial,
+                                        generator=torch.Generator().manual_seed(7))
+
+    with pytest.raises(V.EvaluationStopped):
+        nll(V.PartialPass(path, stop_at=0.0))
+    saved = torch.load(path, weights_only=True)
+    torch.save(dict(saved, generator=torch.zeros(16, dtype=torch.uint8)), path)
+    notes = []
+    partial = V.PartialPass(path, log=notes.append)
+    assert torch.equal(nll(partial), nll()) and partial.earlier == 0.0
+    assert len(notes) == 1 and 'saved on another device type' in notes[0] and 'restarts its draws' in notes[0]
+
+
 @pytest.mark.parametrize('flows,autoregress', [(0, False), (0, True), (2, True)])
 def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
     f, g = tiny_vae(flows=flows, autoregress=autoregress)

@@ -72,6 +72,23 @@ def test_checkpoint_from_another_device_type_resumes(tmp_path, capsys):
     assert 'comes from another device' in (out / 'run.log').read_text()
 
 
+def test_importance_sampling_from_another_device_type_restarts_with_a_note(tmp_path):
+    """is_partial.pt carried from a machine of another device type (its generator state does not
+    fit this one's): the rerun restarts the pass, notes it in run.log, and reports the numbers of
+    an unbroken run."""
+    settings = dict(profile='smoke', device='cpu', progress=False, epochs=1)
+    unbroken = E.run_part('6b', results_dir=str(tmp_path / 'unbroken'), **settings)
+    E.run_part('6b', results_dir=str(tmp_path), **settings)
+    out = tmp_path / 'smoke' / '6b'
+    os.remove(out / 'metrics.json')
+    assert E.run_part('6b', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
+    partial = torch.load(out / 'is_partial.pt', weights_only=True)
+    torch.save(dict(partial, generator=torch.zeros(16, dtype=torch.uint8)), out / 'is_partial.pt')
+    again = E.run_part('6b', results_dir=str(tmp_path), **settings)
+    assert again['values'] == unbroken['values']
+    assert 'saved on another device type' in (out / 'run.log').read_text()
+
+
 @pytest.fixture
 def simulated_cuda(monkeypatch):
     monkeypatch.delenv('HW2_DEVICE')
