@@ -57,17 +57,45 @@ def mean_stderr(values):
     return dict(value=round(v.mean().item(), 6), stderr=round(se, 6), n_images=len(v))
 
 
+def new_tf32_api():
+    """True where torch sets TF32 per operation (torch.backends.cudnn.conv.fp32_precision and
+    torch.backends.cuda.matmul.fp32_precision, torch 2.9 on); older torch has only allow_tf32."""
+    return hasattr(torch.backends.cudnn, 'conv') and hasattr(torch.backends.cuda.matmul, 'fp32_precision')
+
+
 @contextlib.contextmanager
+def cuda_numerics(tf32):
+    """cuDNN on, deterministic and without benchmark mode (benchmarking picks kernels by timing,
+    so a resumed process could pick others: deterministic alone assures the same numbers), and TF32
+    in convolutions and matrix products on or off; every flag restored on exit. TF32 is set through
+    the per-operation fp32_precision API where torch has it and through the legacy allow_tf32 flags
+    only where it has not: torch raises on a mix of the two, and its cudnn.flags() touches the
+    legacy flag, so it is used only with the legacy API. The flags act on CUDA only."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if not new_tf32_api():
+        saved = matmul.allow_tf32
+        matmul.allow_tf32 = tf32
+        try:
+            with cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=tf32):
+                yield
+        finally:
+            matmul.allow_tf32 = saved
+        return
+    precision = 'tf32' if tf32 else 'ieee'
+    saved = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.conv.fp32_precision, matmul.fp32_precision)
+    try:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic = True, False, True
+        cudnn.conv.fp32_precision = matmul.fp32_precision = precision
+        yield
+    finally:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic = saved[:3]
+        cudnn.conv.fp32_precision, matmul.fp32_precision = saved[3:]
+
+
 def float32_eval():
     """Full float32 on CUDA (no TF32 in convolutions or matrix products) and deterministic cuDNN
     kernels, so that `eval` recomputes the same numbers; a no-op elsewhere."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+    return cuda_numerics(tf32=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ import files
 import losses
 import models
 from config import changes, model_spec, settings_differ
-from evaluate import bar, noise
+from evaluate import bar, cuda_numerics, noise
 
-# cuDNN in training: the fastest deterministic kernels for these shapes (so a resumed run ends with
-# the numbers of an unbroken one), TF32 allowed (never in evaluation)
-CUDNN_TRAINING = dict(enabled=True, benchmark=True, deterministic=True, allow_tf32=True)
+# CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
+# the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
+TRAINING_TF32 = True
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
 
 _DATA = {}
@@ -451,6 +451,6 @@ def train(part, cfg, nets, out, device, progress, stop_at=None):
     training = Training(part, cfg, nets, out, device, progress)
     training.resume()
     cuda = torch.device(device).type == 'cuda'
-    with torch.backends.cudnn.flags(**CUDNN_TRAINING) if cuda else contextlib.nullcontext():
+    with cuda_numerics(tf32=TRAINING_TF32) if cuda else contextlib.nullcontext():
         done = training.run(stop_at)
     return training.state, done

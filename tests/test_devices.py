@@ -112,3 +112,107 @@ def test_channels_last_is_restored_after_an_error():
             assert models.CHANNELS_LAST is (not before)
             raise RuntimeError
     assert models.CHANNELS_LAST == before
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA numerics: deterministic cuDNN without benchmark mode, and TF32 through one API only
+
+class Flags:
+    """Stands in for torch.backends.cudnn (with conv) or torch.backends.cuda.matmul: holds the flags
+    the torch in question has, and logs every read and write of them by name."""
+
+    def __init__(self, log, prefix, values, **children):
+        for name, value in dict(_log=log, _prefix=prefix, _values=dict(values), **children).items():
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        if name not in self._values:
+            raise AttributeError(name)
+        self._log.append(('get', self._prefix + name))
+        return self._values[name]
+
+    def __setattr__(self, name, value):
+        if name not in self._values:
+            raise AttributeError(name)
+        self._log.append(('set', self._prefix + name, value))
+        self._values[name] = value
+
+    def flags(self, **values):
+        """torch.backends.cudnn.flags: sets every flag given (allow_tf32 included) and restores them."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def context():
+            saved = {k: getattr(self, k) for k in values}
+            for k, v in values.items():
+                setattr(self, k, v)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    setattr(self, k, v)
+        return context()
+
+
+CUDNN = dict(enabled=False, benchmark=True, deterministic=False, allow_tf32=True)
+
+
+def simulated_backends(monkeypatch, new_api):
+    """torch.backends as a torch with (new_api) or without the per-operation fp32_precision API:
+    (log, cudnn, matmul)."""
+    log = []
+    if new_api:
+        cudnn = Flags(log, 'cudnn.', CUDNN, conv=Flags(log, 'cudnn.conv.', dict(fp32_precision='tf32')))
+        matmul = Flags(log, 'matmul.', dict(allow_tf32=False, fp32_precision='none'))
+    else:
+        cudnn = Flags(log, 'cudnn.', CUDNN)
+        matmul = Flags(log, 'matmul.', dict(allow_tf32=False))
+    monkeypatch.setattr(torch.backends, 'cudnn', cudnn)
+    monkeypatch.setattr(torch.backends.cuda, 'matmul', matmul)
+    return log, cudnn, matmul
+
+
+def tf32_flags_touched(log):
+    """'legacy' and/or 'new': which TF32 API the logged reads and writes used."""
+    return {('new' if name.endswith('fp32_precision') else 'legacy') for _, name, *_ in log if 'tf32' in name
+            or name.endswith('fp32_precision')}
+
+
+@pytest.mark.parametrize('new_api', [True, False])
+@pytest.mark.parametrize('tf32', [True, False])
+def test_cuda_numerics_are_deterministic_and_set_tf32_through_one_api(monkeypatch, new_api, tf32):
+    import evaluate
+    log, cudnn, matmul = simulated_backends(monkeypatch, new_api)
+    before = (dict(cudnn._values), dict(matmul._values))
+    with evaluate.cuda_numerics(tf32):
+        assert (cudnn._values['enabled'], cudnn._values['deterministic'], cudnn._values['benchmark']) == \
+            (True, True, False)
+        if new_api:
+            assert cudnn.conv._values['fp32_precision'] == matmul._values['fp32_precision'] == \
+                ('tf32' if tf32 else 'ieee')
+        else:
+            assert cudnn._values['allow_tf32'] is matmul._values['allow_tf32'] is tf32
+    assert tf32_flags_touched(log) == {'new' if new_api else 'legacy'}
+    assert (cudnn._values, matmul._values) == before                  # every flag restored
+
+
+def test_training_on_cuda_runs_with_deterministic_kernels_and_tf32(monkeypatch):
+    import train
+    log, cudnn, matmul = simulated_backends(monkeypatch, new_api=True)
+    seen = []
+
+    class Stub:
+        def __init__(self, *args):
+            self.state = {}
+
+        def resume(self):
+            pass
+
+        def run(self, stop_at):
+            seen.append((cudnn._values['deterministic'], cudnn._values['benchmark'],
+                         cudnn.conv._values['fp32_precision'], matmul._values['fp32_precision']))
+            return True
+
+    monkeypatch.setattr(train, 'Training', Stub)
+    train.train('6b', {}, {}, 'out', 'cuda', False)
+    assert seen == [(True, False, 'tf32', 'tf32')] and tf32_flags_touched(log) == {'new'}
