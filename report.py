@@ -142,14 +142,15 @@ def show_remedies(results_dir='results', profile='auto'):
 
 
 def reproduce_command(m, quantity, results_dir):
-    """The command that recomputes one reported number from the part's model.pt."""
+    """The command that recomputes one reported number from the part's model.pt, on whatever device
+    the machine that runs it has (evaluation is float32 everywhere, so a number trained on a GPU
+    verifies on a CPU)."""
     precision = m['config'].get('precision', 'fp32')
     images = (m.get('recomputed') or {}).get(quantity, {}).get('is_images')  # set by eval --is-images N --update
     return (f'python experiments.py eval {m["part"]} --quantity {quantity} --profile {m["profile"]}'
             + (f' --precision {precision}' if precision != 'fp32' else '')
             + (f' --is-images {images}' if images is not None else '')
-            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else '')
-            + f' --device {m["device"]}')
+            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else ''))
 
 
 def summary_rows(metrics, results_dir):

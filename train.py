@@ -205,9 +205,22 @@ def load_file(path, advice=FRESH):
                               + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))) from e
 
 
+def on_cpu(obj):
+    """obj with every tensor in it (in dicts, lists and tuples) copied to the CPU: the files a run
+    writes load on any machine, whatever device trained it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def model_record(nets, spec):
-    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it."""
-    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=net.state_dict())
+    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it.
+    The weights are on the CPU."""
+    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=on_cpu(net.state_dict()))
             for name, net in nets.items()}
 
 
@@ -326,7 +339,7 @@ class Training:
             raise NonFiniteLossError(stop_message(self.part, where, self.path, self.saved, 'a parameter is not finite'))
         rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
-                         optimizer=self.opt.state_dict(), rng=rng, **self.state), self.path)
+                         optimizer=on_cpu(self.opt.state_dict()), rng=rng, **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
     def where(self, batch, step):
