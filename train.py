@@ -32,6 +32,10 @@ from evaluate import bar, cuda_numerics, noise
 # the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
 TRAINING_TF32 = True
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
+# Device types whose values the host reads without waiting for a queue of kernels: there the loss
+# and its finiteness are read every step and losses.py checks its inputs at every call. Elsewhere
+# (CUDA, MPS) a training step reads nothing on the host (see step and loss_on).
+FREE_READS = ('cpu',)
 
 _DATA = {}
 
@@ -103,6 +107,34 @@ def low_precision(precision, device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def loss_on(loss, device):
+    """losses.py's `loss` as a training step calls it on `device`. Where reads are free (FREE_READS),
+    the function itself. Elsewhere it is evaluated as a vmap over a batch of one batch: losses.py
+    skips its checks of tensor values under vmap (cross_entropy's data in [0, 1] would otherwise be
+    read at every step, stalling the GPU's queue), and check_training_data checks the data once
+    instead. The same values; the gradients agree to rounding, not bit for bit, so the CPU, where
+    the committed runs were trained, keeps the direct call."""
+    if torch.device(device).type in FREE_READS:
+        return loss
+
+    def batched(*args):
+        dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+        out = torch.func.vmap(loss, in_dims=dims)(*(a[None] if isinstance(a, torch.Tensor) else a for a in args))
+        return out[0] if isinstance(out, torch.Tensor) else tuple(t[0] for t in out)
+    return batched
+
+
+def check_training_data(x, device):
+    """The training images lie in [0, 1]: what losses.py checks at every call where reads are free,
+    checked once per run elsewhere (loss_on)."""
+    if torch.device(device).type in FREE_READS:
+        return
+    lo, hi = torch.aminmax(x)
+    if not (lo >= 0 and hi <= 1):
+        raise ValueError(f'the training images must lie in [0, 1], got values in [{lo.item():g}, {hi.item():g}]; '
+                         f'load them with data.load_mnist or data.load_binarized_mnist')
+
+
 # ---------------------------------------------------------------------------------------------
 # The objective of each model kind: (training objective, reconstruction, KL), batch means in
 # nats. Reconstruction + KL is the negative ELBO of the handout (for 6a the NLL, with KL = 0),
@@ -112,7 +144,7 @@ def pixelcnn_objective(nets, cfg, x, eps, beta):
     """-log p(x) = sum_i BCE(logit_i, x_i) (6a)."""
     with low_precision(cfg['precision'], x.device):
         logits = nets['pixelcnn'](x)
-    nll = losses.cross_entropy(logits.float(), x)
+    nll = loss_on(losses.cross_entropy, x.device)(logits.float(), x)
     return nll, nll, torch.zeros_like(nll)
 
 
@@ -129,7 +161,7 @@ def _encode(nets, cfg, x, eps, decode):
 def gaussian_vae_objective(nets, cfg, x, eps, beta):
     """||x - g(z)||^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, I)), the KL as losses.py computes it (5b, 5c)."""
     z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z))
-    recon, kl = getattr(losses, cfg['loss'])(out, x, z, cfg['sigma'], mu, logvar)
+    recon, kl = loss_on(getattr(losses, cfg['loss']), x.device)(out, x, z, cfg['sigma'], mu, logvar)
     return recon + beta * kl, recon, kl
 
 
@@ -137,7 +169,7 @@ def binary_vae_objective(nets, cfg, x, eps, beta):
     """-log p(x|z) + beta (log q(z|x) - log r(z)), one z per image (6b-6e); with free bits the KL
     term is sum_d max(lambda, batch-mean KL_d) instead."""
     z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z, x))
-    recon, kl = losses.discrete_output_elbo(out, x, z, terms.sum(1))
+    recon, kl = loss_on(losses.discrete_output_elbo, x.device)(out, x, z, terms.sum(1))
     if cfg['free_bits'] > 0:
         # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
         return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
@@ -159,11 +191,13 @@ def captured(fn, device):
     instead of hundreds of small kernels, and on CUDA replayed as a CUDA graph (mode
     'reduce-overhead'), which removes the per-kernel launch cost that bounds small models there.
     The same function (tests compare it with eager); if compilation fails it says so and runs fn.
-    beta is passed as a tensor, so that a KL warm-up does not recompile at every step."""
+    beta is passed as a tensor, so that a KL warm-up does not recompile at every step: one tensor
+    on the device, refilled in place at each step (no tensor built from host data)."""
     fast = [torch.compile(fn, mode='reduce-overhead' if torch.device(device).type == 'cuda' else None)]
+    weight = torch.zeros((), device=device)  # beta
 
     def call(nets, cfg, x, eps, beta):
-        beta = torch.tensor(float(beta), device=x.device)
+        beta = weight.fill_(beta)
         if fast[0] is not None:
             try:
                 return fast[0](nets, cfg, x, eps, beta)
@@ -296,7 +330,8 @@ class Training:
                           history=new_history())
         self.saved = None     # {epoch, batch} of the checkpoint on disk
         self.pending = []     # per-step numbers not yet read from the device
-        self.check_every = 1 if self.device.type == 'cpu' else SYNC_EVERY
+        self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
+        self.order = None     # the epoch's data order (state['perm']) on the device
         self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
 
     def resume(self):
@@ -356,6 +391,7 @@ class Training:
         if state['epoch'] >= cfg['epochs']:
             return True
         x_train = load_data(cfg, train=True).to(self.device)
+        check_training_data(x_train, self.device)
         x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
         steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
         last_save = time.time()
@@ -393,6 +429,7 @@ class Training:
                 hist['autoregress_step'] = state['step']
         if state['batch'] == 0:
             state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
+        self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
         for net in self.nets.values():
             net.train()
 
@@ -400,7 +437,7 @@ class Training:
         """One optimiser step on batch b of the epoch's data order."""
         cfg, state = self.cfg, self.state
         bs = cfg['batch_size']
-        x = x_train[state['perm'][b * bs:(b + 1) * bs].to(self.device)]  # (B, 1, 28, 28)
+        x = x_train[self.order[b * bs:(b + 1) * bs]]  # (B, 1, 28, 28)
         eps = noise(self.noise, (len(x), models.LATENT ** 2)) if cfg['model'] != 'pixelcnn' else None
         # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)

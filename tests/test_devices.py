@@ -216,3 +216,100 @@ def test_training_on_cuda_runs_with_deterministic_kernels_and_tf32(monkeypatch):
     monkeypatch.setattr(train, 'Training', Stub)
     train.train('6b', {}, {}, 'out', 'cuda', False)
     assert seen == [(True, False, 'tf32', 'tf32')] and tf32_flags_touched(log) == {'new'}
+
+
+# ---------------------------------------------------------------------------------------------
+# No host synchronisation in a training step on a GPU
+
+HOST_READS = ('item', 'tolist', 'numpy', 'cpu', '__bool__', '__float__', '__int__')  # each waits for the device
+
+
+@pytest.fixture
+def host_transfers(monkeypatch):
+    """Counts, by name, what in a training step would wait for a GPU's queue, on the CPU: a read of a
+    tensor's value on the host (HOST_READS), a tensor built from host data (torch.tensor) and an
+    explicit move to a device (Tensor.to(device)), whose source in pageable host memory makes the
+    copy synchronous. Returns the list of names, to be cleared before the steps counted."""
+    seen = []
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            seen.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(f'Tensor.{name}', getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, 'tensor', counting('torch.tensor', torch.tensor))
+    to = torch.Tensor.to
+
+    def moved(self, *args, **kwargs):
+        if any(isinstance(a, (str, torch.device)) for a in list(args) + list(kwargs.values())):
+            seen.append('Tensor.to(device)')
+        return to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, 'to', moved)
+    return seen
+
+
+@pytest.mark.parametrize('part,overrides', [('6a', {}), ('6b', {}), ('5b', {}), ('6e-warmup', {}),
+                                            ('6e-warmup', dict(compile_train=True))])
+def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_transfers, part, overrides):
+    """With the CPU standing in for a GPU (train.FREE_READS emptied: the engine then reads the device
+    only every SYNC_EVERY steps, as on CUDA), steps after the first read nothing on the host and copy
+    nothing from it."""
+    import config
+    import train
+    monkeypatch.setattr(train, 'FREE_READS', ())
+    cfg = config.config(part, 'smoke', batch_size=20, **overrides)
+    torch.manual_seed(0)
+    nets = train.build(config.model_spec(cfg), 'cpu')
+    training = train.Training(part, cfg, nets, str(tmp_path), 'cpu', False)
+    assert training.check_every == train.SYNC_EVERY
+    x_train = train.load_data(cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 10)                          # Adam's state and any compilation are made here
+    host_transfers.clear()
+    for b in range(1, 4):
+        training.step(x_train, b, 10)
+    assert host_transfers == []
+    training.flush()                                       # the numbers are read every SYNC_EVERY steps
+    assert len(training.state['history']['loss']) == 4 and host_transfers
+
+
+def test_where_losses_do_not_check_each_step_the_training_data_is_checked_once(tmp_path, monkeypatch):
+    """Raw 0-255 pixels: losses.py would refuse them at the first step; where its checks are skipped
+    (a GPU) the run refuses them when it loads them, naming the range found."""
+    import config
+    import train
+    monkeypatch.setattr(train, 'FREE_READS', ())
+    monkeypatch.setattr(train, 'load_data', lambda cfg, train: torch.full((20, 1, 28, 28), 255.0))
+    cfg = config.config('6b', 'smoke', batch_size=10)
+    training = train.Training('6b', cfg, train.build(config.model_spec(cfg), 'cpu'), str(tmp_path), 'cpu', False)
+    with pytest.raises(ValueError, match=r'training images must lie in \[0, 1\], got values in \[255, 255\]'):
+        training.run()
+    assert training.state['step'] == 0
+
+
+@pytest.mark.parametrize('part', ['6a', '5c', '6e-freebits'])
+def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch, part):
+    """loss_on's vmap over a batch of one batch (the path of a GPU) gives the objective and terms of
+    the direct call, and its gradients to rounding."""
+    import config
+    import train
+    cfg = config.config(part, 'smoke')
+    torch.manual_seed(0)
+    nets = train.build(config.model_spec(cfg), 'cpu')
+    x = train.load_data(cfg, train=True)[:6]
+    eps = torch.randn(6, 49, generator=torch.Generator().manual_seed(1))
+    params = [p for net in nets.values() for p in net.parameters()]
+    results = []
+    for free in (('cpu',), ()):
+        monkeypatch.setattr(train, 'FREE_READS', free)
+        terms = train.objective(nets, cfg, x, eps, 0.5)
+        results.append((torch.stack(terms).detach(), torch.autograd.grad(terms[0], params, allow_unused=True)))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    for g1, g2 in zip(ga, gb):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
