@@ -48,7 +48,7 @@ from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
 from files import write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
                    model_record, say, train)
-from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)
+from report import compare, read_json, run_dirs, show, show_finished, trained_on, write_summary  # noqa: F401 (notebooks)
 
 
 
@@ -207,7 +207,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
                     os.remove(p)
         done = finished_run(paths, cfg, out, part, profile)
         if done is not None:
-            print(f'{part}: already done ({paths["metrics"]}, trained on {done.get("hardware", done["device"])}); '
+            print(f'{part}: already done ({paths["metrics"]}, trained on {trained_on(done)}); '
                   f'--fresh to redo it', flush=True)
             return done
         if why != 'as asked':
@@ -247,6 +247,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
     metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device),
                    hardware=describe_hardware(device), precision=cfg['precision'], epochs=state['epoch'],
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
+                   sittings=[dict(s, seconds=round(s['seconds'], 1)) for s in state['sittings']],
                    eval_seconds=round(time.time() - t0 + partial.earlier, 1), model=paths['model'], commit=git_commit(),
                    code=code_digest(), autoregress_step=state['history']['autoregress_step'], values=values,
                    figures=figs, config=cfg)

@@ -37,6 +37,33 @@ def read_json(path):
                          f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err
 
 
+def training_time(m):
+    """[(hardware, seconds)] of a run's training, in the order first used, summed over its sittings
+    on each (metrics.json's sittings); a sitting whose hardware was not recorded is named by its
+    device type. A run finished before sittings were recorded trained on its recorded hardware."""
+    sittings = m.get('sittings') or [dict(device=m['device'], hardware=m.get('hardware'), seconds=m['train_seconds'])]
+    spent = {}
+    for s in sittings:
+        label = s.get('hardware') or (str(s['device']).split(':')[0].upper() if s.get('device') else 'an unrecorded '
+                                                                                                   'device')
+        spent[label] = spent.get(label, 0.0) + s['seconds']
+    return list(spent.items())
+
+
+def trained_on(m):
+    """The hardware a run trained on, in words: one name, or several joined by ' + '."""
+    return ' + '.join(label for label, _ in training_time(m))
+
+
+def training_minutes(m, digits=1):
+    """A run's training time in minutes; where it trained on several kinds of hardware, the time on
+    each, named: '85.0 min CPU (x86_64), 2 cores + 10.0 min NVIDIA H100' (never all credited to one)."""
+    spent = training_time(m)
+    if len(spent) == 1:
+        return f'{spent[0][1] / 60:.{digits}f} min'
+    return ' + '.join(f'{seconds / 60:.{digits}f} min {label}' for label, seconds in spent)
+
+
 def load_metrics(results_dir):
     """The metrics.json of every finished part of one run directory, in handout order; each with
     'dir', the part's directory (per_image.pt, history.json and the figures lie there)."""
@@ -158,7 +185,8 @@ def summary_rows(metrics, results_dir):
     return [dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'], M=v.get('M'),
                  profile=m['profile'], precision=m['config'].get('precision', 'fp32'), device=m['device'],
                  hardware=m.get('hardware', m['device']), epochs=m['epochs'], train_seconds=m['train_seconds'],
-                 model=m['model'], reproduce=reproduce_command(m, q, results_dir))
+                 train_seconds_by_hardware=dict(training_time(m)), model=m['model'],
+                 reproduce=reproduce_command(m, q, results_dir))
             for m in metrics for q, v in ((q, m['values'][q]) for q in quantities(m['config']))]
 
 
@@ -170,8 +198,8 @@ def metrics_table(metrics, reported_only=False):
         for q, v in m['values'].items():
             if not reported_only or q in quantities(m['config']):
                 lines.append(f'| {m["part"]} | {m["title"]} | {q} | {value_text(v)} | {v["n_images"]} | '
-                             f'{v.get("M") or ""} | {m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, '
-                             f'{m["config"].get("precision", "fp32")}, {m.get("hardware", m["device"])} |')
+                             f'{v.get("M") or ""} | {m["epochs"]} | {training_minutes(m)} | {m["profile"]}, '
+                             f'{m["config"].get("precision", "fp32")}, {trained_on(m)} |')
     return '\n'.join(lines)
 
 

@@ -25,7 +25,7 @@ import data
 import files
 import losses
 import models
-from config import changes, model_spec, settings_differ
+from config import changes, describe_hardware, model_spec, settings_differ
 from evaluate import bar, cuda_numerics, noise
 
 # CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
@@ -308,6 +308,23 @@ def stop_message(part, where, path, saved, what):
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
+CUDA_GENERATOR_STATE_BYTES = 16  # a CUDA generator's state: seed and offset (a CPU one's is 5056 bytes)
+
+
+def earlier_sittings(ck):
+    """The sittings {device, hardware, seconds} of a checkpoint. One written before they were
+    recorded holds its training seconds as one sitting on the device type its noise generator's
+    state belongs to (a generator of the training device), its hardware unrecorded (None)."""
+    if 'sittings' in ck:
+        return ck['sittings']
+    if not ck.get('train_seconds'):
+        return []
+    size = len(ck['rng']['noise'])
+    device = ('cpu' if size == len(torch.Generator().get_state()) else
+              'cuda' if size == CUDA_GENERATOR_STATE_BYTES else None)
+    return [dict(device=device, hardware=None, seconds=ck['train_seconds'])]
+
+
 def new_history():
     """Per-iteration training curves and per-epoch test points, as history.json stores them."""
     return dict(step=[], loss=[], recon=[], kl=[], objective=[], beta=[], test_epoch=[], test_step=[], test_loss=[],
@@ -327,7 +344,8 @@ class Training:
         self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
         self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
         self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
-                          history=new_history())
+                          history=new_history(), sittings=[])
+        self.sitting = None   # this process's entry of state['sittings'], made at its first training seconds
         self.saved = None     # {epoch, batch} of the checkpoint on disk
         self.pending = []     # per-step numbers not yet read from the device
         self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
@@ -357,7 +375,8 @@ class Training:
             self.noise.set_state(ck['rng']['noise'])
         except RuntimeError:  # a generator state of another device type (e.g. saved on CUDA, resumed on CPU)
             say(self.out, f'{self.part}: the checkpoint comes from another device; eps draws restart from the seed')
-        self.state = {k: ck[k] for k in self.state}
+        self.state = {k: ck[k] for k in self.state if k != 'sittings'}
+        self.state['sittings'] = earlier_sittings(ck)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
         say(self.out, f'{self.part}: resuming from {self.path} at epoch {self.state["epoch"]}, batch '
                       f'{self.state["batch"]}, step {self.state["step"]}')
@@ -404,18 +423,27 @@ class Training:
                 self.step(x_train, b, steps_per_epoch)
                 late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
                 if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:
-                    state['train_seconds'] += time.time() - t0
+                    self.count(time.time() - t0)
                     t0 = time.time()
                     self.save()
                     last_save = time.time()
                     if stop_at is not None and time.time() > stop_at:
                         return False
-            state['train_seconds'] += time.time() - t0
+            self.count(time.time() - t0)
             self.end_of_epoch(epoch, x_monitor, steps_per_epoch)
             last_save = time.time()
             if stop_at is not None and time.time() > stop_at and state['epoch'] < cfg['epochs']:
                 return False
         return True
+
+    def count(self, seconds):
+        """Add training seconds to the run's total and to this sitting's (this process, its device
+        and hardware): a run resumed on another machine records where each part of its time went."""
+        if self.sitting is None:
+            self.sitting = dict(device=str(self.device), hardware=describe_hardware(self.device), seconds=0.0)
+            self.state['sittings'].append(self.sitting)
+        self.state['train_seconds'] += seconds
+        self.sitting['seconds'] += seconds
 
     def start_epoch(self, epoch, n):
         """The learning rate of this epoch, autoregression on from autoregress_epoch, the data order."""

@@ -745,6 +745,8 @@ def test_resume_continues_the_step_counter(tmp_path, capsys):
     two = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
     assert 'resuming from' in capsys.readouterr().out
     assert two['steps'] == 4 and two['epochs'] == 2
+    assert [s['device'] for s in two['sittings']] == ['cpu', 'cpu']          # one a process
+    assert sum(s['seconds'] for s in two['sittings']) == pytest.approx(two['train_seconds'], abs=0.15)
     h = history(tmp_path)
     assert h['step'] == [0, 1, 2, 3] and h['test_epoch'] == [1, 2]
     # the same numbers as two epochs in one go
@@ -1172,6 +1174,41 @@ def test_training_time_checkpoints_and_a_time_limit_follow_the_clock(tmp_path, m
     again.resume()
     assert again.state['train_seconds'] == 70.0 and again.run(stop_at=clock.now + 65) is True
     assert written[4:] == [(2, 0)] and again.state['step'] == 8 and again.state['train_seconds'] == 80.0
+
+
+def test_each_sitting_records_its_device_hardware_and_seconds(tmp_path, monkeypatch):
+    """A run stopped on one machine and resumed on another: the checkpoint carries each sitting's
+    device, hardware and training seconds, which add up to train_seconds."""
+    monkeypatch.setattr(T, 'describe_hardware', lambda device: 'first machine')
+    training, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2)
+    assert training.run(stop_at=clock.now + 25) is False   # 3 steps of 10 s
+    monkeypatch.setattr(T, 'describe_hardware', lambda device: 'second machine')
+    again, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2)
+    again.resume()
+    assert again.run() is True
+    assert again.state['sittings'] == [dict(device='cpu', hardware='first machine', seconds=30.0),
+                                       dict(device='cpu', hardware='second machine', seconds=50.0)]
+    assert again.state['train_seconds'] == 80.0
+    assert T.load_file(again.path)['sittings'] == again.state['sittings']
+
+
+@pytest.mark.parametrize('noise,device', [(torch.Generator().get_state(), 'cpu'),
+                                          (torch.zeros(16, dtype=torch.uint8), 'cuda')])
+def test_a_checkpoint_from_before_sittings_were_recorded_is_one_sitting_on_its_device(tmp_path, noise, device):
+    """Its training seconds are one earlier sitting, on the device type of its noise generator's
+    state, its hardware unrecorded; this process's seconds come after it."""
+    training = smoke_training(tmp_path, epochs=2)
+    assert training.run(stop_at=0.0) is False
+    ck = T.load_file(training.path)
+    earlier = ck['train_seconds']
+    del ck['sittings']
+    ck['rng']['noise'] = noise
+    torch.save(ck, training.path)
+    again = smoke_training(tmp_path, epochs=2)
+    again.resume()
+    assert again.state['sittings'] == [dict(device=device, hardware=None, seconds=earlier)]
+    assert again.run() is True
+    assert [s['hardware'] for s in again.state['sittings']] == [None, C.describe_hardware('cpu')]
 
 
 def test_a_time_limit_met_at_an_epochs_end_stops_there_unless_training_is_done(tmp_path, monkeypatch):
