@@ -7,7 +7,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py all --profile full --minutes 50  # stop cleanly after 50 minutes; rerun to resume
     python experiments.py run 6b [--fresh] [--epochs N]    # one part (resumes from its checkpoint)
     python experiments.py run 6c --profile full --is-images 1000  # IS NLL on the first 1000 test images
-    python experiments.py run 6a --precision bf16          # bfloat16 forward passes; default auto (pick_precision)
+    python experiments.py run 6a --precision bf16          # bfloat16 forward passes (fp16: float16); default auto
     python experiments.py eval 6b --quantity test_nll_is1000 --profile cpu  # recompute one number
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
     python experiments.py list [--profile cpu]             # the parts, their settings and the deviations
@@ -20,7 +20,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
 
-Files per part, in results/<profile>[-bf16]/<part>/: checkpoint.pt (training state, rewritten
+Files per part, in results/<profile>[-<precision>]/<part>/: checkpoint.pt (training state, rewritten
 atomically every epoch and every `checkpoint_minutes`; a rerun resumes from it, --fresh starts
 over), model.pt (the trained model, what `eval` loads), metrics.json, history.json (per-iteration
 curves), per_image.pt (per-image values, for paired comparisons), run.log and PNG figures. While
@@ -41,8 +41,8 @@ import figures
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
 from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, bf16_units, config,
-                    describe_hardware, list_settings, changes, model_spec, part_dir, part_for, pick_device, pick_profile,
-                    precisions_started, run_dir, with_defaults)  # noqa: F401
+                    describe_hardware, gpu_precision, list_settings, changes, model_spec, part_dir, part_for, pick_device,
+                    pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
 from bench import estimate, precision_speeds
 from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
 from files import write_json
@@ -157,8 +157,9 @@ AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least 
 
 
 def pick_precision(precision, part, profile, device, results_dir='results', fresh=False):
-    """(precision, why) of a part's training. 'fp32' and 'bf16' are taken as asked. 'auto' is
-    float32 on a GPU; on a CPU, the precision of the part's run already in results_dir (float32
+    """(precision, why) of a part's training. 'fp32', 'bf16' and 'fp16' are taken as asked. 'auto' is
+    float16 on a CUDA GPU without bfloat16 tensor cores (config.gpu_precision) and float32 on any
+    other GPU; on a CPU, the precision of the part's run already in results_dir (float32
     first), so that a rerun resumes or finds it; otherwise bfloat16 for a part with shown parity
     (BF16_PARITY) in the cpu or full profile, on a CPU with bfloat16 units, where a few training
     steps each way, in turns, measure it AUTO_SPEEDUP times faster; float32 otherwise."""
@@ -169,6 +170,9 @@ def pick_precision(precision, part, profile, device, results_dir='results', fres
     device = torch.device(device)
     started = [] if as_bool(fresh, 'fresh') else precisions_started(results_dir, part, profile)
     if device.type != 'cpu':
+        if gpu_precision(device) == 'fp16':
+            capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
+            return 'fp16', f'fp16: CUDA compute capability {capability} has no bfloat16 tensor cores'
         return 'fp32', f'float32 on {device.type}'
     if started:
         return started[0], f'its run in {part_dir(results_dir, part, profile, started[0])}'
@@ -412,13 +416,14 @@ def main(argv=None):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
     for p in (a, r, es):
         p.add_argument('--precision', default='auto', choices=['auto', *PRECISIONS],
-                       help='bf16: training forward passes in bfloat16 (evaluation stays float32), results in '
-                            '<results-dir>/<profile>-bf16; auto (default): bf16 for the parts that have shown parity, '
+                       help='bf16 / fp16: training forward passes in bfloat16 / float16 with loss scaling (evaluation '
+                            'stays float32), results in <results-dir>/<profile>-bf16 / -fp16; auto (default): fp16 on a '
+                            'CUDA GPU without bfloat16 tensor cores, bf16 for the parts that have shown parity, '
                             'on a CPU with bfloat16 units where it measures faster, float32 otherwise')
     for p in (e, pk, fg):
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                       help="the run's training precision: fp32 (results in <results-dir>/<profile>) or bf16 "
-                            '(<results-dir>/<profile>-bf16)')
+                       help="the run's training precision: fp32 (results in <results-dir>/<profile>), bf16 or fp16 "
+                            '(<results-dir>/<profile>-bf16, -fp16)')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')

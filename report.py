@@ -11,7 +11,8 @@ import os
 import shlex
 
 from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
-from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, precisions_started, quantities, run_dir
+from config import (PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, quantities,
+                    run_dir)
 from files import write_json
 
 # What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
@@ -73,13 +74,13 @@ def load_metrics(results_dir):
 
 def part_metrics(results_dir, profile, part, precision='fp32'):
     """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
-    from the device, as run_part does, and precision 'auto' as it resumes: float32 on a GPU, and
-    on a CPU the part's finished run, float32 first."""
+    from the device, as run_part does, and precision 'auto' as it resumes: on a GPU its choice
+    (config.gpu_precision), on a CPU the part's finished run, float32 first."""
     device = pick_device(None)
     profile = pick_profile(profile, device, quiet=True)
     if precision == 'auto':
         finished = precisions_started(results_dir, part, profile, files=('metrics.json',))
-        precision = finished[0] if finished and device.type == 'cpu' else 'fp32'
+        precision = finished[0] if finished and device.type == 'cpu' else gpu_precision(device)
     path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
     return read_json(path) if os.path.exists(path) else None
 

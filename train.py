@@ -92,19 +92,42 @@ def free_bits_kl(kl_terms, free_bits):
     return torch.clamp(kl_terms.mean(0), min=free_bits).sum()
 
 
+LOW_PRECISION = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
 def low_precision(precision, device):
     """The context of the training forward passes. 'fp32' (the default): plain float32, no autocast
     at all (older torch does not accept autocast on every device). 'bf16': torch.autocast to
     bfloat16, so convolutions and matrix products round their inputs to 8-bit mantissas and run on
-    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores; parameters, gradients,
-    Adam's state and the losses stay float32, and evaluation always runs in float32. It computes a
-    different function (relative error ~1e-3 per layer): the README sets its test numbers beside
-    float32 runs, and `python bench.py --bf16-json` measures its speed on a machine."""
+    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores. 'fp16': autocast to
+    float16 (10-bit mantissas, but a range that ends at 65504 and underflows below 6e-8), for GPUs
+    whose tensor cores have no bfloat16; its gradients are scaled (loss_scaler). Parameters,
+    gradients, Adam's state and the losses stay float32, and evaluation always runs in float32.
+    Either computes a different function (relative error ~1e-3 per layer): the README sets bf16
+    test numbers beside float32 runs, and `python bench.py --bf16-json` measures its speed."""
     if precision == 'fp32':
         return contextlib.nullcontext()
-    if precision != 'bf16':
-        raise ValueError(f'precision must be fp32 or bf16, got {precision!r}')
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision not in LOW_PRECISION:
+        raise ValueError(f'precision must be fp32, {" or ".join(LOW_PRECISION)}, got {precision!r}')
+    return torch.autocast(torch.device(device).type, dtype=LOW_PRECISION[precision])
+
+
+def loss_scaler(precision, device):
+    """float16 training's gradient scaler (torch.amp.GradScaler), None for the other precisions.
+    The loss is multiplied by a scale S before the backward pass, so that small gradients survive
+    float16's range, and the gradients are divided by S before the step; a step whose gradients
+    overflowed is skipped and S halved, and S doubles after 2000 steps without overflow. With
+    Adam's fused kernel the skip is decided on the device, without reading it on the host."""
+    if precision != 'fp16':
+        return None
+    device = torch.device(device)
+    make = getattr(torch.amp, 'GradScaler', None)
+    if make is not None:
+        return make(device.type)
+    if device.type == 'cuda':
+        return torch.cuda.amp.GradScaler()
+    raise ValueError(f'precision fp16 on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch '
+                     f'{torch.__version__}: use --precision fp32 or bf16')
 
 
 def loss_on(loss, device):
@@ -302,7 +325,7 @@ def stop_message(part, where, path, saved, what):
             f'no checkpoint had been written yet ({path} does not exist); a rerun starts from scratch')
     return (f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. '
             f'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or use '
-            f'--precision fp32 if this was a bf16 run.')
+            f'--precision fp32 if this was a bf16 or fp16 run.')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +351,7 @@ def earlier_sittings(ck):
 def new_history():
     """Per-iteration training curves and per-epoch test points, as history.json stores them."""
     return dict(step=[], loss=[], recon=[], kl=[], objective=[], beta=[], test_epoch=[], test_step=[], test_loss=[],
-                test_kl=[], autoregress_step=None)
+                test_kl=[], autoregress_step=None, skipped=[])  # skipped: steps whose update loss scaling skipped
 
 
 class Training:
@@ -341,6 +364,7 @@ class Training:
         self.path = os.path.join(out, 'checkpoint.pt')
         self.params = [p for net in nets.values() for p in net.parameters()]
         self.opt = adam(self.params, cfg['lr'])
+        self.scaler = loss_scaler(cfg['precision'], self.device)
         self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
         self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
         self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
@@ -369,6 +393,8 @@ class Training:
         for name, net in self.nets.items():
             net.load_state_dict(model_state(ck['models'][name]))
         self.opt.load_state_dict(ck['optimizer'])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(ck['scaler'])
         self.shuffle.set_state(ck['rng']['shuffle'])
         torch.set_rng_state(ck['rng']['torch'])
         try:
@@ -393,7 +419,8 @@ class Training:
             raise NonFiniteLossError(stop_message(self.part, where, self.path, self.saved, 'a parameter is not finite'))
         rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
-                         optimizer=on_cpu(self.opt.state_dict()), rng=rng, **self.state), self.path)
+                         optimizer=on_cpu(self.opt.state_dict()), rng=rng,
+                         scaler=None if self.scaler is None else self.scaler.state_dict(), **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
     def where(self, batch, step):
@@ -471,12 +498,20 @@ class Training:
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
         loss, recon, kl = self.objective(self.nets, cfg, x, eps, beta)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)  # the gradients, and their norm below, at their true scale
         self.pending.append((state['step'], b, beta, torch.stack([loss.detach(), recon.detach(), kl.detach(),
                                                                   total_grad_norm(self.params)])))
         if len(self.pending) >= self.check_every:  # on the CPU: checked before the step can spread a NaN
             self.flush()
-        self.opt.step()
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)  # skipped if a gradient overflowed
+            self.scaler.update()
         state['step'] += 1
         state['batch'] = b + 1
 
@@ -488,7 +523,8 @@ class Training:
         values = torch.stack([v for *_, v in self.pending]).tolist()  # [objective, recon, kl, grad norm] per step
         hist = self.state['history']
         for (step, b, beta, _), (obj, recon, kl, grad_norm) in zip(self.pending, values):
-            if not (math.isfinite(obj) and math.isfinite(grad_norm)):
+            # under loss scaling a gradient that overflowed is a skipped step, not a stop
+            if not (math.isfinite(obj) and (math.isfinite(grad_norm) or self.scaler is not None)):
                 self.pending = []
                 what = (f'the training loss is {obj}' if not math.isfinite(obj)
                         else f'the gradient norm is {grad_norm} (the loss is {obj})')
@@ -497,6 +533,8 @@ class Training:
                 raise NonFiniteLossError(message)
             for k, v in (('step', step), ('objective', obj), ('recon', recon), ('kl', kl), ('beta', beta)):
                 hist[k].append(v)
+            if not math.isfinite(grad_norm):  # float16: a gradient overflowed, the scaler skips the update
+                hist.setdefault('skipped', []).append(step)
             hist['loss'].append(recon + kl)
         self.pending = []
 
@@ -514,10 +552,12 @@ class Training:
         hist['test_loss'].append(monitor[key]['value'])
         hist['test_kl'].append(monitor['kl']['value'] if 'kl' in monitor else 0.0)
         last = hist['loss'][-steps_per_epoch:]
+        skipped = sum(s >= state['step'] - steps_per_epoch for s in hist.get('skipped', []))
         say(self.out, f'{self.part}: epoch {epoch + 1}/{cfg["epochs"]}, step {state["step"]}: train '
                       f'{sum(last) / len(last):.2f} (mean of the epoch), test {hist["test_loss"][-1]:.2f} '
                       f'({len(x_monitor)} images), KL {hist["test_kl"][-1]:.2f}, beta {hist["beta"][-1]:.2f}, '
-                      f'lr {self.opt.param_groups[0]["lr"]:g}, {state["train_seconds"]:.0f} s of training')
+                      f'lr {self.opt.param_groups[0]["lr"]:g}, {state["train_seconds"]:.0f} s of training'
+                      + (f', {skipped} steps skipped by loss scaling' if skipped else ''))
         state['epoch'], state['batch'] = epoch + 1, 0
         self.save()
 

@@ -229,7 +229,8 @@ def host_transfers(monkeypatch):
     """Counts, by name, what in a training step would wait for a GPU's queue, on the CPU: a read of a
     tensor's value on the host (HOST_READS), a tensor built from host data (torch.tensor) and an
     explicit move to a device (Tensor.to(device)), whose source in pageable host memory makes the
-    copy synchronous. Returns the list of names, to be cleared before the steps counted."""
+    copy synchronous (unless non_blocking). Returns the list of names, to be cleared before the
+    steps counted."""
     seen = []
 
     def counting(name, real):
@@ -243,8 +244,9 @@ def host_transfers(monkeypatch):
     monkeypatch.setattr(torch, 'tensor', counting('torch.tensor', torch.tensor))
     to = torch.Tensor.to
 
-    def moved(self, *args, **kwargs):
-        if any(isinstance(a, (str, torch.device)) for a in list(args) + list(kwargs.values())):
+    def moved(self, *args, **kwargs):  # non_blocking: from pinned memory or on the device, asynchronous
+        if any(isinstance(a, (str, torch.device)) for a in list(args) + list(kwargs.values())) \
+                and not kwargs.get('non_blocking'):
             seen.append('Tensor.to(device)')
         return to(self, *args, **kwargs)
     monkeypatch.setattr(torch.Tensor, 'to', moved)
@@ -252,7 +254,7 @@ def host_transfers(monkeypatch):
 
 
 @pytest.mark.parametrize('part,overrides', [('6a', {}), ('6b', {}), ('5b', {}), ('6e-warmup', {}),
-                                            ('6e-warmup', dict(compile_train=True))])
+                                            ('6e-warmup', dict(compile_train=True)), ('6b', dict(precision='fp16'))])
 def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_transfers, part, overrides):
     """With the CPU standing in for a GPU (train.FREE_READS emptied: the engine then reads the device
     only every SYNC_EVERY steps, as on CUDA), steps after the first read nothing on the host and copy

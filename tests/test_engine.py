@@ -1105,8 +1105,8 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
 
 
 def test_precision_setting_is_checked_and_older_checkpoints_still_match():
-    with pytest.raises(ValueError, match='precision must be one of fp32, bf16'):
-        C.config('6a', 'smoke', precision='fp16')
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        C.config('6a', 'smoke', precision='fp8')
     cfg = C.config('6a', 'smoke')
     saved = {k: v for k, v in cfg.items() if k != 'precision'}  # a configuration saved before the setting existed
     assert C.settings_differ(saved, cfg) == []
@@ -1293,6 +1293,49 @@ def test_each_part_trains_and_tests_on_its_own_mnist():
             assert torch.equal(T.load_data(cfg, train=False), load(False))
     assert T.load_data(C.config('6b', 'smoke'), train=True).shape == (200, 1, 28, 28)
     assert T.load_data(C.config('6b', 'smoke'), train=False).shape == (10000, 1, 28, 28)
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_exactly(tmp_path):
+    """--precision fp16 at smoke size on the CPU (autocast to float16 runs there): its own results
+    directory, finite numbers, the updates of overflowing steps skipped and the rest taken, the
+    scaler's state in the checkpoint, and a run interrupted mid-epoch ends with the numbers of an
+    unbroken one."""
+    settings = dict(profile='smoke', device='cpu', progress=False, batch_size=20, precision='fp16')  # 10 steps an epoch
+    reference = E.run_part('6b', results_dir=str(tmp_path / 'reference'), **settings)
+    out = tmp_path / 'reference' / 'smoke-fp16' / '6b'
+    hist = json.loads((out / 'history.json').read_text())
+    assert reference['precision'] == 'fp16' and all(math.isfinite(v['value']) for v in reference['values'].values())
+    assert 0 < len(hist['skipped']) < 20 and len(set(hist['loss'])) > 1  # the first steps overflow, later ones train
+    assert 'steps skipped by loss scaling' in (out / 'run.log').read_text()
+    scale = T.load_file(out / 'checkpoint.pt')['scaler']['scale']
+    assert scale == 2.0 ** 16 / 2 ** len(hist['skipped'])                 # halved at each skipped step
+    E.run_part('6b', results_dir=str(tmp_path), epochs=1, **settings)
+    os.remove(tmp_path / 'smoke-fp16' / '6b' / 'metrics.json')
+    assert E.run_part('6b', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
+    ck = T.load_file(tmp_path / 'smoke-fp16' / '6b' / 'checkpoint.pt')
+    assert (ck['epoch'], ck['batch']) == (1, 1)
+    training = T.Training('6b', ck['config'], T.build(C.model_spec(ck['config']), 'cpu'),
+                          str(tmp_path / 'smoke-fp16' / '6b'), 'cpu', False)
+    training.resume()
+    assert training.scaler.state_dict() == ck['scaler']
+    resumed = E.run_part('6b', results_dir=str(tmp_path), **settings)
+    assert json.loads((tmp_path / 'smoke-fp16' / '6b' / 'history.json').read_text())['loss'] == hist['loss']
+    assert resumed['values'] == reference['values']
+
+
+def test_fp16_without_a_gradient_scaler_in_torch_is_refused_by_name(monkeypatch):
+    monkeypatch.delattr(torch.amp, 'GradScaler')
+    with pytest.raises(ValueError, match=r'precision fp16 on cpu needs torch >= 2.3 \(torch.amp.GradScaler\)'):
+        T.loss_scaler('fp16', 'cpu')
+    assert T.loss_scaler('fp32', 'cpu') is None and T.loss_scaler('bf16', 'cpu') is None
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_fp16_means_float16_on_every_device(device):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
+        ctx = T.low_precision('fp16', device)
+    assert ctx.fast_dtype == torch.float16 and ctx.device == device
 
 
 @pytest.mark.parametrize('device', ['cpu', 'cuda'])

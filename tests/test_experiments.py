@@ -159,6 +159,7 @@ def bf16_cpu(monkeypatch):
                         dict(fp32=100.0, bf16=200.0))
     monkeypatch.setattr(E, 'BF16_PARITY', ('6a', '6b'))
     monkeypatch.setattr(E, 'AUTO_PROFILES', ('smoke',))
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))  # a GPU with bf16 tensor cores
     return measured
 
 
@@ -177,8 +178,29 @@ def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_c
     monkeypatch.setattr(E, 'bf16_units', lambda: ())
     assert pick('6a') == ('fp32', 'float32: this CPU reports no bfloat16 units')
     assert E.pick_precision('bf16', '6c', 'smoke', 'cuda') == ('bf16', 'as asked')  # a setting is taken as asked
-    with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, got 'fp16'"):
-        E.pick_precision('fp16', '6a', 'smoke', 'cpu')
+    assert E.pick_precision('fp16', '6a', 'smoke', 'cpu') == ('fp16', 'as asked')
+    with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, fp16, got 'fp8'"):
+        E.pick_precision('fp8', '6a', 'smoke', 'cpu')
+
+
+@pytest.mark.parametrize('capability,precision', [((7, 5), 'fp16'), ((7, 0), 'fp16'), ((8, 0), 'fp32'),
+                                                  ((9, 0), 'fp32')])
+def test_auto_precision_is_fp16_on_a_gpu_without_bf16_tensor_cores(monkeypatch, tmp_path, capability, precision):
+    """A T4 (7.5) or V100 (7.0) trains in float16 with loss scaling, into its own directory; an A100
+    (8.0) or H100 (9.0) in float32; the CPU's rules are unchanged."""
+    import report
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    chosen, why = E.pick_precision('auto', '6b', 'full', 'cuda', str(tmp_path))
+    assert chosen == precision
+    assert why == (f'fp16: CUDA compute capability {capability[0]}.{capability[1]} has no bfloat16 tensor cores'
+                   if precision == 'fp16' else 'float32 on cuda')
+    assert E.pick_precision('auto', '6b', 'full', 'cpu', str(tmp_path))[0] == 'fp32'
+    assert C.run_dir('results', 'full', chosen) == ('results/full-fp16' if precision == 'fp16' else 'results/full')
+    monkeypatch.setattr(report, 'pick_device', lambda device=None: torch.device('cuda'))
+    write = C.part_dir(str(tmp_path), '6b', 'full', precision)
+    os.makedirs(write)
+    (tmp_path / os.path.relpath(write, tmp_path) / 'metrics.json').write_text(json.dumps(dict(part='6b')))
+    assert report.part_metrics(str(tmp_path), 'auto', '6b', 'auto') == dict(part='6b')  # the notebooks find it
 
 
 def test_auto_precision_resumes_the_run_it_finds_and_logs_its_choice(bf16_cpu, monkeypatch, tmp_path):
