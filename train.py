@@ -568,7 +568,12 @@ def train(part, cfg, nets, out, device, progress, stop_at=None):
     training is complete (False when stopped at the wall-clock time stop_at, checkpoint written)."""
     training = Training(part, cfg, nets, out, device, progress)
     training.resume()
-    cuda = torch.device(device).type == 'cuda'
-    with cuda_numerics(tf32=TRAINING_TF32) if cuda else contextlib.nullcontext():
+    with training_numerics(device):
         done = training.run(stop_at)
     return training.state, done
+
+
+def training_numerics(device):
+    """The numerics training runs under on `device`: on CUDA deterministic cuDNN kernels without
+    benchmark mode, TF32 allowed (evaluate.cuda_numerics); nothing to set elsewhere."""
+    return cuda_numerics(tf32=TRAINING_TF32) if torch.device(device).type == 'cuda' else contextlib.nullcontext()
