@@ -15,7 +15,8 @@ Profiles: `full` (the course settings above; no deviation from the course framew
 `cpu` (sized for a 2-core CPU: every deviation from `full` is listed in PROFILES with its reason,
 and CPU_REASONS gives the departures from the framework's networks), `smoke` (seconds per part;
 for tests). `auto` is `full` on CUDA and `cpu` otherwise. Results go to
-results/<profile>/<part>/, or results/<profile>-bf16/<part>/ for bfloat16 training (run_dir).
+results/<profile>/<part>/, or results/<profile>-<precision>/<part>/ for bfloat16 or float16 training
+(run_dir).
 
 Units: nats per image. `test_elbo` is the NEGATIVE evidence lower bound, the training loss
 (reconstruction + KL, lower is better); for the Gaussian VAE it omits the constant Gaussian
@@ -67,7 +68,7 @@ DEFAULTS = dict(
     layout='course',           # models.py layout: 'course' (the framework's), 'v1' (the networks of the committed cpu runs)
     iaf_depth=9,               # masked residual blocks per IAF step (the framework's IAF(filters, depth=9))
     init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
-    precision='fp32',          # 'bf16': training forward passes in bfloat16 (see low_precision); run_part's 'auto' picks
+    precision='fp32',          # 'bf16' / 'fp16': training forward passes in bfloat16 / float16 (train.low_precision); run_part's 'auto' picks
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
     compile_train=False,       # the training objective through torch.compile (CUDA graphs on CUDA); eager fallback
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
@@ -178,7 +179,12 @@ REASONS = dict(cpu=CPU_REASONS, smoke=dict(layout='see cpu'))
 RESUMABLE = ('compile', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
              'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
 
-PRECISIONS = ('fp32', 'bf16')
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+# CUDA compute capability from which GPUs have bfloat16 tensor cores (Ampere). Below it (a T4, a
+# V100) the tensor cores run float16 only: precision 'auto' trains there in float16 with loss
+# scaling (gpu_precision), our choice for speed; float32 on every other GPU.
+BF16_CAPABILITY = (8, 0)
 
 # Parts whose test numbers trained in bfloat16 matched float32 in the cpu profile, where both runs
 # are committed (results/cpu-bf16/<part>, results/cpu/<part>): in each likelihood bound or estimate
@@ -228,6 +234,14 @@ def quantity_label(q):
 def check_precision(precision):
     if precision not in PRECISIONS:
         raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+
+def gpu_precision(device):
+    """Precision 'auto' on a device other than the CPU: 'fp16' on a CUDA device without bfloat16
+    tensor cores (compute capability below BF16_CAPABILITY), 'fp32' otherwise."""
+    device = torch.device(device)
+    if device.type == 'cuda' and tuple(torch.cuda.get_device_capability(device)) < BF16_CAPABILITY:
+        return 'fp16'
+    return 'fp32'
 
 def bf16_units(cpuinfo='/proc/cpuinfo'):
     """The CPU's bfloat16 instruction sets as the operating system reports them: the flags of

@@ -57,17 +57,45 @@ def mean_stderr(values):
     return dict(value=round(v.mean().item(), 6), stderr=round(se, 6), n_images=len(v))
 
 
+def new_tf32_api():
+    """True where torch sets TF32 per operation (torch.backends.cudnn.conv.fp32_precision and
+    torch.backends.cuda.matmul.fp32_precision, torch 2.9 on); older torch has only allow_tf32."""
+    return hasattr(torch.backends.cudnn, 'conv') and hasattr(torch.backends.cuda.matmul, 'fp32_precision')
+
+
 @contextlib.contextmanager
+def cuda_numerics(tf32):
+    """cuDNN on, deterministic and without benchmark mode (benchmarking picks kernels by timing,
+    so a resumed process could pick others: deterministic alone assures the same numbers), and TF32
+    in convolutions and matrix products on or off; every flag restored on exit. TF32 is set through
+    the per-operation fp32_precision API where torch has it and through the legacy allow_tf32 flags
+    only where it has not: torch raises on a mix of the two, and its cudnn.flags() touches the
+    legacy flag, so it is used only with the legacy API. The flags act on CUDA only."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if not new_tf32_api():
+        saved = matmul.allow_tf32
+        matmul.allow_tf32 = tf32
+        try:
+            with cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=tf32):
+                yield
+        finally:
+            matmul.allow_tf32 = saved
+        return
+    precision = 'tf32' if tf32 else 'ieee'
+    saved = (cudnn.enabled, cudnn.benchmark, cudnn.deterministic, cudnn.conv.fp32_precision, matmul.fp32_precision)
+    try:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic = True, False, True
+        cudnn.conv.fp32_precision = matmul.fp32_precision = precision
+        yield
+    finally:
+        cudnn.enabled, cudnn.benchmark, cudnn.deterministic = saved[:3]
+        cudnn.conv.fp32_precision, matmul.fp32_precision = saved[3:]
+
+
 def float32_eval():
     """Full float32 on CUDA (no TF32 in convolutions or matrix products) and deterministic cuDNN
     kernels, so that `eval` recomputes the same numbers; a no-op elsewhere."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+    return cuda_numerics(tf32=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +211,14 @@ class PartialPass:
     state and the seconds spent), so that a pass stopped at a time limit, or killed, resumes at its
     next batch and ends with the numbers of an unbroken pass. A file made for another model, other
     test images or other settings (its key differs), or one that cannot be read, is not used: a
-    message says so and the pass starts from the first image. path None: nothing is saved."""
+    message says so and the pass starts from the first image; so does one whose generator state was
+    saved on another device type (a CPU generator's state cannot be set on a CUDA one, nor the
+    reverse), whose draws cannot be continued here. path None: nothing is saved. log: where those
+    messages go (the run's log; stderr by default)."""
 
-    def __init__(self, path, stop_at=None):
+    def __init__(self, path, stop_at=None, log=None):
         self.path, self.stop_at = path, stop_at
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.earlier = 0.0  # seconds spent in earlier sittings
         self.started = time.time()
 
@@ -198,15 +230,21 @@ class PartialPass:
             saved = torch.load(self.path, map_location='cpu', weights_only=True)
             same = saved['key'] == key
         except Exception as err:  # a damaged file costs its compute, never the run
-            print(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
-                  f'image', file=sys.stderr, flush=True)
+            self.log(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
+                     f'image')
             return []
         if not same:
-            print(f'{self.path} holds importance sampling of another model, other test images or other settings; '
-                  f'starting from the first image', file=sys.stderr, flush=True)
+            self.log(f'{self.path} holds importance sampling of another model, other test images or other settings; '
+                     f'starting from the first image')
             return []
         if generator is not None:
-            generator.set_state(saved['generator'])
+            try:
+                generator.set_state(saved['generator'])
+            except (RuntimeError, TypeError):  # a state of another device type's generator (or none)
+                self.log(f'{self.path} was saved on another device type, whose random draws cannot be continued on '
+                         f'{generator.device.type}; importance sampling restarts its draws from the first image '
+                         f'(the {len(saved["nll"])} images done there are computed again)')
+                return []
         self.earlier = saved['seconds']
         print(f'importance sampling resumes after {len(saved["nll"])} images ({self.path})', flush=True)
         return [saved['nll']]

@@ -7,7 +7,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py all --profile full --minutes 50  # stop cleanly after 50 minutes; rerun to resume
     python experiments.py run 6b [--fresh] [--epochs N]    # one part (resumes from its checkpoint)
     python experiments.py run 6c --profile full --is-images 1000  # IS NLL on the first 1000 test images
-    python experiments.py run 6a --precision bf16          # bfloat16 forward passes; default auto (pick_precision)
+    python experiments.py run 6a --precision bf16          # bfloat16 forward passes (fp16: float16); default auto
     python experiments.py eval 6b --quantity test_nll_is1000 --profile cpu  # recompute one number
     python experiments.py estimate --profile cpu           # measured throughput and expected time per part
     python experiments.py list [--profile cpu]             # the parts, their settings and the deviations
@@ -21,7 +21,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
 
-Files per part, in results/<profile>[-bf16]/<part>/: checkpoint.pt (training state, rewritten
+Files per part, in results/<profile>[-<precision>]/<part>/: checkpoint.pt (training state, rewritten
 atomically every epoch and every `checkpoint_minutes`; a rerun resumes from it, --fresh starts
 over), model.pt (the trained model, what `eval` loads), metrics.json, history.json (per-iteration
 curves), per_image.pt (per-image values, for paired comparisons), run.log and PNG figures. While
@@ -48,14 +48,14 @@ import student
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
 from transfer import pack, unpack
 from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, bf16_units, config,
-                    describe_hardware, list_settings, changes, model_spec, part_dir, part_for, pick_device, pick_profile,
-                    precisions_started, run_dir, with_defaults)  # noqa: F401
+                    describe_hardware, gpu_precision, list_settings, changes, model_spec, part_dir, part_for, pick_device,
+                    pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
 from bench import estimate, precision_speeds
 from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
 from files import keep_out_of_git, write_json
 from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
                    model_record, say, train)
-from report import compare, read_json, run_dirs, show, show_finished, write_summary  # noqa: F401 (notebooks)
+from report import compare, read_json, run_dirs, show, show_finished, trained_on, write_summary  # noqa: F401 (notebooks)
 
 
 
@@ -115,8 +115,8 @@ def process_alive(pid):
 
 
 
-def finished_run(paths, cfg, out):
-    """The metrics of the run finished in `out` with the settings cfg and today's models.py and
+def finished_run(paths, cfg, out, part, profile):
+    """The metrics of the part's run finished in `out` with the settings cfg and today's models.py and
     losses.py, or None if none has finished there (or if only more epochs are asked and its
     checkpoint is there to train on from). A finished run with other settings, or produced by other
     code, raises ResultsExistError: it is never trained over, and never passed off as this code's."""
@@ -132,10 +132,14 @@ def finished_run(paths, cfg, out):
                '(fresh=True), which deletes that run')
     if 'is_images' in differ:  # an evaluation's size: the number states its images, and `eval` redoes it
         differ.remove('is_images')
+        results = os.path.dirname(os.path.dirname(out))
         if not differ:
             print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"])}, not the '
                   f'{describe_images(cfg["is_images"])} asked; to recompute it from the model: python experiments.py '
-                  f'eval PART --quantity test_nll_is{saved["is_samples"]} --is-images N --keep --update', flush=True)
+                  f'eval {part} --quantity test_nll_is{saved["is_samples"]} --profile {profile}'
+                  + (f' --precision {cfg["precision"]}' if cfg['precision'] != 'fp32' else '')
+                  + (f' --results-dir {shlex.quote(results)}' if results != 'results' else '')
+                  + ' --is-images N --keep --update', flush=True)
     if differ:
         raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it is kept as it '
                                 f'is. To train this part with the new settings, {way_out}')
@@ -160,8 +164,9 @@ AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least 
 
 
 def pick_precision(precision, part, profile, device, results_dir='results', fresh=False):
-    """(precision, why) of a part's training. 'fp32' and 'bf16' are taken as asked. 'auto' is
-    float32 on a GPU; on a CPU, the precision of the part's run already in results_dir (float32
+    """(precision, why) of a part's training. 'fp32', 'bf16' and 'fp16' are taken as asked. 'auto' is
+    float16 on a CUDA GPU without bfloat16 tensor cores (config.gpu_precision) and float32 on any
+    other GPU; on a CPU, the precision of the part's run already in results_dir (float32
     first), so that a rerun resumes or finds it; otherwise bfloat16 for a part with shown parity
     (BF16_PARITY) in the cpu or full profile, on a CPU with bfloat16 units, where a few training
     steps each way, in turns, measure it AUTO_SPEEDUP times faster; float32 otherwise."""
@@ -172,6 +177,9 @@ def pick_precision(precision, part, profile, device, results_dir='results', fres
     device = torch.device(device)
     started = [] if as_bool(fresh, 'fresh') else precisions_started(results_dir, part, profile)
     if device.type != 'cpu':
+        if gpu_precision(device) == 'fp16':
+            capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
+            return 'fp16', f'fp16: CUDA compute capability {capability} has no bfloat16 tensor cores'
         return 'fp32', f'float32 on {device.type}'
     if started:
         return started[0], f'its run in {part_dir(results_dir, part, profile, started[0])}'
@@ -210,9 +218,9 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
             for p in list(paths.values()) + [os.path.join(out, n) for n in ('run.log', 'per_image.pt', PARTIAL)]:
                 if os.path.exists(p):
                     os.remove(p)
-        done = finished_run(paths, cfg, out)
+        done = finished_run(paths, cfg, out, part, profile)
         if done is not None:
-            print(f'{part}: already done ({paths["metrics"]}, trained on {done.get("hardware", done["device"])}); '
+            print(f'{part}: already done ({paths["metrics"]}, trained on {trained_on(done)}); '
                   f'--fresh to redo it', flush=True)
             return done
         if why != 'as asked':
@@ -240,7 +248,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
         net.eval()
     t0 = time.time()
     test_x = load_data(cfg, train=False).to(device)
-    per_image, partial = {}, PartialPass(os.path.join(out, PARTIAL), stop_at)
+    per_image, partial = {}, PartialPass(os.path.join(out, PARTIAL), stop_at, log=lambda m: say(out, m))
     try:
         values = evaluate(nets, cfg, test_x, progress=progress, keep=per_image, partial=partial)
     except EvaluationStopped as stop:
@@ -253,6 +261,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
     metrics = dict(part=part, title=TITLES[part], profile=profile, device=str(device),
                    hardware=describe_hardware(device), precision=cfg['precision'], epochs=state['epoch'],
                    steps=state['step'], train_seconds=round(state['train_seconds'], 1),
+                   sittings=[dict(s, seconds=round(s['seconds'], 1)) for s in state['sittings']],
                    eval_seconds=round(time.time() - t0 + partial.earlier, 1), model=paths['model'], commit=git_commit(),
                    code=code_digest(), autoregress_step=state['history']['autoregress_step'], values=values,
                    figures=figs, config=cfg, **({'model_uncommitted': uncommitted} if uncommitted else {}))
@@ -528,13 +537,14 @@ def main(argv=None):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
     for p in (a, r, es):
         p.add_argument('--precision', default='auto', choices=['auto', *PRECISIONS],
-                       help='bf16: training forward passes in bfloat16 (evaluation stays float32), results in '
-                            '<results-dir>/<profile>-bf16; auto (default): bf16 for the parts that have shown parity, '
+                       help='bf16 / fp16: training forward passes in bfloat16 / float16 with loss scaling (evaluation '
+                            'stays float32), results in <results-dir>/<profile>-bf16 / -fp16; auto (default): fp16 on a '
+                            'CUDA GPU without bfloat16 tensor cores, bf16 for the parts that have shown parity, '
                             'on a CPU with bfloat16 units where it measures faster, float32 otherwise')
     for p in (e, pk, fg):
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
-                       help="the run's training precision: fp32 (results in <results-dir>/<profile>) or bf16 "
-                            '(<results-dir>/<profile>-bf16)')
+                       help="the run's training precision: fp32 (results in <results-dir>/<profile>), bf16 or fp16 "
+                            '(<results-dir>/<profile>-bf16, -fp16)')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')

@@ -11,7 +11,8 @@ import os
 import shlex
 
 from bench import BENCH_ROWS, BESIDE, FLOPS_NOTE, GOALS
-from config import PARTS, PRECISIONS, PROFILES, pick_device, pick_profile, precisions_started, quantities, run_dir
+from config import (PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, quantities,
+                    run_dir)
 from files import write_json
 import student
 
@@ -38,6 +39,33 @@ def read_json(path):
                          f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err
 
 
+def training_time(m):
+    """[(hardware, seconds)] of a run's training, in the order first used, summed over its sittings
+    on each (metrics.json's sittings); a sitting whose hardware was not recorded is named by its
+    device type. A run finished before sittings were recorded trained on its recorded hardware."""
+    sittings = m.get('sittings') or [dict(device=m['device'], hardware=m.get('hardware'), seconds=m['train_seconds'])]
+    spent = {}
+    for s in sittings:
+        label = s.get('hardware') or (str(s['device']).split(':')[0].upper() if s.get('device') else 'an unrecorded '
+                                                                                                   'device')
+        spent[label] = spent.get(label, 0.0) + s['seconds']
+    return list(spent.items())
+
+
+def trained_on(m):
+    """The hardware a run trained on, in words: one name, or several joined by ' + '."""
+    return ' + '.join(label for label, _ in training_time(m))
+
+
+def training_minutes(m, digits=1):
+    """A run's training time in minutes; where it trained on several kinds of hardware, the time on
+    each, named: '85.0 min CPU (x86_64), 2 cores + 10.0 min NVIDIA H100' (never all credited to one)."""
+    spent = training_time(m)
+    if len(spent) == 1:
+        return f'{spent[0][1] / 60:.{digits}f} min'
+    return ' + '.join(f'{seconds / 60:.{digits}f} min {label}' for label, seconds in spent)
+
+
 def load_metrics(results_dir):
     """The metrics.json of every finished part of one run directory, in handout order; each with
     'dir', the part's directory (per_image.pt, history.json and the figures lie there)."""
@@ -47,13 +75,13 @@ def load_metrics(results_dir):
 
 def part_metrics(results_dir, profile, part, precision='fp32'):
     """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
-    from the device, as run_part does, and precision 'auto' as it resumes: float32 on a GPU, and
-    on a CPU the part's finished run, float32 first."""
+    from the device, as run_part does, and precision 'auto' as it resumes: on a GPU its choice
+    (config.gpu_precision), on a CPU the part's finished run, float32 first."""
     device = pick_device(None)
     profile = pick_profile(profile, device, quiet=True)
     if precision == 'auto':
         finished = precisions_started(results_dir, part, profile, files=('metrics.json',))
-        precision = finished[0] if finished and device.type == 'cpu' else 'fp32'
+        precision = finished[0] if finished and device.type == 'cpu' else gpu_precision(device)
     path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
     return read_json(path) if os.path.exists(path) else None
 
@@ -145,14 +173,15 @@ def show_remedies(results_dir='results', profile='auto'):
 
 
 def reproduce_command(m, quantity, results_dir):
-    """The command that recomputes one reported number from the part's model.pt."""
+    """The command that recomputes one reported number from the part's model.pt, on whatever device
+    the machine that runs it has (evaluation is float32 everywhere, so a number trained on a GPU
+    verifies on a CPU)."""
     precision = m['config'].get('precision', 'fp32')
     images = (m.get('recomputed') or {}).get(quantity, {}).get('is_images')  # set by eval --is-images N --update
     return (f'python experiments.py eval {m["part"]} --quantity {quantity} --profile {m["profile"]}'
             + (f' --precision {precision}' if precision != 'fp32' else '')
             + (f' --is-images {images}' if images is not None else '')
-            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else '')
-            + f' --device {m["device"]}')
+            + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else ''))
 
 
 def summary_rows(metrics, results_dir):
@@ -160,7 +189,8 @@ def summary_rows(metrics, results_dir):
     return [dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'], M=v.get('M'),
                  profile=m['profile'], precision=m['config'].get('precision', 'fp32'), device=m['device'],
                  hardware=m.get('hardware', m['device']), epochs=m['epochs'], train_seconds=m['train_seconds'],
-                 model=m['model'], reproduce=reproduce_command(m, q, results_dir))
+                 train_seconds_by_hardware=dict(training_time(m)), model=m['model'],
+                 reproduce=reproduce_command(m, q, results_dir))
             for m in metrics for q, v in ((q, m['values'][q]) for q in quantities(m['config']))]
 
 
@@ -172,8 +202,8 @@ def metrics_table(metrics, reported_only=False):
         for q, v in m['values'].items():
             if not reported_only or q in quantities(m['config']):
                 lines.append(f'| {m["part"]} | {m["title"]} | {q} | {value_text(v)} | {v["n_images"]} | '
-                             f'{v.get("M") or ""} | {m["epochs"]} | {m["train_seconds"] / 60:.1f} min | {m["profile"]}, '
-                             f'{m["config"].get("precision", "fp32")}, {m.get("hardware", m["device"])} |')
+                             f'{v.get("M") or ""} | {m["epochs"]} | {training_minutes(m)} | {m["profile"]}, '
+                             f'{m["config"].get("precision", "fp32")}, {trained_on(m)} |')
     return '\n'.join(lines)
 
 

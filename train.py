@@ -26,13 +26,17 @@ import files
 import losses
 import models
 import student
-from config import changes, model_spec, settings_differ
-from evaluate import bar, noise
+from config import changes, describe_hardware, model_spec, settings_differ
+from evaluate import bar, cuda_numerics, noise
 
-# cuDNN in training: the fastest deterministic kernels for these shapes (so a resumed run ends with
-# the numbers of an unbroken one), TF32 allowed (never in evaluation)
-CUDNN_TRAINING = dict(enabled=True, benchmark=True, deterministic=True, allow_tf32=True)
+# CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
+# the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
+TRAINING_TF32 = True
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
+# Device types whose values the host reads without waiting for a queue of kernels: there the loss
+# and its finiteness are read every step and losses.py checks its inputs at every call. Elsewhere
+# (CUDA, MPS) a training step reads nothing on the host (see step and loss_on).
+FREE_READS = ('cpu',)
 
 _DATA = {}
 
@@ -89,19 +93,70 @@ def free_bits_kl(kl_terms, free_bits):
     return torch.clamp(kl_terms.mean(0), min=free_bits).sum()
 
 
+LOW_PRECISION = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
 def low_precision(precision, device):
     """The context of the training forward passes. 'fp32' (the default): plain float32, no autocast
     at all (older torch does not accept autocast on every device). 'bf16': torch.autocast to
     bfloat16, so convolutions and matrix products round their inputs to 8-bit mantissas and run on
-    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores; parameters, gradients,
-    Adam's state and the losses stay float32, and evaluation always runs in float32. It computes a
-    different function (relative error ~1e-3 per layer): the README sets its test numbers beside
-    float32 runs, and `python bench.py --bf16-json` measures its speed on a machine."""
+    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores. 'fp16': autocast to
+    float16 (10-bit mantissas, but a range that ends at 65504 and underflows below 6e-8), for GPUs
+    whose tensor cores have no bfloat16; its gradients are scaled (loss_scaler). Parameters,
+    gradients, Adam's state and the losses stay float32, and evaluation always runs in float32.
+    Either computes a different function (relative error ~1e-3 per layer): the README sets bf16
+    test numbers beside float32 runs, and `python bench.py --bf16-json` measures its speed."""
     if precision == 'fp32':
         return contextlib.nullcontext()
-    if precision != 'bf16':
-        raise ValueError(f'precision must be fp32 or bf16, got {precision!r}')
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision not in LOW_PRECISION:
+        raise ValueError(f'precision must be fp32, {" or ".join(LOW_PRECISION)}, got {precision!r}')
+    return torch.autocast(torch.device(device).type, dtype=LOW_PRECISION[precision])
+
+
+def loss_scaler(precision, device):
+    """float16 training's gradient scaler (torch.amp.GradScaler), None for the other precisions.
+    The loss is multiplied by a scale S before the backward pass, so that small gradients survive
+    float16's range, and the gradients are divided by S before the step; a step whose gradients
+    overflowed is skipped and S halved, and S doubles after 2000 steps without overflow. With
+    Adam's fused kernel the skip is decided on the device, without reading it on the host."""
+    if precision != 'fp16':
+        return None
+    device = torch.device(device)
+    make = getattr(torch.amp, 'GradScaler', None)
+    if make is not None:
+        return make(device.type)
+    if device.type == 'cuda':
+        return torch.cuda.amp.GradScaler()
+    raise ValueError(f'precision fp16 on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch '
+                     f'{torch.__version__}: use --precision fp32 or bf16')
+
+
+def loss_on(loss, device):
+    """losses.py's `loss` as a training step calls it on `device`. Where reads are free (FREE_READS),
+    the function itself. Elsewhere it is evaluated as a vmap over a batch of one batch: losses.py
+    skips its checks of tensor values under vmap (cross_entropy's data in [0, 1] would otherwise be
+    read at every step, stalling the GPU's queue), and check_training_data checks the data once
+    instead. The same values; the gradients agree to rounding, not bit for bit, so the CPU, where
+    the committed runs were trained, keeps the direct call."""
+    if torch.device(device).type in FREE_READS:
+        return loss
+
+    def batched(*args):
+        dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+        out = torch.func.vmap(loss, in_dims=dims)(*(a[None] if isinstance(a, torch.Tensor) else a for a in args))
+        return out[0] if isinstance(out, torch.Tensor) else tuple(t[0] for t in out)
+    return batched
+
+
+def check_training_data(x, device):
+    """The training images lie in [0, 1]: what losses.py checks at every call where reads are free,
+    checked once per run elsewhere (loss_on)."""
+    if torch.device(device).type in FREE_READS:
+        return
+    lo, hi = torch.aminmax(x)
+    if not (lo >= 0 and hi <= 1):
+        raise ValueError(f'the training images must lie in [0, 1], got values in [{lo.item():g}, {hi.item():g}]; '
+                         f'load them with data.load_mnist or data.load_binarized_mnist')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +168,7 @@ def pixelcnn_objective(nets, cfg, x, eps, beta):
     """-log p(x) = sum_i BCE(logit_i, x_i) (6a)."""
     with low_precision(cfg['precision'], x.device):
         logits = nets['pixelcnn'](x)
-    nll = losses.cross_entropy(logits.float(), x)
+    nll = loss_on(losses.cross_entropy, x.device)(logits.float(), x)
     return nll, nll, torch.zeros_like(nll)
 
 
@@ -130,7 +185,7 @@ def _encode(nets, cfg, x, eps, decode):
 def gaussian_vae_objective(nets, cfg, x, eps, beta):
     """||x - g(z)||^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, I)), the KL as losses.py computes it (5b, 5c)."""
     z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z))
-    recon, kl = getattr(losses, cfg['loss'])(out, x, z, cfg['sigma'], mu, logvar)
+    recon, kl = loss_on(getattr(losses, cfg['loss']), x.device)(out, x, z, cfg['sigma'], mu, logvar)
     return recon + beta * kl, recon, kl
 
 
@@ -138,7 +193,7 @@ def binary_vae_objective(nets, cfg, x, eps, beta):
     """-log p(x|z) + beta (log q(z|x) - log r(z)), one z per image (6b-6e); with free bits the KL
     term is sum_d max(lambda, batch-mean KL_d) instead."""
     z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z, x))
-    recon, kl = losses.discrete_output_elbo(out, x, z, terms.sum(1))
+    recon, kl = loss_on(losses.discrete_output_elbo, x.device)(out, x, z, terms.sum(1))
     if cfg['free_bits'] > 0:
         # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
         return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
@@ -160,11 +215,13 @@ def captured(fn, device):
     instead of hundreds of small kernels, and on CUDA replayed as a CUDA graph (mode
     'reduce-overhead'), which removes the per-kernel launch cost that bounds small models there.
     The same function (tests compare it with eager); if compilation fails it says so and runs fn.
-    beta is passed as a tensor, so that a KL warm-up does not recompile at every step."""
+    beta is passed as a tensor, so that a KL warm-up does not recompile at every step: one tensor
+    on the device, refilled in place at each step (no tensor built from host data)."""
     fast = [torch.compile(fn, mode='reduce-overhead' if torch.device(device).type == 'cuda' else None)]
+    weight = torch.zeros((), device=device)  # beta
 
     def call(nets, cfg, x, eps, beta):
-        beta = torch.tensor(float(beta), device=x.device)
+        beta = weight.fill_(beta)
         if fast[0] is not None:
             try:
                 return fast[0](nets, cfg, x, eps, beta)
@@ -206,9 +263,22 @@ def load_file(path, advice=FRESH):
                               + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))) from e
 
 
+def on_cpu(obj):
+    """obj with every tensor in it (in dicts, lists and tuples) copied to the CPU: the files a run
+    writes load on any machine, whatever device trained it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def model_record(nets, spec):
-    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it."""
-    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=net.state_dict())
+    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it.
+    The weights are on the CPU."""
+    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=on_cpu(net.state_dict()))
             for name, net in nets.items()}
 
 
@@ -281,16 +351,33 @@ def stop_message(part, where, path, saved, what):
             f'no checkpoint had been written yet ({path} does not exist); a rerun starts from scratch')
     return (f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. '
             f'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or use '
-            f'--precision fp32 if this was a bf16 run.')
+            f'--precision fp32 if this was a bf16 or fp16 run.')
 
 
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
+CUDA_GENERATOR_STATE_BYTES = 16  # a CUDA generator's state: seed and offset (a CPU one's is 5056 bytes)
+
+
+def earlier_sittings(ck):
+    """The sittings {device, hardware, seconds} of a checkpoint. One written before they were
+    recorded holds its training seconds as one sitting on the device type its noise generator's
+    state belongs to (a generator of the training device), its hardware unrecorded (None)."""
+    if 'sittings' in ck:
+        return ck['sittings']
+    if not ck.get('train_seconds'):
+        return []
+    size = len(ck['rng']['noise'])
+    device = ('cpu' if size == len(torch.Generator().get_state()) else
+              'cuda' if size == CUDA_GENERATOR_STATE_BYTES else None)
+    return [dict(device=device, hardware=None, seconds=ck['train_seconds'])]
+
+
 def new_history():
     """Per-iteration training curves and per-epoch test points, as history.json stores them."""
     return dict(step=[], loss=[], recon=[], kl=[], objective=[], beta=[], test_epoch=[], test_step=[], test_loss=[],
-                test_kl=[], autoregress_step=None)
+                test_kl=[], autoregress_step=None, skipped=[])  # skipped: steps whose update loss scaling skipped
 
 
 class Training:
@@ -303,13 +390,16 @@ class Training:
         self.path = os.path.join(out, 'checkpoint.pt')
         self.params = [p for net in nets.values() for p in net.parameters()]
         self.opt = adam(self.params, cfg['lr'])
+        self.scaler = loss_scaler(cfg['precision'], self.device)
         self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
         self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
         self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
-                          history=new_history())
+                          history=new_history(), sittings=[])
+        self.sitting = None   # this process's entry of state['sittings'], made at its first training seconds
         self.saved = None     # {epoch, batch} of the checkpoint on disk
         self.pending = []     # per-step numbers not yet read from the device
-        self.check_every = 1 if self.device.type == 'cpu' else SYNC_EVERY
+        self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
+        self.order = None     # the epoch's data order (state['perm']) on the device
         self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
 
     def resume(self):
@@ -331,6 +421,8 @@ class Training:
             load_state(net, model_state(ck['models'][name]), f'part {self.part}: {self.path} ({name})', RESUME_ADVICE)
         try:
             self.opt.load_state_dict(ck['optimizer'])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(ck['scaler'])
         except (ValueError, RuntimeError, KeyError) as e:
             raise CheckpointError(f"{self.path}: its optimizer state does not fit this part's parameters ({e}); "
                                   f'it is kept as it is. {RESUME_ADVICE}') from e
@@ -340,7 +432,8 @@ class Training:
             self.noise.set_state(ck['rng']['noise'])
         except RuntimeError:  # a generator state of another device type (e.g. saved on CUDA, resumed on CPU)
             say(self.out, f'{self.part}: the checkpoint comes from another device; eps draws restart from the seed')
-        self.state = {k: ck[k] for k in self.state}
+        self.state = {k: ck[k] for k in self.state if k != 'sittings'}
+        self.state['sittings'] = earlier_sittings(ck)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
         say(self.out, f'{self.part}: resuming from {self.path} at epoch {self.state["epoch"]}, batch '
                       f'{self.state["batch"]}, step {self.state["step"]}')
@@ -373,7 +466,8 @@ class Training:
             raise NonFiniteLossError(stop_message(self.part, where, self.path, self.saved, 'a parameter is not finite'))
         rng = dict(shuffle=self.shuffle.get_state(), noise=self.noise.get_state(), torch=torch.get_rng_state())
         atomic_save(dict(part=self.part, config=self.cfg, models=model_record(self.nets, model_spec(self.cfg)),
-                         optimizer=self.opt.state_dict(), rng=rng, code=student.code_digest(), **self.state), self.path)
+                         optimizer=on_cpu(self.opt.state_dict()), rng=rng, code=student.code_digest(),
+                         scaler=None if self.scaler is None else self.scaler.state_dict(), **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
     def where(self, batch, step):
@@ -390,6 +484,7 @@ class Training:
         if state['epoch'] >= cfg['epochs']:
             return True
         x_train = load_data(cfg, train=True).to(self.device)
+        check_training_data(x_train, self.device)
         x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
         steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
         last_save = time.time()
@@ -402,18 +497,27 @@ class Training:
                 self.step(x_train, b, steps_per_epoch)
                 late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
                 if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:
-                    state['train_seconds'] += time.time() - t0
+                    self.count(time.time() - t0)
                     t0 = time.time()
                     self.save()
                     last_save = time.time()
                     if stop_at is not None and time.time() > stop_at:
                         return False
-            state['train_seconds'] += time.time() - t0
+            self.count(time.time() - t0)
             self.end_of_epoch(epoch, x_monitor, steps_per_epoch)
             last_save = time.time()
             if stop_at is not None and time.time() > stop_at and state['epoch'] < cfg['epochs']:
                 return False
         return True
+
+    def count(self, seconds):
+        """Add training seconds to the run's total and to this sitting's (this process, its device
+        and hardware): a run resumed on another machine records where each part of its time went."""
+        if self.sitting is None:
+            self.sitting = dict(device=str(self.device), hardware=describe_hardware(self.device), seconds=0.0)
+            self.state['sittings'].append(self.sitting)
+        self.state['train_seconds'] += seconds
+        self.sitting['seconds'] += seconds
 
     def start_epoch(self, epoch, n):
         """The learning rate of this epoch, autoregression on from autoregress_epoch, the data order."""
@@ -427,6 +531,7 @@ class Training:
                 hist['autoregress_step'] = state['step']
         if state['batch'] == 0:
             state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
+        self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
         for net in self.nets.values():
             net.train()
 
@@ -434,18 +539,26 @@ class Training:
         """One optimiser step on batch b of the epoch's data order."""
         cfg, state = self.cfg, self.state
         bs = cfg['batch_size']
-        x = x_train[state['perm'][b * bs:(b + 1) * bs].to(self.device)]  # (B, 1, 28, 28)
+        x = x_train[self.order[b * bs:(b + 1) * bs]]  # (B, 1, 28, 28)
         eps = noise(self.noise, (len(x), models.LATENT ** 2)) if cfg['model'] != 'pixelcnn' else None
         # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
         loss, recon, kl = self.objective(self.nets, cfg, x, eps, beta)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)  # the gradients, and their norm below, at their true scale
         self.pending.append((state['step'], b, beta, torch.stack([loss.detach(), recon.detach(), kl.detach(),
                                                                   total_grad_norm(self.params)])))
         if len(self.pending) >= self.check_every:  # on the CPU: checked before the step can spread a NaN
             self.flush()
-        self.opt.step()
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)  # skipped if a gradient overflowed
+            self.scaler.update()
         state['step'] += 1
         state['batch'] = b + 1
 
@@ -457,7 +570,8 @@ class Training:
         values = torch.stack([v for *_, v in self.pending]).tolist()  # [objective, recon, kl, grad norm] per step
         hist = self.state['history']
         for (step, b, beta, _), (obj, recon, kl, grad_norm) in zip(self.pending, values):
-            if not (math.isfinite(obj) and math.isfinite(grad_norm)):
+            # under loss scaling a gradient that overflowed is a skipped step, not a stop
+            if not (math.isfinite(obj) and (math.isfinite(grad_norm) or self.scaler is not None)):
                 self.pending = []
                 what = (f'the training loss is {obj}' if not math.isfinite(obj)
                         else f'the gradient norm is {grad_norm} (the loss is {obj})')
@@ -466,6 +580,8 @@ class Training:
                 raise NonFiniteLossError(message)
             for k, v in (('step', step), ('objective', obj), ('recon', recon), ('kl', kl), ('beta', beta)):
                 hist[k].append(v)
+            if not math.isfinite(grad_norm):  # float16: a gradient overflowed, the scaler skips the update
+                hist.setdefault('skipped', []).append(step)
             hist['loss'].append(recon + kl)
         self.pending = []
 
@@ -483,10 +599,12 @@ class Training:
         hist['test_loss'].append(monitor[key]['value'])
         hist['test_kl'].append(monitor['kl']['value'] if 'kl' in monitor else 0.0)
         last = hist['loss'][-steps_per_epoch:]
+        skipped = sum(s >= state['step'] - steps_per_epoch for s in hist.get('skipped', []))
         say(self.out, f'{self.part}: epoch {epoch + 1}/{cfg["epochs"]}, step {state["step"]}: train '
                       f'{sum(last) / len(last):.2f} (mean of the epoch), test {hist["test_loss"][-1]:.2f} '
                       f'({len(x_monitor)} images), KL {hist["test_kl"][-1]:.2f}, beta {hist["beta"][-1]:.2f}, '
-                      f'lr {self.opt.param_groups[0]["lr"]:g}, {state["train_seconds"]:.0f} s of training')
+                      f'lr {self.opt.param_groups[0]["lr"]:g}, {state["train_seconds"]:.0f} s of training'
+                      + (f', {skipped} steps skipped by loss scaling' if skipped else ''))
         state['epoch'], state['batch'] = epoch + 1, 0
         self.save()
 
@@ -497,7 +615,12 @@ def train(part, cfg, nets, out, device, progress, stop_at=None):
     training is complete (False when stopped at the wall-clock time stop_at, checkpoint written)."""
     training = Training(part, cfg, nets, out, device, progress)
     training.resume()
-    cuda = torch.device(device).type == 'cuda'
-    with torch.backends.cudnn.flags(**CUDNN_TRAINING) if cuda else contextlib.nullcontext():
+    with training_numerics(device):
         done = training.run(stop_at)
     return training.state, done
+
+
+def training_numerics(device):
+    """The numerics training runs under on `device`: on CUDA deterministic cuDNN kernels without
+    benchmark mode, TF32 allowed (evaluate.cuda_numerics); nothing to set elsewhere."""
+    return cuda_numerics(tf32=TRAINING_TF32) if torch.device(device).type == 'cuda' else contextlib.nullcontext()

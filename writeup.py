@@ -15,7 +15,8 @@ from answers import ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, REMEDIES, Vi
     with_n
 from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from figures import remedies_kl_figure
-from report import bf16_runs_markdown, load_runs, mutation_markdown, per_image, read_json, speed_markdown
+from report import (bf16_runs_markdown, load_runs, mutation_markdown, per_image, read_json, speed_markdown, trained_on,
+                    training_minutes, training_time)
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
@@ -125,7 +126,7 @@ def glance_table(runs, parts, label, caption):
 
 def glance_blocks(runs):
     """The tables of every reported number, after a paragraph on where the numbers come from."""
-    hardware = {r['name']: ', '.join(sorted({m.get('hardware', m.get('device', '')) for m in r['parts'].values()}))
+    hardware = {r['name']: ', '.join(sorted({label for m in r['parts'].values() for label, _ in training_time(m)}))
                 for r in runs}
     paired = [f'{r["name"]}/{p}' for r in runs for p, m in r['parts'].items() if per_image(m)]
     checks = [c.replace('numbers above', f'numbers of {r["name"]}') for r in runs
@@ -310,15 +311,23 @@ def homework_map(runs, base):
     return '\n'.join(lines) + '\n'
 
 
+def on_gpu(m):
+    """True if any of a run's training sittings was on CUDA."""
+    sittings = m.get('sittings') or [dict(device=m.get('device', ''))]
+    return any(str(s.get('device')).startswith('cuda') for s in sittings)
+
+
 def gpu_time(runs):
-    """The measured time of each part trained on a GPU, or a sentence saying that none has been."""
-    rows = [(r, m) for r in runs for m in r['parts'].values() if str(m.get('device', '')).startswith('cuda')]
+    """The measured time of each part trained on a GPU, or a sentence saying that none has been;
+    a part trained partly elsewhere shows the time on each device."""
+    rows = [(r, m) for r in runs for m in r['parts'].values() if on_gpu(m)]
     if not rows:
         return ('No GPU time has been measured yet: no run in `results/` was trained on a GPU. `python experiments.py '
                 'estimate --profile full` measures the machine it runs on and prints the expected time of each part.\n')
     return '| part | run | hardware | training | evaluation |\n|---|---|---|---|---|\n' + ''.join(
-        f'| {m["part"]} | {run_name(r)} | {m.get("hardware")} | {m["train_seconds"] / 60:.0f} min | '
-        f'{m.get("eval_seconds", 0) / 60:.0f} min |\n' for r, m in rows)
+        f'| {m["part"]} | {run_name(r)} | {trained_on(m)} | {training_minutes(m, digits=0)} | '
+        f'{m.get("eval_seconds", 0) / 60:.0f} min'
+        + (f' {m["hardware"]}' if m.get('hardware') and trained_on(m) != m['hardware'] else '') + ' |\n' for r, m in rows)
 
 
 def fill_file(path, sections):

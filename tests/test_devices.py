@@ -112,3 +112,206 @@ def test_channels_last_is_restored_after_an_error():
             assert models.CHANNELS_LAST is (not before)
             raise RuntimeError
     assert models.CHANNELS_LAST == before
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA numerics: deterministic cuDNN without benchmark mode, and TF32 through one API only
+
+class Flags:
+    """Stands in for torch.backends.cudnn (with conv) or torch.backends.cuda.matmul: holds the flags
+    the torch in question has, and logs every read and write of them by name."""
+
+    def __init__(self, log, prefix, values, **children):
+        for name, value in dict(_log=log, _prefix=prefix, _values=dict(values), **children).items():
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        if name not in self._values:
+            raise AttributeError(name)
+        self._log.append(('get', self._prefix + name))
+        return self._values[name]
+
+    def __setattr__(self, name, value):
+        if name not in self._values:
+            raise AttributeError(name)
+        self._log.append(('set', self._prefix + name, value))
+        self._values[name] = value
+
+    def flags(self, **values):
+        """torch.backends.cudnn.flags: sets every flag given (allow_tf32 included) and restores them."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def context():
+            saved = {k: getattr(self, k) for k in values}
+            for k, v in values.items():
+                setattr(self, k, v)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    setattr(self, k, v)
+        return context()
+
+
+CUDNN = dict(enabled=False, benchmark=True, deterministic=False, allow_tf32=True)
+
+
+def simulated_backends(monkeypatch, new_api):
+    """torch.backends as a torch with (new_api) or without the per-operation fp32_precision API:
+    (log, cudnn, matmul)."""
+    log = []
+    if new_api:
+        cudnn = Flags(log, 'cudnn.', CUDNN, conv=Flags(log, 'cudnn.conv.', dict(fp32_precision='tf32')))
+        matmul = Flags(log, 'matmul.', dict(allow_tf32=False, fp32_precision='none'))
+    else:
+        cudnn = Flags(log, 'cudnn.', CUDNN)
+        matmul = Flags(log, 'matmul.', dict(allow_tf32=False))
+    monkeypatch.setattr(torch.backends, 'cudnn', cudnn)
+    monkeypatch.setattr(torch.backends.cuda, 'matmul', matmul)
+    return log, cudnn, matmul
+
+
+def tf32_flags_touched(log):
+    """'legacy' and/or 'new': which TF32 API the logged reads and writes used."""
+    return {('new' if name.endswith('fp32_precision') else 'legacy') for _, name, *_ in log if 'tf32' in name
+            or name.endswith('fp32_precision')}
+
+
+@pytest.mark.parametrize('new_api', [True, False])
+@pytest.mark.parametrize('tf32', [True, False])
+def test_cuda_numerics_are_deterministic_and_set_tf32_through_one_api(monkeypatch, new_api, tf32):
+    import evaluate
+    log, cudnn, matmul = simulated_backends(monkeypatch, new_api)
+    before = (dict(cudnn._values), dict(matmul._values))
+    with evaluate.cuda_numerics(tf32):
+        assert (cudnn._values['enabled'], cudnn._values['deterministic'], cudnn._values['benchmark']) == \
+            (True, True, False)
+        if new_api:
+            assert cudnn.conv._values['fp32_precision'] == matmul._values['fp32_precision'] == \
+                ('tf32' if tf32 else 'ieee')
+        else:
+            assert cudnn._values['allow_tf32'] is matmul._values['allow_tf32'] is tf32
+    assert tf32_flags_touched(log) == {'new' if new_api else 'legacy'}
+    assert (cudnn._values, matmul._values) == before                  # every flag restored
+
+
+def test_training_on_cuda_runs_with_deterministic_kernels_and_tf32(monkeypatch):
+    import train
+    log, cudnn, matmul = simulated_backends(monkeypatch, new_api=True)
+    seen = []
+
+    class Stub:
+        def __init__(self, *args):
+            self.state = {}
+
+        def resume(self):
+            pass
+
+        def run(self, stop_at):
+            seen.append((cudnn._values['deterministic'], cudnn._values['benchmark'],
+                         cudnn.conv._values['fp32_precision'], matmul._values['fp32_precision']))
+            return True
+
+    monkeypatch.setattr(train, 'Training', Stub)
+    train.train('6b', {}, {}, 'out', 'cuda', False)
+    assert seen == [(True, False, 'tf32', 'tf32')] and tf32_flags_touched(log) == {'new'}
+
+
+# ---------------------------------------------------------------------------------------------
+# No host synchronisation in a training step on a GPU
+
+HOST_READS = ('item', 'tolist', 'numpy', 'cpu', '__bool__', '__float__', '__int__')  # each waits for the device
+
+
+@pytest.fixture
+def host_transfers(monkeypatch):
+    """Counts, by name, what in a training step would wait for a GPU's queue, on the CPU: a read of a
+    tensor's value on the host (HOST_READS), a tensor built from host data (torch.tensor) and an
+    explicit move to a device (Tensor.to(device)), whose source in pageable host memory makes the
+    copy synchronous (unless non_blocking). Returns the list of names, to be cleared before the
+    steps counted."""
+    seen = []
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            seen.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(f'Tensor.{name}', getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch, 'tensor', counting('torch.tensor', torch.tensor))
+    to = torch.Tensor.to
+
+    def moved(self, *args, **kwargs):  # non_blocking: from pinned memory or on the device, asynchronous
+        if any(isinstance(a, (str, torch.device)) for a in list(args) + list(kwargs.values())) \
+                and not kwargs.get('non_blocking'):
+            seen.append('Tensor.to(device)')
+        return to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, 'to', moved)
+    return seen
+
+
+@pytest.mark.parametrize('part,overrides', [('6a', {}), ('6b', {}), ('5b', {}), ('6e-warmup', {}),
+                                            ('6e-warmup', dict(compile_train=True)), ('6b', dict(precision='fp16'))])
+def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_transfers, part, overrides):
+    """With the CPU standing in for a GPU (train.FREE_READS emptied: the engine then reads the device
+    only every SYNC_EVERY steps, as on CUDA), steps after the first read nothing on the host and copy
+    nothing from it."""
+    import config
+    import train
+    monkeypatch.setattr(train, 'FREE_READS', ())
+    cfg = config.config(part, 'smoke', batch_size=20, **overrides)
+    torch.manual_seed(0)
+    nets = train.build(config.model_spec(cfg), 'cpu')
+    training = train.Training(part, cfg, nets, str(tmp_path), 'cpu', False)
+    assert training.check_every == train.SYNC_EVERY
+    x_train = train.load_data(cfg, train=True)
+    training.start_epoch(0, len(x_train))
+    training.step(x_train, 0, 10)                          # Adam's state and any compilation are made here
+    host_transfers.clear()
+    for b in range(1, 4):
+        training.step(x_train, b, 10)
+    assert host_transfers == []
+    training.flush()                                       # the numbers are read every SYNC_EVERY steps
+    assert len(training.state['history']['loss']) == 4 and host_transfers
+
+
+def test_where_losses_do_not_check_each_step_the_training_data_is_checked_once(tmp_path, monkeypatch):
+    """Raw 0-255 pixels: losses.py would refuse them at the first step; where its checks are skipped
+    (a GPU) the run refuses them when it loads them, naming the range found."""
+    import config
+    import train
+    monkeypatch.setattr(train, 'FREE_READS', ())
+    monkeypatch.setattr(train, 'load_data', lambda cfg, train: torch.full((20, 1, 28, 28), 255.0))
+    cfg = config.config('6b', 'smoke', batch_size=10)
+    training = train.Training('6b', cfg, train.build(config.model_spec(cfg), 'cpu'), str(tmp_path), 'cpu', False)
+    with pytest.raises(ValueError, match=r'training images must lie in \[0, 1\], got values in \[255, 255\]'):
+        training.run()
+    assert training.state['step'] == 0
+
+
+@pytest.mark.parametrize('part', ['6a', '5c', '6e-freebits'])
+def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch, part):
+    """loss_on's vmap over a batch of one batch (the path of a GPU) gives the objective and terms of
+    the direct call, and its gradients to rounding."""
+    import config
+    import train
+    cfg = config.config(part, 'smoke')
+    torch.manual_seed(0)
+    nets = train.build(config.model_spec(cfg), 'cpu')
+    x = train.load_data(cfg, train=True)[:6]
+    eps = torch.randn(6, 49, generator=torch.Generator().manual_seed(1))
+    params = [p for net in nets.values() for p in net.parameters()]
+    results = []
+    for free in (('cpu',), ()):
+        monkeypatch.setattr(train, 'FREE_READS', free)
+        terms = train.objective(nets, cfg, x, eps, 0.5)
+        results.append((torch.stack(terms).detach(), torch.autograd.grad(terms[0], params, allow_unused=True)))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    for g1, g2 in zip(ga, gb):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)

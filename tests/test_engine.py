@@ -353,6 +353,28 @@ def test_a_partial_pass_of_another_model_or_a_damaged_one_is_not_used(tmp_path, 
     assert 'cannot be read' in capsys.readouterr().err
 
 
+def test_a_partial_pass_from_another_device_type_restarts_its_draws(tmp_path):
+    """A pass saved with a generator state of another device type (16 bytes: a CUDA generator's)
+    cannot continue its draws: it restarts from the first image, says so, and ends with the NLLs
+    of an unbroken pass on this device."""
+    f, g = tiny_vae()
+    x = binary_images(4)
+    path = str(tmp_path / 'is_partial.pt')
+
+    def nll(partial=None):
+        return V.importance_sampled_nll(f, g, x, samples=6, chunk=4, batch=2, partial=partial,
+                                        generator=torch.Generator().manual_seed(7))
+
+    with pytest.raises(V.EvaluationStopped):
+        nll(V.PartialPass(path, stop_at=0.0))
+    saved = torch.load(path, weights_only=True)
+    torch.save(dict(saved, generator=torch.zeros(16, dtype=torch.uint8)), path)
+    notes = []
+    partial = V.PartialPass(path, log=notes.append)
+    assert torch.equal(nll(partial), nll()) and partial.earlier == 0.0
+    assert len(notes) == 1 and 'saved on another device type' in notes[0] and 'restarts its draws' in notes[0]
+
+
 @pytest.mark.parametrize('flows,autoregress', [(0, False), (0, True), (2, True)])
 def test_fast_importance_sampling_equals_the_course_loop(flows, autoregress):
     f, g = tiny_vae(flows=flows, autoregress=autoregress)
@@ -723,6 +745,8 @@ def test_resume_continues_the_step_counter(tmp_path, capsys):
     two = E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=2)
     assert 'resuming from' in capsys.readouterr().out
     assert two['steps'] == 4 and two['epochs'] == 2
+    assert [s['device'] for s in two['sittings']] == ['cpu', 'cpu']          # one a process
+    assert sum(s['seconds'] for s in two['sittings']) == pytest.approx(two['train_seconds'], abs=0.15)
     h = history(tmp_path)
     assert h['step'] == [0, 1, 2, 3] and h['test_epoch'] == [1, 2]
     # the same numbers as two epochs in one go
@@ -1081,8 +1105,8 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
 
 
 def test_precision_setting_is_checked_and_older_checkpoints_still_match():
-    with pytest.raises(ValueError, match='precision must be one of fp32, bf16'):
-        C.config('6a', 'smoke', precision='fp16')
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        C.config('6a', 'smoke', precision='fp8')
     cfg = C.config('6a', 'smoke')
     saved = {k: v for k, v in cfg.items() if k != 'precision'}  # a configuration saved before the setting existed
     assert C.settings_differ(saved, cfg) == []
@@ -1150,6 +1174,41 @@ def test_training_time_checkpoints_and_a_time_limit_follow_the_clock(tmp_path, m
     again.resume()
     assert again.state['train_seconds'] == 70.0 and again.run(stop_at=clock.now + 65) is True
     assert written[4:] == [(2, 0)] and again.state['step'] == 8 and again.state['train_seconds'] == 80.0
+
+
+def test_each_sitting_records_its_device_hardware_and_seconds(tmp_path, monkeypatch):
+    """A run stopped on one machine and resumed on another: the checkpoint carries each sitting's
+    device, hardware and training seconds, which add up to train_seconds."""
+    monkeypatch.setattr(T, 'describe_hardware', lambda device: 'first machine')
+    training, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2)
+    assert training.run(stop_at=clock.now + 25) is False   # 3 steps of 10 s
+    monkeypatch.setattr(T, 'describe_hardware', lambda device: 'second machine')
+    again, clock = clocked_training(tmp_path, monkeypatch, batch_size=50, epochs=2)
+    again.resume()
+    assert again.run() is True
+    assert again.state['sittings'] == [dict(device='cpu', hardware='first machine', seconds=30.0),
+                                       dict(device='cpu', hardware='second machine', seconds=50.0)]
+    assert again.state['train_seconds'] == 80.0
+    assert T.load_file(again.path)['sittings'] == again.state['sittings']
+
+
+@pytest.mark.parametrize('noise,device', [(torch.Generator().get_state(), 'cpu'),
+                                          (torch.zeros(16, dtype=torch.uint8), 'cuda')])
+def test_a_checkpoint_from_before_sittings_were_recorded_is_one_sitting_on_its_device(tmp_path, noise, device):
+    """Its training seconds are one earlier sitting, on the device type of its noise generator's
+    state, its hardware unrecorded; this process's seconds come after it."""
+    training = smoke_training(tmp_path, epochs=2)
+    assert training.run(stop_at=0.0) is False
+    ck = T.load_file(training.path)
+    earlier = ck['train_seconds']
+    del ck['sittings']
+    ck['rng']['noise'] = noise
+    torch.save(ck, training.path)
+    again = smoke_training(tmp_path, epochs=2)
+    again.resume()
+    assert again.state['sittings'] == [dict(device=device, hardware=None, seconds=earlier)]
+    assert again.run() is True
+    assert [s['hardware'] for s in again.state['sittings']] == [None, C.describe_hardware('cpu')]
 
 
 def test_a_time_limit_met_at_an_epochs_end_stops_there_unless_training_is_done(tmp_path, monkeypatch):
@@ -1234,6 +1293,49 @@ def test_each_part_trains_and_tests_on_its_own_mnist():
             assert torch.equal(T.load_data(cfg, train=False), load(False))
     assert T.load_data(C.config('6b', 'smoke'), train=True).shape == (200, 1, 28, 28)
     assert T.load_data(C.config('6b', 'smoke'), train=False).shape == (10000, 1, 28, 28)
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_exactly(tmp_path):
+    """--precision fp16 at smoke size on the CPU (autocast to float16 runs there): its own results
+    directory, finite numbers, the updates of overflowing steps skipped and the rest taken, the
+    scaler's state in the checkpoint, and a run interrupted mid-epoch ends with the numbers of an
+    unbroken one."""
+    settings = dict(profile='smoke', device='cpu', progress=False, batch_size=20, precision='fp16')  # 10 steps an epoch
+    reference = E.run_part('6b', results_dir=str(tmp_path / 'reference'), **settings)
+    out = tmp_path / 'reference' / 'smoke-fp16' / '6b'
+    hist = json.loads((out / 'history.json').read_text())
+    assert reference['precision'] == 'fp16' and all(math.isfinite(v['value']) for v in reference['values'].values())
+    assert 0 < len(hist['skipped']) < 20 and len(set(hist['loss'])) > 1  # the first steps overflow, later ones train
+    assert 'steps skipped by loss scaling' in (out / 'run.log').read_text()
+    scale = T.load_file(out / 'checkpoint.pt')['scaler']['scale']
+    assert scale == 2.0 ** 16 / 2 ** len(hist['skipped'])                 # halved at each skipped step
+    E.run_part('6b', results_dir=str(tmp_path), epochs=1, **settings)
+    os.remove(tmp_path / 'smoke-fp16' / '6b' / 'metrics.json')
+    assert E.run_part('6b', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
+    ck = T.load_file(tmp_path / 'smoke-fp16' / '6b' / 'checkpoint.pt')
+    assert (ck['epoch'], ck['batch']) == (1, 1)
+    training = T.Training('6b', ck['config'], T.build(C.model_spec(ck['config']), 'cpu'),
+                          str(tmp_path / 'smoke-fp16' / '6b'), 'cpu', False)
+    training.resume()
+    assert training.scaler.state_dict() == ck['scaler']
+    resumed = E.run_part('6b', results_dir=str(tmp_path), **settings)
+    assert json.loads((tmp_path / 'smoke-fp16' / '6b' / 'history.json').read_text())['loss'] == hist['loss']
+    assert resumed['values'] == reference['values']
+
+
+def test_fp16_without_a_gradient_scaler_in_torch_is_refused_by_name(monkeypatch):
+    monkeypatch.delattr(torch.amp, 'GradScaler')
+    with pytest.raises(ValueError, match=r'precision fp16 on cpu needs torch >= 2.3 \(torch.amp.GradScaler\)'):
+        T.loss_scaler('fp16', 'cpu')
+    assert T.loss_scaler('fp32', 'cpu') is None and T.loss_scaler('bf16', 'cpu') is None
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_fp16_means_float16_on_every_device(device):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
+        ctx = T.low_precision('fp16', device)
+    assert ctx.fast_dtype == torch.float16 and ctx.device == device
 
 
 @pytest.mark.parametrize('device', ['cpu', 'cuda'])

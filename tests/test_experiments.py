@@ -37,6 +37,22 @@ def test_finished_run_with_other_settings_is_never_trained_over(tmp_path):
     assert E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1) == done
 
 
+def test_a_finished_run_asked_for_other_images_prints_a_command_that_recomputes_them(tmp_path, capsys):
+    """The advice names the part, its profile, precision and results directory (not a literal PART),
+    and the command it prints, with N filled in, recomputes the number over those images."""
+    settings = dict(profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, precision='bf16')
+    E.run_part('6b', **settings)
+    capsys.readouterr()
+    E.run_part('6b', **dict(settings, is_images=5))
+    advice = capsys.readouterr().out
+    command = advice[advice.index('python experiments.py eval'):].splitlines()[0]
+    assert 'PART' not in command and command.startswith('python experiments.py eval 6b --quantity test_nll_is16 '
+                                                        '--profile smoke --precision bf16 --results-dir ')
+    E.main(shlex.split(command.replace(' N ', ' 5 '))[2:])
+    metrics = json.loads((tmp_path / 'smoke-bf16' / '6b' / 'metrics.json').read_text())
+    assert metrics['values']['test_nll_is16']['n_images'] == 5
+
+
 def test_string_parameters_mean_what_they_say(tmp_path):
     """papermill's -p passes 'false' as a string: it must not mean True."""
     done = E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
@@ -143,6 +159,7 @@ def bf16_cpu(monkeypatch):
                         dict(fp32=100.0, bf16=200.0))
     monkeypatch.setattr(E, 'BF16_PARITY', ('6a', '6b'))
     monkeypatch.setattr(E, 'AUTO_PROFILES', ('smoke',))
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))  # a GPU with bf16 tensor cores
     return measured
 
 
@@ -161,8 +178,29 @@ def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_c
     monkeypatch.setattr(E, 'bf16_units', lambda: ())
     assert pick('6a') == ('fp32', 'float32: this CPU reports no bfloat16 units')
     assert E.pick_precision('bf16', '6c', 'smoke', 'cuda') == ('bf16', 'as asked')  # a setting is taken as asked
-    with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, got 'fp16'"):
-        E.pick_precision('fp16', '6a', 'smoke', 'cpu')
+    assert E.pick_precision('fp16', '6a', 'smoke', 'cpu') == ('fp16', 'as asked')
+    with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, fp16, got 'fp8'"):
+        E.pick_precision('fp8', '6a', 'smoke', 'cpu')
+
+
+@pytest.mark.parametrize('capability,precision', [((7, 5), 'fp16'), ((7, 0), 'fp16'), ((8, 0), 'fp32'),
+                                                  ((9, 0), 'fp32')])
+def test_auto_precision_is_fp16_on_a_gpu_without_bf16_tensor_cores(monkeypatch, tmp_path, capability, precision):
+    """A T4 (7.5) or V100 (7.0) trains in float16 with loss scaling, into its own directory; an A100
+    (8.0) or H100 (9.0) in float32; the CPU's rules are unchanged."""
+    import report
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    chosen, why = E.pick_precision('auto', '6b', 'full', 'cuda', str(tmp_path))
+    assert chosen == precision
+    assert why == (f'fp16: CUDA compute capability {capability[0]}.{capability[1]} has no bfloat16 tensor cores'
+                   if precision == 'fp16' else 'float32 on cuda')
+    assert E.pick_precision('auto', '6b', 'full', 'cpu', str(tmp_path))[0] == 'fp32'
+    assert C.run_dir('results', 'full', chosen) == ('results/full-fp16' if precision == 'fp16' else 'results/full')
+    monkeypatch.setattr(report, 'pick_device', lambda device=None: torch.device('cuda'))
+    write = C.part_dir(str(tmp_path), '6b', 'full', precision)
+    os.makedirs(write)
+    (tmp_path / os.path.relpath(write, tmp_path) / 'metrics.json').write_text(json.dumps(dict(part='6b')))
+    assert report.part_metrics(str(tmp_path), 'auto', '6b', 'auto') == dict(part='6b')  # the notebooks find it
 
 
 def test_auto_precision_resumes_the_run_it_finds_and_logs_its_choice(bf16_cpu, monkeypatch, tmp_path):

@@ -74,6 +74,59 @@ def test_checkpoint_from_another_device_type_resumes(tmp_path, capsys):
     assert 'comes from another device' in (out / 'run.log').read_text()
 
 
+def test_importance_sampling_from_another_device_type_restarts_with_a_note(tmp_path):
+    """is_partial.pt carried from a machine of another device type (its generator state does not
+    fit this one's): the rerun restarts the pass, notes it in run.log, and reports the numbers of
+    an unbroken run."""
+    settings = dict(profile='smoke', device='cpu', progress=False, epochs=1)
+    unbroken = E.run_part('6b', results_dir=str(tmp_path / 'unbroken'), **settings)
+    E.run_part('6b', results_dir=str(tmp_path), **settings)
+    out = tmp_path / 'smoke' / '6b'
+    os.remove(out / 'metrics.json')
+    assert E.run_part('6b', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
+    partial = torch.load(out / 'is_partial.pt', weights_only=True)
+    torch.save(dict(partial, generator=torch.zeros(16, dtype=torch.uint8)), out / 'is_partial.pt')
+    again = E.run_part('6b', results_dir=str(tmp_path), **settings)
+    assert again['values'] == unbroken['values']
+    assert 'saved on another device type' in (out / 'run.log').read_text()
+
+
+def test_model_files_and_checkpoints_hold_cpu_tensors():
+    """What a run saves from a GPU (weights, optimiser state) is copied to the CPU first; fake CUDA
+    tensors stand in for a GPU's (they carry a device but no data)."""
+    import train as T
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        weight = torch.empty(3, 2, device='cuda')
+        state = dict(state={0: dict(step=torch.empty((), device='cuda'), exp_avg=torch.empty(3, device='cuda'))},
+                     param_groups=[dict(lr=1e-3, params=[0])])
+
+        class OnGPU(torch.nn.Module):
+            def state_dict(self):
+                return {'weight': weight}
+
+        record = T.model_record({'decoder': OnGPU()}, {'decoder': ('GaussianVAEDecoder', {})})
+        saved = T.on_cpu(state)
+    assert weight.device.type == 'cuda'
+    assert record['decoder']['state_dict']['weight'].device.type == 'cpu'
+    assert [t.device.type for t in saved['state'][0].values()] == ['cpu', 'cpu']
+    assert saved['param_groups'] == state['param_groups']
+
+
+def test_a_number_trained_on_a_gpu_verifies_on_a_cpu(tmp_path, monkeypatch):
+    """The reproduce command of a run trained on CUDA names no device, so that it runs (and agrees)
+    on a machine without one."""
+    E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    path = tmp_path / 'smoke' / '6a' / 'metrics.json'
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), device='cuda', hardware='simulated GPU')))
+    E.write_summary(str(tmp_path), 'smoke')
+    row = json.loads((tmp_path / 'smoke' / 'summary.json').read_text())[0]
+    assert row['device'] == 'cuda' and '--device' not in row['reproduce']
+    monkeypatch.delenv('HW2_DEVICE')                       # the device is picked: the CPU, CUDA being hidden
+    checked = E.verify(str(tmp_path), parts=['6a'])
+    assert checked and all(c['ok'] and c['error'] is None for c in checked)
+
+
 @pytest.fixture
 def simulated_cuda(monkeypatch):
     monkeypatch.delenv('HW2_DEVICE')

@@ -365,3 +365,29 @@ def test_every_part_auto_trains_in_bf16_has_shown_parity_in_the_committed_runs()
         for q, low, full, d in rows:  # every likelihood bound or estimate the two runs share
             assert (low['precision'], full['precision']) == ('bf16', 'fp32') and low['epochs'] == full['epochs']
             assert d['paired'] and d['value'] < 2 * d['se'], (part, q, d)
+
+
+def test_time_spent_on_each_device_is_quoted_apart_never_credited_to_one(tmp_path):
+    """A run trained 85 min on a CPU, then 10 min on an H100: the summary, its rows and the GPU-time
+    table say where each part of the time went. A run finished before sittings were recorded
+    trained on its recorded hardware."""
+    import writeup
+    from report import metrics_table, summary_rows, training_minutes
+    run = str(tmp_path / 'full')
+    write_part(run, '6a', {'test_nll': v(90.0, 0.2)})
+    path = os.path.join(run, '6a', 'metrics.json')
+    with open(path) as fh:
+        legacy = json.load(fh)
+    moved = dict(legacy, device='cuda', hardware='NVIDIA H100', train_seconds=5700.0, sittings=[
+        dict(device='cpu', hardware='CPU (test)', seconds=3000.0), dict(device='cpu', hardware='CPU (test)', seconds=2100.0),
+        dict(device='cuda', hardware='NVIDIA H100', seconds=600.0)])
+    assert training_minutes(moved) == '85.0 min CPU (test) + 10.0 min NVIDIA H100'
+    assert training_minutes(legacy) == '10.0 min' and 'CPU (test) |' in metrics_table([legacy])
+    assert '| 85.0 min CPU (test) + 10.0 min NVIDIA H100 | full, fp32, CPU (test) + NVIDIA H100 |' in \
+        metrics_table([moved])
+    assert summary_rows([moved], str(tmp_path))[0]['train_seconds_by_hardware'] == {'CPU (test)': 5100.0,
+                                                                                   'NVIDIA H100': 600.0}
+    row = writeup.gpu_time([dict(name='full', profile='full', precision='fp32', parts={'6a': moved})])
+    assert '| CPU (test) + NVIDIA H100 | 85 min CPU (test) + 10 min NVIDIA H100 |' in row
+    assert writeup.gpu_time([dict(name='full', profile='full', precision='fp32', parts={'6a': legacy})]).startswith(
+        'No GPU time has been measured yet')
