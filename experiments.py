@@ -515,12 +515,15 @@ def main(argv=None):
     v.add_argument('--quantities', default=None, help='comma-separated quantities, e.g. test_elbo,kl (default: all)')
     ls = sub.add_parser('list', help='print the parts, their settings and the deviations from the course framework')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
-    pk = sub.add_parser('pack', help="write a profile's results into DIR as at most 8 files of 16 MiB")
+    pk = sub.add_parser('pack', help="write a profile's results into DIR as packs of at most 8 files of 16 MiB")
     pk.add_argument('dir')
+    pk.add_argument('--parts', default=None, help="comma-separated parts to pack (default: the profile's whole "
+                                                  'directory); what exceeds one pack goes to DIR/pack-1, pack-2, ...')
     fg = sub.add_parser('figures', help="draw a finished part's figures again from its model.pt and history.json")
     fg.add_argument('part', choices=list(PARTS))
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
-    up.add_argument('dir')
+    up.add_argument('dir', nargs='+', help='one or more directories written by pack (or holding its pack-* '
+                                           'directories), in any order')
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
     for p in (a, r, e, es, nb, pk, fg):
@@ -582,7 +585,8 @@ def command(args):
     elif args.command == 'list':
         list_settings(args.profile)
     elif args.command == 'pack':
-        pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir)
+        pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
+             check_parts(args.parts.split(',')) if args.parts is not None else None)
     elif args.command == 'figures':
         redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
     elif args.command == 'unpack':
