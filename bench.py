@@ -424,7 +424,11 @@ def main(argv=None):
     ap.add_argument('--flops-json', help="count each workload's FLOPs, measure the convolution ceiling, write here")
     ap.add_argument('--bf16-json', help='also time training with bfloat16 forward passes (the opt-in '
                                         '`--precision bf16` of experiments.py; not the same arithmetic), write here')
+    ap.add_argument('--profile', default='full', choices=['full', 'cpu', 'smoke'],
+                    help="the networks' sizes (default full, the course's; smoke: a check of this script in seconds)")
     args = ap.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     out = run(pick_device(args.device), baseline=not args.no_baseline, bf16=bool(args.bf16_json),
               flops=bool(args.flops_json), is_images=args.is_images, nhwc=not args.no_channels_last)
     paths = dict(ours=args.json, plain=args.baseline_json, bf16=args.bf16_json, flops=args.flops_json)

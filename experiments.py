@@ -41,7 +41,7 @@ import torch
 
 import figures
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
-from transfer import pack, unpack
+from transfer import PACK_BYTES, PACK_FILES, pack, unpack
 from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, as_int, bf16_units,
                     config, describe_hardware, list_settings, changes, model_spec, part_dir, part_for, pick_device,
                     pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
@@ -381,6 +381,26 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     return True
 
 
+def run_parts(parts, jobs=1, profile='auto', device=None, fresh=False, results_dir='results', progress=True,
+              precision='auto', is_images=None, compile_train=None):
+    """{part: metrics} of the parts (what the notebooks call): one after the other in this process,
+    or with jobs > 1 that many at once as separate processes (run_jobs; their output in job.log)."""
+    jobs = as_int(jobs, 'jobs', minimum=1)
+    kw = dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir, precision=precision,
+              is_images=is_images, compile_train=compile_train)
+    if jobs == 1:
+        return {part: run_part(part, progress=progress, **kw) for part in check_parts(parts)}
+    device = pick_device(device)
+    profile = pick_profile(profile, device)
+    fresh = as_bool(fresh, 'fresh')
+    chosen = {p: dict(precision=pick_precision(precision, p, profile, device, results_dir, fresh)[0])
+              for p in check_parts(parts)}
+    run_jobs(list(chosen), chosen, dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir,
+                                        extra=switches(is_images, compile_train), stop_at=None), jobs)
+    return {p: read_json(os.path.join(part_dir(results_dir, p, profile, c['precision']), 'metrics.json'))
+            for p, c in chosen.items()}
+
+
 def run_serial(parts, estimates, plan, progress, t_start):
     """The parts one after the other in this process; returns [the part stopped by the time limit] or []."""
     expected, fresh = {p: e['seconds'] for p, e in estimates.items()}, plan['fresh']
@@ -490,15 +510,6 @@ def main(argv=None):
     r = sub.add_parser('run', help='run one part')
     r.add_argument('part', choices=list(PARTS))
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
-    for p in (a, r):
-        p.add_argument('--minutes', type=float, default=None,
-                       help='stop cleanly after this many minutes; rerun to resume')
-        p.add_argument('--is-images', default=None,
-                       help="importance-sample the first N test images instead of the profile's (full: all 10,000; "
-                            "cpu: 1,000); 'all': every test image")
-        p.add_argument('--compile-train', action=argparse.BooleanOptionalAction, default=None,
-                       help='train through torch.compile (mode reduce-overhead: CUDA graphs on CUDA), falling back to '
-                            'eager if it fails; may change between sittings of a run (default: off)')
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
@@ -507,6 +518,17 @@ def main(argv=None):
     e.add_argument('--is-images', type=int, default=None,
                    help='importance-sample the first N test images instead of the number the run used')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
+    for p in (a, r):
+        p.add_argument('--minutes', type=float, default=None,
+                       help='stop cleanly after this many minutes; rerun to resume')
+    for p in (a, r, es):
+        p.add_argument('--is-images', default=None,
+                       help="importance-sample the first N test images instead of the profile's (full: all 10,000; "
+                            "cpu: 1,000); 'all': every test image")
+    for p in (a, r):
+        p.add_argument('--compile-train', action=argparse.BooleanOptionalAction, default=None,
+                       help='train through torch.compile (mode reduce-overhead: CUDA graphs on CUDA), falling back to '
+                            'eager if it fails; may change between sittings of a run (default: off)')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     nb = sub.add_parser('notebooks', help='execute the three notebooks in place, saving the outputs of the runs')
     v = sub.add_parser('verify', help="run every summary.json `reproduce` command and compare with the reported value")
@@ -519,6 +541,10 @@ def main(argv=None):
     pk.add_argument('dir')
     pk.add_argument('--parts', default=None, help="comma-separated parts to pack (default: the profile's whole "
                                                   'directory); what exceeds one pack goes to DIR/pack-1, pack-2, ...')
+    pk.add_argument('--leave-out', default=None,
+                    help='comma-separated file names not to pack, e.g. model.pt,checkpoint.pt')
+    pk.add_argument('--max-files', type=int, default=PACK_FILES, help='files in one pack, its manifest included')
+    pk.add_argument('--piece-mib', type=float, default=PACK_BYTES / 2 ** 20, help='MiB of one piece at most')
     fg = sub.add_parser('figures', help="draw a finished part's figures again from its model.pt and history.json")
     fg.add_argument('part', choices=list(PARTS))
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
@@ -571,7 +597,8 @@ def command(args):
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
-                     else list(PARTS), device, args.results_dir, precision=args.precision)
+                     else list(PARTS), device, args.results_dir, precision=args.precision,
+                     **switches(args.is_images))
     elif args.command == 'summary':
         write_summary(args.results_dir)
     elif args.command == 'verify':
@@ -586,7 +613,8 @@ def command(args):
         list_settings(args.profile)
     elif args.command == 'pack':
         pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
-             check_parts(args.parts.split(',')) if args.parts is not None else None)
+             check_parts(args.parts.split(',')) if args.parts is not None else None, args.max_files,
+             int(args.piece_mib * 2 ** 20), tuple(args.leave_out.split(',')) if args.leave_out else ())
     elif args.command == 'figures':
         redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
     elif args.command == 'unpack':

@@ -28,13 +28,13 @@ def digest(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def tar_blob(source, parts=None):
+def tar_blob(source, parts=None, leave_out=()):
     """A gzip'd tar of the run directory `source` (only the directories of `parts`, if given),
-    without temporary files and run locks."""
+    without temporary files, run locks and files named in leave_out."""
     buffer = io.BytesIO()
-    name = os.path.basename(source)
+    name, drop = os.path.basename(source), ('.tmp', 'run.lock') + tuple('/' + n for n in leave_out)
     with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
-        keep = lambda info: None if info.name.endswith(('.tmp', 'run.lock')) else info  # noqa: E731
+        keep = lambda info: None if info.name.endswith(drop) else info  # noqa: E731
         if parts is None:
             tar.add(source, arcname=name, filter=keep)
         else:
@@ -44,10 +44,11 @@ def tar_blob(source, parts=None):
 
 
 def pack(directory, profile, precision='fp32', results_dir='results', parts=None, files=PACK_FILES,
-         piece_bytes=PACK_BYTES):
-    """results_dir/<profile>[-<precision>] (or only its `parts`) as a gzip'd tar cut into pieces of
-    at most piece_bytes, in packs of at most `files` files (pieces + manifest.json): in `directory`
-    if one pack holds it, else in directory/pack-1, pack-2, ... Returns the paths written."""
+         piece_bytes=PACK_BYTES, leave_out=()):
+    """results_dir/<profile>[-<precision>] (or only its `parts`, without the files named in
+    leave_out, e.g. model.pt) as a gzip'd tar cut into pieces of at most piece_bytes, in packs of at
+    most `files` files (pieces + manifest.json): in `directory` if one pack holds it, else in
+    directory/pack-1, pack-2, ... Returns the paths written."""
     source = run_dir(results_dir, profile, precision)
     if not os.path.isdir(source):
         raise ValueError(f'{source} does not exist: nothing to pack for the {profile} profile')
@@ -58,7 +59,7 @@ def pack(directory, profile, precision='fp32', results_dir='results', parts=None
     missing = [p for p in parts or [] if p not in held]
     if missing:
         raise ValueError(f'{", ".join(missing)}: no such part in {source} (it holds {", ".join(held) or "none"})')
-    blob = tar_blob(source, parts)
+    blob = tar_blob(source, parts, leave_out)
     pieces = [blob[i:i + piece_bytes] for i in range(0, len(blob), piece_bytes)] or [b'']
     per_pack = files - 1
     groups = [pieces[i:i + per_pack] for i in range(0, len(pieces), per_pack)]

@@ -183,7 +183,8 @@ def test_bench_runs_on_the_cpu_at_tiny_size_with_the_engines_settings(tmp_path, 
                       paths['plain']])
     assert calls and all(flag and chunk_batch == (100, 20) for flag, chunk_batch in calls)  # the cpu profile's pass
     ours = json.load(open(paths['ours']))
-    assert ours['settings'] == bench.engine_settings('cpu') and '20 images x 100 draws = 2000 latents' in ours['settings']
+    assert ours['settings'] == bench.engine_settings('cpu')
+    assert '20 images x 100 draws = 2000 latents' in ours['settings']
     for key in ('ours', 'plain'):
         values = json.load(open(paths[key]))
         assert set(values['train_img_per_s']) == set(KEYS) and set(values['is_img_per_s']) == {'binary_vae', 'pixelvae'}
