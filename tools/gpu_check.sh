@@ -31,6 +31,7 @@ IS=${IS_IMAGES:-500}                 # importance-sampled test images of the res
 EST_IS=${EST_IS_IMAGES:-1000}        # importance-sampled test images in the estimate (a lever of the issue)
 GRAPH_EPOCHS=${GRAPH_EPOCHS:-3}
 read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"   # more options of bench.py (the CPU stand-in: --no-baseline)
+BENCH_SECONDS=${BENCH_SECONDS:-100}
 EVAL_RESULTS=${EVAL_RESULTS:-results}
 WORK=${WORK:-$(mktemp -d)}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -88,7 +89,7 @@ fi
 step estimate 60 "$PY" experiments.py estimate --profile "$P" --device "$DEVICE" --results-dir "$WORK/none" \
      "${estimated[@]}"
 # 5. the benchmark: this implementation at the engine's settings against the straightforward one
-step bench 100 "$PY" bench.py --device "$DEVICE" --profile "$BENCH_PROFILE" --json "$WORK/bench.json" \
+step bench "$BENCH_SECONDS" "$PY" bench.py --device "$DEVICE" --profile "$BENCH_PROFILE" --json "$WORK/bench.json" \
      --baseline-json "$WORK/bench_straightforward.json" --bf16-json "$WORK/bench_bf16.json" \
      --flops-json "$WORK/bench_flops.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 # 6. eager against CUDA graphs (--compile-train: torch.compile mode reduce-overhead), GRAPH_EPOCHS of 6b each

@@ -28,11 +28,12 @@ PIECE_MIB=${PIECE_MIB:-15}           # 4 pieces + a manifest: under the 64 MiB a
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 mkdir -p "$OUT" "$WORK"
 R=$WORK/results
-pack() { "$PY" experiments.py pack "$@" --profile "$PROFILE" --parts "$PARTS" --results-dir "$R" --piece-mib "$PIECE_MIB"; }
+pack() { "$PY" experiments.py pack "$@" --profile "$PROFILE" --parts "$PARTS" --results-dir "$R"; }
 
 if [ "${1:-train}" = fetch ]; then
   k=${2:?fetch needs a pack number}
-  src=$WORK/models/pack-$k; [ -d "$src" ] || src=$WORK/models   # a single pack is written into the directory itself
+  src=$WORK/models/pack-$k
+  [ -d "$src" ] || [ "$k" != 1 ] || src=$WORK/models   # a single pack is written into the directory itself
   [ -f "$src/manifest.json" ] || { echo "no model pack $k in $WORK/models" >&2; exit 1; }
   mkdir -p "$OUT/models-$k" && cp "$src"/* "$OUT/models-$k/"
   ls -l "$OUT/models-$k"
@@ -47,11 +48,12 @@ echo "all: exit status $rc after $(( $(date +%s) - start )) s" >> "$WORK/train.l
 finished=yes
 for part in ${PARTS//,/ }; do [ -f "$R/$PROFILE/$part/metrics.json" ] || finished=no; done
 rm -rf "$OUT/light" "$WORK/models"
-pack "$OUT/light" --leave-out model.pt,checkpoint.pt --max-files 3 >> "$WORK/train.log" 2>&1
+pack "$OUT/light" --leave-out model.pt,checkpoint.pt --max-files 3 --piece-mib 15 >> "$WORK/train.log" 2>&1
 if [ $finished = yes ]; then
-  pack "$WORK/models" --leave-out checkpoint.pt,is_partial.pt --max-files 5 >> "$WORK/train.log" 2>&1
+  pack "$WORK/models" --leave-out checkpoint.pt,is_partial.pt --max-files 5 --piece-mib "$PIECE_MIB" \
+       >> "$WORK/train.log" 2>&1
 else
-  pack "$WORK/models" --max-files 5 >> "$WORK/train.log" 2>&1   # the checkpoints too: resumable elsewhere
+  pack "$WORK/models" --max-files 5 --piece-mib "$PIECE_MIB" >> "$WORK/train.log" 2>&1   # checkpoints too
 fi
 packs=$(ls -d "$WORK"/models/pack-* 2>/dev/null | wc -l); (( packs == 0 )) && packs=1
 echo "finished: $finished; model packs: $packs (bring back each with: bash tools/gpu_train.sh fetch K)" \
