@@ -32,6 +32,7 @@ EST_IS=${EST_IS_IMAGES:-1000}        # importance-sampled test images in the est
 GRAPH_EPOCHS=${GRAPH_EPOCHS:-3}
 read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"   # more options of bench.py (the CPU stand-in: --no-baseline)
 BENCH_SECONDS=${BENCH_SECONDS:-100}
+STEP_SCALE=${STEP_SCALE:-1}          # times every step's limit (a loaded CPU stand-in: more)
 EVAL_RESULTS=${EVAL_RESULTS:-results}
 WORK=${WORK:-$(mktemp -d)}
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -50,7 +51,7 @@ nvidia-smi dmon -s u -o T -d 1 > "$WORK/dmon.log" 2>&1 &
 DMON=$!
 
 step() {  # step NAME MAX_SECONDS COMMAND...: a timeout that keeps every step inside BUDGET
-  local name=$1 max=$2; shift 2
+  local name=$1 max=$(( $2 * STEP_SCALE )); shift 2
   local left=$(( START + BUDGET - $(date +%s) ))
   (( left < max )) && max=$left
   if (( max < 10 )); then echo "$name - - skipped(budget)" >> "$WORK/steps.txt"; return; fi
