@@ -19,6 +19,12 @@ every masked kernel on every call, the course's losses in a plain loop with torc
 sampling by one full forward pass per pixel, importance sampling image by image (x expanded to
 125 copies, 8 chunks of 125 draws, the full decoder g(z, x) each time).
 
+This implementation is timed with the engine's own settings on the device: on CUDA, training under
+its cuDNN settings (train.training_numerics); importance sampling with the batch of the profile the
+engine runs there ('auto': on CUDA the full profile's 100 images x 100 draws = 10,000 latents a
+decoder pass, on the CPU 20 x 100) and in float32 (evaluate.float32_eval, no TF32), as
+evaluate.evaluate runs it. The straightforward solution runs with PyTorch's defaults.
+
 Every tensor is made on the device and every timer waits for the device's queued work. Each
 workload is warmed up, then timed several times, its variants in turns (a, b, a, b, ...) so that
 drifts in the machine's load hit them alike; the median is reported. With --flops-json, FLOPs
@@ -38,15 +44,15 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from config import PRECISIONS, config, describe_hardware, model_spec, pick_device
-from evaluate import importance_sampled_nll
+from config import config, describe_hardware, model_spec, pick_device, pick_profile
+from evaluate import float32_eval, importance_sampled_nll
 from straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
-from train import adam, build, load_data, load_file, objective
+from train import TRAINING_TF32, adam, build, load_data, load_file, objective, training_numerics
 
 PROFILE = 'full'  # the networks' sizes (tests use 'smoke')
 BATCH = 100       # training batch, as in the course notebooks
 M = 1000          # importance samples per image
-IS_CHUNK, IS_BATCH = 100, 20   # this implementation: 20 images x 100 draws per decoder pass
+IS_CHUNK, IS_BATCH = 100, 20   # FLOP counts: 20 images x 100 draws per decoder pass (timing: engine_is_batch)
 PLAIN_CHUNK = 125              # the course loop: x expanded to 125 copies, M / 125 chunks
 SAMPLES = 49      # PixelCNN images drawn (the workload pixelcnn_49)
 REPEATS = 5       # timed repetitions of each training step (after WARMUP)
@@ -74,6 +80,27 @@ def engine_training(name, device, precision='fp32'):
         eps = None if cfg['model'] == 'pixelcnn' else torch.randn(len(x), 49, device=x.device)
         return objective(nets, cfg, x, eps)[0]
     return list(nets.values()), loss
+
+
+def engine_flags(device):
+    """The numerics the engine trains with on CUDA (train.training_numerics); nothing elsewhere."""
+    return training_numerics(device)
+
+
+def engine_is_batch(name, device):
+    """(images, draws per image) of one importance-sampling decoder pass as the engine runs it on the
+    device: is_batch and is_chunk of the profile 'auto' picks there (CUDA: full; CPU: cpu)."""
+    cfg = config(WORKLOADS[name], pick_profile('auto', torch.device(device), quiet=True))
+    return cfg['is_batch'], cfg['is_chunk']
+
+
+def engine_settings(device):
+    """The engine's settings this run times, in words (written into the JSON file)."""
+    images, draws = engine_is_batch('binary_vae', device)
+    cudnn = (f'deterministic, benchmark off, TF32 {"on" if TRAINING_TF32 else "off"}'
+             if torch.device(device).type == 'cuda' else 'not used')
+    return (f'training: cuDNN {cudnn}; importance sampling: {images} images x {draws} draws = {images * draws} '
+            f'latents a decoder pass, float32 (no TF32)')
 
 
 TRAINING = {OURS: engine_training,
@@ -127,15 +154,16 @@ def binary_batch(n, device, seed):
     return (torch.rand(n, 1, 28, 28, generator=generator, device=device) < 0.5).float()
 
 
-def train_step(modules, loss, x, fused=True):
-    """One Adam step of the modules on the batch x; returns a closure."""
+def train_step(modules, loss, x, fused=True, flags=contextlib.nullcontext):
+    """One Adam step of the modules on the batch x, inside the context flags(); returns a closure."""
     params = [p for m in modules for p in m.parameters()]
     opt = adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss(x).backward()
-        opt.step()
+        with flags():
+            opt.zero_grad(set_to_none=True)
+            loss(x).backward()
+            opt.step()
     return step
 
 
@@ -145,7 +173,9 @@ def bench_training(device, labels):
     x = binary_batch(BATCH, device, seed=0)
     out = {label: {} for label in labels}
     for name in WORKLOADS:
-        steps = {label: train_step(*TRAINING[label](name, device), x, fused=label != PLAIN) for label in labels}
+        steps = {label: train_step(*TRAINING[label](name, device), x, fused=label != PLAIN,
+                                   flags=contextlib.nullcontext if label == PLAIN else lambda: engine_flags(device))
+                 for label in labels}
         sec = in_turns(steps, device)
         for label in labels:
             out[label][name] = BATCH / sec[label]
@@ -171,9 +201,11 @@ def importance_sampling_calls(name, x, baseline, device):
     """({label: call}, {label: images per call}) of importance sampling at M draws per image."""
     cfg, nets = engine(name, device)
     f, g = nets['encoder'].eval(), nets['decoder'].eval()
+    batch, chunk = engine_is_batch(name, device)
 
     def ours(images):
-        return importance_sampled_nll(f, g, images, M, IS_CHUNK, IS_BATCH, compile=cfg['compile'])
+        with float32_eval():
+            return importance_sampled_nll(f, g, images, M, chunk, batch, compile=cfg['compile'])
     first = clock(lambda: ours(x[:1]), device)
     print(f'  [{OURS}] importance sampling {name}: first call (1 image, compiling where not cached) '
           f'{first:.1f} s', flush=True)
@@ -186,9 +218,10 @@ def importance_sampling_calls(name, x, baseline, device):
 
 
 def bench_importance_sampling(device, is_images, baseline):
-    """{label: {workload: images/s}} at M = 1000: this implementation on is_images images, the
-    course loop on 4 (binary VAE) or 2 (PixelVAE), in turns."""
+    """{label: {workload: images/s}} at M = 1000: this implementation on is_images images (None: one
+    engine pass, engine_is_batch), the course loop on 4 (binary VAE) or 2 (PixelVAE), in turns."""
     out = {OURS: {}, PLAIN: {}}
+    is_images = is_images or engine_is_batch('binary_vae', device)[0]
     x = binary_batch(is_images, device, seed=1)
     for name in ('binary_vae', 'pixelvae'):
         calls, n = importance_sampling_calls(name, x, baseline, device)
@@ -266,20 +299,21 @@ def channels_last(on):
         models.CHANNELS_LAST = saved
 
 
-def run(device, baseline=True, bf16=False, flops=False, is_images=20, nhwc=True):
+def run(device, baseline=True, bf16=False, flops=False, is_images=None, nhwc=True):
     """Every file the speed tables read, as {'ours', 'plain', 'bf16', 'flops'} (the last three
     when asked), measured on the device."""
     device = torch.device(device)
     hardware = describe_hardware(device)
-    print(f'device: {hardware}; torch {torch.__version__}', flush=True)
+    print(f'device: {hardware}; torch {torch.__version__}; this implementation: {engine_settings(device)}',
+          flush=True)
     with channels_last(nhwc):
         torch.manual_seed(0)
         labels = [OURS] + ([PLAIN] if baseline else []) + ([BF16] if bf16 else [])
         train = bench_training(device, labels)
         is_rates = bench_importance_sampling(device, is_images, baseline)
         sample = bench_sampling(device, baseline)
-        out = {'ours': dict(device=hardware, train_img_per_s=train[OURS], sample_s={'pixelcnn_49': sample[OURS]},
-                            is_img_per_s=is_rates[OURS])}
+        out = {'ours': dict(device=hardware, settings=engine_settings(device), train_img_per_s=train[OURS],
+                            sample_s={'pixelcnn_49': sample[OURS]}, is_img_per_s=is_rates[OURS])}
         if baseline:
             out['plain'] = dict(train_img_per_s=train[PLAIN], sample_s={'pixelcnn_49': sample[PLAIN]},
                                 is_img_per_s=is_rates[PLAIN])
@@ -308,9 +342,10 @@ def estimate(part, cfg, device, out=None):
             nets['decoder'].autoregress = autoregress
 
         def step():
-            opt.zero_grad()
-            objective(nets, cfg, x, eps)[0].backward()
-            opt.step()
+            with engine_flags(device):
+                opt.zero_grad()
+                objective(nets, cfg, x, eps)[0].backward()
+                opt.step()
         return len(x) / timed(step, device)
 
     rate = dict(train_images_s=images_per_second(False), autoregressive_images_s=None, is_samples_s=None)
@@ -328,8 +363,10 @@ def estimate(part, cfg, device, out=None):
     seconds += n_eval / (3 * (rate['autoregressive_images_s'] or rate['train_images_s']))  # forward ~ 1/3 of a step
     if cfg['model'] == 'binary_vae':
         xb = x[:min(cfg['is_batch'], len(x))]
-        is_time = timed(lambda: importance_sampled_nll(nets['encoder'], nets['decoder'], xb, cfg['is_chunk'],
-                                                       cfg['is_chunk'], len(xb)), device, repeats=3)
+        def one_pass():
+            with float32_eval():  # as evaluate.evaluate runs it
+                importance_sampled_nll(nets['encoder'], nets['decoder'], xb, cfg['is_chunk'], cfg['is_chunk'], len(xb))
+        is_time = timed(one_pass, device, repeats=3)
         rate['is_samples_s'] = len(xb) * cfg['is_chunk'] / is_time
         seconds += len(x_test[:cfg['is_images']]) * cfg['is_samples'] / rate['is_samples_s']
     return dict(seconds=seconds, **rate)
@@ -339,7 +376,7 @@ def precision_speeds(part, profile, device, repeats=3):
     """{precision: training images/s} of the part at the profile's sizes and batch, one Adam step of
     the engine's objective per precision, timed in turns (in_turns); for the 'auto' precision."""
     steps = {}
-    for precision in PRECISIONS:
+    for precision in ('fp32', 'bf16'):  # what 'auto' chooses between on a CPU
         cfg = config(part, profile, precision=precision)
         torch.manual_seed(cfg['seed'])
         nets = build(model_spec(cfg), device)
@@ -379,11 +416,17 @@ def main(argv=None):
     ap.add_argument('--no-baseline', action='store_true', help='skip the straightforward solution')
     ap.add_argument('--no-channels-last', action='store_true',
                     help='NCHW convolutions on the CPU (models.CHANNELS_LAST off during the run)')
-    ap.add_argument('--is-images', type=int, default=20, help='test images for importance sampling')
+    ap.add_argument('--is-images', type=int, default=None,
+                    help="test images for importance sampling (default: one pass of the engine's batch, 20 on "
+                         'the CPU, 100 on CUDA)')
     ap.add_argument('--flops-json', help="count each workload's FLOPs, measure the convolution ceiling, write here")
     ap.add_argument('--bf16-json', help='also time training with bfloat16 forward passes (the opt-in '
                                         '`--precision bf16` of experiments.py; not the same arithmetic), write here')
+    ap.add_argument('--profile', default='full', choices=['full', 'cpu', 'smoke'],
+                    help="the networks' sizes (default full, the course's; smoke: a check of this script in seconds)")
     args = ap.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
     out = run(pick_device(args.device), baseline=not args.no_baseline, bf16=bool(args.bf16_json),
               flops=bool(args.flops_json), is_images=args.is_images, nhwc=not args.no_channels_last)
     paths = dict(ours=args.json, plain=args.baseline_json, bf16=args.bf16_json, flops=args.flops_json)

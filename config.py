@@ -176,7 +176,7 @@ CPU_REASONS = dict(
 
 REASONS = dict(cpu=CPU_REASONS, smoke=dict(layout='see cpu'))
 
-RESUMABLE = ('compile', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
+RESUMABLE = ('compile', 'compile_train', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
              'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
@@ -283,6 +283,7 @@ def config(part, profile='full', **overrides):
     check_precision(cfg['precision'])
     models._check_layout(cfg['layout'])
     cfg['epochs'] = as_int(cfg['epochs'], 'epochs', minimum=1)
+    cfg['compile_train'] = as_bool(cfg['compile_train'], 'compile_train')
     if cfg['is_images'] is not None:
         cfg['is_images'] = as_int(cfg['is_images'], 'is_images', minimum=1)
     return cfg

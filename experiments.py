@@ -5,6 +5,7 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py all                              # every part; profile chosen by the device
     python experiments.py all --profile cpu --parts 5b,6a  # some parts, a given profile
     python experiments.py all --profile full --minutes 50  # stop cleanly after 50 minutes; rerun to resume
+    python experiments.py all --profile full --jobs 3 --is-images 1000 --compile-train  # 3 parts at once, CUDA graphs
     python experiments.py run 6b [--fresh] [--epochs N]    # one part (resumes from its checkpoint)
     python experiments.py run 6c --profile full --is-images 1000  # IS NLL on the first 1000 test images
     python experiments.py run 6a --precision bf16          # bfloat16 forward passes (fp16: float16); default auto
@@ -15,8 +16,8 @@ one evaluation (evaluate.py) and one set of figures (figures.py); report.py writ
     python experiments.py compare                          # your runs (results/mine) beside the reference's
     python experiments.py notebooks                        # execute the notebooks in place with the results
     python experiments.py verify                           # rerun every reproduce command, compare
-    python experiments.py pack DIR --profile full          # a profile's results in at most 8 files of 16 MiB
-    python experiments.py unpack DIR                       # and back, on another machine
+    python experiments.py pack DIR --profile full [--parts 5b]  # packs of at most 8 files of 16 MiB in DIR
+    python experiments.py unpack DIR                       # and back, on another machine (packs in any order)
 
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
@@ -38,6 +39,7 @@ import json
 import math
 import os
 import shlex
+import subprocess
 import sys
 import time
 
@@ -46,9 +48,10 @@ import torch
 import figures
 import student
 from reproduce import code_digest, eval_command, git_commit, redraw, verify
-from transfer import pack, unpack
-from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, bf16_units, config,
-                    describe_hardware, gpu_precision, list_settings, changes, model_spec, part_dir, part_for, pick_device,
+from transfer import PACK_BYTES, PACK_FILES, pack, unpack
+from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, as_int, bf16_units,
+                    config, describe_hardware, gpu_precision, list_settings, changes, model_spec, part_dir, part_for,
+                    pick_device,
                     pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
 from bench import estimate, precision_speeds
 from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
@@ -151,7 +154,20 @@ def finished_run(paths, cfg, out, part, profile):
     return done
 
 
-FINISHED_IGNORES = ('compile', 'checkpoint_minutes')  # settings that cannot change a finished run's numbers
+# settings a finished run does not depend on: how the steps were executed, not what they computed (ours:
+# compile_train's CUDA graphs run the same operations; a change of it mid-run is one line of run.log)
+FINISHED_IGNORES = ('compile', 'compile_train', 'checkpoint_minutes')
+
+
+def switches(is_images=None, compile_train=None):
+    """The overrides of config that `all`, `run` and the notebooks share, without those left at None
+    (the profile's setting); is_images 'all' is every test image."""
+    out = {}
+    if is_images is not None:
+        out['is_images'] = None if isinstance(is_images, str) and is_images.strip().lower() == 'all' else is_images
+    if compile_train is not None:
+        out['compile_train'] = as_bool(compile_train, 'compile_train')
+    return out
 
 
 def describe_images(n):
@@ -197,18 +213,20 @@ def pick_precision(precision, part, profile, device, results_dir='results', fres
 
 
 def run_part(part, profile='auto', device=None, fresh=False, results_dir='results', progress=True, stop_at=None,
-             precision='auto', **overrides):
+             precision='auto', is_images=None, compile_train=None, **overrides):
     """Train (or resume) one part, evaluate it, save its figures and metrics; returns the metrics
     (None if stopped at the wall-clock time stop_at, with a checkpoint to resume from). The files
     go to results_dir/<profile>[-<precision>]/<part>; precision 'auto' is pick_precision's choice.
-    With models.py or losses.py other than the code behind the committed results, results_dir
-    'results' means results/mine (student.results_for). overrides: settings of `config`, e.g. epochs=1."""
+    is_images and compile_train: None keeps the profile's setting (the notebooks pass None);
+    is_images='all' importance-samples every test image. With models.py or losses.py other than the
+    code behind the committed results, results_dir 'results' means results/mine (student.results_for).
+    overrides: settings of `config`, e.g. epochs=1."""
     fresh = as_bool(fresh, 'fresh')
     results_dir = student.results_for(results_dir, say=True)  # a student's code: results/mine
     device = pick_device(device)
     profile = pick_profile(profile, device)
     precision, why = pick_precision(precision, part, profile, device, results_dir, fresh)
-    cfg = config(part, profile, precision=precision, **overrides)
+    cfg = config(part, profile, precision=precision, **overrides, **switches(is_images, compile_train))
     out = part_dir(results_dir, part, profile, cfg['precision'])
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
@@ -365,16 +383,18 @@ def describe_duration(seconds):
     return f'{years:,} years' if years < 10 ** 6 else f'10^{len(str(years)) - 1} years'
 
 
-def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto', tolerant=False):
+def estimate_all(profile, parts, device, results_dir='results', fresh=False, precision='auto', tolerant=False,
+                 **overrides):
     """{part: estimate, with its 'precision'} for the parts (precision 'auto': pick_precision's
     choice for each), 0 s for those already done; prints a table. tolerant: a part whose estimate
-    raises (a student's model that does not run yet) is listed at 0 s; running it says why."""
+    raises (a student's model that does not run yet) is listed at 0 s; running it says why.
+    overrides: settings of config."""
     parts = check_parts(parts)
     print(f'estimating the time of {len(parts)} parts on {device} ({profile} profile)...', flush=True)
     expected = {}
     for part in parts:
         try:
-            e = expected[part] = estimate_part(part, profile, device, results_dir, fresh, precision)
+            e = expected[part] = estimate_part(part, profile, device, results_dir, fresh, precision, **overrides)
         except Exception as err:  # a student's model that does not run yet: `all` runs it anyway and says why
             if not tolerant:
                 raise
@@ -392,25 +412,26 @@ def estimate_all(profile, parts, device, results_dir='results', fresh=False, pre
 NOT_ESTIMATED = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=None, is_samples_s=None)
 
 
-def estimate_part(part, profile, device, results_dir, fresh, precision):
+def estimate_part(part, profile, device, results_dir, fresh, precision, **overrides):
     """One part's estimate with its 'precision' (0 s when it has finished)."""
     chosen = pick_precision(precision, part, profile, device, results_dir, fresh)[0]
     out = part_dir(results_dir, part, profile, chosen)
     if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
         return dict(NOT_ESTIMATED, precision=chosen)
-    measured = estimate(part, config(part, profile, precision=chosen), device, None if fresh else out)
+    measured = estimate(part, config(part, profile, precision=chosen, **overrides), device, None if fresh else out)
     return dict(measured, precision=chosen)
 
 
 def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
-            precision='auto', minutes=None):
+            precision='auto', minutes=None, is_images=None, compile_train=None, jobs=1):
     """Every part (or the given ones) in one profile, with time estimates; then the summary. With
     minutes, stop cleanly once that much time has passed (a checkpoint at the current step; rerun
-    the same command, on this machine or another after pack/unpack, to resume). A part that cannot
-    run (refused, or its code raises) does not stop the others: the table at the end says what ran,
-    what was skipped or failed and why, and PartsFailedError follows it. Returns True when every
-    part is done (False when stopped by minutes). A student's code: results 'results' means
-    results/mine (student.results_for)."""
+    the same command, on this machine or another after pack/unpack, to resume). is_images,
+    compile_train: as run_part's. jobs > 1: that many parts at once, each a process of its own on
+    the same device (run_jobs). A part that cannot run (refused, or its code raises) does not stop
+    the others: the table at the end says what ran, what was skipped or failed and why, and
+    PartsFailedError follows it. Returns True when every part is done (False when stopped by
+    minutes). A student's code: results 'results' means results/mine (student.results_for)."""
     fresh = as_bool(fresh, 'fresh')
     results_dir = student.results_for(results_dir, say=True)
     device = pick_device(device)
@@ -418,27 +439,22 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     parts = check_parts(parts) if parts is not None else list(PARTS)
     if minutes is not None and not minutes > 0:
         raise ValueError(f'--minutes must be a positive number, got {minutes!r}')
-    estimates = estimate_all(profile, parts, device, results_dir, fresh, precision, tolerant=True)
-    expected = {p: e['seconds'] for p, e in estimates.items()}
-    stop_at = time.time() + 60 * minutes if minutes is not None else None  # each slice trains at least a step
+    jobs = as_int(jobs, 'jobs', minimum=1)
+    extra = switches(is_images, compile_train)
+    estimates = estimate_all(profile, parts, device, results_dir, fresh, precision, tolerant=True, **extra)
+    plan = dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir, extra=extra,
+                stop_at=time.time() + 60 * minutes if minutes is not None else None)  # each slice trains a step
     t_start = time.time()
     outcomes = {}
-    for i, part in enumerate(parts):
-        print(f'\n[{i + 1}/{len(parts)}] {part}: {TITLES[part]} -- this part ~{fmt_time(expected[part])}, all '
-              f'remaining parts ~{fmt_time(sum(expected[p] for p in parts[i:]))} (elapsed '
-              f'{fmt_time(time.time() - t_start)})', flush=True)
-        stopped = stop_at is not None and time.time() > stop_at
-        if not stopped:
-            outcomes[part] = run_one(part, part_dir(results_dir, part, profile, estimates[part]['precision']),
-                                     profile=profile, device=device, fresh=fresh, results_dir=results_dir,
-                                     progress=progress, stop_at=stop_at, precision=estimates[part]['precision'])
-            stopped = outcomes[part][0] == 'stopped'
-        if stopped:
-            again = ' '.join(shlex.quote(a) for a in sys.argv) if sys.argv[0].endswith('experiments.py') else ''
-            print(f'\nstopped after {fmt_time(time.time() - t_start)} (the --minutes limit) before {part} finished; '
-                  f'run the same command again to resume' + (f': {again}' if again else ''), flush=True)
-            return False
-        fresh = False  # --fresh applies once per part, not to a resumed slice
+    if jobs == 1:
+        stopped = run_serial(parts, estimates, plan, progress, t_start, outcomes)
+    else:
+        stopped = run_jobs(parts, estimates, plan, jobs, outcomes)
+    if stopped:
+        again = ' '.join(shlex.quote(a) for a in sys.argv) if sys.argv[0].endswith('experiments.py') else ''
+        print(f'\nstopped after {fmt_time(time.time() - t_start)} (the --minutes limit) before {", ".join(stopped)} '
+              f'finished; run the same command again to resume' + (f': {again}' if again else ''), flush=True)
+        return False
     summaries = []
     for chosen in sorted({e['precision'] for e in estimates.values()}, key=PRECISIONS.index):
         if os.path.isdir(run_dir(results_dir, profile, chosen)):
@@ -491,6 +507,126 @@ def outcomes_table(outcomes):
     return '\n'.join(lines)
 
 
+def run_parts(parts, jobs=1, profile='auto', device=None, fresh=False, results_dir='results', progress=True,
+              precision='auto', is_images=None, compile_train=None):
+    """{part: metrics} of the parts (what the notebooks call): one after the other in this process,
+    or with jobs > 1 that many at once as separate processes (run_jobs; their output in job.log)."""
+    jobs = as_int(jobs, 'jobs', minimum=1)
+    kw = dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir, precision=precision,
+              is_images=is_images, compile_train=compile_train)
+    if jobs == 1:
+        return {part: run_part(part, progress=progress, **kw) for part in check_parts(parts)}
+    device = pick_device(device)
+    profile = pick_profile(profile, device)
+    fresh = as_bool(fresh, 'fresh')
+    chosen = {p: dict(precision=pick_precision(precision, p, profile, device, results_dir, fresh)[0])
+              for p in check_parts(parts)}
+    run_jobs(list(chosen), chosen, dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir,
+                                        extra=switches(is_images, compile_train), stop_at=None), jobs)
+    return {p: read_json(os.path.join(part_dir(results_dir, p, profile, c['precision']), 'metrics.json'))
+            for p, c in chosen.items()}
+
+
+def run_serial(parts, estimates, plan, progress, t_start, outcomes):
+    """The parts one after the other in this process, each one's (outcome, why) into outcomes;
+    returns [the part stopped by the time limit] or []."""
+    expected, fresh = {p: e['seconds'] for p, e in estimates.items()}, plan['fresh']
+    for i, part in enumerate(parts):
+        print(f'\n[{i + 1}/{len(parts)}] {part}: {TITLES[part]} -- this part ~{fmt_time(expected[part])}, all '
+              f'remaining parts ~{fmt_time(sum(expected[p] for p in parts[i:]))} (elapsed '
+              f'{fmt_time(time.time() - t_start)})', flush=True)
+        stop_at, precision = plan['stop_at'], estimates[part]['precision']
+        if stop_at is not None and time.time() > stop_at:
+            return [part]
+        outcomes[part] = run_one(part, part_dir(plan['results_dir'], part, plan['profile'], precision),
+                                 profile=plan['profile'], device=plan['device'], fresh=fresh,
+                                 results_dir=plan['results_dir'], progress=progress, stop_at=stop_at,
+                                 precision=precision, **plan['extra'])
+        if outcomes[part][0] == 'stopped':
+            return [part]
+        fresh = False  # --fresh applies once per part, not to a resumed slice
+    return []
+
+
+JOB_LOG = 'job.log'  # in a part's directory: the output of its process under --jobs
+POLL_SECONDS = 0.2
+
+
+def job_command(part, precision, plan):
+    """The `experiments.py run` command line of one part under --jobs: the settings of `all`, the
+    time left of --minutes, no progress bars (the output goes to a file)."""
+    cmd = [sys.executable, os.path.abspath(__file__), 'run', part, '--profile', plan['profile'], '--device',
+           str(plan['device']), '--precision', precision, '--results-dir', plan['results_dir'], '--no-progress']
+    if plan['fresh']:
+        cmd.append('--fresh')
+    if plan['stop_at'] is not None:
+        cmd += ['--minutes', repr(max(1e-6, (plan['stop_at'] - time.time()) / 60))]
+    if 'is_images' in plan['extra']:
+        cmd += ['--is-images', str(plan['extra']['is_images'] or 'all')]
+    if 'compile_train' in plan['extra']:
+        cmd.append('--compile-train' if plan['extra']['compile_train'] else '--no-compile-train')
+    return cmd
+
+
+def launch(part, precision, plan):
+    """Start one part's process; its output is appended to <part dir>/job.log. Returns (process, log path, start)."""
+    out = part_dir(plan['results_dir'], part, plan['profile'], precision)
+    os.makedirs(out, exist_ok=True)
+    log = os.path.join(out, JOB_LOG)
+    cmd = job_command(part, precision, plan)
+    with open(log, 'a') as fh:
+        fh.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")}  {" ".join(shlex.quote(c) for c in cmd)}\n')
+        fh.flush()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=os.getcwd(),
+                                env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    print(f'{part}: started as process {proc.pid} ({precision}); output in {log}', flush=True)
+    return proc, log, time.time()
+
+
+def run_jobs(parts, estimates, plan, jobs, outcomes=None):
+    """Up to `jobs` parts at once, each `experiments.py run` in a process of its own on the same
+    device, in the order given. Waits for all; returns the parts stopped by the time limit; each
+    part's (outcome, why) goes into outcomes, or, without outcomes, PartsFailedError names each
+    part whose process failed, with the end of its log."""
+    waiting, running, stopped, failed = list(parts), {}, [], []
+    print(f'\n{len(parts)} parts, {min(jobs, len(parts))} at a time as separate processes on {plan["device"]}',
+          flush=True)
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            part = waiting.pop(0)
+            if plan['stop_at'] is not None and time.time() > plan['stop_at']:
+                stopped.append(part)
+            else:
+                running[part] = launch(part, estimates[part]['precision'], plan)
+        time.sleep(POLL_SECONDS)
+        for part, (proc, log, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[part]
+            outcome = job_outcome(part, proc.returncode, log, estimates[part]['precision'], plan)
+            print(f'{part}: {outcome} after {fmt_time(time.time() - t0)}', flush=True)
+            (stopped if outcome == 'stopped' else failed if outcome.startswith('failed') else []).append(part)
+            if outcomes is not None:
+                outcomes[part] = (outcome.split(' ')[0], outcome)
+    if failed and outcomes is None:
+        logs = [os.path.join(part_dir(plan['results_dir'], p, plan['profile'], estimates[p]['precision']), JOB_LOG)
+                for p in failed]
+        raise PartsFailedError('; '.join(f'{p} failed (its output: {log})' for p, log in zip(failed, logs))
+                               + '; the other parts ran to their end; no summary written')
+    return stopped
+
+
+def job_outcome(part, returncode, log, precision, plan):
+    """'done', 'stopped' (the time limit, a checkpoint to resume from) or 'failed (...)' with the end of the log."""
+    if returncode == 0:
+        done = os.path.exists(os.path.join(part_dir(plan['results_dir'], part, plan['profile'], precision),
+                                           'metrics.json'))
+        return 'done' if done else 'stopped'
+    with open(log, errors='replace') as fh:
+        tail = [line.rstrip() for line in fh.readlines()[-3:]]
+    return f'failed (exit status {returncode}): ' + ' / '.join(tail)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command line
 
@@ -498,15 +634,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].replace('\n', ' '))
     sub = parser.add_subparsers(dest='command', required=True)
     a = sub.add_parser('all', help='run every part (or --parts), then write the summary')
-    a.add_argument('--minutes', type=float, default=None, help='stop cleanly after this many minutes; rerun to resume')
+    a.add_argument('--jobs', type=int, default=1,
+                   help='run N parts at once, each a process of its own on the same device, its output in '
+                        '<results-dir>/<profile>/<part>/job.log; the summary follows when all have ended')
     r = sub.add_parser('run', help='run one part')
     r.add_argument('part', choices=list(PARTS))
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
-    r.add_argument('--is-images', type=int, default=None,
-                   help="importance-sample the first N test images instead of the profile's (full: all 10,000)")
-    r.add_argument('--minutes', type=float, default=None,
-                   help='stop cleanly after this many minutes (rerun to resume); needed for an --epochs count that '
-                        'would train longer than a day')
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
     e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
@@ -515,6 +648,18 @@ def main(argv=None):
     e.add_argument('--is-images', type=int, default=None,
                    help='importance-sample the first N test images instead of the number the run used')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
+    for p in (a, r):
+        p.add_argument('--minutes', type=float, default=None,
+                       help='stop cleanly after this many minutes (rerun to resume); needed for an --epochs count that '
+                            'would train longer than a day')
+    for p in (a, r, es):
+        p.add_argument('--is-images', default=None,
+                       help="importance-sample the first N test images instead of the profile's (full: all 10,000; "
+                            "cpu: 1,000); 'all': every test image")
+    for p in (a, r):
+        p.add_argument('--compile-train', action=argparse.BooleanOptionalAction, default=None,
+                       help='train through torch.compile (mode reduce-overhead: CUDA graphs on CUDA), falling back to '
+                            'eager if it fails; may change between sittings of a run (default: off)')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     cp = sub.add_parser('compare', help="your finished parts (results/mine) beside the reference's, paired over the "
                                         'same test images; suspects among the course_api tests where yours is worse')
@@ -525,12 +670,19 @@ def main(argv=None):
     v.add_argument('--quantities', default=None, help='comma-separated quantities, e.g. test_elbo,kl (default: all)')
     ls = sub.add_parser('list', help='print the parts, their settings and the deviations from the course framework')
     ls.add_argument('--profile', default='full', choices=list(PROFILES))
-    pk = sub.add_parser('pack', help="write a profile's results into DIR as at most 8 files of 16 MiB")
+    pk = sub.add_parser('pack', help="write a profile's results into DIR as packs of at most 8 files of 16 MiB")
     pk.add_argument('dir')
+    pk.add_argument('--parts', default=None, help="comma-separated parts to pack (default: the profile's whole "
+                                                  'directory); what exceeds one pack goes to DIR/pack-1, pack-2, ...')
+    pk.add_argument('--leave-out', default=None,
+                    help='comma-separated file names not to pack, e.g. model.pt,checkpoint.pt')
+    pk.add_argument('--max-files', type=int, default=PACK_FILES, help='files in one pack, its manifest included')
+    pk.add_argument('--piece-mib', type=float, default=PACK_BYTES / 2 ** 20, help='MiB of one piece at most')
     fg = sub.add_parser('figures', help="draw a finished part's figures again from its model.pt and history.json")
     fg.add_argument('part', choices=list(PARTS))
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
-    up.add_argument('dir')
+    up.add_argument('dir', nargs='+', help='one or more directories written by pack (or holding its pack-* '
+                                           'directories), in any order')
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
     for p in (a, r, e, es, nb, pk, fg):
@@ -565,21 +717,22 @@ def command(args):
     if args.command == 'all':
         parts = args.parts.split(',') if args.parts is not None else None
         run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress, args.precision,
-                args.minutes)
+                args.minutes, args.is_images, args.compile_train, args.jobs)
     elif args.command == 'run':
-        extra = {k: v for k, v in (('epochs', args.epochs), ('is_images', args.is_images)) if v is not None}
+        extra = {'epochs': args.epochs} if args.epochs is not None else {}
         check_run_length(args.part, pick_profile(args.profile, pick_device(args.device), quiet=True), args.epochs,
                          args.minutes)
-        stop_at = time.time() + 60 * args.minutes if args.minutes is not None else None
         run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
-                 stop_at=stop_at, precision=args.precision, **extra)
+                 stop_at=time.time() + 60 * args.minutes if args.minutes is not None else None,
+                 precision=args.precision, is_images=args.is_images, compile_train=args.compile_train, **extra)
     elif args.command == 'eval':
         eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision, args.keep,
                      args.update, args.is_images)
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
-                     else list(PARTS), device, student.results_for(args.results_dir), precision=args.precision)
+                     else list(PARTS), device, student.results_for(args.results_dir), precision=args.precision,
+                     **switches(args.is_images))
     elif args.command == 'summary':
         write_summary(student.results_for(args.results_dir, say=True))
     elif args.command == 'compare':
@@ -596,7 +749,9 @@ def command(args):
     elif args.command == 'list':
         list_settings(args.profile)
     elif args.command == 'pack':
-        pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir)
+        pack(args.dir, pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
+             check_parts(args.parts.split(',')) if args.parts is not None else None, args.max_files,
+             int(args.piece_mib * 2 ** 20), tuple(args.leave_out.split(',')) if args.leave_out else ())
     elif args.command == 'figures':
         redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
     elif args.command == 'unpack':

@@ -1,5 +1,6 @@
 """bench.py: its FLOP accounting against the count by hand, its workloads against the engine's,
 and the speed tables it renders from its JSON files (no timing is asserted)."""
+import contextlib
 import json
 import os
 
@@ -158,3 +159,45 @@ def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
 def test_precision_speeds_times_one_training_step_each_way():
     speeds = bench.precision_speeds('6b', 'smoke', 'cpu', repeats=1)
     assert set(speeds) == {'fp32', 'bf16'} and all(v > 0 for v in speeds.values())
+
+
+def test_bench_runs_on_the_cpu_at_tiny_size_with_the_engines_settings(tmp_path, monkeypatch):
+    """bench.main end to end (smoke networks, a few draws): this implementation's importance
+    sampling runs inside float32_eval with the engine's batch for the device, the baseline outside."""
+    for name, value in (('PROFILE', 'smoke'), ('M', 8), ('PLAIN_CHUNK', 4), ('REPEATS', 1), ('WARMUP', 0),
+                        ('SAMPLES', 2)):
+        monkeypatch.setattr(bench, name, value)
+    inside, calls = [], []
+
+    @contextlib.contextmanager
+    def spy_eval():
+        inside.append(True)
+        yield
+        inside.pop()
+    real = bench.importance_sampled_nll
+    monkeypatch.setattr(bench, 'float32_eval', spy_eval)
+    monkeypatch.setattr(bench, 'importance_sampled_nll', lambda *a, **k: calls.append((bool(inside), a[4:6])) or
+                        real(*a, **k))
+    paths = {k: str(tmp_path / f'{k}.json') for k in ('ours', 'plain')}
+    out = bench.main(['--device', 'cpu', '--is-images', '3', '--json', paths['ours'], '--baseline-json',
+                      paths['plain']])
+    assert calls and all(flag and chunk_batch == (100, 20) for flag, chunk_batch in calls)  # the cpu profile's pass
+    ours = json.load(open(paths['ours']))
+    assert ours['settings'] == bench.engine_settings('cpu')
+    assert '20 images x 100 draws = 2000 latents' in ours['settings']
+    for key in ('ours', 'plain'):
+        values = json.load(open(paths[key]))
+        assert set(values['train_img_per_s']) == set(KEYS) and set(values['is_img_per_s']) == {'binary_vae', 'pixelvae'}
+        assert all(v > 0 for v in values['train_img_per_s'].values()) and values == {
+            k: v for k, v in out[key].items()}
+
+
+def test_on_cuda_the_engine_trains_under_its_cudnn_flags_and_samples_10000_latents_a_pass():
+    assert bench.engine_is_batch('binary_vae', 'cuda') == (100, 100)  # the full profile's: 10,000 latents
+    assert '100 images x 100 draws = 10000 latents' in bench.engine_settings('cuda')
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    with bench.engine_flags('cuda'):  # flags are set without a GPU; only their use needs one
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == saved
+    with bench.engine_flags('cpu'):
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == saved

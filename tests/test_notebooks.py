@@ -18,6 +18,8 @@ def test_notebook_structure(name):
     assert nb.cells[0].cell_type == 'markdown'
     assert 'parameters' in code[0].metadata.get('tags', [])
     assert 'profile = "auto"' in code[0].source and 'results_dir = "results"' in code[0].source
+    assert 'is_images = None' in code[0].source and 'compile_train = False' in code[0].source  # as `all` has
+    assert ('jobs = 1' in code[0].source) == (name == 'gaussian_vae.ipynb')  # the notebook of two parts
     if name == 'binaryvae.ipynb':
         for line in ('autoregress = False', 'flows = 0', 'remedy = None'):
             assert line in code[0].source
@@ -35,6 +37,7 @@ def test_notebook_structure(name):
     ('pixelcnn.ipynb', {}, NOTEBOOKS['pixelcnn.ipynb']),
     ('binaryvae.ipynb', {}, ['6b']),
     ('binaryvae.ipynb', dict(autoregress=True, flows=8, remedy='freebits'), ['6e-freebits']),
+    ('gaussian_vae.ipynb', dict(jobs=2, is_images='all', compile_train='false'), NOTEBOOKS['gaussian_vae.ipynb']),
 ])
 def test_notebook_runs_at_smoke_profile(tmp_path, name, parameters, parts):
     out = tmp_path / name
@@ -47,6 +50,8 @@ def test_notebook_runs_at_smoke_profile(tmp_path, name, parameters, parts):
     for part in parts:
         with open(tmp_path / 'results' / 'smoke' / part / 'metrics.json') as fh:
             assert json.load(fh)['profile'] == 'smoke'
+        # with jobs, each part ran in a process of its own, its output in job.log
+        assert os.path.exists(tmp_path / 'results' / 'smoke' / part / 'job.log') == ('jobs' in parameters)
 
 
 def test_papermill_string_parameters_and_other_profiles_keep_finished_results(tmp_path):
