@@ -607,7 +607,7 @@ def run_jobs(parts, estimates, plan, jobs, outcomes=None):
             print(f'{part}: {outcome} after {fmt_time(time.time() - t0)}', flush=True)
             (stopped if outcome == 'stopped' else failed if outcome.startswith('failed') else []).append(part)
             if outcomes is not None:
-                outcomes[part] = (outcome.split(' ')[0], outcome)
+                outcomes[part] = (outcome.split(' ')[0], f'{outcome} (its output: {log})')
     if failed and outcomes is None:
         logs = [os.path.join(part_dir(plan['results_dir'], p, plan['profile'], estimates[p]['precision']), JOB_LOG)
                 for p in failed]

@@ -42,7 +42,7 @@ PRECISION_BEGIN, PRECISION_END = '<!-- precision:begin -->', '<!-- precision:end
 HOMEWORK = [
     ('5a', 'implement ConvnetBlock', (), (), None, None, '`models.ConvnetBlock`'),
     ('5b', 'Gaussian VAE, closed-form KL: samples', ('5b',), ('test_elbo', 'kl'), 'samples',
-     ('gaussian_vae.ipynb', "run_part('5b'", ''),
+     ('gaussian_vae.ipynb', "run_parts(['5b'", ''),
      '`losses.gaussian_elbo`, `models.VAEEncoder.reparameterize`, `models.GaussianVAEDecoder`'),
     ('5c', 'Monte-Carlo KL: test ELBO, against 5b', ('5c',), ('test_elbo',), 'samples',
      ('gaussian_vae.ipynb', "compare(['5b'", ''), '`losses.mc_gaussian_elbo`'),
