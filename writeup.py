@@ -322,8 +322,10 @@ def gpu_time(runs):
     a part trained partly elsewhere shows the time on each device."""
     rows = [(r, m) for r in runs for m in r['parts'].values() if on_gpu(m)]
     if not rows:
-        return ('No GPU time has been measured yet: no run in `results/` was trained on a GPU. `python experiments.py '
-                'estimate --profile full` measures the machine it runs on and prints the expected time of each part.\n')
+        return ('Nothing has been measured on a GPU yet: no run in `results/` was trained on one, and the GPU path '
+                '(CUDA graphs, `--jobs`, fp16, the training step without host reads) is tested on the CPU with '
+                'stand-ins only. `python experiments.py estimate --profile full` measures the machine it runs on and '
+                'prints the expected time of each part.\n')
     return '| part | run | hardware | training | evaluation |\n|---|---|---|---|---|\n' + ''.join(
         f'| {m["part"]} | {run_name(r)} | {trained_on(m)} | {training_minutes(m, digits=0)} | '
         f'{m.get("eval_seconds", 0) / 60:.0f} min'

@@ -178,7 +178,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
             "(the course settings)") in answer and 'No course-settings run' not in answer.split('###')[1]
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
     assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
-    assert '6a: not run yet' in text and 'No GPU time has been measured yet' in text
+    assert '6a: not run yet' in text and 'Nothing has been measured on a GPU yet' in text
     assert 'Mutation testing has not been run here yet' in text
     assert 'No part has been trained in both precisions yet.' in text
     assert '80.50 $\\pm$ 0.31' in tex and '\\cite{kingma2016}' in tex and '[[' not in tex
@@ -390,4 +390,4 @@ def test_time_spent_on_each_device_is_quoted_apart_never_credited_to_one(tmp_pat
     row = writeup.gpu_time([dict(name='full', profile='full', precision='fp32', parts={'6a': moved})])
     assert '| CPU (test) + NVIDIA H100 | 85 min CPU (test) + 10 min NVIDIA H100 |' in row
     assert writeup.gpu_time([dict(name='full', profile='full', precision='fp32', parts={'6a': legacy})]).startswith(
-        'No GPU time has been measured yet')
+        'Nothing has been measured on a GPU yet')
