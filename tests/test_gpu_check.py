@@ -17,7 +17,7 @@ case "$*" in
 esac
 """
 STEPS = {'smoke', 'cpu_checkpoint', 'resume_6b', 'eval_6c', 'estimate', 'bench', 'train_eager', 'train_graphs',
-         'smoke_jobs', 'smoke_bf16'}
+         'smoke_jobs', 'smoke_bf16', 'smoke_fp16'}  # fp16: run offers --precision fp16
 
 
 @pytest.mark.script
