@@ -84,3 +84,23 @@ def on_the_cpu(monkeypatch):
     device). Tests that simulate a GPU undo the pin themselves."""
     monkeypatch.setenv('HW2_DEVICE', 'cpu')
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+
+
+def an_hour_per_step(monkeypatch):
+    """The engine's clock stands at 1000 s and jumps an hour after each training step, so a
+    --minutes limit passes at the first step on any machine, however loaded (no race)."""
+    import time
+    import types
+
+    import experiments
+    import train
+    clock = dict(now=1000.0)
+    fake = types.SimpleNamespace(time=lambda: clock['now'], strftime=time.strftime)
+    monkeypatch.setattr(experiments, 'time', fake)
+    monkeypatch.setattr(train, 'time', fake)
+    step = train.Training.step
+
+    def step_then_an_hour(self, *args):
+        step(self, *args)
+        clock['now'] += 3600
+    monkeypatch.setattr(train.Training, 'step', step_then_an_hour)

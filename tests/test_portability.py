@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import sys
-import time
-import types
 
 import nbformat
 import pytest
@@ -17,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 import config as C
 import evaluate as V
 import experiments as E
-import train as T
+from conftest import an_hour_per_step
 import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,16 +187,7 @@ def test_minutes_from_the_command_line_stops_cleanly(tmp_path, monkeypatch, caps
     part, which stops cleanly with a checkpoint and says how to resume. The run's clock is the
     test's: it stands still until the first training step ends, then jumps an hour, so the limit
     passes at that step on any machine, however loaded (no race against the wall clock)."""
-    clock = dict(now=1000.0)
-    fake = types.SimpleNamespace(time=lambda: clock['now'], strftime=time.strftime)
-    monkeypatch.setattr(E, 'time', fake)
-    monkeypatch.setattr(T, 'time', fake)
-    step = T.Training.step
-
-    def step_then_an_hour(self, *args):
-        step(self, *args)
-        clock['now'] += 3600
-    monkeypatch.setattr(T.Training, 'step', step_then_an_hour)
+    an_hour_per_step(monkeypatch)
     args = ['all', '--profile', 'smoke', '--parts', '6a', '--device', 'cpu', '--minutes', '1',
             '--results-dir', str(tmp_path), '--no-progress']
     monkeypatch.setattr(sys, 'argv', ['experiments.py', *args])

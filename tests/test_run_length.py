@@ -5,14 +5,13 @@ Our bounds (experiments.py): at most 10,000 training steps a second, a day witho
 and epochs up to 2^53."""
 import os
 import sys
-import time
 import types
 
 import pytest
 import torch
 
 import experiments as E
-import train as T
+from conftest import an_hour_per_step
 
 DAY_AT_THE_BOUND = 24 * 3600 * 10_000  # training steps: a day at 10,000 steps a second
 SMOKE_6B_STEPS = 2                     # an epoch of 6b in the smoke profile: 200 images, batches of 100
@@ -93,16 +92,7 @@ def test_minutes_must_be_a_positive_number(tmp_path, runs, capsys, minutes):
 def test_a_lifted_count_trains_until_the_limit_and_stops_cleanly(tmp_path, monkeypatch, capsys):
     """10^12 epochs with --minutes 1, on a clock that jumps an hour after each training step: the
     run trains one step, checkpoints it and says how to resume."""
-    clock = dict(now=1000.0)
-    fake = types.SimpleNamespace(time=lambda: clock['now'], strftime=time.strftime)
-    monkeypatch.setattr(E, 'time', fake)
-    monkeypatch.setattr(T, 'time', fake)
-    step = T.Training.step
-
-    def step_then_an_hour(self, *args):
-        step(self, *args)
-        clock['now'] += 3600
-    monkeypatch.setattr(T.Training, 'step', step_then_an_hour)
+    an_hour_per_step(monkeypatch)
     monkeypatch.setattr(sys, 'argv', ['experiments.py'])
     run(tmp_path, '--epochs', str(10 ** 12), '--minutes', '1', '--no-progress')
     assert 'stopped at the time limit' in capsys.readouterr().out
