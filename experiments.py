@@ -45,20 +45,24 @@ import time
 
 import torch
 
-import figures
-import student
-from reproduce import code_digest, eval_command, git_commit, redraw, verify
-from transfer import PACK_BYTES, PACK_FILES, pack, unpack
-from config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, as_int, bf16_units,
-                    config, describe_hardware, gpu_precision, list_settings, changes, model_spec, part_dir, part_for,
-                    pick_device,
-                    pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
-from bench import estimate, precision_speeds
-from evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
-from files import keep_out_of_git, write_json
-from train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
-                   model_record, say, train)
-from report import compare, read_json, run_dirs, show, show_finished, trained_on, write_summary  # noqa: F401 (notebooks)
+from engine import figures
+from engine import student
+from engine.reproduce import code_digest, eval_command, git_commit, redraw, verify
+from engine.transfer import PACK_BYTES, PACK_FILES, pack, unpack
+from engine.config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, as_int,
+                           bf16_units, config, describe_hardware, gpu_precision, list_settings, changes, model_spec,
+                           part_dir, part_for, pick_device, pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
+from engine.timing import estimate, precision_speeds
+from engine.evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
+from engine.files import keep_out_of_git, write_json
+from engine.train import (CheckpointError, NonFiniteLossError, atomic_save, build, init_output_bias, load_data,
+                          model_record, say, train)
+from engine.files import read_json
+from reporting import versus
+from reporting.display import compare, show, show_finished, show_remedies  # noqa: F401 (notebooks)
+from reporting.reader import trained_on
+from reporting.summary import write_summary
+from reporting.versus import show_versus  # noqa: F401 (notebooks)
 
 
 
@@ -736,7 +740,6 @@ def command(args):
     elif args.command == 'summary':
         write_summary(student.results_for(args.results_dir, say=True))
     elif args.command == 'compare':
-        import versus
         print(versus.versus_markdown(args.results_dir), end='')
     elif args.command == 'verify':
         checked = verify(args.results_dir, args.parts.split(',') if args.parts else None,

@@ -93,7 +93,7 @@ def an_hour_per_step(monkeypatch):
     import types
 
     import experiments
-    import train
+    from engine import train
     clock = dict(now=1000.0)
     fake = types.SimpleNamespace(time=lambda: clock['now'], strftime=time.strftime)
     monkeypatch.setattr(experiments, 'time', fake)

@@ -7,17 +7,17 @@ import re
 import pytest
 import torch
 
-import answers
-import report
-import writeup
-from config import PARTS, config
+from reporting import answers
+from reporting import reader
+from reporting import writeup
+from engine.config import PARTS, config
 from test_report import summary, v, write_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def view(root):
-    return answers.View(report.load_runs(str(root)))
+    return answers.View(reader.load_runs(str(root)))
 
 
 def paragraph(blocks):
@@ -152,7 +152,7 @@ def binary_parts(root, profile, parts, shift=0.0, n=1000):
 
 def test_answers_use_the_stand_in_while_a_part_has_no_course_settings_run(tmp_path):
     binary_parts(tmp_path, 'cpu', ('6b', '6d'))
-    blocks = writeup.chapter(report.load_runs(str(tmp_path)))
+    blocks = writeup.chapter(reader.load_runs(str(tmp_path)))
     b6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6b' in b[1])
     assert b6.startswith('No course-settings run of 6b yet: its cpu profile run stands in. Run: 6b in the cpu profile')
     d6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6d' in b[1])
@@ -163,9 +163,9 @@ def test_answers_use_the_stand_in_while_a_part_has_no_course_settings_run(tmp_pa
 def test_answers_quote_the_course_settings_run_once_there_is_one(tmp_path):
     binary_parts(tmp_path, 'cpu', ('6b', '6d'))
     binary_parts(tmp_path, 'full', ('6b',), shift=-5.0)
-    blocks = writeup.chapter(report.load_runs(str(tmp_path)))
+    blocks = writeup.chapter(reader.load_runs(str(tmp_path)))
     b6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6b' in b[1])
-    full_nll = report.load_metrics(str(tmp_path / 'full'))[0]['values']['test_nll_is1000']
+    full_nll = reader.load_metrics(str(tmp_path / 'full'))[0]['values']['test_nll_is1000']
     assert b6.startswith('Run: 6b in the full profile') and answers.with_n(full_nll) in b6
     d6 = next(b[1] for b in blocks if b[0] == 'p' and 'Run: 6d' in b[1])
     assert d6.startswith('No course-settings run of 6d yet: its cpu profile run stands in.')
@@ -226,7 +226,7 @@ def test_no_sentence_calls_a_value_the_handouts_unless_the_handout_sets_it():
             claims += assert_handout_sets(row[0], row[2])
         if b[0] == 'p':
             assert '(handout ' not in b[1] and "handout's settings" not in b[1]
-    for b in writeup.chapter(report.load_runs(os.path.join(ROOT, 'results'))):
+    for b in writeup.chapter(reader.load_runs(os.path.join(ROOT, 'results'))):
         if b[0] != 'p' or 'handout' not in b[1]:
             continue
         runs = re.findall(r'Run: (\S+) in the \S+ profile, [^;]*; (.*?)\. ', b[1])
@@ -245,7 +245,7 @@ def test_handout_settings_are_the_course_settings_of_their_parts():
 
 
 def test_every_published_number_in_an_answer_comes_with_the_data_note():
-    blocks = writeup.chapter(report.load_runs(os.path.join(ROOT, 'results')))
+    blocks = writeup.chapter(reader.load_runs(os.path.join(ROOT, 'results')))
     quoting = [b[1] for b in blocks if b[0] == 'p' and any(f'{nll:.2f}' in b[1] for _, nll, _ in answers.LITERATURE)]
     assert quoting
     for text in quoting:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import config as C
+from engine import config as C
 import experiments as E
 import models
 

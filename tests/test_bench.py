@@ -7,10 +7,11 @@ import os
 import pytest
 import torch
 
-import bench
-import report
-import config
-import train
+from engine import timing
+from tools import bench
+from reporting import tables
+from engine import config
+from engine import train
 
 KEYS = ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')
 
@@ -28,7 +29,7 @@ def test_pixelcnn_training_step_flops_match_the_count_by_hand(monkeypatch):
     monkeypatch.setattr(bench, 'BATCH', 2)  # FLOPs per image do not depend on the batch
     device = torch.device('cpu')
     modules, loss = bench.engine_training('pixelcnn', device)  # the course size, as the benchmark times it
-    step = bench.train_step(modules, loss, bench.binary_batch(bench.BATCH, device, seed=0))
+    step = timing.train_step(modules, loss, timing.binary_batch(bench.BATCH, device, seed=0))
     per_image = bench.count_flops(step) / bench.BATCH
     px, c = 28 * 28, 32
     embed = px * c * 9 * 9 * 2              # 9x9 type-A convolution, 1 -> 32 channels
@@ -48,7 +49,7 @@ def test_this_implementations_workloads_train_the_engines_objective(monkeypatch)
         calls.append((cfg, sorted(nets)))
         return real(nets, cfg, x, eps, beta)
     monkeypatch.setattr(bench, 'objective', spy)
-    x = bench.binary_batch(2, 'cpu', seed=0)
+    x = timing.binary_batch(2, 'cpu', seed=0)
     for name, part in bench.WORKLOADS.items():
         modules, loss = bench.engine_training(name, 'cpu', 'bf16' if name == 'pixelcnn' else 'fp32')
         assert torch.isfinite(loss(x))
@@ -78,7 +79,7 @@ def test_speed_table_sets_each_goal_against_the_measured_ceiling(tmp_path):
                  'is_img_per_s': dict(binary_vae=1.1, pixelvae=0.3)},
                 flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image,
                        'layer_gflop_per_s': {k: 30.0 for k in per_image}})
-    text = report.speed_markdown(str(tmp_path))
+    text = tables.speed_markdown(str(tmp_path))
     assert f'`{tmp_path}/bench_cpu.json` (CPU (x86_64), 2 cores):' in text   # the device the run measured
     row = next(line for line in text.splitlines() if 'training, images/s: gaussian_vae' in line)
     # goal 1.5 x 22 = 33 images/s; 22 images/s x 1 GFLOP = 22 GFLOP/s; bound 30 GFLOP/s / 1 GFLOP = 30 images/s
@@ -96,7 +97,7 @@ def test_speed_reading_names_met_and_unmet_goals_and_those_beyond_the_bound(tmp_
                 {'train_img_per_s': dict.fromkeys(KEYS, 50.0), 'sample_s': dict(pixelcnn_49=50.0),
                  'is_img_per_s': dict(binary_vae=1.0, pixelvae=1.0)},
                 flops={'ceiling_gflop_per_s': 300.0, 'gflop_per_image': per_image, 'layer_gflop_per_s': rates})
-    line = next(t for t in report.speed_markdown(str(tmp_path)).splitlines() if t.startswith('Goals met'))
+    line = next(t for t in tables.speed_markdown(str(tmp_path)).splitlines() if t.startswith('Goals met'))
     assert 'binary_vae (training, 2.0x of 1.5x)' in line and 'pixelcnn_49 (sampling 49 images, 50.0x of 20x)' in line
     assert 'Not met: pixelcnn (training, 2.4x of 2.5x)' in line
     assert 'For pixelcnn (training) the goal needs at least the bound' in line
@@ -113,12 +114,12 @@ def test_bf16_speed_and_accuracy_are_reported_beside_float32(tmp_path):
         cfg = dict(epochs=4, seed=0, **({'precision': precision} if precision else {}))  # fp32 saved without it
         (tmp_path / run / '6a' / 'metrics.json').write_text(json.dumps(dict(
             part='6a', epochs=3, config=cfg, values={'test_nll': dict(value=value, stderr=0.2, n_images=10000)})))
-    text = report.speed_markdown(str(tmp_path))
+    text = tables.speed_markdown(str(tmp_path))
     assert text.count('| pixelcnn |') == 1                            # bf16 is its own table, not a bench table
     row = next(line for line in text.splitlines() if line.startswith('| pixelcnn |'))
     assert '| 300.00 | 100.00 | 3.0x | 6.0x | 2.5x |' in row
     assert '| 6a |' not in text                                       # the parity table is the README's
-    run = next(line for line in report.bf16_runs_markdown(str(tmp_path)).splitlines() if line.startswith('| 6a |'))
+    run = next(line for line in tables.bf16_runs_markdown(str(tmp_path)).splitlines() if line.startswith('| 6a |'))
     assert run == '| 6a | test_nll | 90.50 ± 0.20 | 90.00 ± 0.20 | +0.50 ± 0.28 (unpaired) | yes | 10000 | 3 | yes |'
 
 
@@ -136,17 +137,17 @@ def test_bf16_parity_is_paired_over_the_same_images_and_asks_only_not_worse(tmp_
             part='6a', epochs=4, config=dict(seed=0, precision='bf16' if 'bf16' in run else 'fp32'),
             values={'test_nll': dict(value=values.mean().item(), stderr=(values.std() / 20).item(), n_images=400)})))
         torch.save({'test_nll': values}, tmp_path / run / '6a' / 'per_image.pt')
-    [(part, q, _, _, d)] = report.bf16_parity(str(tmp_path))
+    [(part, q, _, _, d)] = tables.bf16_parity(str(tmp_path))
     assert (part, q, d['paired'], d['n']) == ('6a', 'test_nll', True, [400])
     assert d['value'] == pytest.approx((shift + noise).mean().item()) and d['se'] == pytest.approx(
         noise.std().item() / 20)
-    text = report.bf16_runs_markdown(str(tmp_path))
+    text = tables.bf16_runs_markdown(str(tmp_path))
     run = next(line for line in text.splitlines() if line.startswith('| 6a |'))
     assert f'(paired) | {parity} | 400 | 4 | yes |' in run and text.rstrip().endswith(reading)
 
 
 def test_no_benchmark_no_table(tmp_path):
-    assert report.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'
+    assert tables.speed_markdown(str(tmp_path / 'none')) == 'No benchmark has been run yet.\n'
 
 
 def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
@@ -157,16 +158,17 @@ def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
 
 
 def test_precision_speeds_times_one_training_step_each_way():
-    speeds = bench.precision_speeds('6b', 'smoke', 'cpu', repeats=1)
+    speeds = timing.precision_speeds('6b', 'smoke', 'cpu', repeats=1)
     assert set(speeds) == {'fp32', 'bf16'} and all(v > 0 for v in speeds.values())
 
 
 def test_bench_runs_on_the_cpu_at_tiny_size_with_the_engines_settings(tmp_path, monkeypatch):
     """bench.main end to end (smoke networks, a few draws): this implementation's importance
     sampling runs inside float32_eval with the engine's batch for the device, the baseline outside."""
-    for name, value in (('PROFILE', 'smoke'), ('M', 8), ('PLAIN_CHUNK', 4), ('REPEATS', 1), ('WARMUP', 0),
-                        ('SAMPLES', 2)):
+    for name, value in (('PROFILE', 'smoke'), ('M', 8), ('PLAIN_CHUNK', 4), ('SAMPLES', 2)):
         monkeypatch.setattr(bench, name, value)
+    monkeypatch.setattr(timing, 'REPEATS', 1)
+    monkeypatch.setattr(timing, 'WARMUP', 0)
     inside, calls = [], []
 
     @contextlib.contextmanager

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torchvision
 
-import data
-import files
+from engine import data
+from engine import files
 
 # SHA-256 of the statically binarized bits, uint8 (N, 28, 28) in C order, from
 # data.binarize(mnist_uint8(train), data.binarize_seed(train)) with BINARIZE_SEED = 599.

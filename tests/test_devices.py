@@ -7,12 +7,14 @@ import os
 import pytest
 import torch
 
-import bench
-import report
+from engine import timing
+from tools import bench
+from reporting import tables
 import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINE_FILES = ('config.py', 'train.py', 'evaluate.py', 'figures.py', 'experiments.py', 'bench.py', 'transfer.py')
+ENGINE_FILES = ('engine/config.py', 'engine/train.py', 'engine/evaluate.py', 'engine/figures.py', 'experiments.py',
+                'tools/bench.py', 'engine/transfer.py')
 FACTORIES = {'zeros', 'ones', 'empty', 'full', 'rand', 'randn', 'randint', 'randperm', 'arange', 'tensor', 'eye',
              'linspace'}
 MARKER = '# cpu:'  # on a line of the call, followed by why the tensor belongs on the CPU
@@ -65,8 +67,10 @@ def tiny_bench(monkeypatch):
     """bench at seconds' sizes: the smoke profile's networks, small batches, one timed repetition,
     one thread (the test's machine may be shared; two threads fighting for one core crawl)."""
     for name, value in dict(PROFILE='smoke', BATCH=4, M=16, IS_CHUNK=8, IS_BATCH=2, PLAIN_CHUNK=8, SAMPLES=2,
-                            REPEATS=1, WARMUP=1, CEILING=(8, 7, 2)).items():
+                            CEILING=(8, 7, 2)).items():
         monkeypatch.setattr(bench, name, value)
+    monkeypatch.setattr(timing, 'REPEATS', 1)
+    monkeypatch.setattr(timing, 'WARMUP', 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield bench
@@ -90,18 +94,18 @@ def test_bench_runs_on_the_cpu_and_writes_what_the_speed_tables_read(tiny_bench,
     assert set(flops) == {'ceiling_gflop_per_s', 'gflop_per_image', 'layer_gflop_per_s'}
     assert set(flops['gflop_per_image']) == set(flops['layer_gflop_per_s']) == \
         {f'train_{k}' for k in ours['train_img_per_s']} | {f'is_{k}' for k in ours['is_img_per_s']}
-    text = report.speed_markdown(str(tmp_path))
+    text = tables.speed_markdown(str(tmp_path))
     assert f'({ours["device"]}):' in text and 'Opt-in bfloat16 training' in text
     assert sum(line.startswith('| training, images/s: ') for line in text.splitlines()) == 5
 
 
 def test_every_timer_waits_for_the_device(monkeypatch):
     events = []
-    monkeypatch.setattr(bench, 'synchronize', lambda device: events.append('sync'))
-    bench.in_turns({'a': lambda: events.append('a'), 'b': lambda: events.append('b')}, 'cpu', repeats=1, warmup=0)
+    monkeypatch.setattr(timing, 'synchronize', lambda device: events.append('sync'))
+    timing.in_turns({'a': lambda: events.append('a'), 'b': lambda: events.append('b')}, 'cpu', repeats=1, warmup=0)
     assert events == ['sync', 'a', 'sync', 'sync', 'b', 'sync']
     events.clear()
-    bench.timed(lambda: events.append('f'), 'cpu', repeats=3)
+    timing.timed(lambda: events.append('f'), 'cpu', repeats=3)
     assert events == ['sync', 'f', 'sync'] * 3
 
 
@@ -181,7 +185,7 @@ def tf32_flags_touched(log):
 @pytest.mark.parametrize('new_api', [True, False])
 @pytest.mark.parametrize('tf32', [True, False])
 def test_cuda_numerics_are_deterministic_and_set_tf32_through_one_api(monkeypatch, new_api, tf32):
-    import evaluate
+    from engine import evaluate
     log, cudnn, matmul = simulated_backends(monkeypatch, new_api)
     before = (dict(cudnn._values), dict(matmul._values))
     with evaluate.cuda_numerics(tf32):
@@ -197,7 +201,7 @@ def test_cuda_numerics_are_deterministic_and_set_tf32_through_one_api(monkeypatc
 
 
 def test_training_on_cuda_runs_with_deterministic_kernels_and_tf32(monkeypatch):
-    import train
+    from engine import train
     log, cudnn, matmul = simulated_backends(monkeypatch, new_api=True)
     seen = []
 
@@ -259,8 +263,8 @@ def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_tr
     """With the CPU standing in for a GPU (train.FREE_READS emptied: the engine then reads the device
     only every SYNC_EVERY steps, as on CUDA), steps after the first read nothing on the host and copy
     nothing from it."""
-    import config
-    import train
+    from engine import config
+    from engine import train
     monkeypatch.setattr(train, 'FREE_READS', ())
     cfg = config.config(part, 'smoke', batch_size=20, **overrides)
     torch.manual_seed(0)
@@ -281,8 +285,8 @@ def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_tr
 def test_where_losses_do_not_check_each_step_the_training_data_is_checked_once(tmp_path, monkeypatch):
     """Raw 0-255 pixels: losses.py would refuse them at the first step; where its checks are skipped
     (a GPU) the run refuses them when it loads them, naming the range found."""
-    import config
-    import train
+    from engine import config
+    from engine import train
     monkeypatch.setattr(train, 'FREE_READS', ())
     monkeypatch.setattr(train, 'load_data', lambda cfg, train: torch.full((20, 1, 28, 28), 255.0))
     cfg = config.config('6b', 'smoke', batch_size=10)
@@ -296,8 +300,8 @@ def test_where_losses_do_not_check_each_step_the_training_data_is_checked_once(t
 def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch, part):
     """loss_on's vmap over a batch of one batch (the path of a GPU) gives the objective and terms of
     the direct call, and its gradients to rounding."""
-    import config
-    import train
+    from engine import config
+    from engine import train
     cfg = config.config(part, 'smoke')
     torch.manual_seed(0)
     nets = train.build(config.model_spec(cfg), 'cpu')

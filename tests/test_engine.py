@@ -14,12 +14,12 @@ import warnings
 import pytest
 import torch
 
-import config as C
-import evaluate as V
+from engine import config as C
+from engine import evaluate as V
 import experiments as E
 import losses
 import models
-import train as T
+from engine import train as T
 from reference import DTYPE, LinearGaussianModel, broken_compile
 
 torch.set_num_threads(2)
@@ -1285,7 +1285,7 @@ def test_a_part_without_autoregression_never_records_it_on(tmp_path):
 def test_each_part_trains_and_tests_on_its_own_mnist():
     """Gaussian parts read grayscale MNIST, binary ones the binarized set: the first train_images
     training images, and every test image; in any order of reading (the sets are cached)."""
-    import data
+    from engine import data
     for part, load in (('6b', data.load_binarized_mnist), ('5b', data.load_mnist), ('6b', data.load_binarized_mnist)):
         for cfg in (C.config(part, 'smoke'), C.config(part, 'full')):
             n = cfg['train_images']

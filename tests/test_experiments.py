@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-import config as C
+from engine import config as C
 import experiments as E
-from report import summary_rows
+from reporting.summary import summary_rows
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +188,7 @@ def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_c
 def test_auto_precision_is_fp16_on_a_gpu_without_bf16_tensor_cores(monkeypatch, tmp_path, capability, precision):
     """A T4 (7.5) or V100 (7.0) trains in float16 with loss scaling, into its own directory; an A100
     (8.0) or H100 (9.0) in float32; the CPU's rules are unchanged."""
-    import report
+    from reporting import reader
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
     chosen, why = E.pick_precision('auto', '6b', 'full', 'cuda', str(tmp_path))
     assert chosen == precision
@@ -196,11 +196,11 @@ def test_auto_precision_is_fp16_on_a_gpu_without_bf16_tensor_cores(monkeypatch, 
                    if precision == 'fp16' else 'float32 on cuda')
     assert E.pick_precision('auto', '6b', 'full', 'cpu', str(tmp_path))[0] == 'fp32'
     assert C.run_dir('results', 'full', chosen) == ('results/full-fp16' if precision == 'fp16' else 'results/full')
-    monkeypatch.setattr(report, 'pick_device', lambda device=None: torch.device('cuda'))
+    monkeypatch.setattr(reader, 'pick_device', lambda device=None: torch.device('cuda'))
     write = C.part_dir(str(tmp_path), '6b', 'full', precision)
     os.makedirs(write)
     (tmp_path / os.path.relpath(write, tmp_path) / 'metrics.json').write_text(json.dumps(dict(part='6b')))
-    assert report.part_metrics(str(tmp_path), 'auto', '6b', 'auto') == dict(part='6b')  # the notebooks find it
+    assert reader.part_metrics(str(tmp_path), 'auto', '6b', 'auto') == dict(part='6b')  # the notebooks find it
 
 
 def test_auto_precision_resumes_the_run_it_finds_and_logs_its_choice(bf16_cpu, monkeypatch, tmp_path):

@@ -74,7 +74,7 @@ def test_gpu_train_brings_back_light_files_then_model_packs_that_unpack_in_any_o
         assert len(os.listdir(out / f'fetch{k}' / f'models-{k}')) <= 5
     for d in [out / 'train'] + [out / f'fetch{k}' for k in range(1, packs + 1)]:
         assert sum(len(files) for _, _, files in os.walk(d)) <= 8
-    import transfer
+    from engine import transfer
     transfer.unpack([str(out / 'train' / 'light')], str(tmp_path / 'light'))
     light = tmp_path / 'light' / 'smoke'
     assert (light / '6b' / 'metrics.json').exists() and (light / '6b' / 'per_image.pt').exists()

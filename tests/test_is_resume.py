@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import evaluate as V
+from engine import evaluate as V
 import experiments as E
 import models
 

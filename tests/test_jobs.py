@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import config as C
+from engine import config as C
 import experiments as E
 
 torch.set_num_threads(2)

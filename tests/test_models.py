@@ -579,7 +579,7 @@ def test_v1_renaming_leaves_todays_parameter_names_alone(layout):
 def test_committed_v1_model_files_load():
     """A model file that records no layout rebuilds with layout 'v1' under today's parameter names."""
     import os
-    import train as T
+    from engine import train as T
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     record = torch.load(os.path.join(root, 'results', 'cpu', '6c', 'model.pt'), weights_only=True)
     nets = T.load_models(record['models'], 'cpu', record['autoregress'])

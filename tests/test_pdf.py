@@ -101,8 +101,8 @@ def pdf_text(path):
 def key_numbers(results_dir):
     """{part: its main number as the answers print it (2 decimals)}: the importance-sampled NLL, the
     exact NLL or the −ELBO of each part's preferred run (course settings first)."""
-    from answers import View, is_q
-    from report import load_runs
+    from reporting.answers import View, is_q
+    from reporting.reader import load_runs
     view = View(load_runs(results_dir))
     return {part: f'{m["values"][q]["value"]:.2f}' for part, m in view.items()
             for q in [is_q(m) or ('test_nll' if 'test_nll' in m['values'] else 'test_elbo')]}

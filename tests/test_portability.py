@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import config as C
-import evaluate as V
+from engine import config as C
+from engine import evaluate as V
 import experiments as E
 from conftest import an_hour_per_step
-import transfer
+from engine import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(2)
@@ -92,7 +92,7 @@ def test_importance_sampling_from_another_device_type_restarts_with_a_note(tmp_p
 def test_model_files_and_checkpoints_hold_cpu_tensors():
     """What a run saves from a GPU (weights, optimiser state) is copied to the CPU first; fake CUDA
     tensors stand in for a GPU's (they carry a device but no data)."""
-    import train as T
+    from engine import train as T
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         weight = torch.empty(3, 2, device='cuda')
@@ -136,13 +136,12 @@ def simulated_cuda(monkeypatch):
 def test_notebooks_run_the_course_settings_on_cuda(simulated_cuda, monkeypatch, name):
     """Executing the committed notebook's cells as they are, on a machine with CUDA: every part
     it trains resolves to the full profile."""
-    import report
+
     profiles = []
     monkeypatch.setattr(E, 'run_part', lambda part, profile='auto', **kw: profiles.append(
         (part, C.pick_profile(profile, C.pick_device(kw.get('device')), quiet=True))))
-    for fn in ('show', 'compare', 'show_finished'):
+    for fn in ('show', 'compare', 'show_finished', 'show_remedies'):
         monkeypatch.setattr(E, fn, lambda *a, **k: None)
-    monkeypatch.setattr(report, 'show_remedies', lambda *a, **k: None)
     nb = nbformat.read(os.path.join(ROOT, name), as_version=4)
     namespace = {}
     for cell in nb.cells:

@@ -9,11 +9,12 @@ import re
 import pytest
 import torch
 
-import answers
-import figures
-import report
-import writeup
-from config import config
+from reporting import answers
+from engine import figures
+from reporting import reader
+from reporting import tables
+from reporting import writeup
+from engine.config import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +60,7 @@ def contrast_6d_6b(tmp_path, a, b):
     run = str(tmp_path / 'cpu')
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)}, {'test_nll_is1000': b})
-    ms = {m['part']: m for m in report.load_metrics(run)}
+    ms = {m['part']: m for m in reader.load_metrics(run)}
     return answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')]), ms
 
 
@@ -81,7 +82,7 @@ def test_paired_over_the_images_both_cover(tmp_path):
     run = str(tmp_path / 'cpu')
     write_part(run, '6e-freebits', {'test_nll_is1000': summary(b[:500])}, {'test_nll_is1000': b[:500]})
     write_part(run, '6a', {'test_nll': summary(a)}, {'test_nll': a})
-    ms = {m['part']: m for m in report.load_metrics(run)}
+    ms = {m['part']: m for m in reader.load_metrics(run)}
     c = answers.contrast([(1, ms['6e-freebits'], 'test_nll_is1000'), (-1, ms['6a'], 'test_nll')])
     assert c['paired'] and c['n'] == [500] and c['value'] == pytest.approx((b[:500] - a[:500]).mean().item())
 
@@ -100,7 +101,7 @@ def test_without_per_image_values_the_comparison_is_unpaired_and_says_so(tmp_pat
     run = str(tmp_path / 'cpu')
     write_part(run, '6b', {'test_nll_is1000': summary(a)}, {'test_nll_is1000': a})
     write_part(run, '6d', {'test_nll_is1000': summary(b)})          # an older run: no per_image.pt
-    ms = {m['part']: m for m in report.load_metrics(run)}
+    ms = {m['part']: m for m in reader.load_metrics(run)}
     c = answers.contrast([(1, ms['6d'], 'test_nll_is1000'), (-1, ms['6b'], 'test_nll_is1000')])
     va, vb = ms['6b']['values']['test_nll_is1000'], ms['6d']['values']['test_nll_is1000']
     assert not c['paired'] and c['value'] == pytest.approx(vb['value'] - va['value'])
@@ -122,7 +123,7 @@ def iaf_pair(tmp_path, with_per_image, alike=True):
         values = {'test_elbo': summary(elbo), 'kl': v(30.0, 0.1), 'test_nll_is1000': dict(summary(nll), M=1000)}
         write_part(run, part, values, {'test_elbo': elbo, 'test_nll_is1000': nll} if with_per_image else None,
                    **(like_6d if part == '6b' else {}))
-    return {m['part']: m for m in report.load_metrics(run)}
+    return {m['part']: m for m in reader.load_metrics(run)}
 
 
 def test_iaf_tightness_sentence_follows_the_two_standard_error_rule(tmp_path):
@@ -145,7 +146,7 @@ def test_kl_estimator_verdict_follows_the_difference_and_its_error(tmp_path):
         run = str(tmp_path / name / 'cpu')
         write_part(run, '5b', {'test_elbo': v(b, 5.0, 100)})
         write_part(run, '5c', {'test_elbo': v(c, 5.0, 100)})
-        return answers.answer_5c({m['part']: m for m in report.load_metrics(run)})[0][1]
+        return answers.answer_5c({m['part']: m for m in reader.load_metrics(run)})[0][1]
     assert 'no measurable mark' in verdict(1500.0, 1510.0, 'same')       # 10 < 2 x 7.07
     assert 'worse test bound' in verdict(1500.0, 1520.0, 'worse')
     better = verdict(1520.0, 1500.0, 'better')
@@ -164,7 +165,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END),
                (writeup.MUTATION_BEGIN, writeup.MUTATION_END), (writeup.PRECISION_BEGIN, writeup.PRECISION_END))
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in markers))
-    runs = report.load_runs(str(root))
+    runs = reader.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
     writeup.update_readme(str(readme), runs, str(root))
     writeup.latex(runs, str(tmp_path / 'results.tex'))
@@ -202,7 +203,7 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
     write_part(run, '6c', {'test_elbo': v(90.5, 0.2, 10000), 'kl': v(9.4, 0.04, 10000), 'active_units': v(30, None, 10000),
                            'test_nll_is1000': v(86.4, 0.65, 1000, M=1000)}, history=hist, epochs=3)
     open(os.path.join(run, '6c', 'kl.png'), 'wb').write(b'png')
-    blocks = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})
+    blocks = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})
     figures = [b for b in blocks if b[0] == 'fig']
     assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
     assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
@@ -210,14 +211,14 @@ def test_figures_are_referenced_numbered_and_captioned(tmp_path):
             'images, it is 44%, the two measured on different sets of test images.') in blocks[0][1]
     assert 'the exact NLL of the PixelCNN alone' not in blocks[0][1]   # no 6a in this run directory
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)})
-    text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]
+    text = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})[0][1]
     assert ("6a's an exact NLL, 88.00 ± 0.20 (10000 test images). 6c (cpu profile, float32, 3 epochs) − 6a "
             "(cpu profile, float32, 4 epochs): -1.60 ± 0.68 nats (unpaired, 1000 and 10000 test images). These runs "
             "also differ in epochs 3 against 4 and learning-rate drop to 3e-4 at epoch none against 3") in text
     assert 'models the test images better' not in text     # another learning-rate schedule: no conclusion
     assert '6a trained' not in text  # no history of 6a: nothing to set against the same epochs
     write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)}, history=dict(test_loss=[95.0, 91.5, 89.0, 88.0]))
-    text = answers.answer_6c({m['part']: m for m in report.load_metrics(run)})[0][1]  # cpu 6a: drop after epoch 3
+    text = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})[0][1]  # cpu 6a: drop after epoch 3
     assert ('6a trained 4 epochs and 6c 3. On the first 1000 test images (one evaluation per epoch, in its history) '
             'the NLL of 6a was 89.00 after epoch 3, before its learning-rate drop, and 88.00 after epoch 4: its further '
             'epochs gained it 1.00 nats.') in text
@@ -239,7 +240,7 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     remedy('6e-freebits', 91.0, 6.0, 12)   # in use, 1 nat worse than the baseline
     remedy('6e-weak', 95.0, 20.0, 30)      # in use, much worse
     write_part(run, '6a', {'test_nll': v(85.0, 0.2, 10000)})
-    metrics = report.load_metrics(run)
+    metrics = reader.load_metrics(run)
     table = writeup.remedies_markdown(metrics)
     assert table.count('| 6e-') == 16 and '12 of 49' in table and '91.00 ± 0.50 (500)' in table
     reading = answers.remedies_reading(metrics)
@@ -256,19 +257,19 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
             'depth 5 against 9') in reading
     remedy('6e-freebits', 91.0, 0.5, 0)
     remedy('6e-weak', 95.0, 0.9, 0)
-    assert 'No configuration kept the KL term' in answers.remedies_reading(report.load_metrics(run))
+    assert 'No configuration kept the KL term' in answers.remedies_reading(reader.load_metrics(run))
 
 
 def test_6a_answer_reads_the_learning_rate_drop_from_the_history(tmp_path):
     run = str(tmp_path / 'full-bf16')
     losses = [90.0 - 0.5 * k for k in range(30)] + [74.0, 73.5, 73.25, 73.0, 72.9, 72.8, 72.7, 72.6, 72.5, 72.4]
     write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses})
-    text = answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
+    text = answers.answer_6a({m['part']: m for m in reader.load_metrics(run)})[0][1]
     assert 'fell from 0.001 to 0.0003 after epoch 30: the test NLL was 75.50 then and 72.40 after epoch 40' in text
     assert '3.10 lower' in text and 'by 0.10 nats per epoch' in text
     assert 'The NLL on all test images after epochs 1: 90.00, 5: 88.00, 10: 85.50,' in text and '40: 72.40 (' in text
     write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses[:30]})
-    assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in report.load_metrics(run)})[0][1]
+    assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in reader.load_metrics(run)})[0][1]
 
 
 def test_an_answer_sets_parts_of_one_profile_trained_in_either_precision_side_by_side(tmp_path):
@@ -279,14 +280,14 @@ def test_an_answer_sets_parts_of_one_profile_trained_in_either_precision_side_by
                                           'test_nll_is1000': dict(summary(b), M=1000)},
                {'test_elbo': b + 3, 'test_nll_is1000': b})
     write_part(str(root / 'cpu'), '6a', {'test_nll': v(95.0, 0.2, 10000)})
-    blocks = writeup.chapter(report.load_runs(str(root)))
+    blocks = writeup.chapter(reader.load_runs(str(root)))
     text = next(b[1] for b in blocks if b[0] == 'p' and b[1].startswith('Run: 6c'))
     assert '6c in the full profile, float32' in text
     assert ('6c (full profile, the course settings, float32, 20 epochs) − 6a (full profile, the course settings, bf16 '
             'training, 40 epochs): ') in text
     assert f'{(b - a).mean():+.2f} ± {(b - a).std().item() / 1000 ** 0.5:.2f} nats (paired, 1000 test images)' in text
     assert 'precision (float32 against bfloat16 training, float32 evaluation)' in text
-    assert answers.trained_apart(*(report.load_runs(str(root))[0]['parts']['6c'],) * 2) == ''
+    assert answers.trained_apart(*(reader.load_runs(str(root))[0]['parts']['6c'],) * 2) == ''
 
 
 def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
@@ -307,8 +308,10 @@ def test_homework_map_names_resolve_and_cover_the_handout():
             if '/' in name:
                 assert os.path.exists(os.path.join(ROOT, name)), name
                 continue
-            obj = importlib.import_module(name.split('.')[0])
-            for attr in name.split('.')[1:]:
+            parts = name.split('.')
+            n = 1 if parts[0] in ('models', 'losses') else 2   # the course files, or a module of a folder
+            obj = importlib.import_module('.'.join(parts[:n]))
+            for attr in parts[n:]:
                 obj = getattr(obj, attr)
         if notebook:
             assert ' cell ' in writeup.notebook_cell(*notebook[:2]), item
@@ -324,7 +327,7 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
               dict(part='6b', quantity='kl', reported=19.0, ok=True, seconds=20.0)]  # checked against an older run
     checks.append(dict(checks[0], profile='full', reported=95.0, ok=False))  # another run directory's check
     (root / 'verify.json').write_text(json.dumps(checks))
-    text = writeup.verification(report.load_metrics(str(res)), str(res))
+    text = writeup.verification(reader.load_metrics(str(res)), str(res))
     assert text.startswith('1 of the 3 numbers')
     assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
     assert writeup.verification([], str(tmp_path / 'none')) is None
@@ -334,7 +337,7 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
 
 
 def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(monkeypatch):
-    import config as C
+    from engine import config as C
     monkeypatch.setitem(C.PROFILES, 'trial', {'*': dict(dec_depth=7), '6d': dict(dec_depth=51)})
     text = ' '.join(b[1] for b in writeup.settings_blocks() if b[0] == 'p')
     assert 'The parts of the trial profile also have dec_depth = 7 (full profile 51, except 6d).' in text
@@ -348,7 +351,7 @@ def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
                    equivalent={}, mutmut='3.8.1', torch='2.14.1', cores=2, machine='x86_64')
     (tmp_path / 'mutation').mkdir()
     (tmp_path / 'mutation' / 'summary.json').write_text(json.dumps(summary))
-    text = report.mutation_markdown(str(tmp_path))
+    text = tables.mutation_markdown(str(tmp_path))
     assert '| `losses.py` | 10 | 9 | 0 | 1 | 90.0% | 5 min |' in text
     assert '| `train.py` | 4 | 3 | 1 | 0 | 100.0% |  (not complete) |' in text
     assert 'mutmut 3.8.1, torch 2.14.1, 2 cores' in text
@@ -357,8 +360,8 @@ def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
 def test_every_part_auto_trains_in_bf16_has_shown_parity_in_the_committed_runs():
     """config.BF16_PARITY lists only parts whose committed bf16 run (results/cpu-bf16) is not
     measurably worse than their float32 run (results/cpu), paired over the same test images."""
-    import config as C
-    found = report.bf16_parity(os.path.join(ROOT, 'results'))
+    from engine import config as C
+    found = tables.bf16_parity(os.path.join(ROOT, 'results'))
     for part in C.BF16_PARITY:
         rows = [(q, low, full, d) for p, q, low, full, d in found if p == part]
         assert rows, f'{part} is in BF16_PARITY without a committed run in both precisions'
@@ -371,8 +374,9 @@ def test_time_spent_on_each_device_is_quoted_apart_never_credited_to_one(tmp_pat
     """A run trained 85 min on a CPU, then 10 min on an H100: the summary, its rows and the GPU-time
     table say where each part of the time went. A run finished before sittings were recorded
     trained on its recorded hardware."""
-    import writeup
-    from report import metrics_table, summary_rows, training_minutes
+    from reporting import writeup
+    from reporting.summary import metrics_table, summary_rows
+    from reporting.reader import training_minutes
     run = str(tmp_path / 'full')
     write_part(run, '6a', {'test_nll': v(90.0, 0.2)})
     path = os.path.join(run, '6a', 'metrics.json')

@@ -20,8 +20,8 @@ What the sources say, and where:
 import pytest
 import torch
 
-import config as C
-import train as T
+from engine import config as C
+from engine import train as T
 
 GAUSSIAN_NB = dict(batch_size=100, lr=3e-4, lr_drop_epoch=None, epochs=20)          # gaussian_vae.ipynb
 PIXELCNN_NB = dict(batch_size=100, lr=1e-3, lr_drop_epoch=30, lr_late=3e-4, epochs=40)  # pixelcnn.ipynb

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 import experiments as E
-import files
-import report
-import reproduce
+from engine import files
+from reporting import summary
+from engine import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def test_a_run_whose_model_is_too_large_says_so_and_verify_skips_it(tmp_path, mo
     out = tmp_path / 'smoke' / '6a'
     assert 'not committed' in metrics['model_uncommitted']
     assert (out / '.gitignore').read_text().split() == ['model.pt']
-    report.write_summary(str(tmp_path), 'smoke')
+    summary.write_summary(str(tmp_path), 'smoke')
     os.remove(out / 'model.pt')  # as in a clone: the file was never committed
     checked = reproduce.verify(str(tmp_path))
     assert checked and all(c['ok'] is None and 'not committed' in c['skipped'] for c in checked)

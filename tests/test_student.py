@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import experiments as E
-import student
-import train as T
-import versus
-from report import run_dirs
+from engine import student
+from engine import train as T
+from reporting import versus
+from engine.config import run_dirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARMLESS = '\n\ndef my_helper():\n    """A function of my own."""\n    return 1\n'

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import transfer
+from engine import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(files=3, piece_bytes=1000)  # packs of 2 pieces of 1000 bytes and a manifest

@@ -90,7 +90,7 @@ fi
 step estimate 60 "$PY" experiments.py estimate --profile "$P" --device "$DEVICE" --results-dir "$WORK/none" \
      "${estimated[@]}"
 # 5. the benchmark: this implementation at the engine's settings against the straightforward one
-step bench "$BENCH_SECONDS" "$PY" bench.py --device "$DEVICE" --profile "$BENCH_PROFILE" --json "$WORK/bench.json" \
+step bench "$BENCH_SECONDS" "$PY" -m tools.bench --device "$DEVICE" --profile "$BENCH_PROFILE" --json "$WORK/bench.json" \
      --baseline-json "$WORK/bench_straightforward.json" --bf16-json "$WORK/bench_bf16.json" \
      --flops-json "$WORK/bench_flops.json" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"}
 # 6. eager against CUDA graphs (--compile-train: torch.compile mode reduce-overhead), GRAPH_EPOCHS of 6b each

@@ -11,9 +11,9 @@ import torchvision.utils as vutils
 from matplotlib.figure import Figure
 
 import models
-from config import TITLES
-from evaluate import noise
-from report import read_json
+from engine.config import TITLES
+from engine.evaluate import noise
+from engine.files import read_json
 
 
 def image_rows(rows, path, title, ncol):
@@ -162,7 +162,6 @@ def remedies_kl_figure(results_dir):
     baseline on top, the switch to the PixelCNN marked."""
     from matplotlib.figure import Figure
 
-    from figures import smooth
     drawn = [p for p in STYLES if os.path.exists(os.path.join(results_dir, p, 'history.json'))]
     if not drawn:
         return None

@@ -21,13 +21,13 @@ import time
 
 import torch
 
-import data
-import files
+from engine import data
+from engine import files
 import losses
 import models
-import student
-from config import changes, describe_hardware, model_spec, settings_differ
-from evaluate import bar, cuda_numerics, noise
+from engine import student
+from engine.config import changes, describe_hardware, model_spec, settings_differ
+from engine.evaluate import bar, cuda_numerics, noise
 
 # CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
 # the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
@@ -105,7 +105,7 @@ def low_precision(precision, device):
     whose tensor cores have no bfloat16; its gradients are scaled (loss_scaler). Parameters,
     gradients, Adam's state and the losses stay float32, and evaluation always runs in float32.
     Either computes a different function (relative error ~1e-3 per layer): the README sets bf16
-    test numbers beside float32 runs, and `python bench.py --bf16-json` measures its speed."""
+    test numbers beside float32 runs, and `python -m tools.bench --bf16-json` measures its speed."""
     if precision == 'fp32':
         return contextlib.nullcontext()
     if precision not in LOW_PRECISION:
@@ -380,27 +380,26 @@ def new_history():
                 test_kl=[], autoregress_step=None, skipped=[])  # skipped: steps whose update loss scaling skipped
 
 
-class Training:
-    """One part's training: its models, optimiser, generators and state, checkpointed to
-    out/checkpoint.pt. The state (epoch, batch, step, data order, history) is what a checkpoint holds."""
+def check_code(ck, path):
+    """A checkpoint is resumed only by the code that trained it: one that records the digest of
+    its models.py and losses.py by that code; one written before checkpoints recorded it (a
+    run of the reference code) only by the reference code."""
+    now = student.code_digest()
+    if 'code' in ck:
+        changed = [f for f in student.CODE_FILES if ck['code'].get(f) != now[f]]
+        why = changed and f'was trained by another {" and ".join(changed)} than the one here now'
+    else:
+        changed = student.changed_files()
+        why = changed and (f'records no code digest (it was written before checkpoints did, by the code '
+                           f'behind the committed results), and your {" and ".join(changed)} differ from that code')
+    if why:
+        raise CheckpointError(f"{path} {why}, so it is not resumed: its training would not be your code's. "
+                              f'It is kept as it is. {RESUME_ADVICE}')
 
-    def __init__(self, part, cfg, nets, out, device, progress):
-        self.part, self.cfg, self.nets, self.out, self.progress = part, cfg, nets, out, progress
-        self.device = torch.device(device)
-        self.path = os.path.join(out, 'checkpoint.pt')
-        self.params = [p for net in nets.values() for p in net.parameters()]
-        self.opt = adam(self.params, cfg['lr'])
-        self.scaler = loss_scaler(cfg['precision'], self.device)
-        self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
-        self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
-        self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
-                          history=new_history(), sittings=[])
-        self.sitting = None   # this process's entry of state['sittings'], made at its first training seconds
-        self.saved = None     # {epoch, batch} of the checkpoint on disk
-        self.pending = []     # per-step numbers not yet read from the device
-        self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
-        self.order = None     # the epoch's data order (state['perm']) on the device
-        self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
+
+class Checkpointing:
+    """Training's checkpoint, out/checkpoint.pt: resumed only with this run's settings and code,
+    written only with finite parameters (a part of Training)."""
 
     def resume(self):
         """Load out/checkpoint.pt if there is one; its settings must be those of this run."""
@@ -416,7 +415,7 @@ class Training:
             raise CheckpointError(f'{self.path} was trained with other settings '
                                   f'({changes(ck["config"], self.cfg, differ, ("in it", "now"))}); '
                                   f'rerun with --fresh (fresh=True), delete it, or use another --results-dir')
-        self.check_code(ck)
+        check_code(ck, self.path)
         for name, net in self.nets.items():
             load_state(net, model_state(ck['models'][name]), f'part {self.part}: {self.path} ({name})', RESUME_ADVICE)
         try:
@@ -442,22 +441,6 @@ class Training:
                                   f'{self.cfg["epochs"]} asked for; ask for at least {self.state["epoch"]} '
                                   f'epochs or rerun with --fresh')
 
-    def check_code(self, ck):
-        """A checkpoint is resumed only by the code that trained it: one that records the digest of
-        its models.py and losses.py by that code; one written before checkpoints recorded it (a
-        run of the reference code) only by the reference code."""
-        now = student.code_digest()
-        if 'code' in ck:
-            changed = [f for f in student.CODE_FILES if ck['code'].get(f) != now[f]]
-            why = changed and f'was trained by another {" and ".join(changed)} than the one here now'
-        else:
-            changed = student.changed_files()
-            why = changed and (f'records no code digest (it was written before checkpoints did, by the code '
-                               f'behind the committed results), and your {" and ".join(changed)} differ from that code')
-        if why:
-            raise CheckpointError(f"{self.path} {why}, so it is not resumed: its training would not be your code's. "
-                                  f'It is kept as it is. {RESUME_ADVICE}')
-
     def save(self):
         """Write the checkpoint, after reading every pending number: never a non-finite model."""
         self.flush()
@@ -470,70 +453,10 @@ class Training:
                          scaler=None if self.scaler is None else self.scaler.state_dict(), **self.state), self.path)
         self.saved = dict(epoch=self.state['epoch'], batch=self.state['batch'])
 
-    def where(self, batch, step):
-        """Where training is, in a stop message: epoch (counted from 1), batch of the epoch, step."""
-        return f'epoch {self.state["epoch"] + 1}, batch {batch} of the epoch, step {step}'
 
-    def run(self, stop_at=None):
-        """Train to cfg['epochs'] (or until the wall-clock time stop_at, then checkpoint and return
-        False). Returns True when training is complete."""
-        cfg, state = self.cfg, self.state
-        decoder = self.nets.get('decoder')
-        if cfg['autoregress']:
-            decoder.autoregress = state['autoregress']
-        if state['epoch'] >= cfg['epochs']:
-            return True
-        x_train = load_data(cfg, train=True).to(self.device)
-        check_training_data(x_train, self.device)
-        x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
-        steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
-        last_save = time.time()
-        for epoch in range(state['epoch'], cfg['epochs']):
-            self.start_epoch(epoch, len(x_train))
-            t0 = time.time()
-            batches = range(state['batch'], steps_per_epoch)
-            shown = dict(desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}', initial=batches.start)  # pragma: no mutate
-            for b in bar(batches, self.progress, total=steps_per_epoch, **shown):  # pragma: no mutate (display only)
-                self.step(x_train, b, steps_per_epoch)
-                late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
-                if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:
-                    self.count(time.time() - t0)
-                    t0 = time.time()
-                    self.save()
-                    last_save = time.time()
-                    if stop_at is not None and time.time() > stop_at:
-                        return False
-            self.count(time.time() - t0)
-            self.end_of_epoch(epoch, x_monitor, steps_per_epoch)
-            last_save = time.time()
-            if stop_at is not None and time.time() > stop_at and state['epoch'] < cfg['epochs']:
-                return False
-        return True
-
-    def count(self, seconds):
-        """Add training seconds to the run's total and to this sitting's (this process, its device
-        and hardware): a run resumed on another machine records where each part of its time went."""
-        if self.sitting is None:
-            self.sitting = dict(device=str(self.device), hardware=describe_hardware(self.device), seconds=0.0)
-            self.state['sittings'].append(self.sitting)
-        self.state['train_seconds'] += seconds
-        self.sitting['seconds'] += seconds
-
-    def start_epoch(self, epoch, n):
-        """The learning rate of this epoch, autoregression on from autoregress_epoch, the data order."""
-        cfg, state, hist = self.cfg, self.state, self.state['history']
-        late = cfg['lr_drop_epoch'] is not None and epoch >= cfg['lr_drop_epoch']
-        for group in self.opt.param_groups:
-            group['lr'] = cfg['lr_late'] if late else cfg['lr']
-        if cfg['autoregress']:
-            self.nets['decoder'].autoregress = state['autoregress'] = epoch >= cfg['autoregress_epoch']
-            if state['autoregress'] and hist['autoregress_step'] is None:
-                hist['autoregress_step'] = state['step']
-        if state['batch'] == 0:
-            state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
-        self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
-        for net in self.nets.values():
-            net.train()
+class Stepping:
+    """Training's optimiser step, and the per-step numbers it reads from the device in batches
+    (every step on the CPU), stopping at the first non-finite one (a part of Training)."""
 
     def step(self, x_train, b, steps_per_epoch):
         """One optimiser step on batch b of the epoch's data order."""
@@ -585,9 +508,34 @@ class Training:
             hist['loss'].append(recon + kl)
         self.pending = []
 
+    def where(self, batch, step):
+        """Where training is, in a stop message: epoch (counted from 1), batch of the epoch, step."""
+        return f'epoch {self.state["epoch"] + 1}, batch {batch} of the epoch, step {step}'
+
+
+class Epochs:
+    """Training's epochs: the learning rate, autoregression and data order at the start of each,
+    the monitor loss, a run.log line and a checkpoint at its end; the time spent (a part of Training)."""
+
+    def start_epoch(self, epoch, n):
+        """The learning rate of this epoch, autoregression on from autoregress_epoch, the data order."""
+        cfg, state, hist = self.cfg, self.state, self.state['history']
+        late = cfg['lr_drop_epoch'] is not None and epoch >= cfg['lr_drop_epoch']
+        for group in self.opt.param_groups:
+            group['lr'] = cfg['lr_late'] if late else cfg['lr']
+        if cfg['autoregress']:
+            self.nets['decoder'].autoregress = state['autoregress'] = epoch >= cfg['autoregress_epoch']
+            if state['autoregress'] and hist['autoregress_step'] is None:
+                hist['autoregress_step'] = state['step']
+        if state['batch'] == 0:
+            state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
+        self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
+        for net in self.nets.values():
+            net.train()
+
     def end_of_epoch(self, epoch, x_monitor, steps_per_epoch):
         """Test loss on the monitor images, a run.log line, the checkpoint."""
-        from evaluate import neg_elbo
+        from engine.evaluate import neg_elbo
         cfg, state, hist = self.cfg, self.state, self.state['history']
         self.flush()
         for net in self.nets.values():
@@ -607,6 +555,75 @@ class Training:
                       + (f', {skipped} steps skipped by loss scaling' if skipped else ''))
         state['epoch'], state['batch'] = epoch + 1, 0
         self.save()
+
+    def count(self, seconds):
+        """Add training seconds to the run's total and to this sitting's (this process, its device
+        and hardware): a run resumed on another machine records where each part of its time went."""
+        if self.sitting is None:
+            self.sitting = dict(device=str(self.device), hardware=describe_hardware(self.device), seconds=0.0)
+            self.state['sittings'].append(self.sitting)
+        self.state['train_seconds'] += seconds
+        self.sitting['seconds'] += seconds
+
+
+class Training(Checkpointing, Stepping, Epochs):
+    """One part's training: its models, optimiser, generators and state, checkpointed to
+    out/checkpoint.pt. The state (epoch, batch, step, data order, history) is what a checkpoint holds.
+    The checkpoint, the step and the epoch are its parts: Checkpointing, Stepping, Epochs."""
+
+    def __init__(self, part, cfg, nets, out, device, progress):
+        self.part, self.cfg, self.nets, self.out, self.progress = part, cfg, nets, out, progress
+        self.device = torch.device(device)
+        self.path = os.path.join(out, 'checkpoint.pt')
+        self.params = [p for net in nets.values() for p in net.parameters()]
+        self.opt = adam(self.params, cfg['lr'])
+        self.scaler = loss_scaler(cfg['precision'], self.device)
+        self.shuffle = torch.Generator().manual_seed(cfg['seed'] + 1)           # data order
+        self.noise = torch.Generator(self.device).manual_seed(cfg['seed'] + 2)  # eps of the reparameterisation
+        self.state = dict(epoch=0, batch=0, step=0, train_seconds=0.0, perm=None, autoregress=False,
+                          history=new_history(), sittings=[])
+        self.sitting = None   # this process's entry of state['sittings'], made at its first training seconds
+        self.saved = None     # {epoch, batch} of the checkpoint on disk
+        self.pending = []     # per-step numbers not yet read from the device
+        self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
+        self.order = None     # the epoch's data order (state['perm']) on the device
+        self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
+
+    def run(self, stop_at=None):
+        """Train to cfg['epochs'] (or until the wall-clock time stop_at, then checkpoint and return
+        False). Returns True when training is complete."""
+        cfg, state = self.cfg, self.state
+        decoder = self.nets.get('decoder')
+        if cfg['autoregress']:
+            decoder.autoregress = state['autoregress']
+        if state['epoch'] >= cfg['epochs']:
+            return True
+        x_train = load_data(cfg, train=True).to(self.device)
+        check_training_data(x_train, self.device)
+        x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
+        steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
+        last_save = time.time()
+        for epoch in range(state['epoch'], cfg['epochs']):
+            self.start_epoch(epoch, len(x_train))
+            t0 = time.time()
+            batches = range(state['batch'], steps_per_epoch)
+            shown = dict(desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}', initial=batches.start)  # pragma: no mutate
+            for b in bar(batches, self.progress, total=steps_per_epoch, **shown):  # pragma: no mutate (display only)
+                self.step(x_train, b, steps_per_epoch)
+                late = time.time() - last_save > 60 * cfg['checkpoint_minutes']
+                if (late or (stop_at is not None and time.time() > stop_at)) and b + 1 < steps_per_epoch:
+                    self.count(time.time() - t0)
+                    t0 = time.time()
+                    self.save()
+                    last_save = time.time()
+                    if stop_at is not None and time.time() > stop_at:
+                        return False
+            self.count(time.time() - t0)
+            self.end_of_epoch(epoch, x_monitor, steps_per_epoch)
+            last_save = time.time()
+            if stop_at is not None and time.time() > stop_at and state['epoch'] < cfg['epochs']:
+                return False
+        return True
 
 
 def train(part, cfg, nets, out, device, progress, stop_at=None):

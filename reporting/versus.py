@@ -15,10 +15,11 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-import student
-from answers import contrast, how, measurable, value_text
-from config import changes, model_spec, quantities, with_defaults
-from report import load_metrics, read_json, run_dirs
+from engine import student
+from engine.config import changes, model_spec, quantities, run_dirs, with_defaults
+from engine.files import read_json
+from reporting.answers import contrast, how, measurable, value_text
+from reporting.reader import load_metrics
 
 IGNORED = ('compile', 'checkpoint_minutes')  # settings that do not change a run's numbers
 

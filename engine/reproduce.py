@@ -9,20 +9,21 @@ import time
 
 import torch
 
-import figures
-from config import as_int, pick_device, pick_profile, run_dir, with_defaults
-from files import write_json
-from evaluate import evaluate, to_host64
-from report import read_json, run_dirs
-from student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
-from train import CheckpointError, atomic_save, load_data, load_file, load_models
+from engine import ROOT, figures
+from engine.config import as_int, pick_device, pick_profile, run_dir, with_defaults
+from engine.files import write_json
+from engine.evaluate import evaluate, to_host64
+from engine.files import read_json
+from engine.config import run_dirs
+from engine.student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
+from engine.train import CheckpointError, atomic_save, load_data, load_file, load_models
 
 
 def git_commit():
     """The commit of the code that ran (None outside a git checkout)."""
     import subprocess
     try:
-        run = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(os.path.abspath(__file__)),
+        run = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT,
                              capture_output=True, text=True)
         return run.stdout.strip() or None
     except OSError:
@@ -120,7 +121,7 @@ def verify(results_dir='results', parts=None, out=None, profiles=None, quantitie
     results_dir/verify.json, where earlier checks of other numbers are kept) and returns the rows
     checked now; failures are listed, not raised."""
     import subprocess
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = ROOT
     rows = []
     for path, profile, precision in run_dirs(results_dir):
         name = os.path.basename(path)

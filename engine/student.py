@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from engine import ROOT
+
 CODE_DIR = ROOT  # where the models.py and losses.py that run are (the repository's own)
 CODE_FILES = ('models.py', 'losses.py')  # the student's files: every run records their digest
 MINE = 'mine'    # results/mine: a student's runs, never read as reference runs

@@ -15,9 +15,9 @@ import io
 import os
 import tarfile
 
-from config import run_dir
-from files import write_json
-from report import read_json
+from engine.config import run_dir
+from engine.files import write_json
+from engine.files import read_json
 
 
 PACK_FILES, PACK_BYTES = 8, 16 * 2 ** 20  # what a transfer may carry: 8 files of at most 16 MiB

@@ -165,3 +165,13 @@ def keep_out_of_git(directory, name, limit=None):
         atomic_write(ignore, lambda f: f.write(('\n'.join(listed + [name]) + '\n').encode()))
     return (f'{name} is {size / 2 ** 20:.0f} MiB, over the {limit / 2 ** 20:.0f} MiB a committed file may have; '
             f'it stays on the machine that trained it and is not committed')
+
+
+def read_json(path):
+    """A JSON file of the results (metrics.json, summary.json), with an error that names it."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ValueError(f'{path} cannot be read ({type(err).__name__}: {err}); restore it with git '
+                         f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err

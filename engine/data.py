@@ -1,6 +1,6 @@
 """MNIST and statically binarized MNIST, as whole in-memory tensors.
 
-    from data import load_mnist, load_binarized_mnist
+    from engine.data import load_mnist, load_binarized_mnist
     x = load_mnist(train=True)                 # (60000, 1, 28, 28) float32 in [0, 1]
     x, y = load_mnist(train=False, return_labels=True)  # y: (10000,) int64
     b = load_binarized_mnist(train=False)      # (10000, 1, 28, 28) float32 in {0, 1}
@@ -42,9 +42,10 @@ import numpy as np
 import torch
 import torchvision
 
-from files import atomic_write, atomic_save, clean_stale_tmp
+from engine import ROOT
+from engine.files import atomic_write, atomic_save, clean_stale_tmp
 
-DATA_DIR = "data"  # default data directory; a relative path is taken from the folder holding data.py
+DATA_DIR = "data"  # default data directory; a relative path is taken from the repository root
 DATA_ENV = "HW2_DATA"  # environment variable that overrides DATA_DIR
 BINARIZE_SEED = 599  # binarization seed; the stream for a split is default_rng([BINARIZE_SEED, split])
 SPLIT_STREAM = {True: 0, False: 1}  # train -> stream 0, test -> stream 1
@@ -85,7 +86,7 @@ def data_root(root=None):
         return os.path.abspath(root)
     if os.environ.get(DATA_ENV):
         return os.path.abspath(os.environ[DATA_ENV])
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), DATA_DIR)
+    return os.path.join(ROOT, DATA_DIR)
 
 
 def _split(train):

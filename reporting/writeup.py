@@ -11,12 +11,14 @@ import argparse
 import os
 import re
 
-from answers import ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, REMEDIES, View, departures, is_q, run_name, shown, \
-    with_n
-from config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
-from figures import remedies_kl_figure
-from report import (bf16_runs_markdown, load_runs, mutation_markdown, per_image, read_json, speed_markdown, trained_on,
-                    training_minutes, training_time)
+from reporting.answers import (ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, REMEDIES, View, departures, is_q,
+                               run_name, shown, with_n)
+from engine import ROOT
+from engine.config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
+from engine.figures import remedies_kl_figure
+from reporting.tables import bf16_runs_markdown, mutation_markdown, speed_markdown
+from reporting.reader import load_runs, per_image, trained_on, training_minutes, training_time
+from engine.files import read_json
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
@@ -50,18 +52,18 @@ HOMEWORK = [
      '`models.MaskedConv2d`, `models.MaskedConvnetBlock`, `models.PixelCNN`, `losses.cross_entropy`'),
     ('6b', 'binary VAE: test NLL, importance sampling', ('6b',), ('test_nll_is',), 'samples',
      ('binaryvae.ipynb', 'run_part(part', ', autoregress = False, flows = 0'),
-     '`losses.discrete_output_elbo`, `evaluate.importance_sampled_nll`'),
+     '`losses.discrete_output_elbo`, `engine.evaluate.importance_sampled_nll`'),
     ('6c', 'PixelVAE: test ELBO against NLL; KL against iteration', ('6c',), ('test_elbo', 'test_nll_is', 'kl'), 'kl',
      ('binaryvae.ipynb', 'run_part(part', ', autoregress = True'),
-     '`models.DiscreteVAEDecoder`, `train.Training.start_epoch`, `figures.kl_figure`'),
+     '`models.DiscreteVAEDecoder`, `engine.train.Training.start_epoch`, `engine.figures.kl_figure`'),
     ('6d', 'IAF encoder: test NLL', ('6d',), ('test_nll_is',), 'samples',
      ('binaryvae.ipynb', 'run_part(part', ', flows = 8'), '`models.IAF`, `models.VAEEncoder.reparameterize`'),
     ('6e', 'PixelVAE + IAF: prevent posterior collapse?', tuple(REMEDIES), ('kl',), '6e_kl',
      ('binaryvae.ipynb', 'run_part(part', ', remedy = "baseline", "warmup", "freebits" or "weak"'),
-     '`train.kl_weight`, `train.free_bits_kl`, `config.PARTS`, `report.show_remedies`'),
+     '`engine.train.kl_weight`, `engine.train.free_bits_kl`, `engine.config.PARTS`, `reporting.display.show_remedies`'),
     ('Problem 1', 'KL between Gaussians', (), (), None, None, '`analysis/p1_kl.tex`; used in `losses.gaussian_elbo`'),
     ('Problem 2', 'importance sampling is biased, consistent', (), (), None, None,
-     '`analysis/p2_importance_sampling.tex`; used in `evaluate.importance_sampled_nll`'),
+     '`analysis/p2_importance_sampling.tex`; used in `engine.evaluate.importance_sampled_nll`'),
     ('Problem 3', 'density of a normalizing flow', (), (), None, None,
      '`analysis/p3_flows.tex`; used in `models.VAEEncoder.reparameterize`'),
     ('Problem 4', 'entropy gradient estimator', (), (), None, None,
@@ -282,7 +284,7 @@ def verification(metrics, results_dir):
 
 def notebook_cell(notebook, needle):
     """'`name` cell N': the (1-based) cell of a notebook whose source holds needle."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), notebook)
+    path = os.path.join(ROOT, notebook)
     cells = read_json(path)['cells'] if os.path.exists(path) else []
     found = [i for i, c in enumerate(cells) if needle in ''.join(c['source'])]
     return f'`{notebook}` cell {found[0] + 1}' if found else f'`{notebook}`'

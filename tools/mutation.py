@@ -1,12 +1,12 @@
 """Mutation testing of the code that computes the reported numbers: mutmut changes losses.py,
-models.py, train.py and evaluate.py one small edit at a time (an operator, a constant, an argument)
+models.py, engine/train.py and engine/evaluate.py one small edit at a time (an operator, a constant, an argument)
 and runs the tests that reach the changed function; a mutant that no test fails on "survives".
 On demand, not in CI (docs/mutation.md):
 
-    python mutation.py                     # every module, then the report
-    python mutation.py losses evaluate     # some modules (each run checks all their mutants)
-    python mutation.py --survivors train   # only survivors and unchecked mutants, after a new test
-    python mutation.py --report            # only the report, from mutants/
+    python -m tools.mutation                     # every module, then the report
+    python -m tools.mutation losses evaluate     # some modules (each run checks all their mutants)
+    python -m tools.mutation --survivors train   # only survivors and unchecked mutants, after a new test
+    python -m tools.mutation --report            # only the report, from mutants/
 
 The fast test selection and what is not mutated are set in setup.cfg [mutmut]. The report,
 results/mutation/summary.{json,md}, gives each module's score, the killed (and timed-out) mutants
@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
-from files import write_json
-from report import read_json
+from engine.files import write_json
+from engine.files import read_json
 
 try:
     import mutmut
@@ -32,6 +32,9 @@ except ImportError:  # a development tool, not in requirements.txt
     sys.exit("mutation testing needs mutmut: pip install 'mutmut>=3.8,<4'")
 
 MODULES = ('losses', 'models', 'train', 'evaluate')
+# Each module's file and mutmut's dotted name for it (a mutant is named <dotted name>.<function>__mutmut_<n>)
+PATHS = dict(losses='losses.py', models='models.py', train='engine/train.py', evaluate='engine/evaluate.py')
+DOTTED = {m: path[:-3].replace('/', '.') for m, path in PATHS.items()}
 # The test files that judge each module's mutants (of them, mutmut runs the tests that reach the
 # mutated function; under a mutant, tests/conftest.py skips the rest): a change to the networks is
 # caught by the networks' own tests, which take seconds; the engine's training and evaluation need
@@ -95,53 +98,53 @@ EQUIVALENT = {
     'losses.x__check_probabilities__mutmut_1': ('_values_hidden(None)', BATCHED_CHECK),
     'losses.x__check_sigma__mutmut_10': ('_values_hidden(None)', BATCHED_CHECK),
     'losses.x__check_sigma__mutmut_27': ("float('INF')", "float('INF') is float('inf'): float() reads the name in any case"),
-    'evaluate.x_mean_stderr__mutmut_12': ("float('NAN')", "float('NAN') is float('nan')"),
-    'evaluate.x_mean_stderr__mutmut_5': ('if (len(v) > 1) or True', ONE_IMAGE),
-    'evaluate.x_mean_stderr__mutmut_8': ('if len(v) >= 1', ONE_IMAGE),
-    'evaluate.x_evaluate__mutmut_1': ('only=None, progress=False', PROGRESS),
-    'evaluate.x_evaluate__mutmut_33': ('seed + 101, progress=None', PROGRESS),
-    'evaluate.x_evaluate__mutmut_39': ('seed + 101, keep=keep)', PROGRESS),
-    'evaluate.x_evaluate__mutmut_92': ("progress=None, compile=cfg['compile']", PROGRESS),
-    'evaluate.x_evaluate__mutmut_101': ("                compile=cfg['compile'])", PROGRESS),
-    'evaluate.x_evaluate__mutmut_93': ('progress=progress, compile=None)', COMPILE_PATH),
-    'evaluate.x_evaluate__mutmut_102': ('progress=progress, )', COMPILE_PATH),
-    'evaluate.x_evaluate__mutmut_81': ('torch.Generator(None).manual_seed(seed + 202)', CPU_DEVICE),
-    'evaluate.x_noise__mutmut_3': ('generator=generator, device=None)', CPU_DEVICE),
-    'evaluate.x_noise__mutmut_6': ('generator=generator, )', CPU_DEVICE),
-    'train.x_model_state__mutmut_1': ("('layout' in r['kwargs']) and False", V1_NAMES),
-    'train.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
-    'train.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
-    'train.xǁTrainingǁ__init____mutmut_27': ('torch.Generator(None).manual_seed', CPU_DEVICE),
-    'train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only reading "
+    'engine.evaluate.x_mean_stderr__mutmut_12': ("float('NAN')", "float('NAN') is float('nan')"),
+    'engine.evaluate.x_mean_stderr__mutmut_5': ('if (len(v) > 1) or True', ONE_IMAGE),
+    'engine.evaluate.x_mean_stderr__mutmut_8': ('if len(v) >= 1', ONE_IMAGE),
+    'engine.evaluate.x_evaluate__mutmut_1': ('only=None, progress=False', PROGRESS),
+    'engine.evaluate.x_evaluate__mutmut_33': ('seed + 101, progress=None', PROGRESS),
+    'engine.evaluate.x_evaluate__mutmut_39': ('seed + 101, keep=keep)', PROGRESS),
+    'engine.evaluate.x_evaluate__mutmut_92': ("progress=None, compile=cfg['compile']", PROGRESS),
+    'engine.evaluate.x_evaluate__mutmut_101': ("                compile=cfg['compile'])", PROGRESS),
+    'engine.evaluate.x_evaluate__mutmut_93': ('progress=progress, compile=None)', COMPILE_PATH),
+    'engine.evaluate.x_evaluate__mutmut_102': ('progress=progress, )', COMPILE_PATH),
+    'engine.evaluate.x_evaluate__mutmut_81': ('torch.Generator(None).manual_seed(seed + 202)', CPU_DEVICE),
+    'engine.evaluate.x_noise__mutmut_3': ('generator=generator, device=None)', CPU_DEVICE),
+    'engine.evaluate.x_noise__mutmut_6': ('generator=generator, )', CPU_DEVICE),
+    'engine.train.x_model_state__mutmut_1': ("('layout' in r['kwargs']) and False", V1_NAMES),
+    'engine.train.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
+    'engine.train.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
+    'engine.train.xǁTrainingǁ__init____mutmut_27': ('torch.Generator(None).manual_seed', CPU_DEVICE),
+    'engine.train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only reading "
                                              "of it is stop_message's `if saved`"),
-    'train.x_captured__mutmut_3': ('float(beta), device=None)', CPU_DEVICE),
-    'train.x_captured__mutmut_5': ('float(beta), )', CPU_DEVICE),
-    'train.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
-    'train.x_load_file__mutmut_5': ('torch.load(path, weights_only=True)', MAP_LOCATION),
-    'train.x_load_file__mutmut_3': ('weights_only=None', WEIGHTS_ONLY),
-    'train.x_load_file__mutmut_6': ("map_location='cpu', )", WEIGHTS_ONLY),
-    'train.xǁTrainingǁrun__mutmut_13': ("if state['epoch'] > cfg['epochs']:", (
+    'engine.train.x_captured__mutmut_3': ('float(beta), device=None)', CPU_DEVICE),
+    'engine.train.x_captured__mutmut_5': ('float(beta), )', CPU_DEVICE),
+    'engine.train.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
+    'engine.train.x_load_file__mutmut_5': ('torch.load(path, weights_only=True)', MAP_LOCATION),
+    'engine.train.x_load_file__mutmut_3': ('weights_only=None', WEIGHTS_ONLY),
+    'engine.train.x_load_file__mutmut_6': ("map_location='cpu', )", WEIGHTS_ONLY),
+    'engine.train.xǁTrainingǁrun__mutmut_13': ("if state['epoch'] > cfg['epochs']:", (
         '`>` for `>=` in the finished-training check: at epoch == epochs the loop over the remaining epochs is '
         'empty, so both return True having trained nothing')),
-    'train.xǁTrainingǁrun__mutmut_18': ('load_data(cfg, train=True).to(None)', CPU_DEVICE),
-    'train.xǁTrainingǁrun__mutmut_25': ("[:cfg['monitor_images']].to(None)", CPU_DEVICE),
-    'train.xǁTrainingǁrun__mutmut_27': ('load_data(cfg, train=None)', 'None is false: the test images, as with train=False'),
-    'train.x_train__mutmut_7': ('Training(part, cfg, nets, out, device, None)', PROGRESS),
-    'train.x_train__mutmut_14': ('cuda = None', CUDNN),
-    'train.x_train__mutmut_16': ("!= 'cuda'", CUDNN),
-    'train.x_train__mutmut_17': ("'XXcudaXX'", CUDNN),
-    'train.x_train__mutmut_18': ("'CUDA'", CUDNN),
-    'train.x_train__mutmut_19': ('if (cuda) and False', CUDNN),
-    'train.x_train__mutmut_20': ('if (cuda) or True', CUDNN),
-    'train.x_init_output_bias__mutmut_30': ('torch.logit(mean).to(None)', CPU_DEVICE),
-    'train.xǁTrainingǁstep__mutmut_6': ("[b * bs:(b + 1) * bs].to(None)", CPU_DEVICE),
-    'train.xǁTrainingǁstep__mutmut_15': ("if (cfg['model'] != 'pixelcnn') or True", PIXELCNN_EPS),
-    'train.xǁTrainingǁstep__mutmut_25': ("cfg['model'] != 'XXpixelcnnXX'", PIXELCNN_EPS),
-    'train.xǁTrainingǁstep__mutmut_26': ("cfg['model'] != 'PIXELCNN'", PIXELCNN_EPS),
-    'train.xǁTrainingǁrun__mutmut_67': ("time.time() - last_save >= 60 * cfg['checkpoint_minutes']", CLOCK_TIE),
-    'train.xǁTrainingǁrun__mutmut_76': ('(stop_at is not None and time.time() >= stop_at)) and b + 1', CLOCK_TIE),
-    'train.xǁTrainingǁrun__mutmut_89': ('if stop_at is not None and time.time() >= stop_at:', CLOCK_TIE),
-    'train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
+    'engine.train.xǁTrainingǁrun__mutmut_18': ('load_data(cfg, train=True).to(None)', CPU_DEVICE),
+    'engine.train.xǁTrainingǁrun__mutmut_25': ("[:cfg['monitor_images']].to(None)", CPU_DEVICE),
+    'engine.train.xǁTrainingǁrun__mutmut_27': ('load_data(cfg, train=None)', 'None is false: the test images, as with train=False'),
+    'engine.train.x_train__mutmut_7': ('Training(part, cfg, nets, out, device, None)', PROGRESS),
+    'engine.train.x_train__mutmut_14': ('cuda = None', CUDNN),
+    'engine.train.x_train__mutmut_16': ("!= 'cuda'", CUDNN),
+    'engine.train.x_train__mutmut_17': ("'XXcudaXX'", CUDNN),
+    'engine.train.x_train__mutmut_18': ("'CUDA'", CUDNN),
+    'engine.train.x_train__mutmut_19': ('if (cuda) and False', CUDNN),
+    'engine.train.x_train__mutmut_20': ('if (cuda) or True', CUDNN),
+    'engine.train.x_init_output_bias__mutmut_30': ('torch.logit(mean).to(None)', CPU_DEVICE),
+    'engine.train.xǁSteppingǁstep__mutmut_6': ("[b * bs:(b + 1) * bs].to(None)", CPU_DEVICE),
+    'engine.train.xǁSteppingǁstep__mutmut_15': ("if (cfg['model'] != 'pixelcnn') or True", PIXELCNN_EPS),
+    'engine.train.xǁSteppingǁstep__mutmut_25': ("cfg['model'] != 'XXpixelcnnXX'", PIXELCNN_EPS),
+    'engine.train.xǁSteppingǁstep__mutmut_26': ("cfg['model'] != 'PIXELCNN'", PIXELCNN_EPS),
+    'engine.train.xǁTrainingǁrun__mutmut_67': ("time.time() - last_save >= 60 * cfg['checkpoint_minutes']", CLOCK_TIE),
+    'engine.train.xǁTrainingǁrun__mutmut_76': ('(stop_at is not None and time.time() >= stop_at)) and b + 1', CLOCK_TIE),
+    'engine.train.xǁTrainingǁrun__mutmut_89': ('if stop_at is not None and time.time() >= stop_at:', CLOCK_TIE),
+    'engine.train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
         'the numbers are read at every step on every device, as on the CPU, where the suite runs; on a GPU that '
         'is slower and stops on a NaN sooner')),
     'models.xǁGaussianVAEDecoderǁ__init____mutmut_3': ("depth=51, autoregress=True, layout='course'", (
@@ -176,17 +179,23 @@ EQUIVALENT = {
     'models.x__uniforms__mutmut_20': ('lambda s: torch.rand(s, dtype=dtype))', CPU_DEVICE),
     'models.x__offset__mutmut_18': ('torch.zeros(s, device=device, dtype=None)', ZERO_OFFSET),
     'models.x__offset__mutmut_21': ('torch.zeros(s, device=device, ))', ZERO_OFFSET),
-    'train.x_build__mutmut_1': ('(**kwargs).to(None) for name', CPU_DEVICE),
-    'train.xǁTrainingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
-    'train.xǁTrainingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),
-    'train.xǁTrainingǁrun__mutmut_106': ("time.time() >= stop_at and state['epoch'] < cfg['epochs']", CLOCK_TIE),
+    'engine.train.x_build__mutmut_1': ('(**kwargs).to(None) for name', CPU_DEVICE),
+    'engine.train.xǁSteppingǁstep__mutmut_53': ('self.opt.zero_grad(set_to_none=None)', ZERO_GRAD),
+    'engine.train.xǁSteppingǁstep__mutmut_54': ('self.opt.zero_grad(set_to_none=False)', ZERO_GRAD),
+    'engine.train.xǁTrainingǁrun__mutmut_106': ("time.time() >= stop_at and state['epoch'] < cfg['epochs']", CLOCK_TIE),
 }
+
+
+def module_of(name):
+    """The module (a key of PATHS) whose mutant this is, from its dotted name."""
+    return next(m for m, dotted in DOTTED.items() if name.startswith(dotted + '.'))
 
 
 def mutant_body(name):
     """The source of a mutant's function in mutants/<module>.py, or None if mutmut has not made it."""
-    module, function = name.split('.', 1)
-    path = os.path.join('mutants', f'{module}.py')
+    module = module_of(name)
+    function = name[len(DOTTED[module]) + 1:]
+    path = os.path.join('mutants', PATHS[module])
     if not os.path.exists(path):
         return None
     with open(path) as fh:
@@ -212,7 +221,7 @@ def run(modules, children, survivors=False):
     runs = {}
     for module in modules:
         names = ([n for n, s in outcomes(module).items() if s in ('survived', 'no tests', 'not checked')
-                  and not equivalent(n)] if survivors else [f'{module}.*'])
+                  and not equivalent(n)] if survivors else [f'{DOTTED[module]}.*'])
         if not names:
             continue
         start = time.monotonic()
@@ -228,7 +237,7 @@ def run(modules, children, survivors=False):
 
 def outcomes(module):
     """{mutant name: status} from mutants/<module>.py.meta, mutmut's record of each mutant."""
-    path = os.path.join('mutants', f'{module}.py.meta')
+    path = os.path.join('mutants', PATHS[module] + '.meta')
     if not os.path.exists(path):
         return {}
     try:
@@ -236,8 +245,8 @@ def outcomes(module):
             codes = json.load(fh)['exit_code_by_key']
     except (ValueError, KeyError) as err:  # mutmut rewrites the file in place; a killed run can leave it cut short
         sys.exit(f'{path} cannot be read ({type(err).__name__}: {err}): a mutmut run was probably stopped while '
-                 f'writing it. Its verdicts are lost: delete mutants/{module}.py and {path}, then run '
-                 f'`python mutation.py {module}` again. Stop a run with Ctrl-C, which lets mutmut finish writing.')
+                 f'writing it. Its verdicts are lost: delete mutants/{PATHS[module]} and {path}, then run '
+                 f'`python -m tools.mutation {module}` again. Stop a run with Ctrl-C, which lets mutmut finish writing.')
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
@@ -250,7 +259,7 @@ def module_summary(module, runs):
                        if s not in ('killed', 'timeout', 'not checked', 'skipped') and n not in same)
     counted = len(status) - len(same) - count.get('skipped', 0) - count.get('not checked', 0)
     caught = count.get('killed', 0) + count.get('timeout', 0)
-    return dict(mutants=len(status), counts=count, equivalent=len(same),
+    return dict(path=PATHS[module], mutants=len(status), counts=count, equivalent=len(same),
                 score=round(100 * caught / counted, 1) if counted else None,
                 complete=count.get('not checked', 0) == 0, runs=runs,
                 seconds=round(sum(r['seconds'] for r in runs), 1), survivors={n: status[n] for n in survivors})
@@ -288,12 +297,12 @@ def markdown(modules):
     for m, s in modules.items():
         c = s['counts']
         runs = ' + '.join(f"{r['seconds']:.0f} ({r['checked']})" for r in s['runs'])
-        lines.append(f"| {m}.py | {s['mutants']} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
+        lines.append(f"| {PATHS[m]} | {s['mutants']} | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
                      f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {s['equivalent']} | "
                      f"{s['score']}% | {'yes' if s['complete'] else 'no'} | {runs} |")
     lines += ['', 'Survivors (mutmut show NAME prints the change):', '']
     lines += [f'- `{n}` ({st})' for s in modules.values() for n, st in s['survivors'].items()] or ['- none']
-    seen = [n for n in EQUIVALENT if n.split('.')[0] in modules]
+    seen = [n for n in EQUIVALENT if module_of(n) in modules]
     lines += ['', 'Equivalent mutants (left out of the score; mutation.EQUIVALENT):', '']
     lines += [f'- `{n}` (`{EQUIVALENT[n][0].strip()}`): {EQUIVALENT[n][1]}' for n in seen if equivalent(n)] or ['- none']
     stale = [n for n in seen if not equivalent(n)]
@@ -315,7 +324,7 @@ def main(argv=None):
         ap.error(f'unknown module(s) {", ".join(sorted(unknown))}; choose from {", ".join(MODULES)}')
     runs = None if args.report else run(args.modules or MODULES, args.children, args.survivors)
     for m, s in report(runs)['modules'].items():
-        print(f"{m}.py: {s['mutants']} mutants, score {s['score']}%, {len(s['survivors'])} survivors"
+        print(f"{PATHS[m]}: {s['mutants']} mutants, score {s['score']}%, {len(s['survivors'])} survivors"
               f"{'' if s['complete'] else ' (not complete)'}")
 
 

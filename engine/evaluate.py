@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import files
+from engine import files
 import losses
-from config import is_quantity, quantities
+from engine.config import is_quantity, quantities
 
 
 def bar(items, show, desc, **options):

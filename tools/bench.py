@@ -2,11 +2,11 @@
 any device. It owns the schema of the files it writes (BENCH_ROWS, BESIDE, GOALS), from which
 report.py makes the speed tables of docs/speed.md.
 
-    python bench.py --json bench.json                 # this implementation, then a straightforward one
-    python bench.py --json bench.json --baseline-json plain.json
-    python bench.py --json bench.json --no-baseline
-    python bench.py --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
-    python bench.py --json bench.json --bf16-json bf16.json     # also training in bfloat16 (opt-in mode)
+    python -m tools.bench --json bench.json                 # this implementation, then a straightforward one
+    python -m tools.bench --json bench.json --baseline-json plain.json
+    python -m tools.bench --json bench.json --no-baseline
+    python -m tools.bench --json bench.json --flops-json flops.json   # also FLOPs and the convolution ceiling
+    python -m tools.bench --json bench.json --bf16-json bf16.json     # also training in bfloat16 (opt-in mode)
 
 Workloads: the networks of parts 6a (pixelcnn), 6b (binary_vae), 5b (gaussian_vae), 6c (pixelvae,
 PixelCNN on) and 6d (iaf_vae) at the `full` profile. Training counts one Adam step at batch 100 of
@@ -34,20 +34,17 @@ a goal that needs more than them cannot be met without changing the math.
 import argparse
 import contextlib
 import json
-import math
-import os
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from config import config, describe_hardware, model_spec, pick_device, pick_profile
-from evaluate import float32_eval, importance_sampled_nll
-from straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
-from train import TRAINING_TF32, adam, build, load_data, load_file, objective, training_numerics
+from engine.config import config, describe_hardware, model_spec, pick_device, pick_profile
+from engine.evaluate import float32_eval, importance_sampled_nll
+from engine.timing import binary_batch, clock, in_turns, train_step
+from tools.straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
+from engine.train import TRAINING_TF32, build, objective, training_numerics
 
 PROFILE = 'full'  # the networks' sizes (tests use 'smoke')
 BATCH = 100       # training batch, as in the course notebooks
@@ -55,8 +52,6 @@ M = 1000          # importance samples per image
 IS_CHUNK, IS_BATCH = 100, 20   # FLOP counts: 20 images x 100 draws per decoder pass (timing: engine_is_batch)
 PLAIN_CHUNK = 125              # the course loop: x expanded to 125 copies, M / 125 chunks
 SAMPLES = 49      # PixelCNN images drawn (the workload pixelcnn_49)
-REPEATS = 5       # timed repetitions of each training step (after WARMUP)
-WARMUP = 2
 CEILING = (128, 28, 32)        # the reference convolution: channels, side, batch
 WORKLOADS = {'pixelcnn': '6a', 'binary_vae': '6b', 'gaussian_vae': '5b', 'pixelvae': '6c', 'iaf_vae': '6d'}
 OURS, PLAIN, BF16 = 'this implementation', 'straightforward', 'this implementation, bf16'
@@ -106,65 +101,6 @@ def engine_settings(device):
 TRAINING = {OURS: engine_training,
             PLAIN: lambda name, device: plain_training(config(WORKLOADS[name], PROFILE), device),
             BF16: lambda name, device: engine_training(name, device, 'bf16')}
-
-
-# ---------------------------------------------------------------- timing
-def synchronize(device):
-    """Wait for the device's queued work, so that a timer measures it (CUDA and MPS run asynchronously)."""
-    device = torch.device(device)
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    elif device.type == 'mps':
-        torch.mps.synchronize()
-
-
-def clock(fn, device):
-    """Seconds of one call of fn, the device's work included."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
-def timed(fn, device, repeats=5):
-    """The second-fastest of repeats - 1 timed calls of fn after one warm-up call, in seconds."""
-    times = [clock(fn, device) for _ in range(repeats)]
-    return sorted(times[1:])[1]
-
-
-def in_turns(calls, device, repeats=None, warmup=None):
-    """{label: median seconds} of each zero-argument call, timed in turns (a, b, a, b, ...) after
-    `warmup` untimed calls of each: the machine's load drifts over minutes, and timing the
-    variants side by side makes their ratio robust to it."""
-    repeats, warmup = REPEATS if repeats is None else repeats, WARMUP if warmup is None else warmup
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times = {label: [] for label in calls}
-    for _ in range(repeats):
-        for label, fn in calls.items():
-            times[label].append(clock(fn, device))
-    return {label: statistics.median(ts) for label, ts in times.items()}
-
-
-def binary_batch(n, device, seed):
-    """n random binary images (n, 1, 28, 28), drawn on the device."""
-    generator = torch.Generator(device).manual_seed(seed)
-    return (torch.rand(n, 1, 28, 28, generator=generator, device=device) < 0.5).float()
-
-
-def train_step(modules, loss, x, fused=True, flags=contextlib.nullcontext):
-    """One Adam step of the modules on the batch x, inside the context flags(); returns a closure."""
-    params = [p for m in modules for p in m.parameters()]
-    opt = adam(params, 1e-4) if fused else torch.optim.Adam(params, lr=1e-4)
-
-    def step():
-        with flags():
-            opt.zero_grad(set_to_none=True)
-            loss(x).backward()
-            opt.step()
-    return step
 
 
 def bench_training(device, labels):
@@ -324,70 +260,6 @@ def run(device, baseline=True, bf16=False, flops=False, is_images=None, nhwc=Tru
     return out
 
 
-# ---------------------------------------------------------------- the time of a part
-def estimate(part, cfg, device, out=None):
-    """Rough wall time of a part from a few timed training steps and one importance-sampling
-    pass, scaled up (less what its checkpoint in `out` has done); for `python experiments.py
-    estimate` and `all`. Returns {seconds, train_images_s, autoregressive_images_s, is_samples_s}:
-    images/s of training, and of training with the PixelCNN on; importance samples z_i per second."""
-    torch.manual_seed(cfg['seed'])
-    nets = build(model_spec(cfg), device)
-    opt = adam([p for net in nets.values() for p in net.parameters()], cfg['lr'])
-    x_train, x_test = load_data(cfg, train=True), load_data(cfg, train=False)
-    x = x_train[:cfg['batch_size']].to(device)
-    eps = torch.randn(len(x), 49, device=device)
-
-    def images_per_second(autoregress):
-        if cfg['autoregress']:
-            nets['decoder'].autoregress = autoregress
-
-        def step():
-            with engine_flags(device):
-                opt.zero_grad()
-                objective(nets, cfg, x, eps)[0].backward()
-                opt.step()
-        return len(x) / timed(step, device)
-
-    rate = dict(train_images_s=images_per_second(False), autoregressive_images_s=None, is_samples_s=None)
-    ar_epochs = max(0, cfg['epochs'] - cfg['autoregress_epoch']) if cfg['autoregress'] else 0
-    if ar_epochs:
-        rate['autoregressive_images_s'] = images_per_second(True)
-    n_train = len(x_train)
-    seconds = n_train * ((cfg['epochs'] - ar_epochs) / rate['train_images_s']
-                         + (ar_epochs / rate['autoregressive_images_s'] if ar_epochs else 0))
-    ckpt = os.path.join(out, 'checkpoint.pt') if out else None
-    if ckpt and os.path.exists(ckpt):
-        done = load_file(ckpt).get('step', 0)
-        seconds *= max(0.0, 1 - done / (math.ceil(n_train / cfg['batch_size']) * cfg['epochs']))
-    n_eval = len(x_test[:cfg['test_images']]) + cfg['epochs'] * len(x_test[:cfg['monitor_images']])
-    seconds += n_eval / (3 * (rate['autoregressive_images_s'] or rate['train_images_s']))  # forward ~ 1/3 of a step
-    if cfg['model'] == 'binary_vae':
-        xb = x[:min(cfg['is_batch'], len(x))]
-        def one_pass():
-            with float32_eval():  # as evaluate.evaluate runs it
-                importance_sampled_nll(nets['encoder'], nets['decoder'], xb, cfg['is_chunk'], cfg['is_chunk'], len(xb))
-        is_time = timed(one_pass, device, repeats=3)
-        rate['is_samples_s'] = len(xb) * cfg['is_chunk'] / is_time
-        seconds += len(x_test[:cfg['is_images']]) * cfg['is_samples'] / rate['is_samples_s']
-    return dict(seconds=seconds, **rate)
-
-
-def precision_speeds(part, profile, device, repeats=3):
-    """{precision: training images/s} of the part at the profile's sizes and batch, one Adam step of
-    the engine's objective per precision, timed in turns (in_turns); for the 'auto' precision."""
-    steps = {}
-    for precision in ('fp32', 'bf16'):  # what 'auto' chooses between on a CPU
-        cfg = config(part, profile, precision=precision)
-        torch.manual_seed(cfg['seed'])
-        nets = build(model_spec(cfg), device)
-        x = binary_batch(cfg['batch_size'], device, seed=0)
-        eps = None if cfg['model'] == 'pixelcnn' else torch.randn(len(x), 49, device=device)
-        steps[precision] = train_step(list(nets.values()), lambda x, nets=nets, cfg=cfg: objective(
-            nets, cfg, x, eps)[0], x)
-    seconds = in_turns(steps, device, repeats=repeats, warmup=1)
-    return {precision: len(x) / s for precision, s in seconds.items()}
-
-
 # ---------------------------------------------------------------- the speed tables
 BENCH_ROWS = [('train_img_per_s', k, 'training, images/s') for k in WORKLOADS] + \
              [('sample_s', 'pixelcnn_49', 'sampling 49 images, s')] + \
@@ -406,6 +278,55 @@ FLOPS_NOTE = (
     'channels at 7×7; importance sampling: forward only, 2000 latents per pass). *bound*: that rate divided by '
     'the FLOPs per image, the images/s of an implementation that spent all its time in such convolutions. For '
     'reference, a large convolution (128 channels, 28×28, batch 32) runs at {:.0f} GFLOP/s.')
+
+
+def goal(group, key):
+    return GOALS.get(('is', key)) if group == 'is_img_per_s' else GOALS.get(key)
+
+
+def speed_table(ours, plain, flops, title):
+    """One benchmark's table: this implementation against the straightforward solution, the goals,
+    with `flops` the FLOP columns, and which goals are met."""
+    head = '| workload | this implementation | straightforward solution | speed-up | goal |'
+    rule = '|---|---|---|---|---|'
+    if flops:
+        head += ' goal needs | GFLOP per image | GFLOP/s reached | main layer, GFLOP/s | bound |'
+        rule += '---|---|---|---|---|'
+    lines, met, unmet = [title, '', head, rule], [], []
+    for group, key, label in BENCH_ROWS:
+        a, b, g = ours[group][key], plain.get(group, {}).get(key), goal(group, key)
+        ratio = '' if b is None else f'{(b / a if group == "sample_s" else a / b):.1f}x'
+        line = (f'| {label}: {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {ratio} | '
+                f'{"" if g is None else f"{g:g}x"} |')
+        fkey = {'train_img_per_s': 'train_', 'is_img_per_s': 'is_'}.get(group, '') + key
+        if b is not None and g is not None:
+            speedup = b / a if group == 'sample_s' else a / b
+            (met if speedup >= g else unmet).append((label, key, speedup, g, fkey, b))
+        if flops and fkey in flops['gflop_per_image']:
+            per_image, rate = flops['gflop_per_image'][fkey], flops['layer_gflop_per_s'][fkey]
+            need = '' if b is None or g is None else f'{g * b:.2f}'
+            line += f' {need} | {per_image:.3g} | {a * per_image:.0f} | {rate:.0f} | {rate / per_image:.2f} |'
+        elif flops:
+            line += ' | | | | |'
+        lines.append(line)
+    if flops:
+        lines += ['', FLOPS_NOTE.format(flops['ceiling_gflop_per_s'])]
+    if met or unmet:
+        lines += ['', goals_reading(met, unmet, flops)]
+    return '\n'.join(lines) + '\n'
+
+
+def goals_reading(met, unmet, flops):
+    """The goals met and not met, and those that need at least the bound of their main layer."""
+    def listed(rows):
+        return ', '.join(f'{k} ({label.split(",")[0]}, {x:.1f}x of {g:g}x)' for label, k, x, g, _, _ in rows)
+    text = f'Goals met: {listed(met) or "none"}. Not met: {listed(unmet) or "none"}'
+    beyond = [f'{k} ({label.split(",")[0]})' for label, k, _, g, fkey, b in unmet if flops and fkey in
+              flops['gflop_per_image'] and g * b >= flops['layer_gflop_per_s'][fkey] / flops['gflop_per_image'][fkey]]
+    if beyond:
+        text += (f'. For {", ".join(beyond)} the goal needs at least the bound, the images/s of an '
+                 f'implementation that did nothing but run its main layer at the rate measured here')
+    return text + '.'
 
 
 def main(argv=None):
@@ -434,7 +355,6 @@ def main(argv=None):
         if paths[key]:
             with open(paths[key], 'w') as fh:
                 json.dump(values, fh, indent=2)
-    from report import speed_table  # here: report imports this module's schema
     print('\n' + speed_table(out['ours'], out.get('plain', {}), out.get('flops'), 'this run:'), flush=True)
     return out
 

@@ -31,6 +31,7 @@ import subprocess
 import torch
 
 import models
+from engine import student
 
 AUTOREGRESS_EPOCH = 10  # PixelVAE: epochs of warm-up before g.autoregress = True (course setting)
 
@@ -429,3 +430,15 @@ def list_settings(profile):
     print(f'\n{profile} profile: deviations from the course framework\'s networks and initialisation')
     for key, why in reasons.items():
         print(f'  {key}: {why}')
+
+
+def run_dirs(results_dir):
+    """The run directories under results_dir that hold a finished part: [(path, profile, precision)].
+    results_dir/mine (a student's runs, student.py) is none of them."""
+    found = []
+    for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
+        profile, _, precision = name.partition('-')
+        if name != student.MINE and profile in PROFILES and (precision or 'fp32') in PRECISIONS and any(
+                os.path.exists(os.path.join(results_dir, name, p, 'metrics.json')) for p in PARTS):
+            found.append((os.path.join(results_dir, name), profile, precision or 'fp32'))
+    return found

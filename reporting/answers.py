@@ -9,8 +9,8 @@ thing compared, the answer says so and draws no conclusion about that thing.
 """
 import os
 
-from config import DEFAULTS, PARTS, config, with_defaults
-from report import history, per_image, seen
+from engine.config import DEFAULTS, PARTS, config, with_defaults
+from reporting.reader import history, per_image, seen
 
 
 REMEDIES = [p for p in PARTS if p.startswith('6e-')]

@@ -1,0 +1,8 @@
+"""The engine: every part of the handout as settings (config) of one training loop (train), one
+evaluation (evaluate) and one set of figures (figures); the data, writing files safely, the code's
+identity (student), each number's reproduction (reproduce), moving runs between machines
+(transfer) and timing (timing). It imports models.py and losses.py and nothing above it.
+"""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: models.py, losses.py, results/

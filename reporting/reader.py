@@ -1,0 +1,98 @@
+"""The one reader of results/: a run's metrics, per-image values, history and training time, every
+run directory's finished parts, and what a figure is seen to show. Everything in reporting/ reads
+results/ through this module (and engine.files.read_json / engine.config.run_dirs beneath it).
+"""
+import hashlib
+import os
+
+from engine.config import PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, \
+    run_dir, run_dirs
+from engine.files import read_json
+
+
+# What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
+# applies to that file only, so a rerun's figures are described once somebody has looked at them.
+SEEN = {'4168688abb451e3b': 'strokes and squiggles, not digits', 'f40cf9fc9c20e756': 'the test digits above them',
+        '39dff568c5a83884': 'strokes and squiggles, not digits', '35ab3a552961661e': 'the test digits above them',
+        '97e2ee1b0e589328': 'connected pen strokes, a few of them recognisable digits',
+        '0ea1ddfca15d8135': 'blurred, mostly recognisable digits',
+        'cc63255cb878d9dc': 'the first four are their test digits; several of the last six are another shape',
+        '13bbf445b965ec30': 'connected pen strokes, more than half of them recognisable digits',
+        '7135efd42b444d09': 'connected pen strokes, about half of them recognisable digits',
+        'f2944feb2b7e3ae8': 'four of the ten are their test digits (the 7, the 0, the second 1, the last 9); the '
+                            'other six are other shapes or fragments'}
+
+
+def training_time(m):
+    """[(hardware, seconds)] of a run's training, in the order first used, summed over its sittings
+    on each (metrics.json's sittings); a sitting whose hardware was not recorded is named by its
+    device type. A run finished before sittings were recorded trained on its recorded hardware."""
+    sittings = m.get('sittings') or [dict(device=m['device'], hardware=m.get('hardware'), seconds=m['train_seconds'])]
+    spent = {}
+    for s in sittings:
+        label = s.get('hardware') or (str(s['device']).split(':')[0].upper() if s.get('device') else 'an unrecorded '
+                                                                                                   'device')
+        spent[label] = spent.get(label, 0.0) + s['seconds']
+    return list(spent.items())
+
+
+def trained_on(m):
+    """The hardware a run trained on, in words: one name, or several joined by ' + '."""
+    return ' + '.join(label for label, _ in training_time(m))
+
+
+def training_minutes(m, digits=1):
+    """A run's training time in minutes; where it trained on several kinds of hardware, the time on
+    each, named: '85.0 min CPU (x86_64), 2 cores + 10.0 min NVIDIA H100' (never all credited to one)."""
+    spent = training_time(m)
+    if len(spent) == 1:
+        return f'{spent[0][1] / 60:.{digits}f} min'
+    return ' + '.join(f'{seconds / 60:.{digits}f} min {label}' for label, seconds in spent)
+
+
+def load_metrics(results_dir):
+    """The metrics.json of every finished part of one run directory, in handout order; each with
+    'dir', the part's directory (per_image.pt, history.json and the figures lie there)."""
+    return [dict(read_json(os.path.join(results_dir, p, 'metrics.json')), dir=os.path.join(results_dir, p))
+            for p in PARTS if os.path.exists(os.path.join(results_dir, p, 'metrics.json'))]
+
+
+def part_metrics(results_dir, profile, part, precision='fp32'):
+    """The metrics of a finished part (None if it has not finished); profile 'auto' is resolved
+    from the device, as run_part does, and precision 'auto' as it resumes: on a GPU its choice
+    (config.gpu_precision), on a CPU the part's finished run, float32 first."""
+    device = pick_device(None)
+    profile = pick_profile(profile, device, quiet=True)
+    if precision == 'auto':
+        finished = precisions_started(results_dir, part, profile, files=('metrics.json',))
+        precision = finished[0] if finished and device.type == 'cpu' else gpu_precision(device)
+    path = os.path.join(run_dir(results_dir, profile, precision), part, 'metrics.json')
+    return read_json(path) if os.path.exists(path) else None
+
+
+def load_runs(results_dir):
+    """Every run directory with a finished part, the course settings (`full`) first:
+    [{name, profile, precision, path, parts: {part: metrics}}]."""
+    runs = [dict(name=os.path.basename(path), profile=profile, precision=precision, path=path,
+                 parts={m['part']: m for m in load_metrics(path)}) for path, profile, precision in run_dirs(results_dir)]
+    return sorted(runs, key=lambda r: (list(PROFILES).index(r['profile']), PRECISIONS.index(r['precision'])))
+
+
+def per_image(m):
+    """{quantity: float64 tensor over the first n test images} from the part's per_image.pt ({} if none)."""
+    path = os.path.join(m['dir'], 'per_image.pt') if 'dir' in m else None
+    if path is None or not os.path.exists(path):
+        return {}
+    import torch
+    return torch.load(path, weights_only=True)
+
+
+def history(m):
+    """The part's history.json (per-iteration training curves), or None."""
+    path = os.path.join(m['dir'], 'history.json') if 'dir' in m else None
+    return read_json(path) if path and os.path.exists(path) else None
+
+
+def seen(path):
+    """What SEEN says the figure file shows, or None."""
+    return SEEN.get(hashlib.sha256(open(path, 'rb').read()).hexdigest()[:16]) if os.path.exists(path) else None
