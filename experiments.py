@@ -1,6 +1,6 @@
 """The experiment runner of CSE 599i Homework 2: the command line and the orchestration of the
-parts. Every part of the handout is a configuration (config.py) of one training loop (train.py),
-one evaluation (evaluate.py) and one set of figures (figures.py); report.py writes the tables.
+parts. Every part of the handout is a configuration (engine/config.py) of one training loop (engine/train.py),
+one evaluation (engine/evaluate.py) and one set of figures (engine/figures.py); report.py writes the tables.
 
     python experiments.py all                              # every part; profile chosen by the device
     python experiments.py all --profile cpu --parts 5b,6a  # some parts, a given profile
@@ -30,7 +30,7 @@ importance sampling runs, is_partial.pt holds the images done, saved after each 
 resumes from it (a long pass can span sittings; `--minutes` stops it cleanly too).
 
 With a models.py or losses.py other than the code behind the committed results (a student's own),
-runs asked to go to results/ go to results/mine/<profile>[-<precision>]/<part> (student.py); a
+runs asked to go to results/ go to results/mine/<profile>[-<precision>]/<part> (engine/student.py); a
 checkpoint is resumed only by the code that wrote it.
 """
 import argparse
@@ -634,9 +634,9 @@ def job_outcome(part, returncode, log, precision, plan):
 # ---------------------------------------------------------------------------------------------
 # The command line
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].replace('\n', ' '))
-    sub = parser.add_subparsers(dest='command', required=True)
+def add_commands(sub):
+    """The subcommands and their own options: (all, run, eval, estimate, summary, compare, notebooks,
+    verify, list, pack, figures, unpack)."""
     a = sub.add_parser('all', help='run every part (or --parts), then write the summary')
     a.add_argument('--jobs', type=int, default=1,
                    help='run N parts at once, each a process of its own on the same device, its output in '
@@ -652,18 +652,6 @@ def main(argv=None):
     e.add_argument('--is-images', type=int, default=None,
                    help='importance-sample the first N test images instead of the number the run used')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
-    for p in (a, r):
-        p.add_argument('--minutes', type=float, default=None,
-                       help='stop cleanly after this many minutes (rerun to resume); needed for an --epochs count that '
-                            'would train longer than a day')
-    for p in (a, r, es):
-        p.add_argument('--is-images', default=None,
-                       help="importance-sample the first N test images instead of the profile's (full: all 10,000; "
-                            "cpu: 1,000); 'all': every test image")
-    for p in (a, r):
-        p.add_argument('--compile-train', action=argparse.BooleanOptionalAction, default=None,
-                       help='train through torch.compile (mode reduce-overhead: CUDA graphs on CUDA), falling back to '
-                            'eager if it fails; may change between sittings of a run (default: off)')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     cp = sub.add_parser('compare', help="your finished parts (results/mine) beside the reference's, paired over the "
                                         'same test images; suspects among the course_api tests where yours is worse')
@@ -687,6 +675,23 @@ def main(argv=None):
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
     up.add_argument('dir', nargs='+', help='one or more directories written by pack (or holding its pack-* '
                                            'directories), in any order')
+    return a, r, e, es, s, cp, nb, v, ls, pk, fg, up
+
+
+def add_shared_options(a, r, e, es, s, cp, nb, v, ls, pk, fg, up):
+    """The options several subcommands share: profile, precision, results directory, device, ..."""
+    for p in (a, r):
+        p.add_argument('--minutes', type=float, default=None,
+                       help='stop cleanly after this many minutes (rerun to resume); needed for an --epochs count that '
+                            'would train longer than a day')
+    for p in (a, r, es):
+        p.add_argument('--is-images', default=None,
+                       help="importance-sample the first N test images instead of the profile's (full: all 10,000; "
+                            "cpu: 1,000); 'all': every test image")
+    for p in (a, r):
+        p.add_argument('--compile-train', action=argparse.BooleanOptionalAction, default=None,
+                       help='train through torch.compile (mode reduce-overhead: CUDA graphs on CUDA), falling back to '
+                            'eager if it fails; may change between sittings of a run (default: off)')
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
     for p in (a, r, e, es, nb, pk, fg):
@@ -708,7 +713,18 @@ def main(argv=None):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es, fg):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
-    args = parser.parse_args(argv)
+
+
+def parser():
+    """The command line's parser."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].replace('\n', ' '))
+    sub = parser.add_subparsers(dest='command', required=True)
+    add_shared_options(*add_commands(sub))
+    return parser
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     try:
         command(args)
     except (CheckpointError, NonFiniteLossError, ResultsExistError, RunLockedError, PartsFailedError, ValueError,

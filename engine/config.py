@@ -434,7 +434,7 @@ def list_settings(profile):
 
 def run_dirs(results_dir):
     """The run directories under results_dir that hold a finished part: [(path, profile, precision)].
-    results_dir/mine (a student's runs, student.py) is none of them."""
+    results_dir/mine (a student's runs, engine/student.py) is none of them."""
     found = []
     for name in sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []:
         profile, _, precision = name.partition('-')

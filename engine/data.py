@@ -26,7 +26,7 @@ Where the MNIST files come from, in order:
      uncompressed IDX files, copied into <root>/MNIST/raw/.
 Every raw IDX file is checked against its pinned SHA-256 before use.
 
-Files are written through files.py, so that a crash or a full disk never leaves half of one.
+Files are written through engine/files.py, so that a crash or a full disk never leaves half of one.
 """
 
 import hashlib

@@ -284,7 +284,7 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     computed once per image; only latent_logits(z) runs per sample. eps (N, M, 49), if given,
     replaces the draws from `generator` (tests compare with importance_sample_naive on it).
     compile: run the per-sample passes (reparameterize, with its IAF steps, and latent_logits)
-    through Compiled, on the CPU only (bench.py times it, compiling excluded, and prints how long
+    through Compiled, on the CPU only (tools/bench.py times it, compiling excluded, and prints how long
     the first call, which compiles, takes). partial, a PartialPass: saved after each batch, resumed
     from if it holds part of this very pass.
     """

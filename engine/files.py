@@ -145,7 +145,7 @@ def clean_stale_tmp(directory):
 
 
 # What git keeps of a run (docs/engine.md, "What is committed"). Our limit: a file a clone carries
-# forever must fit one pack piece (transfer.py) and keep `git clone --depth 1` small.
+# forever must fit one pack piece (engine/transfer.py) and keep `git clone --depth 1` small.
 MAX_COMMITTED_BYTES = 16 * 2 ** 20
 UNCOMMITTED = '.gitignore'  # a run directory's own ignore list: the files too large to commit
 

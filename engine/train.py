@@ -1,6 +1,6 @@
 """Training for CSE 599i Homework 2: the objective of each model kind (the negative ELBO of
 Problems 5 and 6, with KL warm-up and free bits for 6e), the optimiser, the training loop and its
-checkpoints. One loop trains every part; config.py says what each part is.
+checkpoints. One loop trains every part; engine/config.py says what each part is.
 
 The loop: resume (from out/checkpoint.pt, exactly: model, optimiser, data order and noise
 generators), then per epoch start_epoch (learning-rate drop, autoregression switched on, data

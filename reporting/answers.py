@@ -29,7 +29,7 @@ LITERATURE = [('PixelCNN', 81.30, 'vandenoord2016'), ('PixelVAE', 79.66, 'gulraj
               ('IAF VAE', 79.88, 'kingma2016'), ('VLAE', 79.03, 'chen2017')]
 
 
-# Said beside every comparison with a published number (data.py draws our binarization).
+# Said beside every comparison with a published number (engine/data.py draws our binarization).
 DATA_NOTE = ('our binarized test set is a seeded sample of MNIST, not the fixed binarization [[cite:larochelle2011]] '
              'that the course and the papers use')
 

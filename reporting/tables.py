@@ -17,7 +17,7 @@ def read_beside(results_dir, name, suffix):
 
 def speed_markdown(results_dir):
     """The benchmark table from results/bench_<device>.json and, beside it,
-    results/bench_<device>_straightforward.json (written by bench.py); with
+    results/bench_<device>_straightforward.json (written by tools/bench.py); with
     results/bench_<device>_flops.json also the FLOPs per image and the share of the device's
     measured convolution ceiling that each workload reaches, and that its goal would need."""
     tables = []

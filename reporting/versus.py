@@ -1,5 +1,5 @@
 """Yours against the reference: every part a student has finished (results/mine/<run>/<part>, see
-student.py) beside the reference run of the same profile and precision (results/<run>/<part>).
+engine/student.py) beside the reference run of the same profile and precision (results/<run>/<part>).
 Each quantity is the student's value minus the reference's, paired over the same test images where
 both runs saved per-image values (answers.contrast), with its standard error; a difference under
 two standard errors is "no measurable difference". Where the student's bound or NLL is measurably

@@ -1,11 +1,12 @@
 """The results chapter of CSE 599i Homework 2, built once as a list of blocks, ('h', title),
 ('p', text), ('table', label, caption, header, rows, LaTeX columns) and ('fig', label, paths,
-caption), and written twice: as Markdown into the README (with the homework map and the GPU-time
-section) and as LaTeX into analysis/results.tex (`make -C analysis`). Texts mark references as
+caption), and written twice: as Markdown into docs/results.md and as LaTeX into
+analysis/results.tex (`make -C analysis`). The README gets the homework map, the results tables
+and the GPU times; docs/ the bf16 parity, mutation and speed tables. Texts mark references as
 [[fig:x]], [[tab:x]] and [[cite:key]] (keys of analysis/hw2.tex's bibliography).
 
-    python report.py     # README.md's generated sections, docs/speed.md, analysis/results.tex
-    python report.py --results-dir results --readme README.md --tex analysis/results.tex
+    python report.py     # README.md's and docs/'s generated sections, analysis/results.tex
+    python report.py --results-dir results --readme README.md --docs docs --tex analysis/results.tex
 """
 import argparse
 import os
@@ -22,6 +23,9 @@ from engine.files import read_json
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
+
+
+TABLES_BEGIN, TABLES_END = '<!-- tables:begin -->', '<!-- tables:end -->'
 
 
 MAP_BEGIN, MAP_END = '<!-- map:begin -->', '<!-- map:end -->'
@@ -85,8 +89,8 @@ def handout_settings():
 
 
 def settings_blocks():
-    """Each profile against the full profile's settings (the course settings), generated from config.py."""
-    blocks = [('p', f'The course settings are the full profile (`config.PARTS` over `config.DEFAULTS`: batch '
+    """Each profile against the full profile's settings (the course settings), generated from engine/config.py."""
+    blocks = [('p', f'The course settings are the full profile (`engine.config.PARTS` over `engine.config.DEFAULTS`: batch '
                     f'{DEFAULTS["batch_size"]}, Adam, the course framework\'s networks; `python experiments.py list '
                     f'--profile PROFILE` prints every setting). The handout itself sets only a few of them: '
                     f'{handout_settings()}. The full profile\'s other values are the course framework\'s, and those of '
@@ -126,13 +130,13 @@ def glance_table(runs, parts, label, caption):
              'll' + 'r' * len(cols))] if rows else []
 
 
-def glance_blocks(runs):
-    """The tables of every reported number, after a paragraph on where the numbers come from."""
+def glance_blocks(runs, brief=False):
+    """The tables of every reported number, after a paragraph on where the numbers come from (brief:
+    the runs and the verification only, for the README)."""
     hardware = {r['name']: ', '.join(sorted({label for m in r['parts'].values() for label, _ in training_time(m)}))
                 for r in runs}
     paired = [f'{r["name"]}/{p}' for r in runs for p, m in r['parts'].items() if per_image(m)]
-    checks = [c.replace('numbers above', f'numbers of {r["name"]}') for r in runs
-              if (c := verification(list(r['parts'].values()), r['path']))]
+    checked = verification(runs) or ''
     text = ('Every number is read from results/<profile>[-<precision>]/<part>/metrics.json: the mean over the test '
             'images used ± its standard error, with their number; M is the number of importance samples per image. '
             'bf16 training: bfloat16 forward passes in training, every evaluation in float32. Runs: '
@@ -144,8 +148,13 @@ def glance_blocks(runs):
                'combined as if independent). ')
             + 'Published NLLs on binarized MNIST: ' + ', '.join(f'{n} {v:.2f} [[cite:{k}]]' for n, v, k in LITERATURE)
             + f'. Set beside them, {DATA_NOTE}: each pixel of each test image is drawn once, with probability its '
-              f'grey level, from the seeded stream of `data.BINARIZE_SEED`, so our numbers and theirs are not '
-              f'measured on the same images. ' + ' '.join(checks))
+              f'grey level, from the seeded stream of `engine.data.BINARIZE_SEED`, so our numbers and theirs are not '
+              f'measured on the same images. ' + checked)
+    if brief:
+        text = ('Nats per image: mean ± standard error (number of test images), read from '
+                '`results/<profile>[-<precision>]/<part>/metrics.json`. Runs: '
+                + '; '.join(f'{r["name"]} ({run_name(r)}) on {hardware[r["name"]]}' for r in runs) + '. '
+                + f'Our binarized test set is a seeded sample, not the fixed one of the papers. {checked}')
     return [('h', 'Results at a glance'), ('p', text)] + \
         glance_table(runs, ['5b', '5c'], 'p5', 'Problem 5, Gaussian VAEs on MNIST.') + \
         glance_table(runs, ['6a', '6b', '6c', '6d'], 'p6', 'Problem 6a–d, binarized MNIST.') + \
@@ -258,28 +267,36 @@ def latex(runs, tex_path):
         fh.write('\n'.join(out + [r'\par\endgroup']) + '\n')
 
 
-def verification(metrics, results_dir):
-    """A sentence on results/verify.json (written by `experiments.py verify`): how many of the run's
-    reported numbers were recomputed by their `reproduce` command and agreed, counting a check only
-    if it was made against the value reported now. None when nothing has been checked."""
-    path = os.path.join(os.path.dirname(os.path.normpath(results_dir)), 'verify.json')
+def verification(runs):
+    """One sentence on results/verify.json (written by `experiments.py verify`) for every run
+    together: how many of the reported numbers were recomputed by their `reproduce` command and
+    agreed, counting a check only if it was made against the value reported now; the numbers that
+    disagreed or are unchecked, by run. None when nothing has been checked."""
+    path = os.path.join(os.path.dirname(os.path.normpath(runs[0]['path'])), 'verify.json') if runs else ''
     if not os.path.exists(path):
         return None
-    profile, _, precision = os.path.basename(os.path.normpath(results_dir)).partition('-')
-    checks = {(c['part'], c['quantity']): c for c in read_json(path)
-              if (c.get('profile', 'cpu'), c.get('precision', 'fp32')) == (profile, precision or 'fp32')}
-    rows = [(m['part'], q, v['value']) for m in metrics for q, v in m['values'].items()
-            if q not in ('test_recon', 'kl_mc')]
-    current = [checks[(p, q)] for p, q, value in rows if (p, q) in checks and checks[(p, q)]['reported'] == value]
-    ok = [c for c in current if c['ok']]
-    failed = [f'{c["part"]} {c["quantity"]}' for c in current if not c['ok']]
-    return (f'{len(ok)} of the {len(rows)} numbers above were recomputed from the committed checkpoints by their '
-            f'`reproduce` commands (`python experiments.py verify`, each in a fresh process; `{path}`) and agreed '
-            f'within max(0.05, stderr)'
-            + (f'; the longest took {max(c["seconds"] for c in ok) / 60:.1f} min' if ok else '')
+    checks = {(c.get('profile', 'cpu'), c.get('precision', 'fp32'), c['part'], c['quantity']): c for c in read_json(path)}
+    rows, unchecked = [], {}
+    for r in runs:
+        for m in r['parts'].values():
+            for q, v in m['values'].items():
+                if q in ('test_recon', 'kl_mc'):
+                    continue
+                c = checks.get((r['profile'], r['precision'], m['part'], q))
+                if c is not None and c['reported'] == v['value']:
+                    rows.append(c)
+                else:
+                    unchecked[r['name']] = unchecked.get(r['name'], 0) + 1
+    total = len(rows) + sum(unchecked.values())
+    ok = [c for c in rows if c['ok']]
+    failed = [f'{c.get("profile", "cpu")} {c["part"]} {c["quantity"]}' for c in rows if not c['ok']]
+    count = f'All {total}' if len(ok) == total else f'{len(ok)} of the {total}'
+    return (f'{count} numbers of these tables were recomputed from their model files by `python experiments.py '
+            f'verify` (each in a fresh process; `{path}`) and agreed within max(0.05, stderr)'
+            + (f'; the longest took {max(c["seconds"] for c in ok) / 60:.0f} min' if ok else '')
             + (f'; did not agree: {", ".join(failed)}' if failed else '')
-            + (f'; {len(rows) - len(current)} not checked against their current value' if len(current) < len(rows)
-               else '') + '.')
+            + ('; not yet checked against their current value: ' + ', '.join(
+                f'{n} of {name}' for name, n in unchecked.items()) if unchecked else '') + '.')
 
 
 def notebook_cell(notebook, needle):
@@ -346,32 +363,41 @@ def fill_file(path, sections):
         fh.write(text)
 
 
-def update_readme(readme, runs, results_dir):
-    """README.md's homework map, results chapter, GPU times, mutation scores and bf16 parity, from runs
-    (load_runs) and results_dir."""
+def update_readme(readme, runs):
+    """README.md's homework map, results tables and GPU times, from runs (load_runs)."""
     base = os.path.dirname(os.path.abspath(readme))
-    fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (GPU_BEGIN, GPU_END, gpu_time(runs)),
-                       (BEGIN, END, to_markdown(chapter(runs), base) if runs else 'No run has finished yet.\n'),
-                       (MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir)),
-                       (PRECISION_BEGIN, PRECISION_END, bf16_runs_markdown(results_dir) or 'No part has been trained '
-                        'in both precisions yet.\n')])
+    tables = to_markdown(glance_blocks(runs, brief=True), base) if runs else 'No run has finished yet.\n'
+    fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (TABLES_BEGIN, TABLES_END, tables),
+                       (GPU_BEGIN, GPU_END, gpu_time(runs))])
+
+
+def update_docs(docs, runs, results_dir):
+    """The generated sections of docs/: the results chapter (results.md), the bf16 parity table
+    (running.md), the mutation scores (mutation.md) and the speed tables (speed.md)."""
+    path = os.path.join(docs, 'results.md')
+    fill_file(path, [(BEGIN, END, to_markdown(chapter(runs), os.path.dirname(os.path.abspath(path))) if runs
+                      else 'No run has finished yet.\n')])
+    fill_file(os.path.join(docs, 'running.md'), [(PRECISION_BEGIN, PRECISION_END, bf16_runs_markdown(results_dir) or
+                                                  'No part has been trained in both precisions yet.\n')])
+    fill_file(os.path.join(docs, 'mutation.md'), [(MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir))])
+    fill_file(os.path.join(docs, 'speed.md'), [(SPEED_BEGIN, SPEED_END, speed_markdown(results_dir))])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--results-dir', default='results', help='the folder of the run directories <profile>[-<precision>]')
     ap.add_argument('--readme', default='README.md')
-    ap.add_argument('--speed', default=os.path.join('docs', 'speed.md'), help='the speed document (benchmark tables)')
+    ap.add_argument('--docs', default='docs', help='the folder of results.md, running.md, mutation.md and speed.md')
     ap.add_argument('--tex', default=os.path.join('analysis', 'results.tex'))
     args = ap.parse_args()
     runs = load_runs(args.results_dir)
     for r in runs:
         remedies_kl_figure(r['path'])
     latex(runs, args.tex)
-    update_readme(args.readme, runs, args.results_dir)
-    fill_file(args.speed, [(SPEED_BEGIN, SPEED_END, speed_markdown(args.results_dir))])
+    update_readme(args.readme, runs)
+    update_docs(args.docs, runs, args.results_dir)
     print(f'{sum(len(r["parts"]) for r in runs)} parts in {len(runs)} run directories -> {args.tex}, {args.readme}, '
-          f'{args.speed}')
+          f'{args.docs}/')
 
 
 def remedies_markdown(metrics):

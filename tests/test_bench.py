@@ -1,4 +1,4 @@
-"""bench.py: its FLOP accounting against the count by hand, its workloads against the engine's,
+"""tools/bench.py: its FLOP accounting against the count by hand, its workloads against the engine's,
 and the speed tables it renders from its JSON files (no timing is asserted)."""
 import contextlib
 import json

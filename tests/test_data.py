@@ -1,4 +1,4 @@
-"""Tests for data.py: MNIST, static binarization, and where the files come from.
+"""Tests for engine/data.py: MNIST, static binarization, and where the files come from.
 
 The real-data tests use data.data_root() (DATA_DIR, or $HW2_DATA) and fetch MNIST through
 the real chain on first use. The fallback tests run in temporary roots with the network
@@ -16,6 +16,8 @@ import torchvision
 
 from engine import data
 from engine import files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # SHA-256 of the statically binarized bits, uint8 (N, 28, 28) in C order, from
 # data.binarize(mnist_uint8(train), data.binarize_seed(train)) with BINARIZE_SEED = 599.
@@ -111,7 +113,7 @@ def test_data_root_override(tmp_path, monkeypatch):
     assert data.data_root() == str(tmp_path / "env")
     assert data.data_root(tmp_path / "arg") == str(tmp_path / "arg")
     monkeypatch.delenv(data.DATA_ENV)
-    assert data.data_root() == os.path.join(os.path.dirname(os.path.abspath(data.__file__)), data.DATA_DIR)
+    assert data.data_root() == os.path.join(ROOT, data.DATA_DIR)  # the repository root, beside models.py
 
 
 def test_nothing_found_lists_sources(tmp_path, offline):
@@ -406,7 +408,7 @@ def test_requirements_admit_the_installed_scipy():
     specifiers = pytest.importorskip("packaging.specifiers")
     scipy = pytest.importorskip("scipy")
     from scipy.special import logsumexp  # noqa: F401
-    path = os.path.join(os.path.dirname(os.path.abspath(data.__file__)), "requirements.txt")
+    path = os.path.join(ROOT, "requirements.txt")
     with open(path) as f:
         lines = [line.split("#")[0].strip() for line in f]
     scipy_lines = [line for line in lines if line.startswith("scipy")]

@@ -1134,7 +1134,7 @@ def test_decoder_bias_is_finite_for_pixels_always_on_or_always_off(monkeypatch):
 
 
 class Clock:
-    """train.py's `time` module with a clock that moves only while a training step runs."""
+    """engine/train.py's `time` module with a clock that moves only while a training step runs."""
 
     def __init__(self):
         self.now = 1000.0

@@ -1,6 +1,6 @@
 """The house: the course's files and the entry points at the root, one folder per layer, imports
 that only flow down (engine -> tools -> reporting -> the entry points), and rooms of one idea (no
-function or class of the engine over 60 lines). Read from the source, nothing is run."""
+function or class over 60 lines). Read from the source, nothing is run."""
 import ast
 import os
 import subprocess
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ['models', 'losses', 'engine', 'tools', 'reporting', 'entry']  # each imports only what is before it
 COURSE = {'models.py', 'losses.py'}           # the two files students submit
 ENTRY_POINTS = {'experiments.py', 'report.py'}
-LONGEST = 60                                  # lines of a function or class of the engine
+LONGEST = 60                                  # lines of a function or class
 
 
 def tracked_python():
@@ -88,9 +88,10 @@ def test_the_checker_sees_an_import_inside_a_function():
     assert imports('late.py', late) == {'engine', 'engine.train', 'reporting.answers'}
 
 
-def test_no_function_or_class_of_the_engine_is_over_60_lines():
+def test_no_function_or_class_is_over_60_lines():
+    """Rooms of one idea, everywhere but in the course's two files, whose classes follow the framework."""
     long = []
-    for path in (p for p in tracked_python() if p.startswith('engine/')):
+    for path in (p for p in tracked_python() if p not in COURSE):
         for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read())):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.end_lineno - node.lineno + 1 > LONGEST:
                 long.append(f'{path}: {node.name} ({node.end_lineno - node.lineno + 1} lines)')

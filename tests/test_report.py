@@ -1,6 +1,6 @@
 """report.py writes what the runs' files say: values, standard errors and sample sizes come from
 metrics.json, comparisons are paired over per_image.pt when both parts saved it, and the settings
-come from config.py."""
+come from engine/config.py."""
 import importlib
 import json
 import os
@@ -161,27 +161,38 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     (root / 'full-bf16' / '6a').mkdir(parents=True)      # a run in progress: a log and a checkpoint, no metrics
     (root / 'full-bf16' / '6a' / 'run.log').write_text('6a: PixelCNN ...\n')
     (root / 'full-bf16' / '6a' / 'checkpoint.pt').write_bytes(b'')
-    readme = tmp_path / 'README.md'
-    markers = ((writeup.MAP_BEGIN, writeup.MAP_END), (writeup.BEGIN, writeup.END), (writeup.GPU_BEGIN, writeup.GPU_END),
-               (writeup.MUTATION_BEGIN, writeup.MUTATION_END), (writeup.PRECISION_BEGIN, writeup.PRECISION_END))
-    readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in markers))
+    readme, docs = tmp_path / 'README.md', tmp_path / 'docs'
+    readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in ((writeup.MAP_BEGIN, writeup.MAP_END),
+                                                             (writeup.TABLES_BEGIN, writeup.TABLES_END),
+                                                             (writeup.GPU_BEGIN, writeup.GPU_END))))
+    docs.mkdir()
+    for name, (b, e) in (('results.md', (writeup.BEGIN, writeup.END)), ('running.md', (writeup.PRECISION_BEGIN,
+                         writeup.PRECISION_END)), ('mutation.md', (writeup.MUTATION_BEGIN, writeup.MUTATION_END)),
+                         ('speed.md', (writeup.SPEED_BEGIN, writeup.SPEED_END))):
+        (docs / name).write_text(f'# {name}\n{b}\nold\n{e}\n')
     runs = reader.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
-    writeup.update_readme(str(readme), runs, str(root))
+    writeup.update_readme(str(readme), runs)
+    writeup.update_docs(str(docs), runs, str(root))
     writeup.latex(runs, str(tmp_path / 'results.tex'))
     text, tex = readme.read_text(), (tmp_path / 'results.tex').read_text()
-    assert 'old' not in text and '90.12 ± 0.31 (1000)' in text and '95.43 ± 0.25 (10000)' in text
-    header = next(line for line in text.splitlines() if line.startswith('| part | quantity |'))
-    assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
-    answer = text[text.index('### Problem 6b'):]
+    chapter = (docs / 'results.md').read_text()
+    for page in (text, chapter):  # the README's tables and the chapter's
+        assert 'old' not in page and '90.12 ± 0.31 (1000)' in page and '95.43 ± 0.25 (10000)' in page
+        header = next(line for line in page.splitlines() if line.startswith('| part | quantity |'))
+        assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
+    assert '### Problem 6b' not in text  # the answers are in docs/results.md, not in the README
+    answer = chapter[chapter.index('### Problem 6b'):]
     assert '80.50 ± 0.31 (1000 test images, M = 1000)' in answer.split('###')[1]   # quoted from the course run
     assert ("6b in the full profile, bfloat16 training, float32 evaluation, CPU (test); the full profile's settings "
             "(the course settings)") in answer and 'No course-settings run' not in answer.split('###')[1]
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
     assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'Nothing has been measured on a GPU yet' in text
-    assert 'Mutation testing has not been run here yet' in text
-    assert 'No part has been trained in both precisions yet.' in text
+    assert 'Mutation testing has not been run here yet' in (docs / 'mutation.md').read_text()
+    assert 'No part has been trained in both precisions yet.' in (docs / 'running.md').read_text()
+    assert 'No benchmark has been run yet.' in (docs / 'speed.md').read_text()
+    assert '](../results/' in chapter or 'Figure' not in chapter   # links from docs/ reach results/
     assert '80.50 $\\pm$ 0.31' in tex and '\\cite{kingma2016}' in tex and '[[' not in tex
 
 
@@ -327,13 +338,33 @@ def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
               dict(part='6b', quantity='kl', reported=19.0, ok=True, seconds=20.0)]  # checked against an older run
     checks.append(dict(checks[0], profile='full', reported=95.0, ok=False))  # another run directory's check
     (root / 'verify.json').write_text(json.dumps(checks))
-    text = writeup.verification(reader.load_metrics(str(res)), str(res))
+    text = writeup.verification(reader.load_runs(str(root)))
     assert text.startswith('1 of the 3 numbers')
-    assert 'did not agree: 6b test_nll_is1000' in text and '1 not checked against their current value' in text
-    assert writeup.verification([], str(tmp_path / 'none')) is None
+    assert 'did not agree: cpu 6b test_nll_is1000' in text
+    assert 'not yet checked against their current value: 1 of cpu' in text
+    write_part(str(root / 'full-bf16'), '6a', {'test_nll': v(82.0, 0.2, 10000)})
+    (root / 'verify.json').write_text(json.dumps(checks[:1] + [dict(part='6a', quantity='test_nll', reported=82.0,
+                                                                      ok=True, seconds=60.0, profile='full',
+                                                                      precision='bf16')]))
+    text = writeup.verification(reader.load_runs(str(root)))  # one sentence for every run
+    assert text.startswith('2 of the 4 numbers') and text.count('recomputed') == 1
+    assert 'not yet checked against their current value: 2 of cpu' in text
+    assert writeup.verification(reader.load_runs(str(tmp_path / 'none'))) is None
 
 
-# The speed tables (bench.py's JSON files) --------------------------------------------------------
+def test_every_number_verified_is_said_once_for_all_runs(tmp_path):
+    root = tmp_path / 'results'
+    write_part(str(root / 'cpu'), '6b', {'test_elbo': v(95.0, 0.2, 10000)})
+    write_part(str(root / 'full'), '6b', {'test_elbo': v(94.0, 0.2, 10000)})
+    (root / 'verify.json').write_text(json.dumps([
+        dict(part='6b', quantity='test_elbo', reported=95.0, ok=True, seconds=30.0, profile='cpu'),
+        dict(part='6b', quantity='test_elbo', reported=94.0, ok=True, seconds=90.0, profile='full')]))
+    text = writeup.verification(reader.load_runs(str(root)))
+    assert text.startswith('All 2 numbers of these tables were recomputed') and 'longest took 2 min' in text
+    assert 'not yet checked' not in text and 'did not agree' not in text
+
+
+# The speed tables (tools/bench.py's JSON files) --------------------------------------------------------
 
 
 def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(monkeypatch):

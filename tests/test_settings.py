@@ -1,7 +1,7 @@
 """The `full` profile is the course's settings: each part's training schedule and evaluation pinned
 against the handout (/work/shared/hw2-handout.md) and the course framework's notebooks
 (github.com/jthickstun/gm-hw2: gaussian_vae.ipynb, pixelcnn.ipynb, binaryvae.ipynb), value by value,
-with where each value comes from. A change to config.py that moves any of them fails here.
+with where each value comes from. A change to engine/config.py that moves any of them fails here.
 
 What the sources say, and where:
 - gaussian_vae.ipynb (Problem 5b, 5c): batch_size = 100; Adam(lr=3e-4); `for epoch in range(20)`,
@@ -54,7 +54,7 @@ def test_every_part_is_pinned():
 def test_the_full_profile_is_the_course_setting(part):
     cfg = C.config(part, 'full')
     differ = {k: (cfg[k], want) for k, want in COURSE[part].items() if cfg[k] != want}
-    assert not differ, f'{part}: full profile (config.py) against the course setting: {differ}'
+    assert not differ, f'{part}: full profile (engine/config.py) against the course setting: {differ}'
 
 
 def course_schedule(part, epoch):

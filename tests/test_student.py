@@ -1,6 +1,6 @@
 """A student's own models.py: their runs go to results/mine, committed results are never trained
 over, resumed from or shown as theirs, `all` goes on past a part that cannot run, and `compare`
-sets their numbers beside the reference's (student.py, versus.py). Smoke profile, tiny."""
+sets their numbers beside the reference's (engine/student.py, reporting/versus.py). Smoke profile, tiny."""
 import glob
 import hashlib
 import json
@@ -187,12 +187,20 @@ def test_a_student_solution_with_another_signature_gets_an_instruction(tmp_path)
     assert '2 failed, 1 passed' in run.stdout and 'Traceback' not in run.stdout  # the IAF test passes
 
 
+def copy_code(repo, notebooks):
+    """The repository's code (the root's modules and the folders of the engine, the reporting and the
+    tools) and the given notebooks into repo."""
+    repo.mkdir()
+    for path in glob.glob(os.path.join(ROOT, '*.py')) + [os.path.join(ROOT, nb) for nb in notebooks]:
+        shutil.copy(path, repo)
+    for folder in ('engine', 'reporting', 'tools'):
+        shutil.copytree(os.path.join(ROOT, folder), repo / folder, ignore=shutil.ignore_patterns('__pycache__'))
+
+
 def temp_checkout(tmp_path):
     """The repository's code in tmp_path/repo, with a reference run of 6a and 6b (smoke) in its results/."""
     repo = tmp_path / 'repo'
-    repo.mkdir()
-    for path in glob.glob(os.path.join(ROOT, '*.py')) + glob.glob(os.path.join(ROOT, '*.ipynb')):
-        shutil.copy(path, repo)
+    copy_code(repo, [os.path.basename(p) for p in glob.glob(os.path.join(ROOT, '*.ipynb'))])
     for part in ('6a', '6b'):
         E.run_part(part, profile='smoke', device='cpu', results_dir=str(repo / 'results'), progress=False)
     return repo
@@ -232,9 +240,7 @@ def test_a_notebook_with_a_student_s_code_shows_their_own_numbers(tmp_path):
     import nbformat
     import papermill
     repo = tmp_path / 'repo'
-    repo.mkdir()
-    for path in glob.glob(os.path.join(ROOT, '*.py')) + [os.path.join(ROOT, 'pixelcnn.ipynb')]:
-        shutil.copy(path, repo)
+    copy_code(repo, ['pixelcnn.ipynb'])
     E.run_part('6a', profile='smoke', device='cpu', results_dir=str(repo / 'results'), progress=False)
     before = digests(repo / 'results')
     with open(repo / 'models.py', 'a') as fh:

@@ -14,7 +14,7 @@ the engine's objective (train.objective on what train.build makes of the part's 
 importance sampling, M = 1000 draws per image through evaluate.importance_sampled_nll as the
 engine runs it (compiled on the CPU: the first call, which compiles, is printed, not counted).
 The "straightforward" column is a plain solution written the common way at the same sizes, for
-side-by-side timing only (straightforward.py): conv -> BatchNorm -> ReLU residual blocks, a mask multiplied into
+side-by-side timing only (tools/straightforward.py): conv -> BatchNorm -> ReLU residual blocks, a mask multiplied into
 every masked kernel on every call, the course's losses in a plain loop with torch.optim.Adam,
 sampling by one full forward pass per pixel, importance sampling image by image (x expanded to
 125 copies, 8 chunks of 125 draws, the full decoder g(z, x) each time).
@@ -68,7 +68,7 @@ def engine(name, device, precision='fp32'):
 
 
 def engine_training(name, device, precision='fp32'):
-    """(modules, loss of a batch): the engine's networks and objective, as train.py trains the part."""
+    """(modules, loss of a batch): the engine's networks and objective, as engine/train.py trains the part."""
     cfg, nets = engine(name, device, precision)
 
     def loss(x):

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # gpu_check.sh: the GPU path of the homework end to end, and the numbers that matter, on one CUDA GPU
 # in about 7 minutes of wall time (BUDGET). Only the project's own commands run (experiments.py,
-# bench.py); nvidia-smi only watches.
+# tools/bench.py); nvidia-smi only watches.
 #
 #   OUT=/path/to/empty/dir bash tools/gpu_check.sh        # from the repository root
 #
 # Steps: every part at smoke size on the device, serially and with --jobs 3 (the numbers must agree);
 # a CPU checkpoint of 6b resumed on the device at course settings, then its evaluation; 6c's CPU-trained
-# model evaluated on the device; `estimate --profile full` with --is-images 1000; bench.py; eager
+# model evaluated on the device; `estimate --profile full` with --is-images 1000; tools/bench.py; eager
 # training against CUDA graphs (--compile-train); low-precision smoke runs.
 # What comes back is small on purpose (a lent machine returns at most 8 files): $OUT/summary.txt,
 # $OUT/steps.txt, $OUT/gpu.txt and $OUT/check.tar.gz (every log, metrics.json, history and the bench
@@ -30,7 +30,7 @@ EST_PARTS=${EST_PARTS:-}             # empty: every part
 IS=${IS_IMAGES:-500}                 # importance-sampled test images of the resumed 6b
 EST_IS=${EST_IS_IMAGES:-1000}        # importance-sampled test images in the estimate (a lever of the issue)
 GRAPH_EPOCHS=${GRAPH_EPOCHS:-3}
-read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"   # more options of bench.py (the CPU stand-in: --no-baseline)
+read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"   # more options of tools/bench.py (the CPU stand-in: --no-baseline)
 BENCH_SECONDS=${BENCH_SECONDS:-100}
 STEP_SCALE=${STEP_SCALE:-1}          # times every step's limit (a loaded CPU stand-in: more)
 EVAL_RESULTS=${EVAL_RESULTS:-results}

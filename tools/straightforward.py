@@ -1,5 +1,5 @@
 """A straightforward solution of the homework's networks, written the common way, for the
-benchmark's side-by-side timing only (bench.py): conv -> BatchNorm -> ReLU residual blocks, the
+benchmark's side-by-side timing only (tools/bench.py): conv -> BatchNorm -> ReLU residual blocks, the
 mask multiplied into every masked kernel on every call (models.MaskedConv2d), the course's losses
 in a plain loop, sampling by one full forward pass per pixel, and importance sampling image by
 image. Nothing here trains or evaluates a reported model."""
