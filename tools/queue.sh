@@ -13,7 +13,8 @@ set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 run=${RUN_TREE:-$root/../hw2-run}
 # 6d last: its checkpoint (31 MiB) is over the 16 MiB a committed file may have, so it cannot be
-# carried from one sitting to the next through git; the four 6e runs are shorter (about 2-2.5 h each)
+# carried from one sitting to the next through git; nor can a 6e checkpoint (33 MiB), but 6e trains
+# 20 epochs to 6d's 60
 parts=${QUEUE:-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
