@@ -96,3 +96,19 @@ def test_no_function_or_class_is_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.end_lineno - node.lineno + 1 > LONGEST:
                 long.append(f'{path}: {node.name} ({node.end_lineno - node.lineno + 1} lines)')
     assert not long, long
+
+
+def test_the_python_inside_the_shell_scripts_imports_modules_that_exist():
+    """`python -c "from engine.train import ..."` in tools/*.sh: the default suite does not run those
+    scripts (they are marked `script`), so a moved module would break them unseen."""
+    import glob
+    import importlib.util
+    import re
+    found = []
+    for path in glob.glob(os.path.join(ROOT, 'tools', '*.sh')):
+        for module in re.findall(r'\bfrom ([\w.]+) import\b|\bimport ([\w.]+)', open(path).read()):
+            found.append((os.path.basename(path), module[0] or module[1]))
+    assert ('gpu_check.sh', 'engine.train') in found
+    missing = [(p, m) for p, m in found if importlib.util.find_spec(m.split('.')[0]) is None
+               or importlib.util.find_spec(m) is None]
+    assert not missing, missing

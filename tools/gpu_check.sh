@@ -74,7 +74,7 @@ else
   step cpu_checkpoint 60 "$PY" experiments.py run 6b --profile "$P" --device cpu --minutes 0.000001 \
        --results-dir "$R/resume" --no-progress
 fi
-"$PY" -c "import sys; from train import load_file; c = load_file(sys.argv[1]); print(c['epoch'], c['train_seconds'])" \
+"$PY" -c "import sys; from engine.train import load_file; c = load_file(sys.argv[1]); print(c['epoch'], c['train_seconds'])" \
     "$R/resume/$P/6b/checkpoint.pt" > "$WORK/cpu_checkpoint.txt" 2>&1
 EPOCH=$(awk '{print $1; exit}' "$WORK/cpu_checkpoint.txt"); [[ "$EPOCH" =~ ^[0-9]+$ ]] || EPOCH=0
 step resume_6b 75 "$PY" experiments.py run 6b --profile "$P" --device "$DEVICE" --epochs $(( EPOCH + 1 )) \
