@@ -80,12 +80,17 @@ def test_5c_unbiasedness_check_without_per_image_values_uses_the_kl_terms_and_sa
 # X3: the 6c answer's KL ratio is the last 100 batches over the 100 before the switch ---------------
 
 
-def test_6c_kl_ratio_is_after_over_before_and_claims_no_handout_threshold(tmp_path):
-    hist = dict(step=list(range(400)), kl=[24.0] * 200 + [6.0] * 200, autoregress_step=200,
-                test_kl=[20.0, 12.0, 9.0, 8.0])
-    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': v(86.0, 0.2, 10000), 'kl': v(8.0, 0.03, 10000),
+def answer_6c_text(tmp_path, test_kl):
+    """The 6c answer of a course-settings run whose KL term is 24 nats per batch before the PixelCNN
+    is switched on, 6 after, and test_kl at the end of the last epochs (the last one its final KL)."""
+    hist = dict(step=list(range(400)), kl=[24.0] * 200 + [6.0] * 200, autoregress_step=200, test_kl=test_kl)
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': v(86.0, 0.2, 10000), 'kl': v(test_kl[-1], 0.03, 10000),
                                               'test_nll_is1000': v(83.0, 0.6, 1000, M=1000)}, history=hist)
-    text = paragraph(answers.answer_6c(view(tmp_path)))
+    return paragraph(answers.answer_6c(view(tmp_path)))
+
+
+def test_6c_kl_ratio_is_after_over_before_and_claims_no_handout_threshold(tmp_path):
+    text = answer_6c_text(tmp_path, [20.0, 12.0, 9.0, 8.0])
     assert f'it averages 24.0 nats per image, over the last 100 6.0 (a ratio of {6.0 / 24.0:.2f})' in text
     assert 'quarter' not in text and 'No course-settings run' not in text
     assert 'On all test images the KL term was 12.00, 9.00 and 8.00 after the last three epochs' in text
@@ -93,11 +98,7 @@ def test_6c_kl_ratio_is_after_over_before_and_claims_no_handout_threshold(tmp_pa
 
 
 def test_6c_says_the_collapse_levelled_off_when_the_test_kl_is_flat(tmp_path):
-    hist = dict(step=list(range(400)), kl=[24.0] * 200 + [6.0] * 200, autoregress_step=200,
-                test_kl=[7.0, 6.88, 6.87, 6.86])
-    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': v(86.0, 0.2, 10000), 'kl': v(6.86, 0.03, 10000),
-                                              'test_nll_is1000': v(83.0, 0.6, 1000, M=1000)}, history=hist)
-    text = paragraph(answers.answer_6c(view(tmp_path)))
+    text = answer_6c_text(tmp_path, [7.0, 6.88, 6.87, 6.86])
     assert 'a change of -0.02 nats: within two standard errors of the final value (± 0.03), levelled off' in text
     assert 'partial: the KL term levelled off' in text and 'still under way' not in text
 
