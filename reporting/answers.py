@@ -455,25 +455,26 @@ def gap_reading(m):
 
 
 def kl_end(m):
-    """(whether the test KL term was still falling over the last three epochs, the sentence that
-    says so), from the per-epoch test KL of the history: falling when it fell by two standard errors
-    of the final value or more; (None, '') without that history."""
+    """(how the test KL term moved over the last three epochs, the sentence that says so), from the
+    per-epoch test KL of the history: 'falling' or 'rising' where it moved by two standard errors of
+    the final value or more, else 'flat'; (None, '') without that history."""
     tk, kl = (history(m) or {}).get('test_kl') or [], m['values'].get('kl')
     if len(tk) < 3 or not kl or kl.get('stderr') is None:
         return None, ''
     (a, b, c), se = tk[-3:], kl['stderr']
     n = cfg_of(m)['monitor_images']
-    falling = c - a <= -2 * se
-    return falling, (f'On {f"the first {n}" if n else "all"} test images the KL term was {a:.2f}, {b:.2f} and {c:.2f} '
-                     f'after the last three epochs, a change of {c - a:+.2f} nats: '
-                     + ('still falling when training stops. ' if falling else
-                        f'within two standard errors of the final value (± {se:.2f}), levelled off. '))
+    trend = 'falling' if c - a <= -2 * se else 'rising' if c - a >= 2 * se else 'flat'
+    return trend, (f'On {f"the first {n}" if n else "all"} test images the KL term was {a:.2f}, {b:.2f} and {c:.2f} '
+                   f'after the last three epochs, a change of {c - a:+.2f} nats: ' + {
+                       'falling': 'still falling when training stops. ',
+                       'rising': 'rising again when training stops. ',
+                       'flat': f'within two standard errors of the final value (± {se:.2f}), levelled off. '}[trend])
 
 
 def collapse_reading(m, trend):
     """The KL's fall after the PixelCNN is switched on, and how far the collapse went by the end."""
     v, (before, last, step) = m['values'], trend
-    falling, said = kl_end(m)
+    moved, said = kl_end(m)
     text = (f'Over the 100 training batches before the PixelCNN is switched on (iteration {step}) it averages '
             f'{before:.1f} nats per image, over the last 100 {last:.1f} (a ratio of {last / before:.2f}); on the test '
             f'set it ends at {value_text(v["kl"])}, {with_n(v.get("active_units")) or "an unmeasured number of"} '
@@ -482,9 +483,11 @@ def collapse_reading(m, trend):
         text += ('Once the decoder predicts each pixel from the pixels above and to its left, the latent code is '
                  'worth less than it costs and the posterior moves towards the prior: the posterior collapse the '
                  'handout asks to observe, ' + (
-                     'complete.' if v['kl']['value'] < 1 else 'still under way when training stops.' if falling else
-                     'partial: the KL term levelled off above zero before training stopped.' if falling is False else
-                     'how far by the end of training is not measured here (no per-epoch test KL).'))
+                     'complete.' if v['kl']['value'] < 1 else {
+                         'falling': 'still under way when training stops.',
+                         'flat': 'partial: the KL term levelled off above zero before training stopped.',
+                         'rising': 'partial: the KL term rose again before training stopped.'}.get(
+                         moved, 'how far by the end of training is not measured here (no per-epoch test KL).')))
     return text
 
 
@@ -515,6 +518,10 @@ def against_pixelcnn(m, a):
     return text.rstrip() + same_epochs(m, a)
 
 
+KL_PLOT = ('the KL term of the ELBO against training iteration: each training batch (faint), their moving mean, the '
+           'test value at the end of each epoch, and the iteration at which the PixelCNN is switched on (dashed).')
+
+
 def answer_6c(ms):
     m = ms['6c']
     v, trend = m['values'], kl_trend(m)
@@ -527,10 +534,8 @@ def answer_6c(ms):
     if '6a' in ms:
         text += against_pixelcnn(m, ms['6a'])
     return [('p', text + ' Samples and reconstructions: [[fig:6c]].')] + figure(
-        m['dir'], '6c-kl', ('kl',), 'PixelVAE (6c): the KL term of the ELBO against training iteration: each training '
-                                    'batch (faint), their moving mean, the test value at the end of each epoch, and the '
-                                    'iteration at which the PixelCNN is switched on (dashed). What to look for: the '
-                                    'fall after the switch, posterior collapse.') + vae_figure(
+        m['dir'], '6c-kl', ('kl',), 'PixelVAE (6c): ' + KL_PLOT + ' What to look for: the fall after the '
+                                                                         'switch, posterior collapse.') + vae_figure(
         m, 'x ~ p(x|z) drawn pixel by pixel, z ~ N(0, I)', ' With the PixelCNN on, reconstructions are samples too: a '
                                                            'code that no longer pins the digit down shows as a '
                                                            'reconstruction of another shape.')
@@ -554,7 +559,8 @@ def answer_6d(ms):
     b, d = ms['6b'], ms['6d']
     text = (f'{stand_in(d, b)}Run: {run_settings(d)}; {run_settings(b, d)}. With {cfg_of(d)["flows"]} IAF steps in '
             f'the encoder the importance-sampled NLL is {with_n(d["values"][is_q(d)])} against '
-            f'{with_n(b["values"][is_q(b)])} for the diagonal Gaussian encoder of 6b. ' + flow_reading(d, b))
+            f'{with_n(b["values"][is_q(b)])} for the diagonal Gaussian encoder of 6b. ' + flow_reading(d, b)
+            + early_plateau(d))
     other = alike(ms, '6b', d) if b['profile'] != d['profile'] else None
     if other is not None and is_q(other):
         text += f'In the {d["profile"]} profile, where both parts ran: ' + flow_reading(d, other)
@@ -574,14 +580,67 @@ REMEDY_WORDS = {
 REMEDY_KEYS = ('kl_warmup', 'kl_warmup_start', 'free_bits', 'pixelcnn_depth')  # what a remedy changes
 
 
+def remedy_group(ms):
+    """The 6e runs compared with one another, {part: metrics}: those of one profile, the one in which
+    most 6e parts ran, the preferred baseline's on a tie (a comparison across profiles is confounded)."""
+    pool = getattr(ms, 'pool', None) or {p: [ms[p]] for p in REMEDIES if p in ms}
+    profiles = [m['profile'] for p in REMEDIES for m in pool.get(p, [])]
+    profile = max(dict.fromkeys(profiles), key=profiles.count)
+    return {p: next(m for m in pool[p] if m['profile'] == profile) for p in REMEDIES
+            if any(m['profile'] == profile for m in pool.get(p, []))}
+
+
+def early_plateau(m):
+    """The first epochs whose test KL term stayed under 1 nat, and the epoch it rose, from the
+    history's per-epoch test values; '' where the first epoch's was already 1 nat or more."""
+    h = history(m) or {}
+    tk, tl = h.get('test_kl') or [], h.get('test_loss') or []
+    k = next((i for i, x in enumerate(tk) if x >= 1), len(tk))
+    if k == 0 or len(tl) < len(tk):
+        return ''
+    cfg = cfg_of(m)
+    n, before_switch = cfg['monitor_images'], cfg.get('autoregress') and k <= cfg.get('autoregress_epoch', 0)
+    text = (f'On {f"the first {n}" if n else "all"} test images the KL term stayed under 1 nat for the first {k} '
+            f'epoch(s) ({", ".join(f"{x:.2f}" for x in tk[:k])}; test −ELBO {", ".join(f"{x:.2f}" for x in tl[:k])}): '
+            'the code was unused from the start' + (', before the PixelCNN was switched on. ' if before_switch else '. '))
+    if k == len(tk):
+        return text + 'It never rose above 1 nat in this run. '
+    return text + f'After epoch {k + 1} it was {tk[k]:.2f} nats (test −ELBO {tl[k]:.2f}): the code came into use. '
+
+
+def baseline_reading(m):
+    """The unremedied 6e configuration alone: its numbers, its early epochs and its KL after the switch."""
+    v, trend = m['values'], kl_trend(m)
+    text = (f'Run: {run_settings(m)}. After {m["epochs"]} epochs the test −ELBO is {with_n(v["test_elbo"])}'
+            + (f' and the importance-sampled NLL {with_n(v[is_q(m)])}' if is_q(m) else '') + f'. {early_plateau(m)}')
+    text += '[[fig:6e-baseline-kl]] plots its KL term against training iteration. ' if has_kl_plot(m) else ''
+    return text + (collapse_reading(m, trend) if trend else '')
+
+
+def has_kl_plot(m):
+    return os.path.exists(os.path.join(m['dir'], 'kl.png'))
+
+
 def answer_6e(ms):
-    base = ms['6e-baseline']
-    parts = [p for p in REMEDIES if p in ms]
-    text = (f'{stand_in(*(ms[p] for p in parts))}Run: {run_settings(base)}. The remedies change one thing each: '
-            + '; '.join(f'{p}: ' + REMEDY_WORDS[p].format(**cfg_of(ms[p])) for p in REMEDY_WORDS if p in ms)
+    group = remedy_group(ms)
+    base, preferred = group.get('6e-baseline'), ms['6e-baseline']
+    head = ''
+    if base is not preferred:
+        missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
+        head = (f'{baseline_reading(preferred)} No course-settings run of {listed(missing)} yet, so the remedies are '
+                f'compared among the runs of the {next(iter(group.values()))["profile"]} profile, where '
+                f'{listed(list(group))} ran. ')
+        base = base or next(iter(group.values()))
+    else:
+        head = stand_in(*group.values())
+    parts = [p for p in REMEDIES if p in group]
+    text = (f'{head}Run: {run_settings(base)}. The remedies change one thing each: '
+            + '; '.join(f'{p}: ' + REMEDY_WORDS[p].format(**cfg_of(group[p])) for p in REMEDY_WORDS if p in group)
             + '. Every number is the true ELBO (KL weight 1, no free bits) or the importance-sampled NLL, whatever '
               'objective a configuration trained ([[tab:6e]]). ')
-    return [('p', text + (remedies_reading([ms[p] for p in parts], ms) or ''))] + figure(
+    own = (figure(preferred['dir'], '6e-baseline-kl', ('kl',), f'{run_label(preferred)}: {KL_PLOT}')
+           if base is not preferred else [])
+    return [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + figure(
         os.path.dirname(base['dir']), '6e-kl', ('6e_kl',), 'PixelVAE with an IAF encoder (6e): the KL term of the '
         'training batches (moving mean over 50 iterations) against training iteration, one line style and marker per '
         'configuration; dotted vertical line: the PixelCNN is switched on. What to look for: whether a remedy keeps '
@@ -605,9 +664,14 @@ def against_references(best, refs):
     for part, label, thing in (('6c', 'the PixelVAE of 6c', 'the IAF encoder'),
                                ('6a', 'the PixelCNN alone (6a), an exact NLL', 'the latent code')):
         ref = refs.get(part)
-        if ref is not None and ref is not best and (is_q(ref) or 'test_nll' in ref['values']):
-            text += f'Against {label}: ' + comparison(best, is_q(best), ref, is_q(ref) or 'test_nll', thing,
-                                                      keys=('flows', 'iaf_depth'))[0]
+        if ref is None or ref is best or not (is_q(ref) or 'test_nll' in ref['values']):
+            continue
+        text += f'Against {label}: ' + comparison(best, is_q(best), ref, is_q(ref) or 'test_nll', thing,
+                                                  keys=('flows', 'iaf_depth'))[0]
+        same = alike(refs, part, best) if ref['profile'] != best['profile'] else None
+        if same is not None and (is_q(same) or 'test_nll' in same['values']):
+            text += f'In the {best["profile"]} profile, where both ran: ' + comparison(
+                best, is_q(best), same, is_q(same) or 'test_nll', thing, keys=('flows', 'iaf_depth'))[0]
     return text
 
 

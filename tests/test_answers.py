@@ -1,6 +1,7 @@
 """The answers' numbers and words, against values computed here from given inputs: synthetic
 metrics, per-image values and histories in temporary result directories, with and without a
 course-settings run of a part."""
+import json
 import os
 import re
 
@@ -10,7 +11,7 @@ import torch
 from reporting import answers
 from reporting import reader
 from reporting import writeup
-from engine.config import PARTS, config
+from engine.config import config
 from test_report import summary, v, write_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +104,12 @@ def test_6c_says_the_collapse_levelled_off_when_the_test_kl_is_flat(tmp_path):
     assert 'partial: the KL term levelled off' in text and 'still under way' not in text
 
 
+def test_6c_says_the_kl_rose_again_when_the_test_kl_rises(tmp_path):
+    text = answer_6c_text(tmp_path, [6.5, 6.6, 6.7])
+    assert 'a change of +0.20 nats: rising again when training stops' in text
+    assert 'partial: the KL term rose again' in text and 'levelled off' not in text
+
+
 def test_6c_gap_is_set_against_the_kl_term_of_the_same_images(tmp_path):
     n_all, n_is = 3000, 1000
     kl = spread(n_all, 5, 7.0, 2.0)
@@ -174,6 +181,52 @@ def test_answers_quote_the_course_settings_run_once_there_is_one(tmp_path):
     assert '6d (cpu profile, float32, 4 epochs) − 6b (full profile, the course settings, float32, 60 epochs)' in d6
     assert 'no conclusion about the flow is drawn from it' in d6 and 'tighter' not in d6 and 'looser' not in d6
     assert 'In the cpu profile, where both parts ran: 6d (cpu profile, float32, 4 epochs) − 6b (cpu profile' in d6
+
+
+def remedy_runs(root, profile, parts, n=500, history=None):
+    """6e parts of one run directory, with per-image values on the same n test images."""
+    for i, part in enumerate(parts):
+        nll = spread(n, 30, 85.0, 20.0) + 0.5 * i + spread(n, 31 + i, 0.0, 0.3)
+        elbo = nll + 4.0
+        write_part(str(root / profile), part, {'test_elbo': summary(elbo), 'kl': v(8.0 + i, 0.03, n),
+                                               'test_nll_is1000': dict(summary(nll), M=1000)},
+                   {'test_elbo': elbo, 'test_nll_is1000': nll, 'kl': torch.full((n,), 8.0 + i)}, history=history)
+
+
+def test_6e_course_settings_baseline_comes_first_and_remedies_are_compared_within_one_profile(tmp_path):
+    remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
+    hist = dict(step=list(range(400)), kl=[30.0] * 200 + [27.0] * 200, autoregress_step=200,
+                test_kl=[0.0, 0.004, 26.04, 29.2, 29.0], test_loss=[206.28, 206.29, 122.7, 99.45, 95.0])
+    remedy_runs(tmp_path, 'full', ('6e-baseline',), history=hist)
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    assert text.startswith('Run: 6e-baseline in the full profile')
+    assert ('the KL term stayed under 1 nat for the first 2 epoch(s) (0.00, 0.00; test −ELBO 206.28, 206.29)' in text
+            and 'After epoch 3 it was 26.04 nats (test −ELBO 122.70)' in text)
+    assert 'it averages 30.0 nats per image, over the last 100 27.0' in text
+    assert 'a change of +2.96 nats: rising again when training stops' in text
+    assert ('No course-settings run of 6e-warmup, 6e-freebits and 6e-weak yet, so the remedies are compared among '
+            'the runs of the cpu profile, where 6e-baseline, 6e-warmup, 6e-freebits and 6e-weak ran.') in text
+    costs = text[text.index('Final test KL term against'):text.index('Against the PixelVAE') if 'Against the P' in text
+                 else None]
+    assert 'full profile' not in costs and costs.count('(likewise)') == 6   # three remedies, KL and NLL
+
+
+def test_6e_without_a_plateau_says_nothing_of_one(tmp_path):
+    hist = dict(step=list(range(400)), kl=[30.0] * 400, autoregress_step=200, test_kl=[15.0, 20.0], test_loss=[1, 2])
+    remedy_runs(tmp_path, 'cpu', answers.REMEDIES, history=hist)
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    assert text.startswith('No course-settings run of 6e-baseline') and 'stayed under 1 nat' not in text
+
+
+def test_6d_names_the_epochs_its_code_stayed_unused(tmp_path):
+    binary_parts(tmp_path, 'full', ('6b',))
+    binary_parts(tmp_path, 'full', ('6d',), shift=-1.0)
+    h = dict(step=[0], kl=[0.0], test_kl=[0.04, 0.03, 24.5], test_loss=[206.71, 206.46, 120.0])
+    with open(tmp_path / 'full' / '6d' / 'history.json', 'w') as fh:
+        json.dump(h, fh)
+    d6 = paragraph(answers.answer_6d(view(tmp_path)))
+    assert ('the KL term stayed under 1 nat for the first 2 epoch(s) (0.04, 0.03; test −ELBO 206.71, 206.46): the '
+            'code was unused from the start. After epoch 3 it was 24.50 nats (test −ELBO 120.00)') in d6
 
 
 # Every rule of a comparison --------------------------------------------------------------------
