@@ -456,19 +456,20 @@ def gap_reading(m):
 
 def kl_end(m):
     """(how the test KL term moved over the last three epochs, the sentence that says so), from the
-    per-epoch test KL of the history: 'falling' or 'rising' where it moved by two standard errors of
-    the final value or more, else 'flat'; (None, '') without that history."""
+    per-epoch test KL of the history: 'falling' or 'rising' where it moved in one direction over
+    them, by two standard errors of the final value or more, else 'flat'; (None, '') without that history."""
     tk, kl = (history(m) or {}).get('test_kl') or [], m['values'].get('kl')
     if len(tk) < 3 or not kl or kl.get('stderr') is None:
         return None, ''
     (a, b, c), se = tk[-3:], kl['stderr']
     n = cfg_of(m)['monitor_images']
-    trend = 'falling' if c - a <= -2 * se else 'rising' if c - a >= 2 * se else 'flat'
+    trend = 'falling' if c - a <= -2 * se and a >= b >= c else 'rising' if c - a >= 2 * se and a <= b <= c else 'flat'
     return trend, (f'On {f"the first {n}" if n else "all"} test images the KL term was {a:.2f}, {b:.2f} and {c:.2f} '
                    f'after the last three epochs, a change of {c - a:+.2f} nats: ' + {
                        'falling': 'still falling when training stops. ',
                        'rising': 'rising again when training stops. ',
-                       'flat': f'within two standard errors of the final value (± {se:.2f}), levelled off. '}[trend])
+                       'flat': f'no steady change (within two standard errors of the final value, ± {se:.2f}, or '
+                               'not in one direction), levelled off. '}[trend])
 
 
 def collapse_reading(m, trend):
