@@ -628,7 +628,7 @@ def answer_6e(ms):
     head = ''
     if base is not preferred:
         missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
-        head = (f'{baseline_reading(preferred)} No course-settings run of {listed(missing)} yet, so the remedies are '
+        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}No course-settings run of {listed(missing)} yet, so the remedies are '
                 f'compared among the runs of the {next(iter(group.values()))["profile"]} profile, where '
                 f'{listed(list(group))} ran. ')
         base = base or next(iter(group.values()))
