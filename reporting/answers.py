@@ -625,11 +625,10 @@ def has_kl_plot(m):
 def answer_6e(ms):
     group = remedy_group(ms)
     base, preferred = group.get('6e-baseline'), ms['6e-baseline']
-    head = ''
     if base is not preferred:
         missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
-        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}No course-settings run of {listed(missing)} yet, so the remedies are '
-                f'compared among the runs of the {next(iter(group.values()))["profile"]} profile, where '
+        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}No course-settings run of '
+                f'{listed(missing)} yet, so the remedies are compared among the runs of the {next(iter(group.values()))["profile"]} profile, where '
                 f'{listed(list(group))} ran. ')
         base = base or next(iter(group.values()))
     else:

@@ -212,9 +212,26 @@ def test_6e_course_settings_baseline_comes_first_and_remedies_are_compared_withi
     assert 'a change of +3.16 nats: rising again when training stops' in text
     assert ('No course-settings run of 6e-warmup, 6e-freebits and 6e-weak yet, so the remedies are compared among '
             'the runs of the cpu profile, where 6e-baseline, 6e-warmup, 6e-freebits and 6e-weak ran.') in text
-    costs = text[text.index('Final test KL term against'):text.index('Against the PixelVAE') if 'Against the P' in text
-                 else None]
+    start = text.index('Final test KL term against')
+    costs = text[start:text.index('Against the PixelVAE', start) if 'Against the P' in text[start:] else None]
     assert 'full profile' not in costs and costs.count('(likewise)') == 6   # three remedies, KL and NLL
+
+
+def test_6e_course_settings_baseline_is_set_against_course_settings_6c_paired(tmp_path):
+    remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
+    remedy_runs(tmp_path, 'full', ('6e-baseline',))
+    base = reader.per_image(view(tmp_path)['6e-baseline'])['test_nll_is1000']
+    ref = base + 1.3 + spread(len(base), 40, 0.0, 0.2)
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': summary(ref + 3), 'kl': v(6.9, 0.03, len(ref)),
+                                              'test_nll_is1000': dict(summary(ref), M=1000)},
+               {'test_elbo': ref + 3, 'test_nll_is1000': ref})
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    d = base - ref
+    said = (f'Against the PixelVAE of 6c: 6e-baseline (full profile, the course settings, float32, 20 epochs) − 6c '
+            f'(likewise): {d.mean().item():+.2f} ± {d.std().item() / len(d) ** 0.5:.2f} nats (paired, {len(d)} test '
+            f'images).')
+    assert said in text and text.index(said) < text.index('No course-settings run of 6e-warmup')
+    assert 'no conclusion about the IAF encoder' not in text[:text.index('No course-settings run')]
 
 
 def test_6e_without_a_plateau_says_nothing_of_one(tmp_path):
