@@ -4,6 +4,7 @@ results/ through this module (and engine.files.read_json / engine.config.run_dir
 """
 import hashlib
 import os
+import re
 
 from engine.config import PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, \
     run_dir, run_dirs
@@ -48,6 +49,26 @@ def training_minutes(m, digits=1):
     if len(spent) == 1:
         return f'{spent[0][1] / 60:.{digits}f} min'
     return ' + '.join(f'{seconds / 60:.{digits}f} min {label}' for label, seconds in spent)
+
+
+EPOCH_LINE = re.compile(r': epoch (\d+)/\d+, step .*, (\d+) s of training')  # engine.train's line at each epoch's end
+
+
+def epoch_seconds(m):
+    """[seconds of training of each epoch] of the part's last training from scratch, from the
+    cumulative training time that its run.log gives at each epoch's end ([] if it has no log)."""
+    path = os.path.join(m['dir'], 'run.log') if 'dir' in m else None
+    if not path or not os.path.exists(path):
+        return []
+    seconds, last_epoch, last_total = [], 0, 0
+    with open(path) as fh:
+        for match in filter(None, map(EPOCH_LINE.search, fh)):
+            epoch, total = int(match[1]), int(match[2])
+            if epoch <= last_epoch:  # trained again from scratch (--fresh): the log's later run counts
+                seconds, last_total = [], 0
+            seconds.append(total - last_total)
+            last_epoch, last_total = epoch, total
+    return seconds
 
 
 def load_metrics(results_dir):

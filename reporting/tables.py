@@ -2,10 +2,12 @@
 docs/speed.md (their schema: tools.bench), bfloat16 against float32, and the mutation scores.
 """
 import os
+import statistics
 
-from engine.config import PARTS
+from engine.config import PARTS, config
 from engine.files import read_json
-from reporting.answers import contrast, value_text
+from reporting.answers import contrast, run_name, value_text
+from reporting.reader import epoch_seconds, training_time
 from tools.bench import BESIDE, GOALS, speed_table
 
 
@@ -92,6 +94,47 @@ def bf16_runs_markdown(results_dir):
             '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | same settings and seed |\n'
             '|---|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n\n' + ' '.join(readings) + '\n')
+
+
+def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
+    """What the course settings take on a CPU: the course-settings runs (profile `full`) trained on
+    one, with their training time, median epoch and evaluation time; for the Gaussian VAE (5b, 5c),
+    which has none, what the benchmark's rates of its training step at course sizes imply."""
+    rows, hardware = [], set()
+    for r in (r for r in runs if r['profile'] == 'full'):
+        for part, m in r['parts'].items():
+            spent = training_time(m)
+            if any(not label.startswith('CPU') for label, _ in spent):
+                continue
+            hardware.update(label for label, _ in spent)
+            epochs = epoch_seconds(m)
+            rows.append((list(PARTS).index(part), f'| {part} | {run_name(r)} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
+                        + (f'{statistics.median(epochs) / 60:.1f} min' if epochs else '') + ' | '
+                        f'{m.get("eval_seconds", 0) / 60:.0f} min |'))
+    lines = []
+    if rows:
+        lines += [f'The course-settings runs in `{results_dir}/` that trained on a CPU ({", ".join(sorted(hardware))}), '
+                  'in wall time summed over their sittings (`metrics.json`); some sittings shared the CPU with other '
+                  'work, which the median epoch (from `run.log`) is less affected by:', '',
+                  '| part | run | epochs | training | median epoch | evaluation |', '|---|---|---|---|---|---|', *(row for _, row in sorted(rows)), '']
+    rates = {precision: read_beside(results_dir, bench + '.json', suffix) for precision, suffix in
+             (('bf16', '_bf16'), ('float32', ''))}
+    missing = [p for p in ('5b', '5c') if not any(r['profile'] == 'full' and p in r['parts'] for r in runs)]
+    rates = {k: v['train_img_per_s']['gaussian_vae'] for k, v in rates.items()
+             if v and 'gaussian_vae' in v.get('train_img_per_s', {})}
+    if missing and rates:
+        cfg = config('5b', 'full')
+        per_epoch = {k: 60000 / v for k, v in rates.items()}
+        hours = ' and '.join(f'{cfg["epochs"] * s / 3600:.1f} h' for s in per_epoch.values())
+        lines.append(f'{" and ".join(missing)} (the Gaussian VAE) have no course-settings run yet. '
+                     'Its training step at course sizes (batch 100, one Adam step) runs at '
+                     + ' and '.join(f'{v:.1f} images/s in {k}' for k, v in rates.items())
+                     + f', timed by `tools/bench.py` on a 2-core CPU (`{results_dir}/{bench}_bf16.json`, `{results_dir}/{bench}.json`): '
+                     + ' and '.join(f'{s / 60:.0f} min an epoch in {k}' for k, s in per_epoch.items())
+                     + f', so {hours} '
+                     f'of training for the {cfg["epochs"]} epochs of each part, before evaluation. These are rates '
+                     'of timed training steps, not of a run.')
+    return '\n'.join(lines) + '\n' if lines else 'No course-settings run has trained on a CPU yet.\n'
 
 
 def mutation_markdown(results_dir):

@@ -17,7 +17,7 @@ from reporting.answers import (ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, R
 from engine import ROOT
 from engine.config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from engine.figures import remedies_kl_figure
-from reporting.tables import bf16_runs_markdown, mutation_markdown, speed_markdown
+from reporting.tables import bf16_runs_markdown, cpu_hours_markdown, mutation_markdown, speed_markdown
 from reporting.reader import load_runs, per_image, trained_on, training_minutes, training_time
 from engine.files import read_json
 
@@ -32,6 +32,9 @@ MAP_BEGIN, MAP_END = '<!-- map:begin -->', '<!-- map:end -->'
 
 
 GPU_BEGIN, GPU_END = '<!-- gpu:begin -->', '<!-- gpu:end -->'
+
+
+CPU_BEGIN, CPU_END = '<!-- cpu:begin -->', '<!-- cpu:end -->'
 
 
 SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
@@ -363,12 +366,14 @@ def fill_file(path, sections):
         fh.write(text)
 
 
-def update_readme(readme, runs):
-    """README.md's homework map, results tables and GPU times, from runs (load_runs)."""
+def update_readme(readme, runs, results_dir='results'):
+    """README.md's homework map, results tables, GPU times and course-settings times on a CPU, from
+    runs (load_runs) and the benchmark's files in results_dir."""
     base = os.path.dirname(os.path.abspath(readme))
     tables = to_markdown(glance_blocks(runs, brief=True), base) if runs else 'No run has finished yet.\n'
     fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (TABLES_BEGIN, TABLES_END, tables),
-                       (GPU_BEGIN, GPU_END, gpu_time(runs))])
+                       (GPU_BEGIN, GPU_END, gpu_time(runs)),
+                       (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir))])
 
 
 def update_docs(docs, runs, results_dir):
@@ -394,7 +399,7 @@ def main():
     for r in runs:
         remedies_kl_figure(r['path'])
     latex(runs, args.tex)
-    update_readme(args.readme, runs)
+    update_readme(args.readme, runs, args.results_dir)
     update_docs(args.docs, runs, args.results_dir)
     print(f'{sum(len(r["parts"]) for r in runs)} parts in {len(runs)} run directories -> {args.tex}, {args.readme}, '
           f'{args.docs}/')

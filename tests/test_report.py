@@ -164,7 +164,8 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     readme, docs = tmp_path / 'README.md', tmp_path / 'docs'
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in ((writeup.MAP_BEGIN, writeup.MAP_END),
                                                              (writeup.TABLES_BEGIN, writeup.TABLES_END),
-                                                             (writeup.GPU_BEGIN, writeup.GPU_END))))
+                                                             (writeup.GPU_BEGIN, writeup.GPU_END),
+                                                             (writeup.CPU_BEGIN, writeup.CPU_END))))
     docs.mkdir()
     for name, (b, e) in (('results.md', (writeup.BEGIN, writeup.END)), ('running.md', (writeup.PRECISION_BEGIN,
                          writeup.PRECISION_END)), ('mutation.md', (writeup.MUTATION_BEGIN, writeup.MUTATION_END)),
@@ -172,7 +173,7 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
         (docs / name).write_text(f'# {name}\n{b}\nold\n{e}\n')
     runs = reader.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
-    writeup.update_readme(str(readme), runs)
+    writeup.update_readme(str(readme), runs, str(root))
     writeup.update_docs(str(docs), runs, str(root))
     writeup.latex(runs, str(tmp_path / 'results.tex'))
     text, tex = readme.read_text(), (tmp_path / 'results.tex').read_text()
@@ -426,3 +427,47 @@ def test_time_spent_on_each_device_is_quoted_apart_never_credited_to_one(tmp_pat
     assert '| CPU (test) + NVIDIA H100 | 85 min CPU (test) + 10 min NVIDIA H100 |' in row
     assert writeup.gpu_time([dict(name='full', profile='full', precision='fp32', parts={'6a': legacy})]).startswith(
         'Nothing has been measured on a GPU yet')
+
+
+def epoch_line(epoch, epochs, total):
+    """engine.train's line at an epoch's end, with the cumulative training time."""
+    return (f'2026-12-01 00:00:00  6b: epoch {epoch}/{epochs}, step {600 * epoch}: train 90.00 (mean of the epoch), '
+            f'test 89.00 (10000 images), KL 20.00, beta 1.00, lr 0.001, {total} s of training\n')
+
+
+def test_epoch_seconds_read_the_log_of_the_last_training_from_scratch(tmp_path):
+    run = str(tmp_path / 'full')
+    write_part(run, '6b', {'test_elbo': v(95.0, 0.25, 10000)})
+    m = dict(dir=os.path.join(run, '6b'))
+    assert reader.epoch_seconds(m) == []                      # no log
+    with open(os.path.join(run, '6b', 'run.log'), 'w') as fh:
+        fh.write(epoch_line(1, 60, 500) + epoch_line(2, 60, 900) + '6b: resuming from checkpoint.pt\n')
+        fh.write(epoch_line(1, 60, 100) + epoch_line(2, 60, 220) + epoch_line(3, 60, 400))  # --fresh, then resumed
+    assert reader.epoch_seconds(m) == [100, 120, 180]
+
+
+def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_the_gaussian_vae(tmp_path):
+    root = tmp_path / 'results'
+    write_part(str(root / 'full'), '6b', {'test_elbo': v(95.0, 0.25, 10000)})
+    (root / 'full' / '6b' / 'run.log').write_text(epoch_line(1, 60, 90) + epoch_line(2, 60, 300) + epoch_line(3, 60, 420))
+    write_part(str(root / 'cpu'), '6c', {'test_elbo': v(95.0, 0.25, 10000)})          # not course settings
+    write_part(str(root / 'full-bf16'), '6a', {'test_nll': v(82.0, 0.2, 10000)})
+    with open(root / 'full-bf16' / '6a' / 'metrics.json') as fh:
+        on_gpu = dict(json.load(fh), sittings=[dict(device='cuda', hardware='NVIDIA H100', seconds=60.0)])
+    with open(root / 'full-bf16' / '6a' / 'metrics.json', 'w') as fh:
+        json.dump(on_gpu, fh)                                                         # trained on a GPU: not listed
+    with open(root / 'bench_cpu.json', 'w') as fh:
+        json.dump(dict(train_img_per_s=dict(gaussian_vae=25.0)), fh)
+    with open(root / 'bench_cpu_bf16.json', 'w') as fh:
+        json.dump(dict(precision='bf16', train_img_per_s=dict(gaussian_vae=50.0)), fh)
+    text = tables.cpu_hours_markdown(reader.load_runs(str(root)), str(root))
+    rows = [line for line in text.splitlines() if line.startswith('| 6')]
+    assert rows == ['| 6b | course settings, float32 | 60 | 0.2 h | 2.0 min | 0 min |']  # 600 s; median of 90, 210, 120 s
+    # 60000 images at 50 and 25 images/s: 20 and 40 min an epoch, 20 epochs
+    assert '20 min an epoch in bf16 and 40 min an epoch in float32, so 6.7 h and 13.3 h of training' in text
+    assert text.startswith('The course-settings runs') and '5b and 5c (the Gaussian VAE) have no' in text
+    write_part(str(root / 'full'), '5b', {'test_elbo': v(1500.0, 7.0, 10000)})
+    write_part(str(root / 'full'), '5c', {'test_elbo': v(1500.0, 7.0, 10000)})
+    text = tables.cpu_hours_markdown(reader.load_runs(str(root)), str(root))
+    assert 'Gaussian VAE' not in text and '| 5b | course settings, float32 | 20 |' in text
+    assert tables.cpu_hours_markdown([], str(tmp_path)) == 'No course-settings run has trained on a CPU yet.\n'
