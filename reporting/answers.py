@@ -570,12 +570,17 @@ def answer_6d(ms):
                          f'[[fig:6d]].')] + vae_figure(d, 'Bernoulli means of p(x|z) for z ~ N(0, I)')
 
 
-REMEDY_WORDS = {
-    '6e-warmup': 'KL warm-up, the weight of the KL term rising from 0 to 1 over {kl_warmup} epoch(s) from epoch '
+def counted(n, noun):
+    """'1 epoch', '5 epochs'."""
+    return f'{n} {noun}' + ('' if n == 1 else 's')
+
+
+REMEDY_WORDS = {  # formatted with the run's settings, and its counts of epochs and blocks (counted)
+    '6e-warmup': 'KL warm-up, the weight of the KL term rising from 0 to 1 over {warmup_epochs} from epoch '
                  '{kl_warmup_start} [[cite:bowman2016]] [[cite:sonderby2016]]',
     '6e-freebits': 'free bits, training on the sum over latent dimensions of max(λ, batch-mean KL), λ = {free_bits} '
                    'nats [[cite:kingma2016]]',
-    '6e-weak': 'a weak PixelCNN of {pixelcnn_depth} masked block(s), a receptive field of a few rows [[cite:chen2017]]'}
+    '6e-weak': 'a weak PixelCNN of {pixelcnn_blocks}, a receptive field of a few rows [[cite:chen2017]]'}
 
 
 REMEDY_KEYS = ('kl_warmup', 'kl_warmup_start', 'free_bits', 'pixelcnn_depth')  # what a remedy changes
@@ -601,12 +606,18 @@ def early_plateau(m):
         return ''
     cfg = cfg_of(m)
     n, before_switch = cfg['monitor_images'], cfg.get('autoregress') and k <= cfg.get('autoregress_epoch', 0)
-    text = (f'On {f"the first {n}" if n else "all"} test images the KL term stayed under 1 nat for the first {k} '
-            f'epoch(s) ({", ".join(f"{x:.2f}" for x in tk[:k])}; test −ELBO {", ".join(f"{x:.2f}" for x in tl[:k])}): '
+    text = (f'On {f"the first {n}" if n else "all"} test images the KL term stayed under 1 nat for the first '
+            f'{f"{k} epochs" if k > 1 else "epoch"} ({", ".join(f"{x:.2f}" for x in tk[:k])}; test −ELBO {", ".join(f"{x:.2f}" for x in tl[:k])}): '
             'the code was unused from the start' + (', before the PixelCNN was switched on. ' if before_switch else '. '))
     if k == len(tk):
         return text + 'It never rose above 1 nat in this run. '
     return text + f'After epoch {k + 1} it was {tk[k]:.2f} nats (test −ELBO {tl[k]:.2f}): the code came into use. '
+
+
+def remedy_settings(cfg):
+    """A run's settings with the counts that REMEDY_WORDS writes out."""
+    return dict(cfg, warmup_epochs=counted(cfg['kl_warmup'], 'epoch'),
+                pixelcnn_blocks=counted(cfg['pixelcnn_depth'], 'masked block'))
 
 
 def baseline_reading(m):
@@ -635,7 +646,7 @@ def answer_6e(ms):
         head = stand_in(*group.values())
     parts = [p for p in REMEDIES if p in group]
     text = (f'{head}Run: {run_settings(base)}. The remedies change one thing each: '
-            + '; '.join(f'{p}: ' + REMEDY_WORDS[p].format(**cfg_of(group[p])) for p in REMEDY_WORDS if p in group)
+            + '; '.join(f'{p}: ' + REMEDY_WORDS[p].format(**remedy_settings(cfg_of(group[p]))) for p in REMEDY_WORDS if p in group)
             + '. Every number is the true ELBO (KL weight 1, no free bits) or the importance-sampled NLL, whatever '
               'objective a configuration trained ([[tab:6e]]). ')
     own = (figure(preferred['dir'], '6e-baseline-kl', ('kl',), f'{run_label(preferred)}: {KL_PLOT}')

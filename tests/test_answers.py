@@ -206,7 +206,7 @@ def test_6e_course_settings_baseline_comes_first_and_remedies_are_compared_withi
     remedy_runs(tmp_path, 'full', ('6e-baseline',), history=hist)
     text = paragraph(answers.answer_6e(view(tmp_path)))
     assert text.startswith('Run: 6e-baseline in the full profile')
-    assert ('the KL term stayed under 1 nat for the first 2 epoch(s) (0.00, 0.00; test −ELBO 206.28, 206.29)' in text
+    assert ('the KL term stayed under 1 nat for the first 2 epochs (0.00, 0.00; test −ELBO 206.28, 206.29)' in text
             and 'After epoch 3 it was 26.04 nats (test −ELBO 122.70)' in text)
     assert 'it averages 30.0 nats per image, over the last 100 27.0' in text
     assert 'a change of +3.16 nats: rising again when training stops' in text
@@ -248,8 +248,12 @@ def test_6d_names_the_epochs_its_code_stayed_unused(tmp_path):
     with open(tmp_path / 'full' / '6d' / 'history.json', 'w') as fh:
         json.dump(h, fh)
     d6 = paragraph(answers.answer_6d(view(tmp_path)))
-    assert ('the KL term stayed under 1 nat for the first 2 epoch(s) (0.04, 0.03; test −ELBO 206.71, 206.46): the '
+    assert ('the KL term stayed under 1 nat for the first 2 epochs (0.04, 0.03; test −ELBO 206.71, 206.46): the '
             'code was unused from the start. After epoch 3 it was 24.50 nats (test −ELBO 120.00)') in d6
+    with open(tmp_path / 'full' / '6d' / 'history.json', 'w') as fh:
+        json.dump(dict(h, test_kl=[0.04, 24.5], test_loss=[206.71, 120.0]), fh)
+    assert 'stayed under 1 nat for the first epoch (0.04; test −ELBO 206.71): the code was unused from the start. ' \
+           'After epoch 2 it was 24.50' in paragraph(answers.answer_6d(view(tmp_path)))
 
 
 # Every rule of a comparison --------------------------------------------------------------------
