@@ -312,7 +312,8 @@ def notebook_cell(notebook, needle):
 
 def homework_map(runs, base):
     """The handout's items: the number that answers each (from the first run that has it, course
-    settings first), its figure, notebook cell and implementation."""
+    settings first; an item whose parts come from different runs names the run of each), its
+    figure, notebook cell and implementation."""
     lines = ['| item | the handout asks | number: nats per image ± standard error (test images); run | figure | '
              'notebook | implementation |', '|---|---|---|---|---|---|']
     for item, asks, parts, qs, fig, nb, code in HOMEWORK:
@@ -320,13 +321,16 @@ def homework_map(runs, base):
         for part in parts:
             run = next((r for r in runs if part in r['parts']), None)
             m = run and run['parts'][part]
-            numbers += [f'{part}: not run yet'] if m is None else [
+            numbers.append((run and run_name(run), [f'{part}: not run yet'] if m is None else [
                 (f'{part} ' if len(parts) > 1 else '') + f'{quantity_label(q)}: {with_n(m["values"][q], table=True)}'
-                for q in (is_q(m) if q == 'test_nll_is' else q for q in qs) if q in m['values']]
+                for q in (is_q(m) if q == 'test_nll_is' else q for q in qs) if q in m['values']]))
             names += [run_name(run)] if run and run_name(run) not in names else []
             path = m and os.path.join(m['dir'] if fig != '6e_kl' else run['path'], f'{fig}.png')
             figs += [path] if path and os.path.exists(path) and path not in figs else []
-        number = '; '.join(numbers) + (f'; {", ".join(names)}' if names else '')
+        if len(names) > 1:
+            number = '; '.join('; '.join(texts) + (f' ({name})' if name else '') for name, texts in numbers)
+        else:
+            number = '; '.join(t for _, texts in numbers for t in texts) + (f'; {names[0]}' if names else '')
         lines.append(f'| {item} | {asks} | {number or ("proof" if item.startswith("Problem") else "code")} | '
                      + ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, base)})' for p in figs)
                      + f' | {notebook_cell(*nb[:2]) + nb[2] if nb else ""} | {code} |')

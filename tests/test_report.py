@@ -329,6 +329,21 @@ def test_homework_map_names_resolve_and_cover_the_handout():
             assert ' cell ' in writeup.notebook_cell(*notebook[:2]), item
 
 
+def test_homework_map_names_the_run_of_each_part_where_an_item_mixes_runs(tmp_path):
+    root = tmp_path / 'results'
+    write_part(str(root / 'full'), '6e-baseline', {'kl': v(10.4, 0.03, 10000)})
+    for part in answers.REMEDIES[1:]:
+        write_part(str(root / 'cpu'), part, {'kl': v(14.4, 0.04, 10000)})
+    row = next(line for line in writeup.homework_map(reader.load_runs(str(root)), str(tmp_path)).splitlines()
+               if line.startswith('| 6e |'))
+    assert '6e-baseline KL term: 10.40 ± 0.03 (10000) (course settings, float32); 6e-warmup KL term: 14.40 ± 0.04 ' \
+           '(10000) (cpu profile, float32)' in row
+    write_part(str(root / 'full'), '6b', {'test_nll_is1000': v(85.1, 0.7, 1000, M=1000)})
+    row = next(line for line in writeup.homework_map(reader.load_runs(str(root)), str(tmp_path)).splitlines()
+               if line.startswith('| 6b |'))
+    assert '| NLL, importance sampling (M = 1000): 85.10 ± 0.70 (1000); course settings, float32 |' in row
+
+
 def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
     root = tmp_path / 'results'
     res = root / 'cpu'
