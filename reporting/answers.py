@@ -206,11 +206,11 @@ IMAGES = ('test_images', 'is_images')  # which test images: a comparison names t
 
 def setting_differences(a, b, thing=()):
     """The settings, other than those in `thing`, in which the runs of a and b differ, in words
-    ('epochs 4 against 20'); precision included."""
+    ('epochs 4 against 20'); precision included unless `thing` names it."""
     ca, cb = cfg_of(a), cfg_of(b)
     out = [f'{WORDS[k]} {shown(k, ca.get(k))} against {shown(k, cb.get(k))}' for k in WORDS
            if k not in thing + IMAGES and relevant(k, ca) and relevant(k, cb) and ca.get(k) != cb.get(k)]
-    if ca['precision'] != cb['precision']:
+    if 'precision' not in thing and ca['precision'] != cb['precision']:
         out.append(f'precision ({precision_words(ca["precision"])} against {precision_words(cb["precision"])})')
     return out
 
@@ -384,12 +384,35 @@ def answer_6a(ms):
                  + ('each epoch: ' + ' → '.join(f'{x:.2f}' for x in losses) if every == 1 else
                     'epochs ' + ', '.join(f'{e}: {losses[e - 1]:.2f}' for e in shown_epochs))
                  + ' ([[fig:6a-loss]]). ')
-    return [('p', text + schedule_reading(m) + 'Samples, drawn pixel by pixel: [[fig:6a]].')] + figure(
+    return [('p', text + schedule_reading(m) + precision_reading(m, ms, 'test_nll')
+             + 'Samples, drawn pixel by pixel: [[fig:6a]].')] + figure(
         m['dir'], '6a', ('samples',), '49 samples x ~ p(x) of the PixelCNN (6a), drawn pixel by pixel in raster '
                                       'order. What to look for: strokes that stay connected across rows; whole digits.'
     ) + figure(m['dir'], '6a-loss', ('loss',), 'PixelCNN (6a): training NLL per iteration (faint: each batch; line: '
                                                'moving mean) and test NLL at the end of each epoch. What to look for: '
                                                'whether the test NLL is still falling when training stops.')
+
+
+def precision_reading(m, ms, q):
+    """For a run trained in bfloat16: the part's bfloat16 and float32 runs of one profile, with the
+    same settings and seed, set against each other on q, and what that says of the precision's
+    share in m's number ('' if m trained in float32 or no such pair exists)."""
+    if cfg_of(m)['precision'] != 'bf16':
+        return ''
+    runs = getattr(ms, 'pool', {}).get(m['part'], [])
+    for low in (r for r in runs if cfg_of(r)['precision'] == 'bf16' and q in r['values']):
+        full = next((r for r in runs if r['profile'] == low['profile'] and cfg_of(r)['precision'] == 'fp32'
+                     and q in r['values'] and not setting_differences(low, r, ('precision',))), None)
+        if full is None:
+            continue
+        text, c, _ = comparison(low, q, full, q, 'the precision', ('precision',))
+        worse = c['value'] >= 2 * c['se']
+        return (f'This run trained in bfloat16 (evaluated in float32). Where {m["part"]} trained in both precisions '
+                f'with the same settings and seed: {text}'
+                + ('bfloat16 training made the number measurably worse there, so it may account for part of the gap. '
+                   if worse else 'bfloat16 training was not measurably worse there, so nothing points to the '
+                                 'precision as a cause of the gap. '))
+    return 'This run trained in bfloat16 (evaluated in float32); no float32 run with its settings is committed. '
 
 
 def schedule_reading(m):

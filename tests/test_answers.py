@@ -331,3 +331,23 @@ def test_every_published_number_in_an_answer_comes_with_the_data_note():
     assert quoting
     for text in quoting:
         assert 'seeded sample of MNIST' in text and '[[cite:larochelle2011]]' in text, text[:80]
+
+
+def test_6a_in_bf16_reads_the_precision_from_a_pair_of_runs_that_differ_in_it_alone(tmp_path):
+    base = spread(1000, 3, 85.0, 10.0)
+    write_part(str(tmp_path / 'full-bf16'), '6a', {'test_nll': summary(base - 3.0)})
+    text = paragraph(answers.answer_6a(view(tmp_path)))
+    assert 'This run trained in bfloat16 (evaluated in float32); no float32 run with its settings is committed.' in text
+    write_part(str(tmp_path / 'cpu'), '6a', {'test_nll': summary(base)}, per_image={'test_nll': base})
+    write_part(str(tmp_path / 'cpu-bf16'), '6a', {'test_nll': summary(base - 0.2)}, per_image={'test_nll': base - 0.2})
+    text = paragraph(answers.answer_6a(view(tmp_path)))
+    assert ('Where 6a trained in both precisions with the same settings and seed: 6a (cpu profile, bf16 training, 4 '
+            'epochs) − 6a (cpu profile, float32, 4 epochs): -0.20 ± 0.00 nats (paired, 1000 test images). bfloat16 '
+            'training was not measurably worse there, so nothing points to the precision') in text
+    write_part(str(tmp_path / 'cpu-bf16'), '6a', {'test_nll': summary(base + 0.5)}, per_image={'test_nll': base + 0.5})
+    assert 'made the number measurably worse there, so it may account for part of the gap' in paragraph(
+        answers.answer_6a(view(tmp_path)))
+    write_part(str(tmp_path / 'cpu-bf16'), '6a', {'test_nll': summary(base)}, per_image={'test_nll': base}, epochs=3)
+    assert 'no float32 run with its settings is committed' in paragraph(answers.answer_6a(view(tmp_path)))
+    write_part(str(tmp_path / 'full'), '6a', {'test_nll': summary(base)})   # float32 at course settings: no reading
+    assert 'bfloat16' not in paragraph(answers.answer_6a(view(tmp_path)))
