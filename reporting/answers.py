@@ -656,14 +656,26 @@ def has_kl_plot(m):
     return os.path.exists(os.path.join(m['dir'], 'kl.png'))
 
 
+def remedies_so_far(base, ms):
+    """The remedies that have a run in base's profile, while not all of them have: what each changes,
+    and its KL term and NLL against base ('' if none has)."""
+    done = [next(m for m in ms.pool[p] if m['profile'] == base['profile']) for p in REMEDY_WORDS
+            if any(m['profile'] == base['profile'] for m in getattr(ms, 'pool', {}).get(p, []))]
+    if not done:
+        return ''
+    return (f'{listed([m["part"] for m in done])} also ran at these settings: '
+            + '; '.join(f'{m["part"]}, ' + REMEDY_WORDS[m['part']].format(**remedy_settings(cfg_of(m))) for m in done)
+            + '. ' + remedy_costs([base] + done, base))
+
+
 def answer_6e(ms):
     group = remedy_group(ms)
     base, preferred = group.get('6e-baseline'), ms['6e-baseline']
     if base is not preferred:
         missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
-        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}No course-settings run of '
-                f'{listed(missing)} yet, so the remedies are compared among the runs of the {next(iter(group.values()))["profile"]} profile, where '
-                f'{listed(list(group))} ran. ')
+        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}{remedies_so_far(preferred, ms)}'
+                f'No course-settings run of {listed(missing)} yet, so the remedies are compared among the runs of the '
+                f'{next(iter(group.values()))["profile"]} profile, where {listed(list(group))} ran. ')
         base = base or next(iter(group.values()))
     else:
         head = stand_in(*group.values())

@@ -217,6 +217,24 @@ def test_6e_course_settings_baseline_comes_first_and_remedies_are_compared_withi
     assert 'full profile' not in costs and costs.count('(likewise)') == 6   # three remedies, KL and NLL
 
 
+def test_6e_course_settings_remedies_are_set_against_the_course_settings_baseline_before_the_others_finish(tmp_path):
+    remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
+    remedy_runs(tmp_path, 'full', ('6e-baseline', '6e-freebits'))
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    so_far = text[text.index('6e-freebits also ran at these settings'):text.index('No course-settings run of')]
+    assert so_far.startswith('6e-freebits also ran at these settings: 6e-freebits, free bits, training on the sum over '
+                             'latent dimensions of max(λ, batch-mean KL), λ = 0.5 nats')
+    assert ("Final test KL term against the baseline's: 6e-freebits (full profile, the course settings, float32, 20 "
+            "epochs) − 6e-baseline (likewise): +1.00 ± 0.00 nats") in so_far
+    assert "As a multiple of the baseline's: 6e-freebits 1.12." in so_far
+    assert 'its importance-sampled NLL against the baseline\'s: 6e-freebits (full profile' in so_far
+    assert 'cpu profile' not in so_far
+    assert 'No course-settings run of 6e-warmup and 6e-weak yet' in text
+    remedy_runs(tmp_path / 'only', 'full', ('6e-baseline',))
+    remedy_runs(tmp_path / 'only', 'cpu', answers.REMEDIES)
+    assert 'also ran at these settings' not in paragraph(answers.answer_6e(view(tmp_path / 'only')))
+
+
 def test_6e_course_settings_baseline_is_set_against_course_settings_6c_paired(tmp_path):
     remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
     remedy_runs(tmp_path, 'full', ('6e-baseline',))
