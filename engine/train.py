@@ -210,6 +210,14 @@ def objective(nets, cfg, x, eps, beta=1.0):
     return OBJECTIVES[cfg['model']](nets, cfg, x, eps, beta)
 
 
+# The settings' floats (free bits' lambda, sigma) compiled in as constants, each value its own graph:
+# where torch.compile makes a float that changed between calls a symbol instead, a use of it under
+# clamp can keep an earlier value, with no error (pytorch/pytorch#194976, #197889; seen in torch
+# 2.14.1: 6e-freebits compiled after 6e-warmup in one process trained with another lambda). Older
+# torch, without the switch, always compiled floats in as constants.
+CONSTANT_FLOATS = dict(specialize_float=True) if hasattr(torch._dynamo.config, 'specialize_float') else {}
+
+
 def captured(fn, device):
     """fn through torch.compile, for the training step: one fused graph per forward and backward
     instead of hundreds of small kernels, and on CUDA replayed as a CUDA graph (mode
@@ -224,7 +232,8 @@ def captured(fn, device):
         beta = weight.fill_(beta)
         if fast[0] is not None:
             try:
-                return fast[0](nets, cfg, x, eps, beta)
+                with torch._dynamo.config.patch(**CONSTANT_FLOATS):
+                    return fast[0](nets, cfg, x, eps, beta)
             except Exception as err:  # any compiler failure: eager computes the same
                 print(f'torch.compile of the training objective failed ({type(err).__name__}: {str(err)[:200]}); '
                       f'training eagerly', flush=True)

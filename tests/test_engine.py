@@ -887,6 +887,30 @@ def test_captured_training_objective_equals_eager(capsys):
     assert 'failed' not in capsys.readouterr().out
 
 
+@pytest.mark.compiles
+def test_captured_objective_follows_each_parts_settings_in_one_process():
+    """Parts trained one after another in one process (`all`, a notebook) share torch.compile's cache
+    of the objective: 6e-freebits after 6e-warmup, at another batch size, trains with its own lambda
+    (each lambda its own eager value), not with one left from an earlier graph."""
+    first = C.config('6e-warmup', 'smoke', batch_size=20, compile_train=True)
+    torch.manual_seed(0)
+    nets = T.build(C.model_spec(first), 'cpu')
+    T.captured(T.objective, 'cpu')(nets, first, T.load_data(first, train=True)[:20], torch.randn(20, 49), 0.0)
+    cfg = C.config('6e-freebits', 'smoke', compile_train=True)
+    nets = T.build(C.model_spec(cfg), 'cpu')
+    nets['decoder'].autoregress = True
+    x = T.load_data(cfg, train=True)[:8]
+    eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
+    seen = []
+    for free_bits in (0.5, 0.25, 0.75):
+        part = dict(cfg, free_bits=free_bits)
+        eager = T.objective(nets, part, x, eps, 1.0)[0]
+        torch.testing.assert_close(T.captured(T.objective, 'cpu')(nets, part, x, eps, 1.0)[0].detach(), eager.detach(),
+                                   rtol=1e-5, atol=1e-4)
+        seen.append(eager.item())
+    assert len(set(seen)) == 3                       # lambda changes the objective here
+
+
 @pytest.mark.parametrize('compile_train', [False, True])
 def test_compile_train_chooses_the_compiled_objective_and_falls_back_to_eager(tmp_path, monkeypatch, capsys,
                                                                               compile_train):
