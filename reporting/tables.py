@@ -96,6 +96,9 @@ def bf16_runs_markdown(results_dir):
             + '\n'.join(lines) + '\n\n' + ' '.join(readings) + '\n')
 
 
+MNIST_TRAIN = 60000  # images in MNIST's training set, one epoch at course settings
+
+
 def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
     """What the course settings take on a CPU: the course-settings runs (profile `full`) trained on
     one, with their training time, median epoch and evaluation time; for the Gaussian VAE (5b, 5c),
@@ -124,7 +127,7 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
              if v and 'gaussian_vae' in v.get('train_img_per_s', {})}
     if missing and rates:
         cfg = config('5b', 'full')
-        per_epoch = {k: 60000 / v for k, v in rates.items()}
+        per_epoch = {k: (cfg['train_images'] or MNIST_TRAIN) / v for k, v in rates.items()}
         hours = ' and '.join(f'{cfg["epochs"] * s / 3600:.1f} h' for s in per_epoch.values())
         lines.append(f'{" and ".join(missing)} (the Gaussian VAE) have no course-settings run yet. '
                      'Its training step at course sizes (batch 100, one Adam step) runs at '
