@@ -700,8 +700,9 @@ def remedy_costs(rows, base):
         return ''
     return ('Final test KL term against the baseline\'s: ' + ''.join(
         comparison(m, 'kl', base, 'kl', f'the remedy of {m["part"]}', REMEDY_KEYS)[0] for m in others)
-        + 'As a multiple of the baseline\'s: ' + ', '.join(
+        + ('As a multiple of the baseline\'s: ' + ', '.join(
             f'{m["part"]} {m["values"]["kl"]["value"] / base["values"]["kl"]["value"]:.2f}' for m in others) + '. '
+           if base['values']['kl']['value'] > 0 else '')  # a baseline KL of 0: no multiple
         + 'What each remedy costs in likelihood, its importance-sampled NLL against the baseline\'s: ' + ''.join(
         comparison(m, is_q(m), base, is_q(base), f'the remedy of {m["part"]}', REMEDY_KEYS)[0] for m in others))
 

@@ -261,6 +261,9 @@ def test_remedies_reading_follows_the_numbers(tmp_path):
     assert ("Final test KL term against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − 6e-baseline "
             "(likewise): +0.35 ± 0.01 nats (unpaired, 500 test images)") in reading
     assert "As a multiple of the baseline's: 6e-warmup 8.00, 6e-freebits 120.00, 6e-weak 400.00. " in reading
+    remedy('6e-baseline', 90.0, 0.0, 0)   # a KL term of exactly 0: differences, no multiples
+    assert 'As a multiple' not in answers.remedies_reading(reader.load_metrics(run))
+    remedy('6e-baseline', 90.0, 0.05, 0)
     assert ("its importance-sampled NLL against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − "
             "6e-baseline (likewise): no measurable difference (+0.30 ± 0.71 nats") in reading
     assert ('6e-freebits (cpu profile, float32, 4 epochs) − 6e-baseline (likewise): no measurable difference '
