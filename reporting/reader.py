@@ -71,6 +71,22 @@ def epoch_seconds(m):
     return seconds
 
 
+PROGRESS_LINE = re.compile(r'^(\S+ \S+)\s+\S+: epoch (\d+)/(\d+), step ')  # its time, epoch and epochs
+
+
+def progress(part_dir):
+    """How far an unfinished part has trained, from its run.log: {'epoch', 'epochs', 'when'} of the
+    last epoch it finished (None if it has no log or finished none)."""
+    path = os.path.join(part_dir, 'run.log')
+    if not os.path.exists(path):
+        return None
+    last = None
+    with open(path) as fh:
+        for match in filter(None, map(PROGRESS_LINE.search, fh)):
+            last = dict(when=match[1], epoch=int(match[2]), epochs=int(match[3]))
+    return last
+
+
 def load_metrics(results_dir):
     """The metrics.json of every finished part of one run directory, in handout order; each with
     'dir', the part's directory (per_image.pt, history.json and the figures lie there)."""

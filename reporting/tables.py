@@ -7,7 +7,7 @@ import statistics
 from engine.config import PARTS, config
 from engine.files import read_json
 from reporting.answers import contrast, run_name, value_text
-from reporting.reader import epoch_seconds, training_time
+from reporting.reader import epoch_seconds, progress, training_time
 from tools.bench import BESIDE, GOALS, speed_table
 
 
@@ -90,7 +90,7 @@ def bf16_runs_markdown(results_dir):
             'Parity: bfloat16 is not measurably worse (its difference is below two standard errors). Each bfloat16 '
             'number is recomputed by `python experiments.py eval PART --quantity QUANTITY --profile cpu --precision '
             'bf16`; training speeds in bfloat16 and float32, measured side by side: '
-            '[`docs/speed.md`](docs/speed.md).\n\n'
+            '[`docs/speed.md`](speed.md).\n\n'
             '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | same settings and seed |\n'
             '|---|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n\n' + ' '.join(readings) + '\n')
@@ -138,6 +138,32 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
                      f'of training for the {cfg["epochs"]} epochs of each part, before evaluation. These are rates '
                      'of timed training steps, not of a run.')
     return '\n'.join(lines) + '\n' if lines else 'No course-settings run has trained on a CPU yet.\n'
+
+
+def unfinished_markdown(runs, results_dir):
+    """The course-settings parts that have not finished: how far each one in progress has trained (its
+    run.log, committed at the end of a sitting, in results_dir/full[-<precision>]/<part>/), and which
+    have not started."""
+    done = {p for r in runs if r['profile'] == 'full' for p in r['parts']}
+    dirs = sorted(d for d in os.listdir(results_dir) if d.partition('-')[0] == 'full') if os.path.isdir(results_dir) else []
+    going, waiting = [], []
+    for part in (p for p in PARTS if p not in done):
+        found = [(d, progress(os.path.join(results_dir, d, part))) for d in dirs
+                 if os.path.exists(os.path.join(results_dir, d, part, 'run.log'))]
+        if not found:
+            waiting.append(part)
+        for d, at in found:
+            going.append(f'{part} (`{results_dir}/{d}/{part}`): ' + (f'epoch {at["epoch"]} of {at["epochs"]} done by {at["when"]}'
+                                                                     if at else 'started, no epoch done'))
+    if not going and not waiting:
+        return 'Every part has finished at the course settings.\n'
+    lines = []
+    if going:
+        lines.append('In progress at the course settings, from the `run.log` of each: ' + '; '.join(going) + '. '
+                     'Such a run resumes from its checkpoint, which stays on the machine that trained it.')
+    if waiting:
+        lines.append(f'Not started at the course settings: {", ".join(waiting)}.')
+    return ' '.join(lines) + '\n'
 
 
 def mutation_markdown(results_dir):

@@ -17,7 +17,8 @@ from reporting.answers import (ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, R
 from engine import ROOT
 from engine.config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
 from engine.figures import remedies_kl_figure
-from reporting.tables import bf16_runs_markdown, cpu_hours_markdown, mutation_markdown, speed_markdown
+from reporting.tables import bf16_runs_markdown, cpu_hours_markdown, mutation_markdown, speed_markdown, \
+    unfinished_markdown
 from reporting.reader import load_runs, per_image, trained_on, training_minutes, training_time
 from engine.files import read_json
 
@@ -377,7 +378,7 @@ def update_readme(readme, runs, results_dir='results'):
     tables = to_markdown(glance_blocks(runs, brief=True), base) if runs else 'No run has finished yet.\n'
     fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (TABLES_BEGIN, TABLES_END, tables),
                        (GPU_BEGIN, GPU_END, gpu_time(runs)),
-                       (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir))])
+                       (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir) + '\n' + unfinished_markdown(runs, results_dir))])
 
 
 def update_docs(docs, runs, results_dir):

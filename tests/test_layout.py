@@ -112,3 +112,30 @@ def test_the_python_inside_the_shell_scripts_imports_modules_that_exist():
     missing = [(p, m) for p, m in found if importlib.util.find_spec(m.split('.')[0]) is None
                or importlib.util.find_spec(m) is None]
     assert not missing, missing
+
+
+LINK = r'\]\(([^)\s]+)\)'   # a markdown link's target
+
+
+def broken_links(path, text):
+    """The relative link targets of a markdown text that name no file or folder, from the file's folder."""
+    import re
+    base = os.path.dirname(path)
+    return [t for t in re.findall(LINK, text) if not re.match(r'[a-z]+:|#', t)
+            and not os.path.exists(os.path.join(base, t.split('#')[0]))]
+
+
+def test_every_relative_link_of_the_markdown_and_the_notebooks_names_a_file():
+    """Generated sections are written into files in different folders (README.md at the root,
+    running.md in docs/), so a link right in one is broken in the other."""
+    import glob
+    import json
+    texts = {p: open(p).read() for p in [os.path.join(ROOT, 'README.md'), *glob.glob(os.path.join(ROOT, 'docs', '*.md'))]}
+    for nb in glob.glob(os.path.join(ROOT, '*.ipynb')):
+        cells = json.load(open(nb))['cells']
+        texts[nb] = '\n'.join(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
+    import re
+    assert sum(len(re.findall(LINK, t)) for t in texts.values()) > 20   # the pattern finds the links
+    assert broken_links(os.path.join(ROOT, 'docs', 'running.md'), '[speed](docs/speed.md)') == ['docs/speed.md']
+    broken = {os.path.relpath(p, ROOT): b for p, t in texts.items() if (b := broken_links(p, t))}
+    assert not broken, broken

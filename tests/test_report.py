@@ -490,3 +490,23 @@ def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_
     text = tables.cpu_hours_markdown(reader.load_runs(str(root)), str(root))
     assert 'Gaussian VAE' not in text and '| 5b | course settings, float32 | 20 |' in text
     assert tables.cpu_hours_markdown([], str(tmp_path)) == 'No course-settings run has trained on a CPU yet.\n'
+
+
+def test_unfinished_course_settings_parts_show_the_last_epoch_of_their_log(tmp_path):
+    root = tmp_path / 'results'
+    write_part(str(root / 'full'), '6b', {'test_elbo': v(95.0, 0.25, 10000)})           # finished: not listed
+    (root / 'full' / '6d').mkdir(parents=True)
+    (root / 'full' / '6d' / 'run.log').write_text('2026-12-01 00:00:00  6d: resuming\n' + epoch_line(1, 60, 90)
+                                                  + epoch_line(2, 60, 300).replace('00:00:00', '01:02:03'))
+    (root / 'full' / '6e-weak').mkdir()
+    (root / 'full' / '6e-weak' / 'run.log').write_text('2026-12-01 00:00:00  6e-weak: header only\n')
+    (root / 'cpu' / '6c').mkdir(parents=True)
+    (root / 'cpu' / '6c' / 'run.log').write_text(epoch_line(1, 4, 90))                 # not course settings
+    assert reader.progress(str(root / 'full' / '6d')) == dict(when='2026-12-01 01:02:03', epoch=2, epochs=60)
+    assert reader.progress(str(root / 'full' / '6e-weak')) is None
+    assert reader.progress(str(root / 'full' / '6a')) is None
+    text = tables.unfinished_markdown(reader.load_runs(str(root)), str(root))
+    assert f'6d (`{root}/full/6d`): epoch 2 of 60 done by 2026-12-01 01:02:03' in text
+    assert f'6e-weak (`{root}/full/6e-weak`): started, no epoch done' in text
+    assert text.endswith('Not started at the course settings: 5b, 5c, 6a, 6c, 6e-baseline, 6e-warmup, 6e-freebits.\n')
+    assert '6b' not in text
