@@ -570,13 +570,24 @@ def flow_reading(d, b):
     said, _, clean = comparison(d, is_q(d), b, is_q(b), 'the flow', keys=('flows', 'iaf_depth'))
     tight = contrast([(1, b, 'test_elbo'), (-1, b, is_q(b)), (-1, d, 'test_elbo'), (1, d, is_q(d))])
     text = (said + f'The gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(d))} for 6d, '
-            f'{compared(gap(b))} for 6b. ')
+            f'{compared(gap(b))} for 6b. ' + code_use(d, b))
     if not clean:
         return text + f'Nor is the difference of the gaps, 6b\'s − 6d\'s, {compared(tight)}, set down to the flow. '
     if measurable(tight):
         return text + (f'With the flow the bound is {"tighter" if tight["value"] > 0 else "looser"}, here by '
                        f'{abs(tight["value"]):.2f} ± {tight["se"]:.2f} nats ({how(tight)}). ')
     return text + f'Whether the flow tightens the bound is not resolved here: {compared(tight)}. '
+
+
+def code_use(d, b):
+    """How much of the latent code 6d and 6b use: their KL terms, paired where both saved them, and
+    their active units."""
+    if 'kl' not in d['values'] or 'kl' not in b['values']:
+        return ''
+    units = [with_n(m['values'].get('active_units')) for m in (d, b)]
+    return (f'The code they use, the KL term on the test images: 6d {value_text(d["values"]["kl"])}, 6b '
+            f'{value_text(b["values"]["kl"])} nats; 6d − 6b: {compared(contrast([(1, d, "kl"), (-1, b, "kl")]))}'
+            + (f'; active dimensions: 6d {units[0]}, 6b {units[1]}. ' if all(units) else '. '))
 
 
 def answer_6d(ms):

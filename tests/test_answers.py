@@ -369,3 +369,19 @@ def test_6a_in_bf16_reads_the_precision_from_a_pair_of_runs_that_differ_in_it_al
     assert 'no float32 run with its settings is committed' in paragraph(answers.answer_6a(view(tmp_path)))
     write_part(str(tmp_path / 'full'), '6a', {'test_nll': summary(base)})   # float32 at course settings: no reading
     assert 'bfloat16' not in paragraph(answers.answer_6a(view(tmp_path)))
+
+
+def test_6d_sets_the_code_each_encoder_uses_beside_the_nll(tmp_path):
+    """Where the flow does not lower the NLL, the KL terms and active units show what each code carries."""
+    n, kl_of = 1000, {}
+    for part, kl in (('6b', 30.0), ('6d', 27.0)):
+        nll = spread(n, 10, 90.0, 20.0)
+        kls = kl_of[part] = spread(n, 12, kl, 1.0)
+        write_part(str(tmp_path / 'full'), part, {'test_elbo': summary(nll + 7.0), 'kl': summary(kls),
+                                                  'active_units': dict(value=49 if part == '6d' else 30, stderr=None, n_images=n),
+                                                  'test_nll_is1000': dict(summary(nll), M=1000)},
+                   {'test_elbo': nll + 7.0, 'test_nll_is1000': nll, 'kl': kls})
+    d6 = paragraph(answers.answer_6d(view(tmp_path)))
+    kl_d, kl_b = (answers.value_text(summary(kl_of[p])) for p in ('6d', '6b'))
+    assert (f'The code they use, the KL term on the test images: 6d {kl_d}, 6b {kl_b} nats; 6d − 6b: '
+            '-3.00 ± 0.00 nats (paired, 1000 test images); active dimensions: 6d 49 of 49, 6b 30 of 49.') in d6
