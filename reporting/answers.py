@@ -108,7 +108,8 @@ def contrast(terms):
 
 
 def measurable(c):
-    return abs(c['value']) >= 2 * c['se']
+    """At least two standard errors from zero (an exact zero, such as a part against itself, is not)."""
+    return c['value'] != 0 and abs(c['value']) >= 2 * c['se']
 
 
 def how(c):
@@ -715,7 +716,32 @@ def remedy_costs(rows, base):
             f'{m["part"]} {m["values"]["kl"]["value"] / base["values"]["kl"]["value"]:.2f}' for m in others) + '. '
            if base['values']['kl']['value'] > 0 else '')  # a baseline KL of 0: no multiple
         + 'What each remedy costs in likelihood, its importance-sampled NLL against the baseline\'s: ' + ''.join(
-        comparison(m, is_q(m), base, is_q(base), f'the remedy of {m["part"]}', REMEDY_KEYS)[0] for m in others))
+        comparison(m, is_q(m), base, is_q(base), f'the remedy of {m["part"]}', REMEDY_KEYS)[0] for m in others)
+        + ''.join(remedy_verdict(m, base) for m in others))
+
+
+def remedy_verdict(m, base):
+    """One remedy against the baseline in words: its NLL lower, higher or not measurably different, its
+    active dimensions, and what the ELBO alone would have said, with the bound's gap of each."""
+    if not (is_q(m) and is_q(base)):
+        return ''
+    nll = contrast([(1, m, is_q(m)), (-1, base, is_q(base))])
+    said = ('not measurably different from' if not measurable(nll) else
+            f'{abs(nll["value"]):.2f} ± {nll["se"]:.2f} nats {"lower" if nll["value"] < 0 else "higher"} than')
+    units = [m['values'].get('active_units'), base['values'].get('active_units')]
+    text = (f'{m["part"]}: its NLL is {said} the baseline\'s'
+            + (f', with {with_n(units[0])} dimensions active against {units[1]["value"]}' if all(units) else '') + '. ')
+    elbo = contrast([(1, m, 'test_elbo'), (-1, base, 'test_elbo')])
+    disagree = measurable(elbo) and (not measurable(nll) or (elbo['value'] > 0) != (nll['value'] > 0))
+    if disagree:
+        wider = contrast([(1, m, 'test_elbo'), (-1, m, is_q(m)), (-1, base, 'test_elbo'), (1, base, is_q(base))])
+        text += (f'The ELBO alone says otherwise: −ELBO, {m["part"]} − 6e-baseline: {compared(elbo)}. The two '
+                 f'disagree by the gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(m))} '
+                 f'for {m["part"]}, {compared(gap(base))} for the baseline, a difference of {compared(wider)}. The '
+                 f'bound of {m["part"]} is {"looser" if wider["value"] > 0 else "tighter"}: its −ELBO lies '
+                 f'{"further above" if wider["value"] > 0 else "closer to"} its NLL than the baseline\'s does, and the '
+                 'importance-sampled estimate, the tighter bound of the two (Problem 2), is the one that ranks them. ')
+    return text
 
 
 def against_references(best, refs):

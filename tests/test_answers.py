@@ -385,3 +385,30 @@ def test_6d_sets_the_code_each_encoder_uses_beside_the_nll(tmp_path):
     kl_d, kl_b = (answers.value_text(summary(kl_of[p])) for p in ('6d', '6b'))
     assert (f'The code they use, the KL term on the test images: 6d {kl_d}, 6b {kl_b} nats; 6d − 6b: '
             '-3.00 ± 0.00 nats (paired, 1000 test images); active dimensions: 6d 49 of 49, 6b 30 of 49.') in d6
+
+
+def verdict_runs(root, nll_shift, elbo_shift, n=1000):
+    """6e-baseline and 6e-freebits on the same n test images; the remedy's NLL and −ELBO shifted."""
+    nll = spread(n, 40, 82.0, 20.0)
+    for part, dn, de, units in (('6e-baseline', 0.0, 0.0, 26), ('6e-freebits', nll_shift, elbo_shift, 49)):
+        noise = spread(n, 41 if part == '6e-freebits' else 42, 0.0, 0.2)
+        p_nll, p_elbo = nll + dn + noise, nll + 3.0 + de
+        write_part(str(root / 'full'), part, {'test_elbo': summary(p_elbo), 'kl': v(10.0, 0.03, n),
+                                              'active_units': dict(value=units, stderr=None, n_images=n),
+                                              'test_nll_is1000': dict(summary(p_nll), M=1000)},
+                   {'test_elbo': p_elbo, 'test_nll_is1000': p_nll})
+    ms = {m['part']: m for m in reader.load_metrics(str(root / 'full'))}
+    return answers.remedy_verdict(ms['6e-freebits'], ms['6e-baseline'])
+
+
+def test_a_remedy_is_judged_by_its_nll_and_told_where_the_elbo_disagrees(tmp_path):
+    text = verdict_runs(tmp_path / 'gain', -0.4, 1.2)     # lower NLL, higher −ELBO: the looser bound
+    assert text.startswith("6e-freebits: its NLL is 0.4") and "nats lower than the baseline's, with 49 of 49 " \
+                                                              "dimensions active against 26. " in text
+    assert 'The ELBO alone says otherwise: −ELBO, 6e-freebits − 6e-baseline: +1.20 ± 0.00 nats' in text
+    assert 'The bound of 6e-freebits is looser: its −ELBO lies further above its NLL' in text
+    text = verdict_runs(tmp_path / 'cost', 0.5, 0.6)      # both say it costs: nothing to explain
+    assert "nats higher than the baseline's" in text and 'otherwise' not in text
+    text = verdict_runs(tmp_path / 'same', 0.0, -0.8)     # no measurable NLL difference, a lower −ELBO
+    assert "its NLL is not measurably different from the baseline's" in text
+    assert 'The bound of 6e-freebits is tighter: its −ELBO lies closer to its NLL' in text
