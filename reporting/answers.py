@@ -735,7 +735,7 @@ def remedy_verdict(m, base):
     disagree = measurable(elbo) and (not measurable(nll) or (elbo['value'] > 0) != (nll['value'] > 0))
     if disagree:
         wider = contrast([(1, m, 'test_elbo'), (-1, m, is_q(m)), (-1, base, 'test_elbo'), (1, base, is_q(base))])
-        text += (f'The ELBO alone says otherwise: −ELBO, {m["part"]} − 6e-baseline: {compared(elbo)}. The two '
+        text += (f'The ELBO alone says otherwise: −ELBO, {m["part"]} − {base["part"]}: {compared(elbo)}. The two '
                  f'disagree by the gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(m))} '
                  f'for {m["part"]}, {compared(gap(base))} for the baseline, a difference of {compared(wider)}. The '
                  f'bound of {m["part"]} is {"looser" if wider["value"] > 0 else "tighter"}: its −ELBO lies '

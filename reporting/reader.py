@@ -51,7 +51,8 @@ def training_minutes(m, digits=1):
     return ' + '.join(f'{seconds / 60:.{digits}f} min {label}' for label, seconds in spent)
 
 
-EPOCH_LINE = re.compile(r': epoch (\d+)/\d+, step .*, (\d+) s of training')  # engine.train's line at each epoch's end
+# engine.train's line at each epoch's end: its time, the epoch, the epochs, the cumulative seconds of training
+EPOCH_LINE = re.compile(r'^(\S+ \S+)\s+\S+: epoch (\d+)/(\d+), step .*, (\d+) s of training')
 
 
 def epoch_seconds(m):
@@ -63,15 +64,12 @@ def epoch_seconds(m):
     seconds, last_epoch, last_total = [], 0, 0
     with open(path) as fh:
         for match in filter(None, map(EPOCH_LINE.search, fh)):
-            epoch, total = int(match[1]), int(match[2])
+            epoch, total = int(match[2]), int(match[4])
             if epoch <= last_epoch:  # trained again from scratch (--fresh): the log's later run counts
                 seconds, last_total = [], 0
             seconds.append(total - last_total)
             last_epoch, last_total = epoch, total
     return seconds
-
-
-PROGRESS_LINE = re.compile(r'^(\S+ \S+)\s+\S+: epoch (\d+)/(\d+), step ')  # its time, epoch and epochs
 
 
 def progress(part_dir):
@@ -82,7 +80,7 @@ def progress(part_dir):
         return None
     last = None
     with open(path) as fh:
-        for match in filter(None, map(PROGRESS_LINE.search, fh)):
+        for match in filter(None, map(EPOCH_LINE.search, fh)):
             last = dict(when=match[1], epoch=int(match[2]), epochs=int(match[3]))
     return last
 
