@@ -683,10 +683,12 @@ def remedies_so_far(base, ms):
 def answer_6e(ms):
     group = remedy_group(ms)
     base, preferred = group.get('6e-baseline'), ms['6e-baseline']
+    first = []  # paragraphs on the preferred baseline's run and the remedies that share its profile
     if base is not preferred:
         missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
-        head = (f'{baseline_reading(preferred)} {against_references(preferred, ms)}{remedies_so_far(preferred, ms)}'
-                f'No course-settings run of {listed(missing)} yet, so the remedies are compared among the runs of the '
+        first = [('p', t) for t in (f'{baseline_reading(preferred)} {against_references(preferred, ms)}',
+                                    remedies_so_far(preferred, ms)) if t.strip()]
+        head = (f'No course-settings run of {listed(missing)} yet, so the remedies are compared among the runs of the '
                 f'{next(iter(group.values()))["profile"]} profile, where {listed(list(group))} ran. ')
         base = base or next(iter(group.values()))
     else:
@@ -698,7 +700,7 @@ def answer_6e(ms):
               'objective a configuration trained ([[tab:6e]]). ')
     own = (figure(preferred['dir'], '6e-baseline-kl', ('kl',), f'{run_label(preferred)}: {KL_PLOT}')
            if base is not preferred else [])
-    return [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + figure(
+    return first + [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + figure(
         os.path.dirname(base['dir']), '6e-kl', ('6e_kl',), 'PixelVAE with an IAF encoder (6e): the KL term of the '
         'training batches (moving mean over 50 iterations) against training iteration, one line style and marker per '
         'configuration; dotted vertical line: the PixelCNN is switched on. What to look for: whether a remedy keeps '

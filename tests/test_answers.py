@@ -22,7 +22,8 @@ def view(root):
 
 
 def paragraph(blocks):
-    return next(b[1] for b in blocks if b[0] == 'p')
+    """The text of an answer's paragraphs, one after another."""
+    return ' '.join(b[1] for b in blocks if b[0] == 'p')
 
 
 def spread(n, seed, centre, scale):
@@ -230,6 +231,9 @@ def test_6e_course_settings_remedies_are_set_against_the_course_settings_baselin
     assert 'its importance-sampled NLL against the baseline\'s: 6e-freebits (full profile' in so_far
     assert 'cpu profile' not in so_far
     assert 'No course-settings run of 6e-warmup and 6e-weak yet' in text
+    said = [b[1] for b in answers.answer_6e(view(tmp_path)) if b[0] == 'p']  # one paragraph each: the baseline,
+    assert [s[:28] for s in said] == ['Run: 6e-baseline in the full', '6e-freebits also ran at thes',  # the remedies
+                                      'No course-settings run of 6e']  # at its settings, the other profile's runs
     remedy_runs(tmp_path / 'only', 'full', ('6e-baseline',))
     remedy_runs(tmp_path / 'only', 'cpu', answers.REMEDIES)
     assert 'also ran at these settings' not in paragraph(answers.answer_6e(view(tmp_path / 'only')))
