@@ -675,9 +675,11 @@ def remedies_so_far(base, ms):
             if any(m['profile'] == base['profile'] for m in getattr(ms, 'pool', {}).get(p, []))]
     if not done:
         return ''
+    plotted = ('[[fig:6e-kl-preferred]] plots their KL terms and the baseline\'s against training iteration. '
+               if os.path.exists(os.path.join(os.path.dirname(base['dir']), '6e_kl.png')) else '')
     return (f'{listed([m["part"] for m in done])} also ran at these settings: '
             + '; '.join(f'{m["part"]}, ' + REMEDY_WORDS[m['part']].format(**remedy_settings(cfg_of(m))) for m in done)
-            + '. ' + remedy_costs([base] + done, base))
+            + '. ' + plotted + remedy_costs([base] + done, base))
 
 
 def answer_6e(ms):
@@ -699,12 +701,19 @@ def answer_6e(ms):
             + '. Every number is the true ELBO (KL weight 1, no free bits) or the importance-sampled NLL, whatever '
               'objective a configuration trained ([[tab:6e]]). ')
     own = (figure(preferred['dir'], '6e-baseline-kl', ('kl',), f'{run_label(preferred)}: {KL_PLOT}')
+           + (remedies_figure(preferred, '6e-kl-preferred') if len(first) > 1 else [])
            if base is not preferred else [])
-    return first + [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + figure(
-        os.path.dirname(base['dir']), '6e-kl', ('6e_kl',), 'PixelVAE with an IAF encoder (6e): the KL term of the '
-        'training batches (moving mean over 50 iterations) against training iteration, one line style and marker per '
-        'configuration; dotted vertical line: the PixelCNN is switched on. What to look for: whether a remedy keeps '
-        'the KL term above the baseline\'s after the switch, and whether the curves still fall when training stops.')
+    return first + [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + \
+        remedies_figure(base, '6e-kl')
+
+
+def remedies_figure(base, label):
+    """The figure of the KL terms of every 6e configuration that ran in base's run directory."""
+    return figure(os.path.dirname(base['dir']), label, ('6e_kl',), f'PixelVAE with an IAF encoder (6e), '
+                  f'{where(base)}, {precision_words(cfg_of(base)["precision"])}: the KL term of the training batches (moving mean over 50 iterations) against '
+                  'training iteration, one line style and marker per configuration; dotted vertical line: the PixelCNN '
+                  'is switched on. What to look for: whether a remedy keeps the KL term above the baseline\'s after the '
+                  'switch, and whether the curves still fall when training stops.')
 
 
 def remedy_costs(rows, base):

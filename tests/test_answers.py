@@ -234,6 +234,16 @@ def test_6e_course_settings_remedies_are_set_against_the_course_settings_baselin
     said = [b[1] for b in answers.answer_6e(view(tmp_path)) if b[0] == 'p']  # one paragraph each: the baseline,
     assert [s[:28] for s in said] == ['Run: 6e-baseline in the full', '6e-freebits also ran at thes',  # the remedies
                                       'No course-settings run of 6e']  # at its settings, the other profile's runs
+    assert '[[fig:6e-kl-preferred]]' not in said[1]  # no figure of the course-settings remedies is drawn yet
+    assert [b for b in answers.answer_6e(view(tmp_path)) if b[0] == 'fig'] == []
+    for profile in ('full', 'cpu'):
+        (tmp_path / profile / '6e_kl.png').write_bytes(b'drawn by the summary')
+    blocks = answers.answer_6e(view(tmp_path))
+    assert "[[fig:6e-kl-preferred]] plots their KL terms and the baseline's" in [b for b in blocks if b[0] == 'p'][1][1]
+    figs = {b[1]: b for b in blocks if b[0] == 'fig'}
+    assert figs['6e-kl-preferred'][2] == [str(tmp_path / 'full' / '6e_kl.png')]
+    assert figs['6e-kl-preferred'][3].startswith('PixelVAE with an IAF encoder (6e), full profile, the course settings, float32:')
+    assert figs['6e-kl'][2] == [str(tmp_path / 'cpu' / '6e_kl.png')] and '(6e), cpu profile, float32:' in figs['6e-kl'][3]
     remedy_runs(tmp_path / 'only', 'full', ('6e-baseline',))
     remedy_runs(tmp_path / 'only', 'cpu', answers.REMEDIES)
     assert 'also ran at these settings' not in paragraph(answers.answer_6e(view(tmp_path / 'only')))
