@@ -685,25 +685,24 @@ def remedies_so_far(base, ms):
 def answer_6e(ms):
     group = remedy_group(ms)
     base, preferred = group.get('6e-baseline'), ms['6e-baseline']
-    first = []  # paragraphs on the preferred baseline's run and the remedies that share its profile
-    if base is not preferred:
+    if base is preferred:  # every remedy compared in the preferred baseline's profile: its reading, then theirs
+        first = [('p', f'{stand_in(*group.values())}{baseline_reading(base)} {against_references(base, ms)}')]
+        head, known = '', (base,)
+    else:  # the preferred baseline and the remedies at its settings; the others compared in another profile
         missing = [p for p in REMEDIES if p not in ms or ms[p]['profile'] != preferred['profile']]
         first = [('p', t) for t in (f'{baseline_reading(preferred)} {against_references(preferred, ms)}',
                                     remedies_so_far(preferred, ms)) if t.strip()]
-        head = (f'No course-settings run of {listed(missing)} yet, so the remedies are compared among the runs of the '
-                f'{next(iter(group.values()))["profile"]} profile, where {listed(list(group))} ran. ')
         base = base or next(iter(group.values()))
-    else:
-        head = stand_in(*group.values())
+        head, known = (f'No course-settings run of {listed(missing)} yet, so the remedies are compared among the runs '
+                       f'of the {base["profile"]} profile, where {listed(list(group))} ran. Run: {run_settings(base)}. '), ()
     parts = [p for p in REMEDIES if p in group]
-    text = (f'{head}Run: {run_settings(base)}. The remedies change one thing each: '
+    text = (f'{head}The remedies change one thing each: '
             + '; '.join(f'{p}: ' + REMEDY_WORDS[p].format(**remedy_settings(cfg_of(group[p]))) for p in REMEDY_WORDS if p in group)
             + '. Every number is the true ELBO (KL weight 1, no free bits) or the importance-sampled NLL, whatever '
               'objective a configuration trained ([[tab:6e]]). ')
     own = (figure(preferred['dir'], '6e-baseline-kl', ('kl',), f'{run_label(preferred)}: {KL_PLOT}')
-           + (remedies_figure(preferred, '6e-kl-preferred') if len(first) > 1 else [])
-           if base is not preferred else [])
-    return first + [('p', text + (remedies_reading([group[p] for p in parts], ms) or ''))] + own + \
+           + (remedies_figure(preferred, '6e-kl-preferred') if base is not preferred and len(first) > 1 else []))
+    return first + [('p', text + (remedies_reading([group[p] for p in parts], ms, known) or ''))] + own + \
         remedies_figure(base, '6e-kl')
 
 
@@ -772,10 +771,11 @@ def against_references(best, refs):
     return text
 
 
-def remedies_reading(metrics, refs=None):
+def remedies_reading(metrics, refs=None, known=()):
     """What the 6e numbers say: which configurations keep the latent in use (KL ≥ 1 nat, an active
     unit), what each remedy costs against the baseline, which in use has the lowest NLL, and how it
-    compares with 6c and 6a (refs: {part: metrics}, else those among metrics)."""
+    compares with 6c and 6a (refs: {part: metrics}, else those among metrics), unless it is among
+    known, the runs already set against them."""
     ms = {m['part']: m for m in metrics}
     refs = ms if refs is None else refs
     rows = [m for m in metrics if m['part'] in REMEDIES and is_q(m) and 'kl' in m['values']]
@@ -798,7 +798,7 @@ def remedies_reading(metrics, refs=None):
     best = min(alive, key=lambda m: m['values'][is_q(m)]['value'])
     text += (f'{len(alive)} of {len(rows)} keep the latent in use (KL ≥ 1 nat): {", ".join(m["part"] for m in alive)}. '
              f'Of these, {best["part"]} has the lowest importance-sampled NLL, {with_n(best["values"][is_q(best)])}. ')
-    return text + against_references(best, refs) + 'Published, for orientation: ' + ', '.join(
+    return text + ('' if best in known else against_references(best, refs)) + 'Published, for orientation: ' + ', '.join(
         f'{name} {nll:.2f} [[cite:{key}]]' for name, nll, key in LITERATURE[1::2]) + f'; {DATA_NOTE}.'
 
 

@@ -249,6 +249,30 @@ def test_6e_course_settings_remedies_are_set_against_the_course_settings_baselin
     assert 'also ran at these settings' not in paragraph(answers.answer_6e(view(tmp_path / 'only')))
 
 
+def test_6e_with_every_remedy_at_course_settings_reads_the_baseline_then_the_remedies(tmp_path):
+    remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
+    hist = dict(step=list(range(400)), kl=[30.0] * 200 + [27.0] * 200, autoregress_step=200,
+                test_kl=[0.0, 26.04, 27.0], test_loss=[206.28, 122.7, 99.45])
+    remedy_runs(tmp_path, 'full', answers.REMEDIES, history=hist)
+    base = reader.per_image(view(tmp_path)['6e-baseline'])['test_nll_is1000']
+    write_part(str(tmp_path / 'full'), '6c', {'test_elbo': summary(base + 4), 'kl': v(6.9, 0.03, len(base)),
+                                              'test_nll_is1000': dict(summary(base + 1.3), M=1000)},
+               {'test_elbo': base + 4, 'test_nll_is1000': base + 1.3})
+    for name in ('6e-baseline/kl.png', '6e_kl.png'):
+        (tmp_path / 'full' / name).write_bytes(b'drawn by the run')
+    blocks = answers.answer_6e(view(tmp_path))
+    said = [b[1] for b in blocks if b[0] == 'p']
+    assert [s[:31] for s in said] == ['Run: 6e-baseline in the full pr', 'The remedies change one thing e']
+    assert 'the KL term stayed under 1 nat for the first epoch' in said[0]  # the baseline's own reading
+    assert 'cpu profile' not in ''.join(said) and 'No course-settings run' not in ''.join(said)
+    assert said[0].count('Against the PixelVAE of 6c: 6e-baseline (full profile') == 1
+    assert said[1].count("(likewise)") == 6 and 'Of these, 6e-baseline has the lowest' in said[1]
+    assert 'Against the PixelVAE of 6c' not in said[1]  # the baseline was set against 6c once, above
+    figs = {b[1]: b[2] for b in blocks if b[0] == 'fig'}
+    assert figs == {'6e-baseline-kl': [str(tmp_path / 'full' / '6e-baseline' / 'kl.png')],
+                    '6e-kl': [str(tmp_path / 'full' / '6e_kl.png')]}
+
+
 def test_6e_course_settings_baseline_is_set_against_course_settings_6c_paired(tmp_path):
     remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
     remedy_runs(tmp_path, 'full', ('6e-baseline',))
