@@ -792,9 +792,16 @@ def remedies_reading(metrics, refs=None, known=()):
         return text + 'No configuration kept the KL term at or above 1 nat: the latent collapsed in every run.'
     if base in alive:
         before, last, _ = kl_trend(base) or (0, 0, 0)
-        text += ('The unremedied baseline itself still uses its latent when training stops' + (
-            ': its KL term is still falling, so these runs measure how far each remedy slows the fall, not whether '
-            'the latent ends unused. ' if last < before else '. '))
+        text += 'The unremedied baseline itself still uses its latent when training stops' + (
+            {'falling': ': its KL term is still falling, so these runs measure how far each remedy slows the fall, '
+                        'not whether the latent ends unused. ',
+             'flat': ': its KL term fell after the PixelCNN was switched on and levelled off above 1 nat, so these runs '
+                     'measure how far each remedy raises the level it settles at, not whether the latent ends unused. ',
+             'rising': ': its KL term fell after the PixelCNN was switched on and rose again, so these runs measure how '
+                       'far each remedy raises the KL term, not whether the latent ends unused. '}.get(
+                kl_end(base)[0], ': its KL term fell after the PixelCNN was switched on (how it moved at the end is not '
+                                 'measured here, no per-epoch test KL), so these runs measure how far each remedy '
+                                 'holds it up, not whether the latent ends unused. ') if last < before else '. ')
     best = min(alive, key=lambda m: m['values'][is_q(m)]['value'])
     text += (f'{len(alive)} of {len(rows)} keep the latent in use (KL ≥ 1 nat): {", ".join(m["part"] for m in alive)}. '
              f'Of these, {best["part"]} has the lowest importance-sampled NLL, {with_n(best["values"][is_q(best)])}. ')

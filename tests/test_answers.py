@@ -273,6 +273,23 @@ def test_6e_with_every_remedy_at_course_settings_reads_the_baseline_then_the_rem
                     '6e-kl': [str(tmp_path / 'full' / '6e_kl.png')]}
 
 
+@pytest.mark.parametrize('test_kl, said', [
+    ([12.0, 10.5, 9.0], 'its KL term is still falling, so these runs measure how far each remedy slows the fall'),
+    ([10.31, 10.12, 10.42], 'its KL term fell after the PixelCNN was switched on and levelled off above 1 nat'),
+    ([8.0, 9.0, 10.0], 'its KL term fell after the PixelCNN was switched on and rose again'),
+    ([10.0], 'how it moved at the end is not measured here')])
+def test_6e_says_how_the_baseline_kl_ended_as_its_own_reading_does(tmp_path, test_kl, said):
+    hist = dict(step=list(range(400)), kl=[30.0] * 200 + [10.0] * 200, autoregress_step=200, test_kl=test_kl,
+                test_loss=[90.0] * len(test_kl))
+    remedy_runs(tmp_path, 'full', answers.REMEDIES, history=hist)
+    text = paragraph(answers.answer_6e(view(tmp_path)))
+    assert said in text
+    own = {'slows the fall': 'still falling when training stops', 'levelled off above': 'levelled off. ',
+           'rose again': 'rising again when training stops', 'not measured': None}
+    expected = next(v for k, v in own.items() if k in said)
+    assert expected is None or expected in text  # the baseline's reading says the same of the end
+
+
 def test_6e_course_settings_baseline_is_set_against_course_settings_6c_paired(tmp_path):
     remedy_runs(tmp_path, 'cpu', answers.REMEDIES)
     remedy_runs(tmp_path, 'full', ('6e-baseline',))
