@@ -18,6 +18,7 @@ one evaluation (engine/evaluate.py) and one set of figures (engine/figures.py); 
     python experiments.py verify                           # rerun every reproduce command, compare
     python experiments.py pack DIR --profile full [--parts 5b]  # packs of at most 8 files of 16 MiB in DIR
     python experiments.py unpack DIR                       # and back, on another machine (packs in any order)
+    python experiments.py carry --profile full [--parts 6d]  # an in-progress checkpoint as pieces git can hold
 
     from experiments import run_part, show                 # what the notebooks do
     metrics = run_part('6b', profile='auto'); show('6b')
@@ -48,7 +49,7 @@ import torch
 from engine import figures
 from engine import student
 from engine.reproduce import code_digest, eval_command, git_commit, redraw, verify
-from engine.transfer import PACK_BYTES, PACK_FILES, pack, unpack
+from engine.transfer import PACK_BYTES, PACK_FILES, carry, drop_carried, pack, restore_carried, unpack
 from engine.config import (AUTO_PROFILES, BF16_PARITY, PARTS, PRECISIONS, PROFILES, TITLES, as_bool, as_int,
                            bf16_units, config, describe_hardware, gpu_precision, list_settings, changes, model_spec,
                            part_dir, part_for, pick_device, pick_profile, precisions_started, run_dir, with_defaults)  # noqa: F401
@@ -240,11 +241,13 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
             for p in list(paths.values()) + [os.path.join(out, n) for n in ('run.log', 'per_image.pt', PARTIAL)]:
                 if os.path.exists(p):
                     os.remove(p)
+            drop_carried(out)
         done = finished_run(paths, cfg, out, part, profile)
         if done is not None:
             print(f'{part}: already done ({paths["metrics"]}, trained on {trained_on(done)}); '
                   f'--fresh to redo it', flush=True)
             return done
+        restore_carried(out, log=lambda m: say(out, f'{part}: {m}'))  # a checkpoint committed by `carry`
         if why != 'as asked':
             say(out, f"{part}: precision 'auto' -> {precision} ({why})")
         return train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at)
@@ -289,6 +292,8 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
                    figures=figs, config=cfg, **({'model_uncommitted': uncommitted} if uncommitted else {}))
     write_json(paths['metrics'], metrics, indent=1)
     partial.remove()
+    if drop_carried(out):  # the storage policy: a finished run keeps its model file, not a checkpoint
+        say(out, f'{part}: removed the carried checkpoint {os.path.join(out, "checkpoint.pack")} (git rm it with the finished run)')
     say(out, f'{part}: ' + ', '.join(f'{k} {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
                                      for k, v in values.items()) + f' (evaluation {metrics["eval_seconds"]:.0f} s)')
     return metrics
@@ -636,7 +641,7 @@ def job_outcome(part, returncode, log, precision, plan):
 
 def add_commands(sub):
     """The subcommands and their own options: (all, run, eval, estimate, summary, compare, notebooks,
-    verify, list, pack, figures, unpack)."""
+    verify, list, pack, figures, unpack, carry)."""
     a = sub.add_parser('all', help='run every part (or --parts), then write the summary')
     a.add_argument('--jobs', type=int, default=1,
                    help='run N parts at once, each a process of its own on the same device, its output in '
@@ -675,10 +680,14 @@ def add_commands(sub):
     up = sub.add_parser('unpack', help='restore what pack wrote into DIR')
     up.add_argument('dir', nargs='+', help='one or more directories written by pack (or holding its pack-* '
                                            'directories), in any order')
-    return a, r, e, es, s, cp, nb, v, ls, pk, fg, up
+    ca = sub.add_parser('carry', help="each unfinished part's checkpoint.pt as <part>/checkpoint.pack: pieces of at "
+                                      'most 16 MiB that git can hold between sittings; a rerun restores it')
+    ca.add_argument('--parts', default=None, help='comma-separated parts (default: every unfinished part with a checkpoint)')
+    ca.add_argument('--piece-mib', type=float, default=PACK_BYTES / 2 ** 20, help='MiB of one piece at most')
+    return a, r, e, es, s, cp, nb, v, ls, pk, fg, up, ca
 
 
-def add_shared_options(a, r, e, es, s, cp, nb, v, ls, pk, fg, up):
+def add_shared_options(a, r, e, es, s, cp, nb, v, ls, pk, fg, up, ca):
     """The options several subcommands share: profile, precision, results directory, device, ..."""
     for p in (a, r):
         p.add_argument('--minutes', type=float, default=None,
@@ -694,7 +703,7 @@ def add_shared_options(a, r, e, es, s, cp, nb, v, ls, pk, fg, up):
                             'eager if it fails; may change between sittings of a run (default: off)')
     for p in (a, es):
         p.add_argument('--parts', default=None, help='comma-separated parts (default: all of them)')
-    for p in (a, r, e, es, nb, pk, fg):
+    for p in (a, r, e, es, nb, pk, fg, ca):
         p.add_argument('--profile', default='auto', choices=['auto', *PROFILES])
     for p in (a, r, es):
         p.add_argument('--precision', default='auto', choices=['auto', *PRECISIONS],
@@ -702,14 +711,14 @@ def add_shared_options(a, r, e, es, s, cp, nb, v, ls, pk, fg, up):
                             'stays float32), results in <results-dir>/<profile>-bf16 / -fp16; auto (default): fp16 on a '
                             'CUDA GPU without bfloat16 tensor cores, bf16 for the parts that have shown parity, '
                             'on a CPU with bfloat16 units where it measures faster, float32 otherwise')
-    for p in (e, pk, fg):
+    for p in (e, pk, fg, ca):
         p.add_argument('--precision', default='fp32', choices=PRECISIONS,
                        help="the run's training precision: fp32 (results in <results-dir>/<profile>), bf16 or fp16 "
                             '(<results-dir>/<profile>-bf16, -fp16)')
     for p in (a, r):
         p.add_argument('--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
         p.add_argument('--no-progress', action='store_true', help='no progress bars')
-    for p in (a, r, e, es, s, nb, v, pk, up, fg, cp):
+    for p in (a, r, e, es, s, nb, v, pk, up, fg, cp, ca):
         p.add_argument('--results-dir', default='results')
     for p in (a, r, e, es, fg):
         p.add_argument('--device', default=None, help='cuda, mps or cpu (default: the first available)')
@@ -775,6 +784,19 @@ def command(args):
         redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
     elif args.command == 'unpack':
         unpack(args.dir, args.results_dir)
+    elif args.command == 'carry':
+        carry_parts(pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
+                    check_parts(args.parts.split(',')) if args.parts is not None else None, int(args.piece_mib * 2 ** 20))
+
+
+def carry_parts(profile, precision='fp32', results_dir='results', parts=None, piece_bytes=PACK_BYTES):
+    """`carry` the checkpoint of each of `parts` (default: every unfinished part with one) in
+    results_dir/<profile>[-<precision>]; returns the manifests written."""
+    found = [p for p in PARTS if os.path.exists(os.path.join(part_dir(results_dir, p, profile, precision), 'checkpoint.pt'))
+             and not os.path.exists(os.path.join(part_dir(results_dir, p, profile, precision), 'metrics.json'))]
+    if parts is None and not found:
+        raise ValueError(f'no unfinished part in {run_dir(results_dir, profile, precision)} has a checkpoint: nothing to carry')
+    return [carry(part_dir(results_dir, p, profile, precision), piece_bytes) for p in (found if parts is None else parts)]
 
 
 if __name__ == '__main__':

@@ -264,9 +264,10 @@ def bf16_units(cpuinfo='/proc/cpuinfo'):
     return ()
 
 
-def precisions_started(results_dir, part, profile, files=('metrics.json', 'checkpoint.pt')):
+def precisions_started(results_dir, part, profile, files=('metrics.json', 'checkpoint.pt',
+                                                          os.path.join('checkpoint.pack', 'manifest.json'))):
     """The precisions, float32 first, in which results_dir holds a run of the part: finished
-    (metrics.json) or under way (checkpoint.pt)."""
+    (metrics.json) or under way (checkpoint.pt, or one carried in checkpoint.pack: engine.transfer.carry)."""
     return [p for p in PRECISIONS
             if any(os.path.exists(os.path.join(part_dir(results_dir, part, profile, p), f)) for f in files)]
 

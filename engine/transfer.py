@@ -9,15 +9,21 @@ its number among the packs, the digest of the whole). What fits in one pack is w
 itself; more goes to DIR/pack-1, DIR/pack-2, ..., each movable on its own (8 files of 16 MiB is
 what one transfer may carry, our limit); `unpack` takes them in any order and from several
 directories, and refuses, before writing anything, while a piece is missing or damaged.
+
+`carry` does the same for one checkpoint of a run in progress, so that git can hold it between
+sittings although it is over the size a committed file may have: <part>/checkpoint.pack/ holds its
+pieces and a manifest with the epoch and step it has reached; `restore_carried` puts it back
+before a run resumes, unless the checkpoint already there is as far on.
 """
 import hashlib
 import io
 import os
 import tarfile
 
+import torch
+
 from engine.config import run_dir
-from engine.files import write_json
-from engine.files import read_json
+from engine.files import atomic_write, read_json, write_json
 
 
 PACK_FILES, PACK_BYTES = 8, 16 * 2 ** 20  # what a transfer may carry: 8 files of at most 16 MiB
@@ -74,15 +80,21 @@ def pack(directory, profile, precision='fp32', results_dir='results', parts=None
 
 def write_pack(where, run, pieces, first, number, packs, whole, parts):
     """One pack: its pieces (numbered from `first` across all packs) and its manifest."""
-    os.makedirs(where, exist_ok=True)
-    names = [f'{run}.tar.gz.{first + i:02d}' for i in range(len(pieces))]
-    for name, piece in zip(names, pieces):
-        with open(os.path.join(where, name), 'wb') as fh:
-            fh.write(piece)
+    names = write_pieces(where, f'{run}.tar.gz', pieces, first)
     manifest = dict(run=run, parts=parts, pack=number, packs=packs, first=first, sha256=whole,
                     pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces)])
     write_json(os.path.join(where, MANIFEST), manifest, indent=1)
     return [os.path.join(where, n) for n in names + [MANIFEST]]
+
+
+def write_pieces(where, stem, pieces, first=0):
+    """The pieces as where/<stem>.00, .01, ... (numbered from `first`); returns their names."""
+    os.makedirs(where, exist_ok=True)
+    names = [f'{stem}.{first + i:02d}' for i in range(len(pieces))]
+    for name, piece in zip(names, pieces):
+        with open(os.path.join(where, name), 'wb') as fh:
+            fh.write(piece)
+    return names
 
 
 def find_packs(directories):
@@ -159,3 +171,96 @@ def unpack(directories, results_dir='results'):
         targets.append(os.path.join(results_dir, run))
         print(f'unpacked {len(members)} entries into {targets[-1]}', flush=True)
     return targets[0] if len(targets) == 1 else targets
+
+
+# ---------------------------------------------------------------------------------------------
+# One checkpoint of a run in progress, carried by git between sittings
+
+CARRIED = 'checkpoint.pack'  # <part>/checkpoint.pack/: pieces of checkpoint.pt and a manifest
+CHECKPOINT = 'checkpoint.pt'
+
+
+def reached(ck):
+    """(epoch, batch, step) that a checkpoint has trained to."""
+    return tuple(int(ck.get(k, 0)) for k in ('epoch', 'batch', 'step'))
+
+
+def describe_reached(at):
+    return f'epoch {at[0]}, batch {at[1]}, step {at[2]}'
+
+
+def carry(part_dir, piece_bytes=PACK_BYTES):
+    """part_dir/checkpoint.pt as part_dir/checkpoint.pack/: pieces of at most piece_bytes and a
+    manifest (their sha256, that of the whole, and the epoch, batch and step the checkpoint has
+    reached), replacing an earlier pack. Returns the manifest."""
+    path = os.path.join(part_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ValueError(f'{path} does not exist: nothing to carry (a finished run keeps its model file, not a checkpoint)')
+    if os.path.exists(os.path.join(part_dir, 'metrics.json')):
+        raise ValueError(f'{part_dir} has finished (metrics.json): its model file is what is committed, not its checkpoint')
+    if piece_bytes < 1:
+        raise ValueError(f'piece_bytes must be at least 1, got {piece_bytes}')
+    with open(path, 'rb') as fh:
+        blob = fh.read()
+    at = reached(torch.load(io.BytesIO(blob), map_location='cpu', weights_only=True))
+    where = os.path.join(part_dir, CARRIED)
+    drop_carried(part_dir)
+    pieces = [blob[i:i + piece_bytes] for i in range(0, len(blob), piece_bytes)]
+    names = write_pieces(where, CHECKPOINT, pieces)
+    manifest = dict(file=CHECKPOINT, epoch=at[0], batch=at[1], step=at[2], sha256=digest(blob), bytes=len(blob),
+                    pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces)])
+    write_json(os.path.join(where, MANIFEST), manifest, indent=1)
+    print(f'carried {path} ({describe_reached(at)}, {len(blob) / 2 ** 20:.1f} MiB) into {where} '
+          f'({len(pieces)} piece(s) of at most {piece_bytes / 2 ** 20:.0f} MiB); commit it with: git add {where}',
+          flush=True)
+    return manifest
+
+
+def carried(part_dir):
+    """The manifest of part_dir/checkpoint.pack (None if there is none)."""
+    path = os.path.join(part_dir, CARRIED, MANIFEST)
+    return read_json(path) if os.path.exists(path) else None
+
+
+def restore_carried(part_dir, log=print):
+    """Before a run resumes: the carried checkpoint back into part_dir/checkpoint.pt, every piece
+    checked first, if there is no checkpoint there or the one there has trained less (it is then kept
+    as checkpoint-step<N>.pt). Returns the path restored, or None."""
+    manifest = carried(part_dir)
+    if manifest is None:
+        return None
+    path, where = os.path.join(part_dir, CHECKPOINT), os.path.join(part_dir, CARRIED)
+    at = (manifest['epoch'], manifest['batch'], manifest['step'])
+    local = None
+    if os.path.exists(path):
+        try:
+            local = reached(torch.load(path, map_location='cpu', weights_only=True))
+        except Exception:  # noqa: BLE001 (unreadable: the carried one replaces it, and it is kept aside)
+            local = (-1, -1, -1)
+        if local[2] >= at[2]:
+            log(f'{path} ({describe_reached(local)}) is as far on as the one carried in {where} '
+                f'({describe_reached(at)}): resuming from it')
+            return None
+    blob = b''.join(read_pieces(where, manifest))
+    if digest(blob) != manifest['sha256']:
+        raise ValueError(f'the pieces in {where} do not make the checkpoint their manifest names (a piece is missing, '
+                         f'truncated or from another pack); copy them again (nothing was restored)')
+    if local is not None:
+        aside = os.path.join(part_dir, f'checkpoint-step{max(local[2], 0)}.pt')
+        os.replace(path, aside)
+        log(f'{path} ({describe_reached(local)}) has trained less than the one carried in {where}: it is kept as {aside}')
+    atomic_write(path, lambda fh: fh.write(blob))
+    log(f'restored {path} ({describe_reached(at)}) from {where}')
+    return path
+
+
+def drop_carried(part_dir):
+    """Remove part_dir/checkpoint.pack (a finished run, or a fresh start, has no use for it).
+    Returns whether there was one."""
+    where = os.path.join(part_dir, CARRIED)
+    if not os.path.isdir(where):
+        return False
+    for name in os.listdir(where):
+        os.remove(os.path.join(where, name))
+    os.rmdir(where)
+    return True

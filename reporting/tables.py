@@ -160,7 +160,8 @@ def unfinished_markdown(runs, results_dir):
     lines = []
     if going:
         lines.append('In progress at the course settings, from the `run.log` of each: ' + '; '.join(going) + '. '
-                     'Such a run resumes from its checkpoint, which stays on the machine that trained it.')
+                     'Such a run resumes from its checkpoint: on the machine that trained it, or from the one carried '
+                     'in its `checkpoint.pack` when that is committed (`experiments.py carry`).')
     if waiting:
         lines.append(f'Not started at the course settings: {", ".join(waiting)}.')
     return ' '.join(lines) + '\n'

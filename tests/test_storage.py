@@ -1,5 +1,5 @@
 """The storage policy (docs/engine.md, "What is committed"): no committed file over the limit, no
-checkpoint beside a finished run, a model file too large for git kept out of it by the run itself,
+checkpoint (plain or carried) beside a finished run, a carried one committed whole, a model file too large for git kept out of it by the run itself,
 and `verify` naming why it cannot recompute a number whose model file is not here."""
 import json
 import os
@@ -35,6 +35,18 @@ def test_a_finished_run_has_no_committed_checkpoint():
     finished = {os.path.dirname(p) for p in tracked if p.endswith('/metrics.json')}
     stale = sorted(p for p in tracked if p.endswith('/checkpoint.pt') and os.path.dirname(p) in finished)
     assert not stale, f'finished runs that still commit their checkpoint: {stale}'
+    carried = sorted(p for p in tracked if os.path.basename(os.path.dirname(p)) == 'checkpoint.pack'
+                     and os.path.dirname(os.path.dirname(p)) in finished)
+    assert not carried, f'finished runs that still commit a carried checkpoint (checkpoint.pack): {carried}'
+
+
+def test_an_in_progress_checkpoint_is_committed_only_as_pieces_with_their_manifest():
+    tracked = {p for p, _ in committed_files()}
+    packs = {os.path.dirname(p) for p in tracked if os.path.basename(os.path.dirname(p)) == 'checkpoint.pack'}
+    for where in sorted(packs):
+        manifest = json.loads(open(os.path.join(ROOT, where, 'manifest.json')).read())
+        assert {f'{where}/{piece["name"]}' for piece in manifest['pieces']} | {f'{where}/manifest.json'} == \
+            {p for p in tracked if os.path.dirname(p) == where}, f'{where}: committed pieces differ from its manifest'
 
 
 def test_a_file_over_the_limit_is_listed_for_git_to_ignore(tmp_path):

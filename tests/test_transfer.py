@@ -109,3 +109,107 @@ def test_limits_and_the_command_line(tmp_path):
                           str(tmp_path / 'b')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(os.listdir(tmp_path / 'b' / 'smoke')) == ['5c']
+
+
+# ---------------------------------------------------------------------------------------------
+# carry: one in-progress checkpoint as pieces git can hold, restored before a run resumes
+
+def fake_checkpoint(path, step, size=5000, seed=0):
+    """A small stand-in for checkpoint.pt: what carry reads of one (epoch, batch, step) and weights."""
+    import torch
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(dict(epoch=step // 10, batch=step % 10, step=step,
+                    w=torch.randn(size // 4, generator=torch.Generator().manual_seed(seed))), path)
+    with open(path, 'rb') as fh:
+        return fh.read()
+
+
+def test_a_carried_checkpoint_is_pieces_under_the_limit_and_comes_back_byte_for_byte(tmp_path):
+    part = tmp_path / 'full' / '6d'
+    original = fake_checkpoint(str(part / 'checkpoint.pt'), step=37)
+    manifest = transfer.carry(str(part), piece_bytes=2000)
+    pieces = sorted(n for n in os.listdir(part / 'checkpoint.pack') if n != 'manifest.json')
+    assert len(pieces) == -(-len(original) // 2000) >= 3
+    assert all(os.path.getsize(part / 'checkpoint.pack' / n) <= 2000 for n in pieces)
+    assert (manifest['epoch'], manifest['batch'], manifest['step']) == (3, 7, 37)
+    os.remove(part / 'checkpoint.pt')  # as in a fresh clone: only the committed pack is there
+    logged = []
+    assert transfer.restore_carried(str(part), log=logged.append) == str(part / 'checkpoint.pt')
+    assert (part / 'checkpoint.pt').read_bytes() == original
+    assert 'restored' in logged[-1] and 'step 37' in logged[-1]
+    transfer.carry(str(part), piece_bytes=10 ** 6)  # carried again: the earlier pieces are replaced
+    assert sorted(os.listdir(part / 'checkpoint.pack')) == ['checkpoint.pt.00', 'manifest.json']
+
+
+def test_the_checkpoint_that_has_trained_further_is_the_one_resumed_and_none_is_lost(tmp_path):
+    part = tmp_path / 'full' / '6d'
+    carried = fake_checkpoint(str(part / 'checkpoint.pt'), step=50, seed=1)
+    transfer.carry(str(part))
+    older = fake_checkpoint(str(part / 'checkpoint.pt'), step=20, seed=2)  # a machine that holds an older one
+    transfer.restore_carried(str(part), log=lambda m: None)
+    assert (part / 'checkpoint.pt').read_bytes() == carried
+    assert (part / 'checkpoint-step20.pt').read_bytes() == older  # kept aside, not lost
+    newer = fake_checkpoint(str(part / 'checkpoint.pt'), step=80, seed=3)  # trained on past the carried one
+    logged = []
+    assert transfer.restore_carried(str(part), log=logged.append) is None
+    assert (part / 'checkpoint.pt').read_bytes() == newer and 'as far on' in logged[-1]
+
+
+@pytest.mark.parametrize('damage', ['drop piece', 'flip byte'])
+def test_a_damaged_carried_checkpoint_is_refused_and_nothing_is_lost(tmp_path, damage):
+    part = tmp_path / 'full' / '6d'
+    fake_checkpoint(str(part / 'checkpoint.pt'), step=50)
+    transfer.carry(str(part), piece_bytes=2000)
+    older = fake_checkpoint(str(part / 'checkpoint.pt'), step=20, seed=2)
+    piece = part / 'checkpoint.pack' / 'checkpoint.pt.01'
+    if damage == 'drop piece':
+        os.remove(piece)
+    else:
+        data = bytearray(piece.read_bytes())
+        data[5] ^= 1
+        piece.write_bytes(bytes(data))
+    before = tree(str(part / 'checkpoint.pack'))
+    with pytest.raises(ValueError, match='checkpoint.pt.01 is (missing|damaged)'):
+        transfer.restore_carried(str(part), log=lambda m: None)
+    assert (part / 'checkpoint.pt').read_bytes() == older and not (part / 'checkpoint-step20.pt').exists()
+    assert tree(str(part / 'checkpoint.pack')) == before
+
+
+def test_carry_refuses_a_finished_run_and_a_missing_checkpoint(tmp_path):
+    part = tmp_path / 'full' / '6d'
+    part.mkdir(parents=True)
+    with pytest.raises(ValueError, match='does not exist: nothing to carry'):
+        transfer.carry(str(part))
+    fake_checkpoint(str(part / 'checkpoint.pt'), step=5)
+    (part / 'metrics.json').write_text('{}')
+    with pytest.raises(ValueError, match='has finished'):
+        transfer.carry(str(part))
+    assert not (part / 'checkpoint.pack').exists()
+    run = subprocess.run([sys.executable, 'experiments.py', 'carry', '--profile', 'full', '--results-dir',
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and 'nothing to carry' in run.stderr, run.stderr[-2000:]
+
+
+def test_a_run_resumes_from_a_carried_checkpoint_and_drops_it_when_it_finishes(tmp_path):
+    import time
+    import experiments as E
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    assert E.run_part('6a', profile='smoke', results_dir=str(a), progress=False, stop_at=time.time()) is None
+    run = subprocess.run([sys.executable, 'experiments.py', 'carry', '--profile', 'smoke', '--parts', '6a',
+                          '--results-dir', str(a), '--piece-mib', '0.05'], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and 'git add' in run.stdout, run.stderr[-2000:]
+    manifest = transfer.carried(str(a / 'smoke' / '6a'))
+    assert len(manifest['pieces']) > 1
+    shutil.copytree(a / 'smoke' / '6a' / 'checkpoint.pack', b / 'smoke' / '6a' / 'checkpoint.pack')  # a clone of it
+    E.run_part('6a', profile='smoke', results_dir=str(b), progress=False)
+    log = (b / 'smoke' / '6a' / 'run.log').read_text()
+    assert f'resuming from {b / "smoke" / "6a" / "checkpoint.pt"} at epoch 0, batch 1, step 1' in log
+    assert 'restored' in log and not (b / 'smoke' / '6a' / 'checkpoint.pack').exists()
+    # a damaged pack is refused, unless the run starts afresh, which discards it
+    shutil.copytree(a / 'smoke' / '6a' / 'checkpoint.pack', tmp_path / 'c' / 'smoke' / '6a' / 'checkpoint.pack')
+    os.remove(tmp_path / 'c' / 'smoke' / '6a' / 'checkpoint.pack' / 'checkpoint.pt.00')
+    with pytest.raises(ValueError, match='checkpoint.pt.00 is missing'):
+        E.run_part('6a', profile='smoke', results_dir=str(tmp_path / 'c'), progress=False)
+    E.run_part('6a', profile='smoke', results_dir=str(tmp_path / 'c'), progress=False, fresh=True, epochs=1)
+    assert 'restored' not in (tmp_path / 'c' / 'smoke' / '6a' / 'run.log').read_text()

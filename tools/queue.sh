@@ -9,12 +9,16 @@
 # sampling covers the first 1,000 test images (M = 1000), as for 6c, so that every course-settings
 # comparison is paired over the same images. The worktree is made at the checkout's HEAD the first
 # time; `git -C ../hw2-run checkout --detach <commit>` moves it to other code between sittings.
+#
+# At the end of a sitting, to go on in another (on this machine or a fresh clone): stop the queue
+# after an epoch's checkpoint, then `python experiments.py carry --profile full` writes the
+# checkpoint of each unfinished part as <part>/checkpoint.pack (pieces git can hold) to commit with
+# the part's run.log; the next run restores it by itself.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 run=${RUN_TREE:-$root/../hw2-run}
-# 6d last: its checkpoint (31 MiB) is over the 16 MiB a committed file may have, so it cannot be
-# carried from one sitting to the next through git; nor can a 6e checkpoint (33 MiB), but 6e trains
-# 20 epochs to 6d's 60
+# 6d last: the longest (60 epochs), and its checkpoint (31 MiB) goes between sittings only as a
+# carried pack (two 16 MiB pieces in the full history for each sitting it spans)
 parts=${QUEUE:-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
