@@ -27,6 +27,7 @@ mean over test images, reported with its standard error std / sqrt(n).
 import os
 import platform
 import subprocess
+import sys
 
 import torch
 
@@ -349,13 +350,34 @@ def pick_device(device=None):
     return torch.device('cpu')
 
 def describe_hardware(device):
-    """The hardware a run used, in words: 'CPU (x86_64), 2 cores' or the GPU's name."""
+    """The hardware a run used, in words: 'CPU (AMD EPYC, x86_64), 2 cores' (the model where the
+    system names it) or the GPU's name. Timings of one part on two CPU models are told apart by it."""
     device = torch.device(device)
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
     if device.type == 'mps':
         return 'Apple GPU (MPS)'
-    return f'CPU ({platform.machine()}), {os.cpu_count()} cores'
+    return f'CPU ({", ".join(filter(None, (cpu_model(), platform.machine())))}), {os.cpu_count()} cores'
+
+
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """The CPU's model name as the system gives it (Linux: cpuinfo's 'model name'; macOS: sysctl),
+    '' where it gives none."""
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                key, _, value = line.partition(':')
+                if key.strip().lower() in ('model name', 'cpu model') and value.strip():
+                    return ' '.join(value.split())
+    except OSError:
+        pass
+    if sys.platform == 'darwin':
+        try:
+            return subprocess.run(['sysctl', '-n', 'machdep.cpu.brand_string'], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ''
 
 def pick_profile(profile, device, quiet=False):
     """'auto' is the course's settings ('full') on CUDA and 'cpu' elsewhere."""

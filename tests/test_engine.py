@@ -1370,3 +1370,17 @@ def test_bf16_means_bfloat16_on_every_device(device):
         warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
         ctx = T.low_precision('bf16', device)
     assert ctx.fast_dtype == torch.bfloat16 and ctx.device == device
+
+
+def test_the_hardware_of_a_cpu_run_names_the_cpu_model_where_the_system_gives_it(tmp_path, monkeypatch):
+    """Two CPU models train at different rates: a sitting's hardware names the model (Linux
+    cpuinfo's 'model name'), and only the architecture where no model is given."""
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD  EPYC 7B13\nflags\t\t: fpu\n')
+    assert C.cpu_model(str(info)) == 'AMD EPYC 7B13'
+    info.write_text('processor\t: 0\nflags\t\t: fpu\n')
+    assert C.cpu_model(str(info)) == ''
+    monkeypatch.setattr(C, 'cpu_model', lambda: 'Some CPU 9000')
+    assert C.describe_hardware('cpu') == f'CPU (Some CPU 9000, {C.platform.machine()}), {os.cpu_count()} cores'
+    monkeypatch.setattr(C, 'cpu_model', lambda: '')
+    assert C.describe_hardware('cpu') == f'CPU ({C.platform.machine()}), {os.cpu_count()} cores'
