@@ -55,21 +55,41 @@ def training_minutes(m, digits=1):
 EPOCH_LINE = re.compile(r'^(\S+ \S+)\s+\S+: epoch (\d+)/(\d+), step .*, (\d+) s of training')
 
 
-def epoch_seconds(m):
-    """[seconds of training of each epoch] of the part's last training from scratch, from the
-    cumulative training time that its run.log gives at each epoch's end ([] if it has no log)."""
+# engine.experiments' header line of each sitting: '... full profile on cpu (CPU (AMD EPYC, x86_64), 2 cores), torch ...'
+SITTING_LINE = re.compile(r' profile on \S+ \((.*)\), torch ')
+
+
+def epoch_seconds_by_hardware(m):
+    """[(hardware, [seconds of training of each epoch])] of the part's last training from scratch,
+    in the order the hardware was first used, from the cumulative training time that its run.log
+    gives at each epoch's end and the hardware named by the header line of the sitting the epoch
+    ended in (None before any header names it); [] if it has no log."""
     path = os.path.join(m['dir'], 'run.log') if 'dir' in m else None
     if not path or not os.path.exists(path):
         return []
-    seconds, last_epoch, last_total = [], 0, 0
+    epochs, hardware, last_epoch, last_total = [], None, 0, 0
     with open(path) as fh:
-        for match in filter(None, map(EPOCH_LINE.search, fh)):
+        for line in fh:
+            sitting, match = SITTING_LINE.search(line), EPOCH_LINE.search(line)
+            if sitting:
+                hardware = sitting[1]
+            if not match:
+                continue
             epoch, total = int(match[2]), int(match[4])
             if epoch <= last_epoch:  # trained again from scratch (--fresh): the log's later run counts
-                seconds, last_total = [], 0
-            seconds.append(total - last_total)
+                epochs, last_total = [], 0
+            epochs.append((hardware, total - last_total))
             last_epoch, last_total = epoch, total
-    return seconds
+    grouped = {}
+    for label, seconds in epochs:
+        grouped.setdefault(label, []).append(seconds)
+    return list(grouped.items())
+
+
+def epoch_seconds(m):
+    """[seconds of training of each epoch] of the part's last training from scratch, on whatever
+    hardware (epoch_seconds_by_hardware); [] if it has no log."""
+    return [s for _, seconds in epoch_seconds_by_hardware(m) for s in seconds]
 
 
 def progress(part_dir):

@@ -7,7 +7,7 @@ import statistics
 from engine.config import PARTS, config
 from engine.files import read_json
 from reporting.answers import contrast, run_name, value_text
-from reporting.reader import epoch_seconds, progress, training_time
+from reporting.reader import epoch_seconds_by_hardware, progress, training_time
 from tools.bench import BESIDE, GOALS, speed_table
 
 
@@ -110,9 +110,8 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
             if any(not label.startswith('CPU') for label, _ in spent):
                 continue
             hardware.update(label for label, _ in spent)
-            epochs = epoch_seconds(m)
             rows.append((list(PARTS).index(part), f'| {part} | {run_name(r)} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
-                        + (f'{statistics.median(epochs) / 60:.1f} min' if epochs else '') + ' | '
+                        + median_epoch(epoch_seconds_by_hardware(m)) + ' | '
                         f'{m.get("eval_seconds", 0) / 60:.0f} min |'))
     lines = []
     if rows:
@@ -138,6 +137,15 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
                      f'of training for the {cfg["epochs"]} epochs of each part, before evaluation. These are rates '
                      'of timed training steps, not of a run.')
     return '\n'.join(lines) + '\n' if lines else 'No course-settings run has trained on a CPU yet.\n'
+
+
+def median_epoch(by_hardware):
+    """The median epoch, in minutes: one number where the epochs ran on one kind of hardware, else
+    one for each, named with its count of epochs (never one median across machines)."""
+    if len(by_hardware) == 1:
+        return f'{statistics.median(by_hardware[0][1]) / 60:.1f} min'
+    return '; '.join(f'{statistics.median(seconds) / 60:.1f} min on {label or "unrecorded hardware"} '
+                     f'({len(seconds)} epochs)' for label, seconds in by_hardware)
 
 
 def unfinished_markdown(runs, results_dir):

@@ -465,6 +465,29 @@ def test_epoch_seconds_read_the_log_of_the_last_training_from_scratch(tmp_path):
     assert reader.epoch_seconds(m) == [100, 120, 180]
 
 
+def sitting_line(hardware):
+    """engine's header line of a sitting, naming its hardware."""
+    return (f'2026-12-01 00:00:00  6b: binary VAE, full profile on cpu ({hardware}), torch 2.14.1, 2 threads, '
+            f'commit abc; settings {{"epochs": 60}}\n')
+
+
+def test_epochs_on_two_cpu_models_get_a_median_each_never_one_across_them(tmp_path):
+    run = str(tmp_path / 'full')
+    write_part(run, '6b', {'test_elbo': v(95.0, 0.25, 10000)})
+    m = dict(dir=os.path.join(run, '6b'))
+    with open(os.path.join(run, '6b', 'run.log'), 'w') as fh:
+        fh.write(epoch_line(1, 60, 50))                                     # before any header names the hardware
+        fh.write(sitting_line('CPU (Intel Xeon, x86_64), 2 cores') + epoch_line(2, 60, 290) + epoch_line(3, 60, 530))
+        fh.write(sitting_line('CPU (AMD EPYC, x86_64), 2 cores') + epoch_line(4, 60, 1130) + epoch_line(5, 60, 1730)
+                 + epoch_line(6, 60, 2390))
+    assert reader.epoch_seconds_by_hardware(m) == [(None, [50]), ('CPU (Intel Xeon, x86_64), 2 cores', [240, 240]),
+                                                    ('CPU (AMD EPYC, x86_64), 2 cores', [600, 600, 660])]
+    assert reader.epoch_seconds(m) == [50, 240, 240, 600, 600, 660]
+    assert tables.median_epoch(reader.epoch_seconds_by_hardware(m)[1:]) == (
+        '4.0 min on CPU (Intel Xeon, x86_64), 2 cores (2 epochs); 10.0 min on CPU (AMD EPYC, x86_64), 2 cores (3 epochs)')
+    assert tables.median_epoch([('CPU (AMD EPYC, x86_64), 2 cores', [600, 660, 600])]) == '10.0 min'
+
+
 def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_the_gaussian_vae(tmp_path):
     root = tmp_path / 'results'
     write_part(str(root / 'full'), '6b', {'test_elbo': v(95.0, 0.25, 10000)})
