@@ -4,6 +4,7 @@
 # writing into the checkout's results/ and reading its data/. Rerun it to resume where it stopped.
 #
 #   bash tools/queue.sh                 # from the checkout's root; QUEUE="6d 6e-weak" to change the parts
+#   EXTRA=--compile-train bash tools/queue.sh   # more options of `experiments.py run`, for every part
 #
 # Each part resumes from its checkpoint, or is reported as done if it has finished. Importance
 # sampling covers the first 1,000 test images (M = 1000), as for 6c, so that every course-settings
@@ -28,6 +29,6 @@ cd "$run"
 echo "queue: $(git rev-parse --short HEAD) in $run, parts: $parts"
 for part in $parts; do
   HW2_DATA=$root/data nice -n 10 "$py" experiments.py run "$part" --profile "$profile" --is-images 1000 \
-    --results-dir "$results" --no-progress || { echo "queue: $part failed; the parts after it did not run"; exit 1; }
+    --results-dir "$results" --no-progress ${EXTRA:-} || { echo "queue: $part failed; the parts after it did not run"; exit 1; }
 done
 echo "queue: every part done"
