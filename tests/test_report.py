@@ -454,14 +454,20 @@ def epoch_line(epoch, epochs, total):
             f'test 89.00 (10000 images), KL 20.00, beta 1.00, lr 0.001, {total} s of training\n')
 
 
-def test_epoch_seconds_read_the_log_of_the_last_training_from_scratch(tmp_path):
+def logged_part(tmp_path, log=None):
+    """A finished 6b in tmp_path/full whose run.log is `log` (none if None), as the reader sees it."""
     run = str(tmp_path / 'full')
     write_part(run, '6b', {'test_elbo': v(95.0, 0.25, 10000)})
-    m = dict(dir=os.path.join(run, '6b'))
-    assert reader.epoch_seconds(m) == []                      # no log
-    with open(os.path.join(run, '6b', 'run.log'), 'w') as fh:
-        fh.write(epoch_line(1, 60, 500) + epoch_line(2, 60, 900) + '6b: resuming from checkpoint.pt\n')
-        fh.write(epoch_line(1, 60, 100) + epoch_line(2, 60, 220) + epoch_line(3, 60, 400))  # --fresh, then resumed
+    if log is not None:
+        with open(os.path.join(run, '6b', 'run.log'), 'w') as fh:
+            fh.write(log)
+    return dict(dir=os.path.join(run, '6b'))
+
+
+def test_epoch_seconds_read_the_log_of_the_last_training_from_scratch(tmp_path):
+    assert reader.epoch_seconds(logged_part(tmp_path)) == []                      # no log
+    m = logged_part(tmp_path, epoch_line(1, 60, 500) + epoch_line(2, 60, 900) + '6b: resuming from checkpoint.pt\n'
+                    + epoch_line(1, 60, 100) + epoch_line(2, 60, 220) + epoch_line(3, 60, 400))  # --fresh, then resumed
     assert reader.epoch_seconds(m) == [100, 120, 180]
 
 
@@ -472,14 +478,10 @@ def sitting_line(hardware):
 
 
 def test_epochs_on_two_cpu_models_get_a_median_each_never_one_across_them(tmp_path):
-    run = str(tmp_path / 'full')
-    write_part(run, '6b', {'test_elbo': v(95.0, 0.25, 10000)})
-    m = dict(dir=os.path.join(run, '6b'))
-    with open(os.path.join(run, '6b', 'run.log'), 'w') as fh:
-        fh.write(epoch_line(1, 60, 50))                                     # before any header names the hardware
-        fh.write(sitting_line('CPU (Intel Xeon, x86_64), 2 cores') + epoch_line(2, 60, 290) + epoch_line(3, 60, 530))
-        fh.write(sitting_line('CPU (AMD EPYC, x86_64), 2 cores') + epoch_line(4, 60, 1130) + epoch_line(5, 60, 1730)
-                 + epoch_line(6, 60, 2390))
+    m = logged_part(tmp_path, epoch_line(1, 60, 50)                     # before any header names the hardware
+                    + sitting_line('CPU (Intel Xeon, x86_64), 2 cores') + epoch_line(2, 60, 290) + epoch_line(3, 60, 530)
+                    + sitting_line('CPU (AMD EPYC, x86_64), 2 cores') + epoch_line(4, 60, 1130)
+                    + epoch_line(5, 60, 1730) + epoch_line(6, 60, 2390))
     assert reader.epoch_seconds_by_hardware(m) == [(None, [50]), ('CPU (Intel Xeon, x86_64), 2 cores', [240, 240]),
                                                     ('CPU (AMD EPYC, x86_64), 2 cores', [600, 600, 660])]
     assert reader.epoch_seconds(m) == [50, 240, 240, 600, 600, 660]
