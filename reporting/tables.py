@@ -111,7 +111,7 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
                 continue
             hardware.update(label for label, _ in spent)
             rows.append((list(PARTS).index(part), f'| {part} | {run_name(r)} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
-                        + median_epoch(epoch_seconds_by_hardware(m)) + ' | '
+                        + median_epoch(epoch_seconds_by_hardware(m), len(spent) == 1) + ' | '
                         f'{m.get("eval_seconds", 0) / 60:.0f} min |'))
     lines = []
     if rows:
@@ -139,11 +139,14 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
     return '\n'.join(lines) + '\n' if lines else 'No course-settings run has trained on a CPU yet.\n'
 
 
-def median_epoch(by_hardware):
-    """The median epoch, in minutes: one number where the epochs ran on one kind of hardware, else
-    one for each, named with its count of epochs (never one median across machines)."""
-    if len(by_hardware) == 1:
-        return f'{statistics.median(by_hardware[0][1]) / 60:.1f} min'
+def median_epoch(by_hardware, one=False):
+    """The median epoch, in minutes: one number where the epochs ran on one kind of hardware (or
+    `one`, a run whose sittings all name the same, its log's older headers none), else one for
+    each, named with its count of epochs (never one median across machines)."""
+    if not by_hardware:
+        return ''
+    if one or len(by_hardware) == 1:
+        return f'{statistics.median([s for _, seconds in by_hardware for s in seconds]) / 60:.1f} min'
     return '; '.join(f'{statistics.median(seconds) / 60:.1f} min on {label or "unrecorded hardware"} '
                      f'({len(seconds)} epochs)' for label, seconds in by_hardware)
 
