@@ -18,8 +18,8 @@
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 run=${RUN_TREE:-$root/../hw2-run}
-# 6d last: the longest (60 epochs), and its checkpoint (31 MiB) goes between sittings only as a
-# carried pack (two 16 MiB pieces in the full history for each sitting it spans)
+# 6d last: the longest (60 epochs), and its checkpoint (32 MiB) goes between sittings only as a
+# carried pack (three pieces, 32 MiB in the full history for each sitting it spans)
 parts=${QUEUE:-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
