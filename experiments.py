@@ -179,6 +179,7 @@ def describe_images(n):
     return 'all test images' if n is None else f'the first {n} test images'
 
 
+EVAL_STOPPED = 3  # exit status of an `eval --minutes N` stopped at its time limit, with images left
 PARTIAL = 'is_partial.pt'  # an importance-sampling pass in progress, resumed by a rerun (evaluate.PartialPass)
 
 AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least this much faster
@@ -656,6 +657,9 @@ def add_commands(sub):
     e.add_argument('--update', action='store_true', help='write the recomputed value into metrics.json')
     e.add_argument('--is-images', type=int, default=None,
                    help='importance-sample the first N test images instead of the number the run used')
+    e.add_argument('--minutes', type=float, default=None,
+                   help='importance sampling only: stop cleanly after this many minutes, the images done saved '
+                        'beside the model; the same command resumes there (exit status 3 while images are left)')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     cp = sub.add_parser('compare', help="your finished parts (results/mine) beside the reference's, paired over the "
@@ -755,8 +759,12 @@ def command(args):
                  stop_at=time.time() + 60 * args.minutes if args.minutes is not None else None,
                  precision=args.precision, is_images=args.is_images, compile_train=args.compile_train, **extra)
     elif args.command == 'eval':
-        eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision, args.keep,
-                     args.update, args.is_images)
+        try:
+            eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision,
+                         args.keep, args.update, args.is_images, args.minutes)
+        except EvaluationStopped as stop:
+            print(stop, flush=True)
+            sys.exit(EVAL_STOPPED)
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None

@@ -10,11 +10,9 @@ import time
 import torch
 
 from engine import ROOT, figures
-from engine.config import as_int, pick_device, pick_profile, run_dir, with_defaults
-from engine.files import write_json
-from engine.evaluate import evaluate, to_host64
-from engine.files import read_json
-from engine.config import run_dirs
+from engine.config import as_int, is_quantity, pick_device, pick_profile, run_dir, run_dirs, with_defaults
+from engine.evaluate import PartialPass, evaluate, to_host64
+from engine.files import read_json, write_json
 from engine.student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
 from engine.train import CheckpointError, atomic_save, load_data, load_file, load_models
 
@@ -31,19 +29,32 @@ def git_commit():
 
 
 def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
-                 update=False, is_images=None):
+                 update=False, is_images=None, minutes=None):
     """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
     keep: add its per-image values to per_image.pt (for paired comparisons). update: write the value
     into metrics.json if it differs (after an estimator is corrected, or over more images), recording
     the previous value and the commit under 'recomputed'. is_images: importance-sample the first
-    is_images test images instead of the number the run used."""
+    is_images test images instead of the number the run used. minutes: importance sampling only,
+    stop cleanly after that many minutes with the images done saved in <part>/eval_partial(...).pt
+    (partial_name), raising evaluate.EvaluationStopped; the same command resumes there and ends
+    with the numbers of an unbroken pass."""
     path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision)
     if is_images is not None:
         cfg['is_images'] = as_int(is_images, 'is_images', minimum=1)
+    out = os.path.dirname(path)
+    partial = None
+    if minutes is not None:
+        if quantity != is_quantity(cfg):
+            raise ValueError(f'--minutes applies to the importance-sampled NLL ({is_quantity(cfg)}) only, not to '
+                             f'{quantity}, which is computed in one pass')
+        if not minutes > 0:
+            raise ValueError(f'--minutes must be a positive number, got {minutes}')
+        partial = PartialPass(os.path.join(out, partial_name(quantity, cfg['is_images'])), time.time() + 60 * minutes)
     test_x = load_data(cfg, train=False).to(device)
     per_image = {}
-    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image)[quantity]
-    out = os.path.dirname(path)
+    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image, partial=partial)[quantity]
+    if partial is not None:
+        partial.remove()
     if keep and quantity in per_image:
         kept_path = os.path.join(out, 'per_image.pt')
         kept = load_file(kept_path) if os.path.exists(kept_path) else {}
@@ -55,6 +66,12 @@ def eval_command(part, quantity, results_dir='results', device=None, profile='au
           + f' ({record["profile"]} profile, {cfg["epochs"]} epochs, {device})')
     print(v['value'])
     return v['value']
+
+
+def partial_name(quantity, is_images):
+    """The file of a resumable `eval` in progress: one per quantity and number of images, so that
+    another evaluation (verify's, or one over other images) never writes over it."""
+    return f'eval_partial_{quantity}_{"all" if is_images is None else is_images}.pt'
 
 
 def load_model_file(part, results_dir, device, profile, precision):

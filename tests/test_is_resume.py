@@ -2,11 +2,13 @@
 every sitting count in its evaluation time, and a partial pass is taken up only by the very pass
 that made it, never by one whose draws or weights differ."""
 import os
+import re
 
 import pytest
 import torch
 
 from engine import evaluate as V
+from engine import reproduce as R
 import experiments as E
 import models
 
@@ -35,6 +37,7 @@ def clock(monkeypatch):
     monkeypatch.setattr(V, 'importance_sample', timed)
     monkeypatch.setattr(V, 'time', fake)
     monkeypatch.setattr(E, 'time', fake)
+    monkeypatch.setattr(R, 'time', fake)
     return fake
 
 
@@ -183,3 +186,59 @@ def test_a_pass_given_other_eps_starts_afresh(tmp_path):
         one_pass(f, g, x, **BASE, eps=eps[0], partial=V.PartialPass(path, stop_at=0.0))
     assert torch.equal(one_pass(f, g, x, **BASE, eps=eps[1], partial=V.PartialPass(path)),
                        one_pass(f, g, x, **BASE, eps=eps[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# `eval --minutes N`: an importance-sampled NLL recomputed over more images, across sittings
+
+def test_eval_over_more_images_resumes_across_sittings_to_the_unbroken_number(tmp_path, clock):
+    """A finished smoke 6b recomputed over 12 test images in batches of 4, one minute a batch on the
+    clock: a 1.5-minute sitting stops after 8 images, an evaluation of other images leaves its file
+    alone, and the next sitting ends with the unbroken pass's number, written into metrics.json."""
+    E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, is_batch=4)
+    out = tmp_path / 'smoke' / '6b'
+    quantity = next(k for k in E.read_json(out / 'metrics.json')['values'] if k.startswith('test_nll_is'))
+    ask = dict(part='6b', quantity=quantity, results_dir=str(tmp_path), device='cpu', profile='smoke', is_images=12)
+    unbroken = R.eval_command(**ask)
+    before = (out / 'metrics.json').read_bytes()
+    partial = out / R.partial_name(quantity, 12)
+    clock.per_batch = 60.0
+    with pytest.raises(V.EvaluationStopped) as stopped:
+        R.eval_command(**ask, keep=True, update=True, minutes=1.5)
+    assert (stopped.value.done, stopped.value.total) == (8, 12) and partial.exists()
+    assert (out / 'metrics.json').read_bytes() == before  # nothing is reported before the pass ends
+    saved = partial.read_bytes()
+    R.eval_command(**dict(ask, is_images=None))  # verify's evaluation, over the run's own images
+    assert partial.read_bytes() == saved
+    assert R.eval_command(**ask, keep=True, update=True, minutes=1.5) == unbroken
+    assert not partial.exists()
+    m = E.read_json(out / 'metrics.json')
+    assert m['values'][quantity]['value'] == unbroken and m['values'][quantity]['n_images'] == 12
+    assert m['recomputed'][quantity]['is_images'] == 12
+    assert len(torch.load(out / 'per_image.pt', weights_only=True)[quantity]) == 12
+
+
+def test_eval_stopped_at_its_time_limit_exits_with_status_3_and_says_how_to_resume(tmp_path, clock, capsys):
+    E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1, is_batch=4)
+    clock.per_batch = 60.0
+    with pytest.raises(SystemExit) as ended:
+        E.main(['eval', '6b', '--quantity', 'test_nll_is16', '--profile', 'smoke', '--device', 'cpu',
+                '--results-dir', str(tmp_path), '--is-images', '12', '--minutes', '0.5'])
+    assert ended.value.code == E.EVAL_STOPPED == 3
+    assert 'after 4 of 12 test images' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('quantity,minutes,match', [
+    ('kl', '5', r'--minutes applies to the importance-sampled NLL \(test_nll_is16\) only'),
+    ('test_nll_is16', '0', '--minutes must be a positive number'),
+    ('test_nll_is16', '-1', '--minutes must be a positive number'),
+])
+def test_eval_minutes_is_checked_before_any_work(tmp_path, quantity, minutes, match, capsys):
+    E.run_part('6b', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
+    out = tmp_path / 'smoke' / '6b'
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as ended:
+        E.main(['eval', '6b', '--quantity', quantity, '--profile', 'smoke', '--device', 'cpu',
+                '--results-dir', str(tmp_path), '--minutes', minutes])
+    assert re.search(match, str(ended.value.code))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # nothing written, nothing lost
