@@ -570,6 +570,9 @@ def flow_reading(d, b):
     """6d against 6b: the NLLs, the gaps, and what the flow does to the bound, where nothing else differs."""
     said, _, clean = comparison(d, is_q(d), b, is_q(b), 'the flow', keys=('flows', 'iaf_depth'))
     tight = contrast([(1, b, 'test_elbo'), (-1, b, is_q(b)), (-1, d, 'test_elbo'), (1, d, is_q(d))])
+    if clean:
+        said += (f'One run per encoder, each from seed {cfg_of(d)["seed"]}: the standard errors are over test images, and the spread '
+                 'between training runs is not measured. ')
     text = (said + f'The gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(d))} for 6d, '
             f'{compared(gap(b))} for 6b. ' + code_use(d, b))
     if not clean:

@@ -187,6 +187,7 @@ def test_answers_quote_the_course_settings_run_once_there_is_one(tmp_path):
     # across profiles: both named, the difference not set down to the flow
     assert '6d (cpu profile, float32, 4 epochs) − 6b (full profile, the course settings, float32, 60 epochs)' in d6
     assert 'no conclusion about the flow is drawn from it' in d6 and 'tighter' not in d6 and 'looser' not in d6
+    assert 'spread between training runs' not in d6  # a confounded pair is not read as one of seeds
     assert 'In the cpu profile, where both parts ran: 6d (cpu profile, float32, 4 epochs) − 6b (cpu profile' in d6
 
 
@@ -440,6 +441,9 @@ def test_6d_sets_the_code_each_encoder_uses_beside_the_nll(tmp_path):
     kl_d, kl_b = (answers.value_text(summary(kl_of[p])) for p in ('6d', '6b'))
     assert (f'The code they use, the KL term on the test images: 6d {kl_d}, 6b {kl_b} nats; 6d − 6b: '
             '-3.00 ± 0.00 nats (paired, 1000 test images); active dimensions: 6d 49 of 49, 6b 30 of 49.') in d6
+    # the pair differs in the flow alone, and one seed each: the standard errors cover test images only
+    assert ('One run per encoder, each from seed 0: the standard errors are over test images, and the spread between '
+            'training runs is not measured.') in d6
 
 
 def verdict_runs(root, nll_shift, elbo_shift, n=1000):
