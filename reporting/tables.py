@@ -148,7 +148,7 @@ def median_epoch(by_hardware, one=False):
     if one or len(by_hardware) == 1:
         return f'{statistics.median([s for _, seconds in by_hardware for s in seconds]) / 60:.1f} min'
     return '; '.join(f'{statistics.median(seconds) / 60:.1f} min on {label or "unrecorded hardware"} '
-                     f'({len(seconds)} epochs)' for label, seconds in by_hardware)
+                     f'({len(seconds)} epoch{"" if len(seconds) == 1 else "s"})' for label, seconds in by_hardware)
 
 
 def unfinished_markdown(runs, results_dir):

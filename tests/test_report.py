@@ -488,6 +488,8 @@ def test_epochs_on_two_cpu_models_get_a_median_each_never_one_across_them(tmp_pa
     assert tables.median_epoch(reader.epoch_seconds_by_hardware(m)[1:]) == (
         '4.0 min on CPU (Intel Xeon, x86_64), 2 cores (2 epochs); 10.0 min on CPU (AMD EPYC, x86_64), 2 cores (3 epochs)')
     assert tables.median_epoch([('CPU (AMD EPYC, x86_64), 2 cores', [600, 660, 600])]) == '10.0 min'
+    assert tables.median_epoch([('CPU (x86_64), 2 cores', [594]), ('CPU (AMD EPYC, x86_64), 2 cores', [510, 500])]) == (
+        '9.9 min on CPU (x86_64), 2 cores (1 epoch); 8.4 min on CPU (AMD EPYC, x86_64), 2 cores (2 epochs)')
     # a run whose sittings name one hardware: epochs under older headers that name none ran on it too
     assert tables.median_epoch(reader.epoch_seconds_by_hardware(m)[:2], one=True) == '4.0 min'
 
