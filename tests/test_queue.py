@@ -1,5 +1,6 @@
 """tools/queue.sh: the course-settings queue runs its parts in order from a worktree at a fixed
 commit, writes into the results directory it is given, and a rerun finds the finished parts done."""
+import json
 import os
 import shutil
 import subprocess
@@ -26,5 +27,12 @@ def test_the_queue_runs_from_its_own_worktree_and_resumes(tmp_path):
         assert first.stdout.index('6a:') < first.stdout.index('6b:')
         again = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=env, capture_output=True, text=True)
         assert again.returncode == 0 and again.stdout.count('already done') == 2, again.stdout + again.stderr
+        # then 6b's importance-sampled NLL over more test images, written into its metrics
+        more = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'),
+                              capture_output=True, text=True)
+        assert more.returncode == 0 and 'every part done' in more.stdout, more.stdout + more.stderr
+        m = json.loads((results / 'smoke' / '6b' / 'metrics.json').read_text())
+        assert m['values']['test_nll_is16']['n_images'] == 12 and m['recomputed']['test_nll_is16']['is_images'] == 12
+        assert not list((results / 'smoke' / '6b').glob('eval_partial_*'))
     finally:
         subprocess.run(['git', 'worktree', 'remove', '--force', str(tree)], cwd=ROOT, capture_output=True)

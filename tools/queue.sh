@@ -11,6 +11,12 @@
 # comparison is paired over the same images. The worktree is made at the checkout's HEAD the first
 # time; `git -C ../hw2-run checkout --detach <commit>` moves it to other code between sittings.
 #
+# Then, for the finished parts in RECOMPUTE (e.g. RECOMPUTE="6b 6c"), the importance-sampled NLL
+# over the first IS_IMAGES test images (default all 10,000), from the model, written into
+# metrics.json and per_image.pt (`experiments.py eval --keep --update`). It saves the images done
+# after each batch (beside the model, eval_partial_*.pt) and stops after MINUTES (default a day);
+# rerun the queue to resume it.
+#
 # At the end of a sitting, to go on in another (on this machine or a fresh clone): stop the queue
 # after an epoch's checkpoint, then `python experiments.py carry --profile full` writes the
 # checkpoint of each unfinished part as <part>/checkpoint.pack (pieces git can hold) to commit with
@@ -20,7 +26,7 @@ root=$(git rev-parse --show-toplevel)
 run=${RUN_TREE:-$root/../hw2-run}
 # 6d last: the longest (60 epochs), and its checkpoint (32 MiB) goes between sittings only as a
 # carried pack (three pieces, 32 MiB in the full history for each sitting it spans)
-parts=${QUEUE:-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
+parts=${QUEUE-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
 results=${RESULTS:-$root/results}
@@ -30,5 +36,13 @@ echo "queue: $(git rev-parse --short HEAD) in $run, parts: $parts"
 for part in $parts; do
   HW2_DATA=$root/data nice -n 10 "$py" experiments.py run "$part" --profile "$profile" --is-images 1000 \
     --results-dir "$results" --no-progress ${EXTRA:-} || { echo "queue: $part failed; the parts after it did not run"; exit 1; }
+done
+for part in ${RECOMPUTE:-}; do
+  quantity=$("$py" -c "from engine.config import config, is_quantity; print(is_quantity(config('$part', '$profile')))")
+  status=0
+  HW2_DATA=$root/data nice -n 10 "$py" experiments.py eval "$part" --quantity "$quantity" --profile "$profile" \
+    --is-images "${IS_IMAGES:-10000}" --keep --update --minutes "${MINUTES:-1440}" --results-dir "$results" || status=$?
+  if [ "$status" -eq 3 ]; then echo "queue: $part stopped at the time limit; rerun to resume"; exit 3; fi
+  [ "$status" -eq 0 ] || { echo "queue: recomputing $part failed; the parts after it did not run"; exit 1; }
 done
 echo "queue: every part done"
