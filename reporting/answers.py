@@ -571,8 +571,8 @@ def flow_reading(d, b):
     said, _, clean = comparison(d, is_q(d), b, is_q(b), 'the flow', keys=('flows', 'iaf_depth'))
     tight = contrast([(1, b, 'test_elbo'), (-1, b, is_q(b)), (-1, d, 'test_elbo'), (1, d, is_q(d))])
     if clean:
-        said += (f'One run per encoder, each from seed {cfg_of(d)["seed"]}: the standard errors are over test images, and the spread '
-                 'between training runs is not measured. ')
+        said += (f'One run per encoder, each from seed {cfg_of(d)["seed"]}: the standard errors are over test '
+                 'images, and the spread between training runs is not measured. ')
     text = (said + f'The gap −ELBO − NLL, the KL(q(z|x) ‖ p(z|x)) that the bound pays: {compared(gap(d))} for 6d, '
             f'{compared(gap(b))} for 6b. ' + code_use(d, b))
     if not clean:

@@ -34,5 +34,8 @@ def test_the_queue_runs_from_its_own_worktree_and_resumes(tmp_path):
         m = json.loads((results / 'smoke' / '6b' / 'metrics.json').read_text())
         assert m['values']['test_nll_is16']['n_images'] == 12 and m['recomputed']['test_nll_is16']['is_images'] == 12
         assert not list((results / 'smoke' / '6b').glob('eval_partial_*'))
+        once = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'),
+                              capture_output=True, text=True)
+        assert once.returncode == 0 and "6b's test_nll_is16 already covers 12 test images" in once.stdout, once.stdout
     finally:
         subprocess.run(['git', 'worktree', 'remove', '--force', str(tree)], cwd=ROOT, capture_output=True)

@@ -15,7 +15,7 @@
 # over the first IS_IMAGES test images (default all 10,000), from the model, written into
 # metrics.json and per_image.pt (`experiments.py eval --keep --update`). It saves the images done
 # after each batch (beside the model, eval_partial_*.pt) and stops after MINUTES (default a day);
-# rerun the queue to resume it.
+# rerun the queue to resume it. A part whose number already covers that many images is skipped.
 #
 # At the end of a sitting, to go on in another (on this machine or a fresh clone): stop the queue
 # after an epoch's checkpoint, then `python experiments.py carry --profile full` writes the
@@ -39,6 +39,8 @@ for part in $parts; do
 done
 for part in ${RECOMPUTE:-}; do
   quantity=$("$py" -c "from engine.config import config, is_quantity; print(is_quantity(config('$part', '$profile')))")
+  covered=$("$py" -c "import json; print(json.load(open('$results/$profile/$part/metrics.json'))['values']['$quantity']['n_images'])")
+  if [ "$covered" = "${IS_IMAGES:-10000}" ]; then echo "queue: $part's $quantity already covers $covered test images"; continue; fi
   status=0
   HW2_DATA=$root/data nice -n 10 "$py" experiments.py eval "$part" --quantity "$quantity" --profile "$profile" \
     --is-images "${IS_IMAGES:-10000}" --keep --update --minutes "${MINUTES:-1440}" --results-dir "$results" || status=$?
