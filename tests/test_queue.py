@@ -24,7 +24,8 @@ def test_the_queue_runs_from_its_own_worktree_and_resumes(tmp_path):
         assert (tree / 'experiments.py').exists()  # the parts ran from the worktree, not the checkout
         for part in ('6a', '6b'):
             assert (results / 'smoke' / part / 'metrics.json').exists()
-        assert first.stdout.index('6a:') < first.stdout.index('6b:')
+        starts = [line.split(':')[0] for line in first.stdout.splitlines()]  # the parts' own lines begin '<part>:'
+        assert starts.index('6a') < starts.index('6b')
         again = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=env, capture_output=True, text=True)
         assert again.returncode == 0 and again.stdout.count('already done') == 2, again.stdout + again.stderr
         # then 6b's importance-sampled NLL over more test images, written into its metrics

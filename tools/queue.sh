@@ -30,7 +30,7 @@ parts=${QUEUE-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
 results=${RESULTS:-$root/results}
-[ -d "$run" ] || git -C "$root" worktree add --detach "$run" HEAD
+[ -d "$run" ] || git -C "$root" worktree add --quiet --detach "$run" HEAD
 cd "$run"
 echo "queue: $(git rev-parse --short HEAD) in $run, parts: $parts"
 for part in $parts; do
