@@ -9,6 +9,7 @@ import re
 from engine.config import PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, \
     run_dir, run_dirs
 from engine.files import read_json
+from engine.runs import trained_on, training_time  # noqa: F401 (the readers' names)
 
 
 # What a figure shows, as seen by eye, keyed by the first 16 hex digits of the file's SHA-256: it
@@ -22,24 +23,6 @@ SEEN = {'4168688abb451e3b': 'strokes and squiggles, not digits', 'f40cf9fc9c20e7
         '7135efd42b444d09': 'connected pen strokes, about half of them recognisable digits',
         'f2944feb2b7e3ae8': 'four of the ten are their test digits (the 7, the 0, the second 1, the last 9); the '
                             'other six are other shapes or fragments'}
-
-
-def training_time(m):
-    """[(hardware, seconds)] of a run's training, in the order first used, summed over its sittings
-    on each (metrics.json's sittings); a sitting whose hardware was not recorded is named by its
-    device type. A run finished before sittings were recorded trained on its recorded hardware."""
-    sittings = m.get('sittings') or [dict(device=m['device'], hardware=m.get('hardware'), seconds=m['train_seconds'])]
-    spent = {}
-    for s in sittings:
-        label = s.get('hardware') or (str(s['device']).split(':')[0].upper() if s.get('device') else 'an unrecorded '
-                                                                                                   'device')
-        spent[label] = spent.get(label, 0.0) + s['seconds']
-    return list(spent.items())
-
-
-def trained_on(m):
-    """The hardware a run trained on, in words: one name, or several joined by ' + '."""
-    return ' + '.join(label for label, _ in training_time(m))
 
 
 def training_minutes(m, digits=1):

@@ -24,11 +24,17 @@ def reproduce_command(m, quantity, results_dir):
             + (f' --results-dir {shlex.quote(results_dir)}' if results_dir != 'results' else ''))
 
 
+def devices_of(m):
+    """The device types a run trained on, over all its sittings, in the order first used: 'cpu', 'cpu + cuda'."""
+    seen = [str(s.get('device') or m['device']) for s in m.get('sittings') or [dict(device=m['device'])]]
+    return ' + '.join(dict.fromkeys(seen))
+
+
 def summary_rows(metrics, results_dir):
     """One entry per reported number of summary.json, with its reproduce command."""
     return [dict(part=m['part'], quantity=q, value=v['value'], stderr=v['stderr'], n_images=v['n_images'], M=v.get('M'),
-                 profile=m['profile'], precision=m['config'].get('precision', 'fp32'), device=m['device'],
-                 hardware=m.get('hardware', m['device']), epochs=m['epochs'], train_seconds=m['train_seconds'],
+                 profile=m['profile'], precision=m['config'].get('precision', 'fp32'), device=devices_of(m),
+                 hardware=trained_on(m), epochs=m['epochs'], train_seconds=m['train_seconds'],
                  train_seconds_by_hardware=dict(training_time(m)), model=m['model'],
                  reproduce=reproduce_command(m, q, results_dir))
             for m in metrics for q, v in ((q, m['values'][q]) for q in quantities(m['config']))]

@@ -93,11 +93,11 @@ def an_hour_per_step(monkeypatch):
     import types
 
     import experiments
-    from engine import train
+    from engine import jobs, runs, train
     clock = dict(now=1000.0)
     fake = types.SimpleNamespace(time=lambda: clock['now'], strftime=time.strftime)
-    monkeypatch.setattr(experiments, 'time', fake)
-    monkeypatch.setattr(train, 'time', fake)
+    for module in (experiments, jobs, runs, train):
+        monkeypatch.setattr(module, 'time', fake)
     step = train.Training.step
 
     def step_then_an_hour(self, *args):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine import config as C
+from engine import runs
 import experiments as E
 import models
 
@@ -119,7 +120,7 @@ def test_damaged_result_files_are_named_with_what_to_do(tmp_path):
 def test_runs_with_another_models_py_are_not_passed_off_as_its_results(tmp_path, monkeypatch):
     done = E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
     assert set(done['code']) == {'models.py', 'losses.py'}
-    monkeypatch.setattr(E, 'code_digest', lambda: dict(done['code'], **{'models.py': '0' * 64}))
+    monkeypatch.setattr(runs, 'code_digest', lambda: dict(done['code'], **{'models.py': '0' * 64}))
     with pytest.raises(E.ResultsExistError, match=r'(?s)from another models\.py.*not this code.s results.*--fresh'):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
     assert C.config('6a', 'smoke')['layout'] == 'course'

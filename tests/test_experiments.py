@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine import config as C
+from engine import files, runs
 import experiments as E
 from reporting.summary import summary_rows
 
@@ -86,9 +87,10 @@ def test_second_run_of_the_same_part_refuses_while_the_first_lives(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
-    (out / 'checkpoint.pt.999999.tmp').write_bytes(b'half a checkpoint')  # left by a killed writer
+    dead = files._tmp_path(str(out / 'checkpoint.pt')).replace(f'.{os.getpid()}.', f'.{sleeper.pid}.')
+    open(dead, 'wb').write(b'half a checkpoint')  # left by the engine's writer, killed
     E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)  # a dead pid's lock is cleared
-    assert not os.path.exists(out / 'run.lock') and not os.path.exists(out / 'checkpoint.pt.999999.tmp')
+    assert not os.path.exists(out / 'run.lock') and not os.path.exists(dead)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +156,11 @@ def bf16_cpu(monkeypatch):
     """A CPU with bfloat16 units on which bf16 trains twice as fast, and smoke parts 6a and 6b with
     shown parity; returns the list of parts whose speed was measured."""
     measured = []
-    monkeypatch.setattr(E, 'bf16_units', lambda: ('amx_bf16',))
-    monkeypatch.setattr(E, 'precision_speeds', lambda part, profile, device: measured.append(part) or
+    monkeypatch.setattr(runs, 'bf16_units', lambda: ('amx_bf16',))
+    monkeypatch.setattr(runs, 'precision_speeds', lambda part, profile, device: measured.append(part) or
                         dict(fp32=100.0, bf16=200.0))
-    monkeypatch.setattr(E, 'BF16_PARITY', ('6a', '6b'))
-    monkeypatch.setattr(E, 'AUTO_PROFILES', ('smoke',))
+    monkeypatch.setattr(runs, 'BF16_PARITY', ('6a', '6b'))
+    monkeypatch.setattr(runs, 'AUTO_PROFILES', ('smoke',))
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))  # a GPU with bf16 tensor cores
     return measured
 
@@ -171,14 +173,16 @@ def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_c
     assert pick('6a', profile='cpu') == ('fp32', 'float32 in the cpu profile')
     assert pick('6a', device='cuda') == ('fp32', 'float32 on cuda')
     assert bf16_cpu == ['6a']                                          # measured only where the rest allows bf16
-    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=109.0))
+    monkeypatch.setattr(runs, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=109.0))
     assert pick('6a')[0] == 'fp32' and 'not faster' in pick('6a')[1]  # under AUTO_SPEEDUP = 1.1
-    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=111.0))
+    monkeypatch.setattr(runs, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=111.0))
     assert pick('6a')[0] == 'bf16'
-    monkeypatch.setattr(E, 'bf16_units', lambda: ())
+    monkeypatch.setattr(runs, 'bf16_units', lambda: ())
     assert pick('6a') == ('fp32', 'float32: this CPU reports no bfloat16 units')
     assert E.pick_precision('bf16', '6c', 'smoke', 'cuda') == ('bf16', 'as asked')  # a setting is taken as asked
-    assert E.pick_precision('fp16', '6a', 'smoke', 'cpu') == ('fp16', 'as asked')
+    assert E.pick_precision('fp16', '6a', 'smoke', 'cuda') == ('fp16', 'as asked')
+    with pytest.raises(ValueError, match='fp16 training needs a GPU'):  # every step would be skipped on a CPU
+        E.pick_precision('fp16', '6a', 'smoke', 'cpu')
     with pytest.raises(ValueError, match="precision must be auto or one of fp32, bf16, fp16, got 'fp8'"):
         E.pick_precision('fp8', '6a', 'smoke', 'cpu')
 
@@ -210,7 +214,7 @@ def test_auto_precision_resumes_the_run_it_finds_and_logs_its_choice(bf16_cpu, m
     out = tmp_path / 'smoke-bf16' / '6b'
     assert "6b: precision 'auto' -> bf16 (bf16: the CPU has amx_bf16" in (out / 'run.log').read_text()
     assert not (tmp_path / 'smoke' / '6b').exists()
-    monkeypatch.setattr(E, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=50.0))
+    monkeypatch.setattr(runs, 'precision_speeds', lambda *a: dict(fp32=100.0, bf16=50.0))
     assert E.pick_precision('auto', '6b', 'smoke', 'cpu', results) == ('bf16', f'its run in {out}')
     assert E.run_part('6b', profile='smoke', device='cpu', results_dir=results, progress=False, epochs=1) == m
     assert E.pick_precision('auto', '6b', 'smoke', 'cpu', results, fresh=True)[0] == 'fp32'  # fresh: measured again

@@ -29,7 +29,7 @@ def test_jobs_give_the_numbers_of_a_serial_run_each_with_its_own_log(tmp_path):
     assert all(f'| {p} |' in (jobs / 'smoke' / 'summary.md').read_text() for p in parts)
 
 
-def test_a_failed_job_is_reported_after_the_others_end_and_they_are_summarised(tmp_path, capsys):
+def test_a_refused_job_is_reported_as_skipped_after_the_others_end_and_they_are_summarised(tmp_path, capsys):
     locked = tmp_path / 'smoke' / '6a'
     locked.mkdir(parents=True)
     (locked / 'run.lock').write_text(str(os.getpid()))  # a live process holds 6a: its run refuses
@@ -40,7 +40,9 @@ def test_a_failed_job_is_reported_after_the_others_end_and_they_are_summarised(t
     assert '| 6b |' in (tmp_path / 'smoke' / 'summary.md').read_text()  # and is summarised, 6a is not
     assert '| 6a |' not in (tmp_path / 'smoke' / 'summary.md').read_text()
     out = capsys.readouterr().out
-    assert '6a: failed (exit status 1)' in out and f'(its output: {locked / E.JOB_LOG})' in out
+    assert '6a: skipped: ' in out and 'is in use by process' in out.split('6a: skipped: ')[1].splitlines()[0]
+    assert f'(its output: {locked / E.JOB_LOG})' in out
+    assert any(line.startswith('6a') and ' skipped ' in line for line in out.splitlines())  # the end table: a refusal
 
 
 def test_jobs_pass_the_settings_of_all_to_each_process():

@@ -539,3 +539,16 @@ def test_unfinished_course_settings_parts_show_the_last_epoch_of_their_log(tmp_p
     assert f'6e-weak (`{root}/full/6e-weak`): started, no epoch done' in text
     assert text.endswith('Not started at the course settings: 5b, 5c, 6a, 6c, 6e-baseline, 6e-warmup, 6e-freebits.\n')
     assert '6b' not in text
+
+
+def test_a_summary_row_names_every_device_and_hardware_a_run_trained_on():
+    """A run begun on a CPU and finished on a GPU is named by both, not by its last sitting."""
+    from reporting.summary import summary_rows
+    m = dict(part='6a', profile='smoke', device='cuda', hardware='NVIDIA T4', epochs=2, train_seconds=30.0,
+             model='m.pt', config=dict(model='pixelcnn', precision='fp32', is_samples=16),
+             sittings=[dict(device='cpu', hardware='CPU (x86_64), 2 cores', seconds=20.0),
+                       dict(device='cuda', hardware='NVIDIA T4', seconds=10.0)],
+             values=dict(test_nll=dict(value=90.0, stderr=1.0, n_images=100)))
+    row, = summary_rows([m], 'results')
+    assert row['device'] == 'cpu + cuda' and row['hardware'] == 'CPU (x86_64), 2 cores + NVIDIA T4'
+    assert row['train_seconds_by_hardware'] == {'CPU (x86_64), 2 cores': 20.0, 'NVIDIA T4': 10.0}
