@@ -80,8 +80,12 @@ def add_commands(sub):
     e.add_argument('--keep', action='store_true', help="add the per-image values to the part's per_image.pt")
     e.add_argument('--update', action='store_true', help='write the recomputed value into metrics.json')
     e.add_argument('--is-images', type=int, default=None,
-                   help='importance-sample a seeded uniform sample of N test images (all of them: 10000) instead of '
-                        'the images the run used')
+                   help='importance-sample N test images (a seeded uniform sample, the same for every part; all of '
+                        'them: 10000) instead of the number the run used')
+    e.add_argument('--subset', choices=('uniform', 'first'), default=None,
+                   help='which test images when fewer than all: by default those the recorded number covers where '
+                        'it covers as many (the first N for numbers recorded before subsets), else the uniform '
+                        "sample; 'uniform' moves a number recorded over the first N to the sample")
     e.add_argument('--minutes', type=float, default=None,
                    help='importance sampling only: stop cleanly after this many minutes, the images done saved '
                         'beside the model; the same command resumes there (exit status 3 while images are left)')
@@ -209,7 +213,7 @@ def command(args):
             guard_writes(args, f'eval {" ".join(writes)}')
         try:
             eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision,
-                         args.keep, args.update, args.is_images, args.minutes)
+                         args.keep, args.update, args.is_images, args.minutes, subset=args.subset)
         except EvaluationStopped as stop:
             print(stop, flush=True)
             sys.exit(EVAL_STOPPED)

@@ -6,14 +6,18 @@
   (Problem 2), and its compiled path on the CPU (Compiled).
 - active_units: latent dimensions in use (Burda et al. 2016).
 Every number is a mean over test images with its standard error; per-image values are kept for
-paired comparisons. Evaluation always runs in float32 (no TF32, deterministic cuDNN kernels).
+paired comparisons. An evaluation over fewer images than the whole test set covers a seeded
+uniform sample of them (test_subset), the same for every part, never a prefix; each value records
+which (its 'subset'). Evaluation always runs in float32 (no TF32, deterministic cuDNN kernels).
 
 References
 - Importance-weighted log-likelihood estimate and active units: Burda, Grosse & Salakhutdinov 2016,
   "Importance Weighted Autoencoders".
 """
 import contextlib
+import functools
 import hashlib
+import json
 import math
 import os
 import sys
@@ -96,6 +100,109 @@ def float32_eval():
     """Full float32 on CUDA (no TF32 in convolutions or matrix products) and deterministic cuDNN
     kernels, so that `eval` recomputes the same numbers; a no-op elsewhere."""
     return cuda_numerics(tf32=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which test images an evaluation covers
+
+MNIST_TEST = 10000  # images in MNIST's test set
+SUBSET_SEED = 599   # the seed of the uniform sample of test images that every part is evaluated on
+
+
+@functools.lru_cache(maxsize=4)
+def test_permutation(n_total, seed):
+    """range(n_total) in a seeded uniformly random order: the indices sorted by sha256 of
+    '<seed>:<index>', so the order is the same on every platform and every version of torch and
+    Python (the numbers it selects are to be recomputed from committed model files for years)."""
+    order = sorted(range(n_total), key=lambda i: hashlib.sha256(f'{seed}:{i}'.encode()).digest())
+    return torch.tensor(order, dtype=torch.long)
+
+
+def test_subset(n_total, n, seed=SUBSET_SEED):
+    """The test images an evaluation over n of n_total covers: None for all of them, in test-set
+    order (n None, or at least n_total); otherwise a uniform sample without replacement, an (n,)
+    int64 tensor of indices into the test set in the order drawn. It is the first n of one seeded
+    permutation (test_permutation), so the same n gives the same images in the same order for every
+    part and model (paired comparisons pair), and samples are nested: the sample of n is the first n
+    of the sample of any larger number."""
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f'a subset of the test images has a positive whole number of images, got {n!r}')
+    return None if n >= n_total else test_permutation(n_total, seed)[:n].clone()
+
+
+test_permutation.__test__ = test_subset.__test__ = False  # not tests, for pytest, where a test module imports them
+
+
+def images_for(n_total, n, first=False):
+    """(index, subset) of an evaluation over n of n_total test images: index as test_subset's (None:
+    all), subset its name as metrics.json records it: 'all', 'uniform:<seed>', or with first=True
+    'first:<n>' and index arange(n), the images a run recorded before subsets evaluated on."""
+    index = test_subset(n_total, n)
+    if index is None:
+        return None, 'all'
+    if first:
+        return torch.arange(n), f'first:{n}'
+    return index, f'uniform:{SUBSET_SEED}'
+
+
+def subset_of(value, n_test=MNIST_TEST):
+    """Which test images a value of metrics.json covers: its 'subset' ('all' or 'uniform:<seed>');
+    for a value recorded before subsets (no 'subset'), 'all' if it covers the whole test set and
+    'first:<n>' otherwise, the first n_images test images."""
+    if value.get('subset') is not None:
+        return value['subset']
+    return 'all' if value['n_images'] >= n_test else f'first:{value["n_images"]}'
+
+
+def subset_images(subset, n_images, n_test=MNIST_TEST):
+    """The indices into the test set, in order, of the n_images images a subset names (subset_of's
+    names): all n_test, the first n_images, or the uniform sample of n_images with the seed named."""
+    kind, _, arg = subset.partition(':')
+    if kind == 'all':
+        return torch.arange(n_test)
+    if kind == 'first':
+        return torch.arange(n_images)
+    if kind == 'uniform':
+        index = test_subset(n_test, n_images, seed=int(arg))
+        return torch.arange(n_test) if index is None else index
+    raise ValueError(f'unknown subset of the test images {subset!r}; subsets are all, first:<n> and uniform:<seed>')
+
+
+def index_key(quantity):
+    """The key in per_image.pt (and in evaluate's keep) of the test-image indices of a quantity's
+    per-image values; absent where they cover every test image in test-set order."""
+    return f'{quantity}_index'
+
+
+def kept_index(kept, quantity, value=None, n_test=MNIST_TEST):
+    """The test-image indices of the per-image values kept[quantity] (per_image.pt, or evaluate's keep):
+    those saved beside them (index_key); without them, those of the subset of the quantity's value
+    in metrics.json (value), or with no value the first len(kept[quantity]) test images."""
+    if index_key(quantity) in kept:
+        return kept[index_key(quantity)].long()
+    n = len(kept[quantity])
+    return torch.arange(n) if value is None else subset_images(subset_of(value, n_test), n, n_test)
+
+
+def pair_by_image(series):
+    """Per-image values of several quantities, [(values, index)] with index the test images of each
+    (kept_index), each restricted to the test images all of them cover, in the order of the first:
+    [values], so that element i of each is the same image, for paired comparisons."""
+    common = set.intersection(*(set(index.tolist()) for _, index in series))
+    order = [i for i in series[0][1].tolist() if i in common]
+    paired = []
+    for values, index in series:
+        position = {image: p for p, image in enumerate(index.tolist())}
+        paired.append(values[torch.tensor([position[i] for i in order], dtype=torch.long)])
+    return paired
+
+
+def subset_words(subset):
+    """A subset in words, for messages: 'the whole test set', 'the first 1000', 'a uniform sample, seed 599'."""
+    kind, _, arg = subset.partition(':')
+    return {'all': 'the whole test set', 'first': f'the first {arg}'}.get(kind, f'a uniform sample, seed {arg}')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,15 +313,68 @@ def fingerprint(*tensors):
     return h.hexdigest()
 
 
+def partial_digest(record):
+    """sha256 of what a PartialPass file holds (key, NLLs, seconds, the generator's state and device
+    type): saved with it, so that a file changed after it was written is not taken up."""
+    h = hashlib.sha256(json.dumps(record['key'], sort_keys=True).encode())
+    h.update(fingerprint(record['nll']).encode())
+    h.update(repr(float(record['seconds'])).encode())
+    h.update(str(record.get('device')).encode())
+    if record['generator'] is not None:
+        h.update(fingerprint(record['generator']).encode())
+    return h.hexdigest()
+
+
+def copy_generator(generator):
+    """A new generator on the same device in the same state."""
+    copy = torch.Generator(generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+# How far an NLL computed again for one image, from the same draws, may be from the one its batch gave
+# (other kernels for a batch of one, eager instead of compiled): far above float32 rounding (tests hold the
+# compiled and the eager pass to 1e-4), far below any change worth making to a number.
+SPOT_TOLERANCE = 1e-4
+
+CPU_STATE = torch.Generator().get_state().shape  # a CPU generator's state (Mersenne Twister): 5056 bytes
+
+
+def saved_device(saved):
+    """The device type whose generator made the state in a PartialPass file: recorded in files with a
+    digest; in earlier ones 'cpu' if the state has the CPU generator's size, None otherwise."""
+    if 'device' in saved:
+        return saved['device']
+    state = saved.get('generator')
+    return 'cpu' if isinstance(state, torch.Tensor) and state.shape == CPU_STATE else None
+
+
 class PartialPass:
     """An importance-sampling pass saved after each batch of images (their NLLs, the generator's
-    state and the seconds spent), so that a pass stopped at a time limit, or killed, resumes at its
-    next batch and ends with the numbers of an unbroken pass. A file made for another model, other
-    test images or other settings (its key differs), or one that cannot be read, is not used: a
-    message says so and the pass starts from the first image; so does one whose generator state was
-    saved on another device type (a CPU generator's state cannot be set on a CUDA one, nor the
-    reverse), whose draws cannot be continued here. path None: nothing is saved. log: where those
-    messages go (the run's log; stderr by default)."""
+    state, its device type, the seconds spent and a digest of them all), so that a pass stopped at a
+    time limit, or killed, resumes at its next batch and ends with the numbers of an unbroken pass.
+    path None: nothing is saved. log: where the messages below go (the run's log; stderr by default).
+
+    A file is taken up only by the very pass that made it, and only if it holds what that pass
+    could have saved; otherwise a message says why and the pass starts from the first image:
+    - one that cannot be read, or made for another model, other test images or other settings (its
+      key differs);
+    - one whose generator state was saved on another device type (a CPU generator's state cannot be
+      set on a CUDA one, nor the reverse, and the two draw different numbers from one seed), whose
+      draws cannot be continued here;
+    - one whose number of images is not a whole number of batches (or all of them), or more than the
+      pass has; one holding an NLL that is not finite and positive (-log p(x) of a binary image is
+      positive: an estimate p(x) >= 1 of a 784-pixel image is no model's);
+    - one whose generator state is not where the draws of the images it holds leave the pass's
+      generator: checked by making those draws again (replay), about 50 million normals per 1000
+      images at M = 1000, a second or so on a CPU;
+    - one whose NLL of the first or of the last image it holds is not what those draws give: the two
+      are computed again (M samples each, relative tolerance SPOT_TOLERANCE);
+    - one whose digest does not match its contents.
+    Files written before the digest (key, nll, seconds and generator only: those of passes begun
+    before it) are still taken up after every check but the last: a change to their NLLs that keeps
+    their number, keeps them finite and positive and leaves the first and the last as they were is
+    not detected."""
 
     def __init__(self, path, stop_at=None, log=None):
         self.path, self.stop_at = path, stop_at
@@ -222,8 +382,12 @@ class PartialPass:
         self.earlier = 0.0  # seconds spent in earlier sittings
         self.started = time.time()
 
-    def resume(self, key, generator):
-        """The NLLs already computed ([] or [(n,)]) under key, with the generator moved on to where they stopped."""
+    def resume(self, key, generator, replay=None):
+        """The NLLs already computed ([] or [(n,)]) under key, with the generator moved on to where
+        they stopped. generator: the pass's, in its state before the first draw (None: the draws are
+        given, or torch's global generator's). replay(generator, n): makes the draws of the pass's
+        first n images from generator and returns {position: NLL} of some of them computed again from
+        those draws (None: neither the generator's state nor any NLL is checked)."""
         if self.path is None or not os.path.exists(self.path):
             return []
         try:
@@ -233,29 +397,94 @@ class PartialPass:
             self.log(f'{self.path} cannot be read ({type(err).__name__}); importance sampling starts from the first '
                      f'image')
             return []
+        if not same and generator is not None and self.other_device(saved, key, generator):
+            return []
         if not same:
             self.log(f'{self.path} holds importance sampling of another model, other test images or other settings; '
                      f'starting from the first image')
+            return []
+        try:
+            fault = self.fault(saved, key, generator, replay)
+        except Exception as err:  # a malformed entry: the same as a damaged file
+            fault = f'it could not be checked ({type(err).__name__}: {str(err)[:200]})'
+        if fault is not None:
+            self.log(f'{self.path} is not taken up: {fault}; importance sampling starts from the first image')
             return []
         if generator is not None:
             try:
                 generator.set_state(saved['generator'])
             except (RuntimeError, TypeError):  # a state of another device type's generator (or none)
-                self.log(f'{self.path} was saved on another device type, whose random draws cannot be continued on '
-                         f'{generator.device.type}; importance sampling restarts its draws from the first image '
-                         f'(the {len(saved["nll"])} images done there are computed again)')
+                self.log(self.moved(saved, generator))
                 return []
         self.earlier = saved['seconds']
         print(f'importance sampling resumes after {len(saved["nll"])} images ({self.path})', flush=True)
         return [saved['nll']]
+
+    def moved(self, saved, generator, device=None):
+        return (f'{self.path} was saved on another device type' + (f' ({device})' if device else '')
+                + f', whose random draws cannot be continued on {generator.device.type}; importance sampling '
+                f'restarts its draws from the first image (the {len(saved["nll"])} images done there are computed '
+                f'again)')
+
+    def other_device(self, saved, key, generator):
+        """True, with the message said, if the file is of this very pass but for its draws, and its
+        generator's state is of another device type: its key's draws, the fingerprint of the
+        generator's first state, differ only because the device type does."""
+        try:
+            rest = {k: v for k, v in saved['key'].items() if k != 'draws'}
+            device = saved_device(saved)
+            elsewhere = (saved['key'].get('draws') is not None and saved.get('generator') is not None
+                         and device != generator.device.type)
+        except Exception:  # a key that is not a dict: another pass's file
+            return False
+        if elsewhere and rest == {k: v for k, v in key.items() if k != 'draws'}:
+            self.log(self.moved(saved, generator, device))
+            return True
+        return False
+
+    @staticmethod
+    def fault(saved, key, generator, replay):
+        """Why a file with the pass's key cannot be taken up (None: it can)."""
+        nll, images, batch = saved['nll'], key['images'], key['batch']
+        if not isinstance(nll, torch.Tensor) or nll.dim() != 1 or not nll.is_floating_point():
+            return 'its NLLs are not a vector of numbers'
+        done = len(nll)
+        if not 0 < done <= images:
+            return f'it holds {done} images, and this pass has {images}'
+        if done % batch and done != images:
+            return f'its {done} images are not a whole number of batches of {batch} images'
+        if not bool((torch.isfinite(nll) & (nll > 0)).all()):
+            return 'it holds NLLs that are not finite and positive'
+        seconds = saved['seconds']
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            return f'its seconds ({seconds!r}) are not a time spent'
+        if 'digest' in saved and saved['digest'] != partial_digest(saved):
+            return 'its contents do not match its digest (the file was changed after it was written)'
+        if generator is None:
+            return None
+        state = saved['generator']
+        if not isinstance(state, torch.Tensor) or state.shape != generator.get_state().shape:
+            return 'its generator state is not one that this pass\'s generator can take'
+        if replay is not None:
+            probe = copy_generator(generator)
+            again = replay(probe, done)
+            if not torch.equal(probe.get_state(), state):
+                return f'its generator state is not where the draws of its {done} images leave the generator'
+            for k, value in sorted(again.items()):
+                if not abs(value - nll[k].item()) <= SPOT_TOLERANCE * (1 + abs(value)):
+                    return (f'the NLL it holds for image {k + 1} of the pass, {nll[k].item():.6f}, is not the '
+                            f'{value:.6f} that the same draws give')
+        return None
 
     def save(self, key, nll, generator, total):
         """Save the NLLs so far; past the time limit, with images left, raise EvaluationStopped."""
         if self.path is None:
             return
         done = torch.cat(nll).cpu()
-        files.atomic_save(dict(key=key, nll=done, seconds=self.earlier + time.time() - self.started,
-                               generator=None if generator is None else generator.get_state()), self.path)
+        record = dict(key=key, nll=done, seconds=self.earlier + time.time() - self.started,
+                      generator=None if generator is None else generator.get_state(),
+                      device=None if generator is None else generator.device.type)
+        files.atomic_save(dict(record, digest=partial_digest(record)), self.path)
         if self.stop_at is not None and time.time() > self.stop_at and len(done) < total:
             raise EvaluationStopped(self.path, len(done), total)
 
@@ -272,6 +501,12 @@ def draws_key(generator, eps):
     return None if generator is None else fingerprint(generator.get_state())
 
 
+def latent_noise(generator, m, n, mu):
+    """(m, n, d) standard normal draws for m samples of each of n images, mu (.., d) giving d, the
+    dtype and the device."""
+    return torch.randn(m, n, mu.shape[1], generator=generator, device=mu.device, dtype=mu.dtype)
+
+
 @torch.inference_mode()
 def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator=None, eps=None, progress=False,
                            compile=False, partial=None):
@@ -286,7 +521,7 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     compile: run the per-sample passes (reparameterize, with its IAF steps, and latent_logits)
     through Compiled, on the CPU only (tools/bench.py times it, compiling excluded, and prints how long
     the first call, which compiles, takes). partial, a PartialPass: saved after each batch, resumed
-    from if it holds part of this very pass.
+    from if it holds part of this very pass (PartialPass says what is checked first).
     """
     fast = compile and x.device.type == 'cpu'
     reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
@@ -295,7 +530,23 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     key = dict(images=len(x), samples=samples, chunk=chunk, batch=batch, draws=draws_key(generator, eps),
                autoregress=bool(getattr(decoder, 'autoregress', False)),
                model=fingerprint(*encoder.state_dict().values(), *decoder.state_dict().values()), x=fingerprint(x))
-    nll = [t.to(x.device) for t in partial.resume(key, generator)]
+
+    def replay(gen, done):
+        """Make the draws of the first `done` images from gen, as the loop below does, and compute again
+        from them the NLLs of the first and the last of those images: {position: NLL}."""
+        _, mu, _ = encoder.encode(x[:1])
+        check = {0: [], done - 1: []}
+        for i in range(0, done, batch):
+            n = min(batch, len(x) - i)
+            for j in range(0, samples, chunk):
+                e = latent_noise(gen, min(chunk, samples - j), n, mu)  # (m, n, d)
+                for k, draws in check.items():
+                    if i <= k < i + n:
+                        draws.append(e[:, k - i])
+        return {k: importance_sampled_nll(encoder, decoder, x[k:k + 1], samples, chunk, 1,
+                                          eps=torch.cat(draws)[None]).item() for k, draws in check.items()}
+
+    nll = [t.to(x.device) for t in partial.resume(key, generator, replay)]
     starts = range(sum(map(len, nll)), len(x), batch)
     for i in bar(starts, progress, f'IS NLL, M={samples}'):  # pragma: no mutate (display only)
         xb = x[i:i + batch]                    # (B, 1, 28, 28)
@@ -305,7 +556,7 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
 
         def draw(m, start):
             if eps is None:
-                e = torch.randn(m, n, mu.shape[1], generator=generator, device=x.device, dtype=mu.dtype)
+                e = latent_noise(generator, m, n, mu)
             else:
                 e = eps[i:i + n, start:start + m].transpose(0, 1).to(mu)  # (m, B, 49)
             z, logqzx = reparameterize(*(t.expand(m, *t.shape).flatten(0, 1) for t in (h, mu, logvar)),
@@ -370,27 +621,50 @@ def active_units(encoder, x, samples, seed, batch=500, threshold=0.01):
     return dict(value=int((variance > threshold).sum()), stderr=None, n_images=len(x))
 
 
-def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None, partial=None):
-    """Every reported number of a part: {quantity: {value, stderr, n_images[, M]}}, in float32.
-    Each group has its own seeded generator, so `python experiments.py eval` recomputes the same
-    numbers. keep, a dict, receives the per-image values of each quantity that has them. partial, a
-    PartialPass, makes the importance sampling resumable."""
+def with_index(values, index):
+    """Per-image values {quantity: (n,)} with, where they cover a subset of the test images (index not
+    None), the indices of those images beside each: {quantity: (n,), <quantity>_index: (n,) int64}."""
+    if index is None:
+        return dict(values)
+    return {**values, **{index_key(k): index.clone() for k in values}}
+
+
+NEG_ELBO_QUANTITIES = ('test_elbo', 'test_elbo_mc', 'test_recon', 'kl', 'kl_mc', 'test_nll')
+
+
+def evaluate(nets, cfg, test_x, only=None, progress=True, keep=None, partial=None, first=False):
+    """Every reported number of a part: {quantity: {value, stderr, n_images[, M], subset}}, in
+    float32. The test ELBO, its terms and the active units cover cfg['test_images'] test images, the
+    importance-sampled NLL cfg['is_images']: all of them (None), or the uniform sample test_subset
+    draws, the same for every part and nested (the NLL's sample is within the ELBO's where it is
+    smaller). subset names which (images_for): 'all' or 'uniform:<seed>'; first=True takes the first
+    n test images instead, 'first:<n>', as runs recorded before subsets did (only to recompute their
+    numbers). Each group has its own seeded generator, so `python experiments.py eval` recomputes the
+    same numbers. keep, a dict, receives the per-image values of each quantity that has them, and
+    beside those over a subset, under index_key(quantity), the indices of their test images.
+    partial, a PartialPass, makes the importance sampling resumable."""
     seed = cfg['seed']
-    x = test_x[:cfg['test_images']]
+    index, subset = images_for(len(test_x), cfg['test_images'], first)
+    x = test_x if index is None else test_x[index.to(test_x.device)]
     keep = {} if keep is None else keep
     out = {}
     with float32_eval():
-        if only is None or only in ('test_elbo', 'test_elbo_mc', 'test_recon', 'kl', 'kl_mc', 'test_nll'):
-            out.update(neg_elbo(nets, cfg, x, seed + 101, progress=progress, keep=keep))
+        if only is None or only in NEG_ELBO_QUANTITIES:
+            values = {}
+            out.update({k: dict(v, subset=subset)
+                        for k, v in neg_elbo(nets, cfg, x, seed + 101, progress=progress, keep=values).items()})
+            keep.update(with_index(values, index))
         if 'encoder' in nets and (only is None or only == 'active_units'):
-            out['active_units'] = active_units(nets['encoder'], x, cfg['au_samples'], seed + 303)
+            out['active_units'] = dict(active_units(nets['encoder'], x, cfg['au_samples'], seed + 303), subset=subset)
         if cfg['model'] == 'binary_vae' and (only is None or only == is_quantity(cfg)):
+            is_index, is_subset = images_for(len(test_x), cfg['is_images'], first)
             gen = torch.Generator(x.device).manual_seed(seed + 202)
-            nll = importance_sampled_nll(nets['encoder'], nets['decoder'], test_x[:cfg['is_images']],
+            nll = importance_sampled_nll(nets['encoder'], nets['decoder'],
+                                         test_x if is_index is None else test_x[is_index.to(test_x.device)],
                                          cfg['is_samples'], cfg['is_chunk'], cfg['is_batch'], generator=gen,
                                          progress=progress, compile=cfg['compile'], partial=partial)
-            keep[is_quantity(cfg)] = nll
-            out[is_quantity(cfg)] = dict(mean_stderr(nll), M=cfg['is_samples'])
+            keep.update(with_index({is_quantity(cfg): nll}, is_index))
+            out[is_quantity(cfg)] = dict(mean_stderr(nll), M=cfg['is_samples'], subset=is_subset)
     if only is not None and only not in out:
         raise ValueError(f'part has no quantity {only!r}; it has {", ".join(quantities(cfg))}')
     return out

@@ -11,7 +11,7 @@ import torch
 
 from engine import ROOT, figures
 from engine.config import as_int, is_quantity, pick_device, pick_profile, run_dir, run_dirs, with_defaults
-from engine.evaluate import PartialPass, evaluate, to_host64
+from engine.evaluate import MNIST_TEST, PartialPass, evaluate, images_for, index_key, subset_of, subset_words, to_host64
 from engine.files import read_json, write_json
 from engine.student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
 from engine.train import CheckpointError, atomic_save, load_data, load_file, load_models
@@ -28,16 +28,26 @@ def git_commit():
         return None
 
 
+SUBSETS = ('uniform', 'first')  # eval_command's subset: a uniform sample of the test images, or the first n
+
+
 def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
-                 update=False, is_images=None, minutes=None):
+                 update=False, is_images=None, minutes=None, subset=None):
     """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
-    keep: add its per-image values to per_image.pt (for paired comparisons). update: write the value
-    into metrics.json if it differs (after an estimator is corrected, or over more images), recording
-    the previous value and the commit under 'recomputed'. is_images: importance-sample the first
-    is_images test images instead of the number the run used. minutes: importance sampling only,
-    stop cleanly after that many minutes with the images done saved in <part>/eval_partial(...).pt
-    (partial_name), raising evaluate.EvaluationStopped; the same command resumes there and ends
-    with the numbers of an unbroken pass."""
+    keep: add its per-image values to per_image.pt (for paired comparisons), with the indices of their
+    test images beside them where they cover a subset (evaluate.index_key). update: write the value,
+    which states its subset, into metrics.json if it differs (after an estimator is corrected, or over
+    more images), recording the previous value and the commit under 'recomputed'. is_images:
+    importance-sample that many test images instead of the number the run used. The images are those
+    the recorded number covers where it covers as many (so that it reproduces: the first n for a number
+    recorded before subsets, metrics.json without 'subset'), otherwise the uniform sample of
+    evaluate.test_subset; subset 'uniform' or 'first' asks for one of the two instead (e.g. 'uniform' to
+    move a number recorded over the first n test images to the uniform sample). minutes: importance
+    sampling only, stop cleanly after that many minutes with the images done saved in
+    <part>/eval_partial(...).pt (partial_name), raising evaluate.EvaluationStopped; the same command
+    resumes there and ends with the numbers of an unbroken pass."""
+    if subset is not None and subset not in SUBSETS:
+        raise ValueError(f'subset must be one of {", ".join(SUBSETS)}, got {subset!r}')
     path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision)
     if is_images is not None:
         cfg['is_images'] = as_int(is_images, 'is_images', minimum=1)
@@ -51,21 +61,37 @@ def eval_command(part, quantity, results_dir='results', device=None, profile='au
             raise ValueError(f'--minutes must be a positive number, got {minutes}')
         partial = PartialPass(os.path.join(out, partial_name(quantity, cfg['is_images'])), time.time() + 60 * minutes)
     test_x = load_data(cfg, train=False).to(device)
+    n = cfg['is_images'] if quantity == is_quantity(cfg) else cfg['test_images']
+    first = subset == 'first' or (subset is None and recorded_first(out, quantity, n, len(test_x)))
     per_image = {}
-    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image, partial=partial)[quantity]
+    v = evaluate(nets, cfg, test_x, only=quantity, progress=False, keep=per_image, partial=partial,
+                 first=first)[quantity]
     if partial is not None:
         partial.remove()
     if keep and quantity in per_image:
         kept_path = os.path.join(out, 'per_image.pt')
         kept = load_file(kept_path) if os.path.exists(kept_path) else {}
-        atomic_save({**kept, quantity: to_host64(per_image[quantity])}, kept_path)
+        kept[quantity] = to_host64(per_image[quantity])
+        if index_key(quantity) in per_image:
+            kept[index_key(quantity)] = per_image[index_key(quantity)].cpu()
+        else:
+            kept.pop(index_key(quantity), None)  # every test image, in order
+        atomic_save(kept, kept_path)
     if update:
-        update_metric(os.path.join(out, 'metrics.json'), quantity, v, is_images)
+        update_metric(os.path.join(out, 'metrics.json'), quantity, v, is_images, n_test=len(test_x))
     print(f'{part} {quantity}: {v["value"]}' + (f' ± {v["stderr"]}' if v['stderr'] is not None else '')
-          + f' over {v["n_images"]} test images' + (f', M = {v["M"]}' if 'M' in v else '')
+          + f' over {v["n_images"]} test images ({subset_words(v["subset"])})' + (f', M = {v["M"]}' if 'M' in v else '')
           + f' ({record["profile"]} profile, {cfg["epochs"]} epochs, {device})')
     print(v['value'])
     return v['value']
+
+
+def recorded_first(out, quantity, n, n_test):
+    """True where <out>/metrics.json records the quantity over the first n of the n_test test images
+    (a value recorded before subsets, n fewer than all): its recomputation over n images covers those."""
+    path = os.path.join(out, 'metrics.json')
+    recorded = (read_json(path).get('values') or {}).get(quantity) if os.path.exists(path) else None
+    return recorded is not None and images_for(n_test, n)[0] is not None and subset_of(recorded, n_test) == f'first:{n}'
 
 
 def partial_name(quantity, is_images):
@@ -106,11 +132,19 @@ def redraw(part, results_dir='results', device=None, profile='auto', precision='
     print(f'{part}: ' + ', '.join(figs.values()), flush=True)
 
 
-def update_metric(path, quantity, value, is_images=None):
+def update_metric(path, quantity, value, is_images=None, n_test=MNIST_TEST):
     """Replace one value in a metrics.json by its recomputation, keeping the previous one on record
-    (and the number of images importance-sampled, when it was asked)."""
+    (and the number of images importance-sampled, when it was asked). A value recorded before subsets
+    that the recomputation repeats, over the images it covered, only gains its 'subset'."""
     m = read_json(path)
-    if m['values'].get(quantity) == value:
+    old = m['values'].get(quantity)
+    if old == value:
+        return
+    if old is not None and 'subset' not in old and subset_of(old, n_test) == value.get('subset') \
+            and dict(old, subset=value['subset']) == value:
+        m['values'][quantity] = value
+        write_json(path, m, indent=1)
+        print(f'{path}: {quantity} covers {subset_words(value["subset"])}', flush=True)
         return
     m.setdefault('recomputed', {})[quantity] = dict(previous=m['values'].get(quantity), commit=git_commit(),
                                                     **({} if is_images is None else {'is_images': is_images}))

@@ -27,7 +27,7 @@ from engine import figures, student
 from engine.config import (AUTO_PROFILES, BF16_PARITY, PRECISIONS, TITLES, as_bool, bf16_units, changes, config,
                            describe_hardware, gpu_precision, model_spec, part_dir, pick_device, pick_profile,
                            precisions_started, run_dir, with_defaults)
-from engine.evaluate import EvaluationStopped, PartialPass, evaluate, to_host64
+from engine.evaluate import SUBSET_SEED, EvaluationStopped, PartialPass, evaluate, subset_of, to_host64
 from engine.files import keep_out_of_git, read_json, write_json
 from engine.locks import part_lock
 from engine.reproduce import git_commit
@@ -116,7 +116,7 @@ def keep_code(out):
 def describe_images(n, subset=None):
     if n is None or subset == 'all':
         return 'all test images'
-    if subset is not None and subset.startswith('uniform:'):
+    if subset is not None and subset.startswith('uniform:'):  # evaluate.test_subset's sample
         return f'a uniform sample of {n} test images (seed {subset.split(":", 1)[1]})'
     return f'the first {n} test images'
 
@@ -140,8 +140,9 @@ def finished_run(paths, cfg, out, part, profile):
         differ.remove('is_images')
         if not differ and cfg['model'] == 'binary_vae':
             results = os.path.dirname(os.path.dirname(out))
-            print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"])}, not '
-                  f'{describe_images(cfg["is_images"])} as asked; to recompute it from the model: python '
+            recorded = done['values'].get(f'test_nll_is{saved["is_samples"]}') or dict(n_images=0, subset='all')
+            print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"], subset_of(recorded))}, '
+                  f'not {describe_images(cfg["is_images"], f"uniform:{SUBSET_SEED}")} as asked; to recompute it from the model: python '
                   f'experiments.py eval {part} --quantity test_nll_is{saved["is_samples"]} --profile {profile}'
                   + (f' --precision {cfg["precision"]}' if cfg['precision'] != 'fp32' else '')
                   + (f' --results-dir {shlex.quote(results)}' if results != 'results' else '')

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-from engine import student
+from engine import grading, student
 from engine.config import changes, model_spec, quantities, run_dirs, with_defaults
 from engine.files import read_json
 from reporting.answers import contrast, how, measurable, value_text
@@ -111,13 +111,29 @@ def course_api_failures(timeout=900):
     return failures
 
 
+# The classes each model class is built from: a failure naming one concerns every part built from it.
+COMPONENTS = {'PixelCNN': ('MaskedConv2d', 'MaskedConvnetBlock'), 'IAF': ('MaskedConv2d', 'MaskedConvnetBlock'),
+              'VAEEncoder': ('ConvnetBlock',), 'GaussianVAEDecoder': ('ConvnetBlock',),
+              'DiscreteVAEDecoder': ('ConvnetBlock',)}
+
+
 def uses(m):
     """The names of the classes and the loss a part trains: what a suspect's test or message names."""
     cfg = with_defaults(m['config'])
     names = {cls for cls, _ in model_spec(cfg).values()} | {cfg['loss']}
     names |= {'IAF'} if cfg['flows'] else set()
     names |= {'PixelCNN', 'pixelvae'} if cfg['autoregress'] else set()
+    names |= {part for cls in list(names) for part in COMPONENTS.get(cls, ())}
     return sorted(names)
+
+
+def concerned(names, test, message):
+    """Whether a failing course_api test concerns any of names: the function it blames when it says the
+    fault is in another of the student's functions than the one it calls (mc_gaussian_elbo's check
+    against a broken gaussian_elbo concerns gaussian_elbo alone), else the call its message names
+    first, else the name its test's name starts with (grading.concerns; whole names: gaussian_elbo
+    is not mc_gaussian_elbo)."""
+    return bool({n.lower() for n in names} & {c.lower() for c in grading.concerns(test, message)})
 
 
 def suspects(worse, failures):
@@ -132,7 +148,7 @@ def suspects(worse, failures):
     lines = []
     for m in worse:
         names = uses(m)
-        hits = [(t, msg) for t, msg in failures.items() if any(n.lower() in (t + ' ' + msg).lower() for n in names)]
+        hits = [(t, msg) for t, msg in failures.items() if concerned(names, t, msg)]
         lines.append(f'{m["part"]} uses {", ".join(names)}; ' + ('the likeliest suspects, the course_api tests that '
                      'fail on your files and concern them:' if hits else 'no failing course_api test concerns them; '
                      'these fail:'))

@@ -42,21 +42,28 @@ def test_gaussian_elbo_matches_distributions():
     recon, div = two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, sigma, mu, logvar)
     # -log N(x2; x1, sigma^2) without its normaliser (D/2) log(2 pi sigma^2), per image
     nll = -Normal(x1, sigma).log_prob(x2).flatten(1).sum(1) - 784 * 0.5 * math.log(2 * math.pi * sigma ** 2)
-    course.close(GAUSSIAN + '[0]', recon, nll.mean(), 'the batch mean of ||x1 - x2||^2 / (2 sigma^2)', 1e-5, 0)
+    course.close(GAUSSIAN + '[0]', recon, nll.mean(), 'the batch mean of ||x1 - x2||^2 / (2 sigma^2)', 1e-5, 0,
+                 called='||x1 - x2||^2 / (2 sigma^2)', batch=len(x1))
     kl = kl_divergence(Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1).mean()
     course.close(GAUSSIAN + '[1]', div, kl, 'the batch mean of the closed-form KL(N(mu, exp(logvar)) || N(0, I))',
-                 1e-5, 0)
+                 1e-5, 0, called='the closed form', batch=len(x1),
+                 note='Problem 1: KL = 1/2 sum_i (exp(logvar_i) + mu_i^2 - 1 - logvar_i), per image')
 
 
 @pytest.mark.course_api
 def test_mc_gaussian_elbo_matches_log_probs_and_closed_form():
     x1, x2, z, mu, logvar, _ = batch()
     recon, div = two_scalars(MC, losses.mc_gaussian_elbo, x1, x2, z, 0.1, mu, logvar)
-    course.close(MC + '[0]', recon, two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, 0.1, mu, logvar)[0],
-                 "gaussian_elbo's reconstruction term", 1e-12, 0)
+    theirs = two_scalars(GAUSSIAN, losses.gaussian_elbo, x1, x2, z, 0.1, mu, logvar)[0]
+    truth = (x1 - x2).pow(2).flatten(1).sum(1).mean() / (2 * 0.1 ** 2)
+    course.close(MC + '[0]', recon, theirs, "gaussian_elbo's reconstruction term", 1e-12, 0,
+                 note=course.elsewhere(course.near(recon, truth), theirs, truth, 'losses.gaussian_elbo', 'losses.'
+                                       'mc_gaussian_elbo', 'reconstruction term ||x1 - x2||^2 / (2 sigma^2)',
+                                       'the reconstruction term'))
     q, r = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
     one_sample = (q.log_prob(z) - r.log_prob(z)).sum(1).mean()
-    course.close(MC + '[1]', div, one_sample, 'the batch mean of log q(z|x) - log r(z) at the given z', 1e-5, 0)
+    course.close(MC + '[1]', div, one_sample, 'the batch mean of log q(z|x) - log r(z) at the given z', 1e-5, 0,
+                 called='log q(z|x) - log r(z)', batch=len(x1))
     # Over n draws of eps per image the estimate matches the closed form within 4 standard errors.
     # One call on the n * B images: its batch mean is the mean of the n per-draw estimates, and the
     # one-sample check above makes the reference's spread the loss's spread.
@@ -70,9 +77,12 @@ def test_mc_gaussian_elbo_matches_log_probs_and_closed_form():
     q = Normal(mu, (0.5 * logvar).exp())
     per_draw = (q.log_prob(z) - r.log_prob(z)).sum(1).view(n, B).mean(1)
     stderr = per_draw.std() / math.sqrt(n)
+    truth = kl_divergence(q, r).sum(1).mean()  # the true closed form, to tell which of the two is off
     course.check(abs(estimate - closed) < 4 * stderr, MC + '[1] over 2000 draws of z per image',
-                 f'the closed-form KL {closed.item():.4f} within 4 standard errors ({4 * stderr.item():.4f})',
-                 f'{estimate.item():.4f}')
+                 f'the closed-form KL of {GAUSSIAN}[1], {closed.item():.4f}, within 4 standard errors '
+                 f'({4 * stderr.item():.4f})', f'{estimate.item():.4f}',
+                 note=course.elsewhere(abs(estimate - truth) < 4 * stderr, closed, truth, 'losses.gaussian_elbo',
+                                       'losses.mc_gaussian_elbo', 'closed-form KL', 'the closed form'))
     assert stderr < 0.05 * closed  # the check has power: a wrong constant would be caught
 
 
@@ -84,7 +94,7 @@ def test_cross_entropy_matches_bernoulli():
     expected = -Bernoulli(logits=logits).log_prob(x2).flatten(1).sum(1).mean()
     got = course.tensor(CROSS_ENTROPY, course.call(CROSS_ENTROPY, losses.cross_entropy, logits, x2), ())
     course.close(CROSS_ENTROPY, got, expected, 'the batch mean of -log Bernoulli(x2; sigmoid(x1)) summed over pixels '
-                 '(x1: logits)', 1e-5, 0)
+                 '(x1: logits)', 1e-5, 0, called='the Bernoulli NLL', batch=len(x1))
 
 
 @pytest.mark.course_api
@@ -94,10 +104,14 @@ def test_discrete_output_elbo_kl_is_log_q_minus_log_r():
     logqzx = 0.5 * (logvar + eps.pow(2)).sum(1)  # the encoder's convention without flows
     recon, div = two_scalars(DISCRETE, losses.discrete_output_elbo, x1, x2, z, logqzx)
     expected = course.tensor(CROSS_ENTROPY, course.call(CROSS_ENTROPY, losses.cross_entropy, x1, x2), ())
-    course.close(DISCRETE + '[0]', recon, expected, 'cross_entropy(x1, x2)', None, None)
+    truth = -Bernoulli(logits=x1).log_prob(x2).flatten(1).sum(1).mean()
+    course.close(DISCRETE + '[0]', recon, expected, 'cross_entropy(x1, x2)', None, None,
+                 note=course.elsewhere(course.near(recon, truth), expected, truth, 'losses.cross_entropy',
+                                       'losses.discrete_output_elbo', 'Bernoulli NLL', 'the Bernoulli NLL'))
     q, r = Normal(mu, (0.5 * logvar).exp()), Normal(0.0, 1.0)
     course.close(DISCRETE + '[1]', div, (q.log_prob(z) - r.log_prob(z)).sum(1).mean(),
-                 'the batch mean of log q(z|x) - log r(z), with logqzx = -log q(z|x) - (49/2) log 2pi', 1e-5, 0)
+                 'the batch mean of log q(z|x) - log r(z), with logqzx = -log q(z|x) - (49/2) log 2pi', 1e-5, 0,
+                 called='log q(z|x) - log r(z)', batch=len(x1))
 
 
 @pytest.mark.course_api
@@ -114,8 +128,11 @@ def test_losses_return_two_scalars():
     halves = [two_scalars(DISCRETE, losses.discrete_output_elbo, x1[i:i + 3], x2[i:i + 3], z[i:i + 3], logqzx[i:i + 3])
               for i in (0, 3)]
     for k, whole in enumerate(two_scalars(DISCRETE, losses.discrete_output_elbo, x1, x2, z, logqzx)):
+        summed = course.near(whole, halves[0][k] + halves[1][k])
         course.close(f'{DISCRETE}[{k}] on 6 images', whole, (halves[0][k] + halves[1][k]) / 2,
-                     'the mean of its values on the first and the last 3 (a batch mean, not a sum)', None, None)
+                     'the mean of its values on the first and the last 3 (a batch mean, not a sum)', None, None,
+                     hint=False, note='it is their sum: a sum over the batch where the course takes the mean?'
+                     if summed else None)
 
 
 def test_bad_shapes_raise_value_errors_naming_shapes():
