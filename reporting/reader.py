@@ -3,6 +3,7 @@ run directory's finished parts, and what a figure is seen to show. Everything in
 results/ through this module (and engine.files.read_json / engine.config.run_dirs beneath it).
 """
 import hashlib
+import json
 import os
 import re
 
@@ -134,3 +135,27 @@ def history(m):
 def seen(path):
     """What SEEN says the figure file shows, or None."""
     return SEEN.get(hashlib.sha256(open(path, 'rb').read()).hexdigest()[:16]) if os.path.exists(path) else None
+
+
+# engine.train's lines in run.log: an epoch's end with its test KL, and the settings of a sitting
+LOG_EPOCH = re.compile(r': epoch (\d+)/\d+, step .*? KL ([\d.]+),')
+LOG_SETTINGS = re.compile(r'; settings (\{.*\})\s*$')
+
+
+def log_attempts(m):
+    """The training attempts of a part from its run.log, oldest first: each [(epoch, test KL, the
+    compile_train setting of the sitting it ran in)]; an epoch not after the one before starts a
+    new attempt (trained again from scratch)."""
+    path = os.path.join(m['dir'], 'run.log')
+    attempts, setting = [], None
+    for line in open(path) if os.path.exists(path) else ():
+        found = LOG_SETTINGS.search(line)
+        if found:
+            setting = json.loads(found[1]).get('compile_train')
+        epoch = LOG_EPOCH.search(line)
+        if epoch:
+            e = int(epoch[1])
+            if not attempts or e <= attempts[-1][-1][0]:
+                attempts.append([])
+            attempts[-1].append((e, float(epoch[2]), setting))
+    return attempts

@@ -110,12 +110,12 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
             if any(not label.startswith('CPU') for label, _ in spent):
                 continue
             hardware.update(label for label, _ in spent)
-            rows.append((list(PARTS).index(part), f'| {part} | {run_name(r)} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
+            rows.append((list(PARTS).index(part), f'| {part} | {run_name(r, [part])} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
                         + median_epoch(epoch_seconds_by_hardware(m), len(spent) == 1) + ' | '
                         f'{m.get("eval_seconds", 0) / 60:.0f} min |'))
     lines = []
     if rows:
-        lines += [f'The course-settings runs in `{results_dir}/` that trained on a CPU ({", ".join(sorted(hardware))}), '
+        lines += [f'The full-profile runs (the course settings; 6e: our design) in `{results_dir}/` that trained on a CPU ({"; ".join(sorted(hardware))}), '
                   'in wall time summed over their sittings (`metrics.json`); some sittings shared the CPU with other '
                   'work, which the median epoch (from `run.log`) is less affected by:', '',
                   '| part | run | epochs | training | median epoch | evaluation |', '|---|---|---|---|---|---|', *(row for _, row in sorted(rows)), '']

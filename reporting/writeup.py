@@ -1,49 +1,35 @@
-"""The results chapter of CSE 599i Homework 2, built once as a list of blocks, ('h', title),
-('p', text), ('table', label, caption, header, rows, LaTeX columns) and ('fig', label, paths,
-caption), and written twice: as Markdown into docs/results.md and as LaTeX into
-analysis/results.tex (`make -C analysis`). The README gets the homework map, the results tables
-and the GPU times; docs/ the bf16 parity, mutation and speed tables. Texts mark references as
-[[fig:x]], [[tab:x]] and [[cite:key]] (keys of analysis/hw2.tex's bibliography).
+"""What is written from results/, and only the numbers of it: analysis/numbers.tex (one LaTeX macro
+per number and table of the results chapter, reporting/numbers.py), the chapter's Markdown twin in
+docs/results.md (analysis/results.tex, whose words are written by hand, with the same numbers:
+reporting/markdown.py), the 5b and 5c figures at the size and with the titles of the others
+(analysis/figures/), README.md's homework map, results tables and GPU and CPU times, and docs/'s
+bf16 parity, mutation and speed tables.
 
-    python report.py     # README.md's and docs/'s generated sections, analysis/results.tex
-    python report.py --results-dir results --readme README.md --docs docs --tex analysis/results.tex
+    python report.py     # all of the above; then `make -C analysis` builds analysis/hw2.pdf
+    python report.py --results-dir results --readme README.md --docs docs --analysis analysis
 """
 import argparse
 import os
 import re
 
-from reporting.answers import (ANSWERS, CITES, DATA_NOTE, HANDOUT, LITERATURE, REMEDIES, View, departures, is_q,
-                               run_name, shown, with_n)
 from engine import ROOT
-from engine.config import DEFAULTS, PARTS, PROFILES, REASONS, TITLES, config, quantity_label, with_defaults
-from engine.figures import remedies_kl_figure
+from engine.config import TITLES, quantity_label, with_defaults
+from reporting.answers import CITES, REMEDIES, is_q, run_name, with_n
+from reporting.markdown import to_markdown
+from reporting.numbers import Runs, chapter_numbers, chapter_tables
 from reporting.tables import bf16_runs_markdown, cpu_hours_markdown, mutation_markdown, speed_markdown, \
     unfinished_markdown
-from reporting.reader import load_runs, per_image, trained_on, training_minutes, training_time
+from reporting.reader import load_runs, trained_on, training_minutes
 from engine.files import read_json
 
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
-
-
 TABLES_BEGIN, TABLES_END = '<!-- tables:begin -->', '<!-- tables:end -->'
-
-
 MAP_BEGIN, MAP_END = '<!-- map:begin -->', '<!-- map:end -->'
-
-
 GPU_BEGIN, GPU_END = '<!-- gpu:begin -->', '<!-- gpu:end -->'
-
-
 CPU_BEGIN, CPU_END = '<!-- cpu:begin -->', '<!-- cpu:end -->'
-
-
 SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
-
-
 MUTATION_BEGIN, MUTATION_END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
-
-
 PRECISION_BEGIN, PRECISION_END = '<!-- precision:begin -->', '<!-- precision:end -->'
 
 
@@ -79,196 +65,122 @@ HOMEWORK = [
 ]
 
 
-def except_parts(profile, key, value):
-    """', except 6d, 6e-baseline, ...': the parts of a profile that set a shared setting otherwise."""
-    others = [p for p in PARTS if config(p, profile)[key] != value]
-    return f', except {", ".join(others)}' if others else ''
+# ------------------------------------------------------------------------------------------------
+# analysis/numbers.tex and the chapter's Markdown twin
+
+TEX = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '_': r'\_', '#': r'\#', '$': r'\$', '{': r'\{',
+       '}': r'\}', '^': r'\^{}', '~': r'$\sim$', '|': '$|$', '<': r'\textless{}', '>': r'\textgreater{}', '−': '$-$',
+       '–': '--', '±': r'\,$\pm$\,', '‖': r'$\|$', '≥': r'$\geq$', '≤': r'$\leq$', '≈': r'$\approx$', '→': r'$\to$',
+       'σ': r'$\sigma$', 'μ': r'$\mu$', 'λ': r'$\lambda$', '²': '$^2$', '×': r'$\times$', '÷': r'$\div$', 'ø': r'{\o}'}
 
 
-def handout_settings():
-    """The settings the handout itself sets (answers.HANDOUT), in words: '6b: is_samples = 1000, ...'."""
-    parts = dict.fromkeys(p for p, _ in HANDOUT)
-    return '; '.join(f'{p}: ' + ', '.join(f'{k} = {shown(k, v)}' for (q, k), v in HANDOUT.items() if q == p)
-                     for p in parts)
+def tex(text):
+    """Plain text as LaTeX: special characters escaped, `code` in typewriter type."""
+    s = ''.join(TEX.get(ch, ch) for ch in text)
+    return re.sub(r'`([^`]*)`', lambda m: r'\texttt{' + m.group(1) + '}', s)
 
 
-def settings_blocks():
-    """Each profile against the full profile's settings (the course settings), generated from engine/config.py."""
-    blocks = [('p', f'The course settings are the full profile (`engine.config.PARTS` over `engine.config.DEFAULTS`: batch '
-                    f'{DEFAULTS["batch_size"]}, Adam, the course framework\'s networks; `python experiments.py list '
-                    f'--profile PROFILE` prints every setting). The handout itself sets only a few of them: '
-                    f'{handout_settings()}. The full profile\'s other values are the course framework\'s, and those of '
-                    f'6e, which has no course setting, are our own. The smoke profile, seconds per part, serves the '
-                    f'tests. The other profiles depart from the full profile as [[tab:settings]] lists; in brackets '
-                    f'the full profile\'s value, marked "handout" where the handout sets it.')]
-    for profile in (p for p in PROFILES if p not in ('full', 'smoke')):
-        shared = PROFILES[profile].get('*', {})
-        rows = []
-        for part in PARTS:
-            cfg = config(part, profile)
-            same = [k for k in shared if cfg[k] == shared[k]]  # said once, below the table
-            rows.append((part, TITLES[part], ', '.join(departures(cfg, config(part, 'full'), same, part=part))
-                         or "the full profile's settings"))
-        blocks += [('table', 'settings', f'The {profile} profile: the settings of each part that differ from the '
-                    f'full profile\'s (in brackets; "handout" where the handout sets the value).',
-                    ('part', 'what', f'{profile} profile (full profile)'), rows,
-                    r'lp{0.27\linewidth}p{0.57\linewidth}'),
-                   ('p', f'The parts of the {profile} profile also have ' + '; '.join(
-                       f'{k} = {shown(k, v)} (full profile {shown(k, DEFAULTS[k])}{except_parts(profile, k, v)})'
-                       + (f': {REASONS[profile][k]}' if k in REASONS.get(profile, {}) else '')
-                       for k, v in shared.items()) + '.')]
-    return blocks
+def table_tex(t):
+    """A Table (reporting/numbers.py) as a tabular, scaled down to the line when wider."""
+    def line(cells):
+        return ' & '.join(tex(str(c)) for c in cells) + r' \\'
+    return (r'\fitwidth{\begin{tabular}{' + t.align + r'}\hline ' + line(t.header) + r' \hline '
+            + ' '.join(map(line, t.rows)) + r' \hline\end{tabular}}')
 
 
-def glance_table(runs, parts, label, caption):
+def table_markdown(t):
+    return ('| ' + ' | '.join(t.header) + ' |\n|' + '---|' * len(t.header) + '\n'
+            + ''.join('| ' + ' | '.join(map(str, r)) + ' |\n' for r in t.rows))
+
+
+def numbers_tex(numbers, tables):
+    """analysis/numbers.tex: \\newcommand for each number and table of the chapter."""
+    lines = ['% The numbers and tables of the results chapter (analysis/results.tex), one macro each, generated',
+             '% by `python report.py` from results/ (reporting/numbers.py): do not edit by hand.',
+             r'\providecommand{\pinned}[1]{}  % \pinned{key}: the sentence is checked by reporting/claims.py',
+             r'\providecommand{\fitwidth}[1]{\setbox0\hbox{#1}\ifdim\wd0>\linewidth'
+             r'\resizebox{\linewidth}{!}{\box0}\else\box0\fi}']
+    lines += [f'\\newcommand{{\\{name}}}{{{tex(n.text)}\\xspace}}' for name, n in numbers.items()]
+    lines += [f'\\newcommand{{\\{name}}}{{{table_tex(t)}}}' for name, t in tables.items()]
+    return '\n'.join(lines) + '\n'
+
+
+def chapter_markdown(tex_path, numbers, tables, md_dir):
+    """analysis/results.tex in Markdown, its macros filled in, figure paths relative to md_dir."""
+    with open(tex_path) as fh:
+        source = fh.read()
+    return to_markdown(source, {k: n.text for k, n in numbers.items()},
+                       {k: table_markdown(t) for k, t in tables.items()}, os.path.dirname(os.path.abspath(tex_path)),
+                       md_dir)
+
+
+def redraw_grid(src, dst, title, labels):
+    """A figure of a run's raw image grid (make_grid, 28-pixel tiles, padding 2), drawn again as the
+    engine draws the others (engine.figures.image_rows): one row of images per label, the title above."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from engine.figures import image_rows
+    grid = torch.from_numpy(np.asarray(Image.open(src).convert('L'), dtype=np.float32) / 255)
+    rows, cols = (grid.shape[0] - 2) // 30, (grid.shape[1] - 2) // 30
+    tiles = [grid[2 + 30 * r:30 + 30 * r, 2 + 30 * c:30 + 30 * c] for r in range(rows) for c in range(cols)]
+    images = torch.stack(tiles).unsqueeze(1)
+    per_row = len(images) // len(labels)
+    image_rows([(label, images[i * per_row:(i + 1) * per_row]) for i, label in enumerate(labels)], dst, title, cols)
+    return dst
+
+
+def gaussian_figures(runs, out_dir):
+    """5b's and 5c's samples and reconstructions, drawn from their runs' grids at the others' size."""
+    os.makedirs(out_dir, exist_ok=True)
+    done = []
+    for part in ('5b', '5c'):
+        m = next((r['parts'][part] for r in runs if part in r['parts']), None)
+        if m is None:
+            continue
+        for kind, title, labels in (
+                ('samples', f'{part}: {TITLES[part]}, decoder means g(z), z ~ N(0, I)', ['']),
+                ('reconstructions', f'{part}: test images and their reconstructions from z = mu(x)',
+                 ['test images', 'reconstructions'])):
+            src = os.path.join(m['dir'], f'{kind}.png')
+            if os.path.exists(src):
+                done.append(redraw_grid(src, os.path.join(out_dir, f'{part}-{kind}.png'), title, labels))
+    return done
+
+
+# ------------------------------------------------------------------------------------------------
+# README.md's generated sections
+
+def glance_table(runs, parts, caption):
     """One row per reported quantity of the parts, one column per run directory that has any of them,
-    course settings first: value ± standard error (number of test images)."""
+    course settings first: value ± standard error (test images)."""
     cols = [r for r in runs if any(p in r['parts'] for p in parts)]
     rows = []
     for part in parts:
         values = [r['parts'].get(part, {}).get('values', {}) for r in cols]
         for q in dict.fromkeys(q for vs in values for q in vs if q not in ('test_recon', 'kl_mc')):
             rows.append((part, quantity_label(q), *(with_n(vs.get(q), table=True) for vs in values)))
-    return [('table', label, caption + ' Nats per image: mean ± standard error (number of test images); active '
-             'units: latent dimensions in use.', ('part', 'quantity', *map(run_name, cols)), rows,
-             'll' + 'r' * len(cols))] if rows else []
+    if not rows:
+        return ''
+    header = ('part', 'quantity', *(run_name(r, parts) for r in cols))
+    return (f'**{caption}** Nats per image: mean ± standard error (the test images it covers); active units: '
+            'latent dimensions in use.\n\n| ' + ' | '.join(header) + ' |\n|' + '---|' * len(header) + '\n'
+            + ''.join(f'| {" | ".join(map(str, r))} |\n' for r in rows))
 
 
-def glance_blocks(runs, brief=False):
-    """The tables of every reported number, after a paragraph on where the numbers come from (brief:
-    the runs and the verification only, for the README)."""
-    hardware = {r['name']: ', '.join(sorted({label for m in r['parts'].values() for label, _ in training_time(m)}))
-                for r in runs}
-    paired = [f'{r["name"]}/{p}' for r in runs for p, m in r['parts'].items() if per_image(m)]
-    checked = verification(runs) or ''
-    text = ('Every number is read from results/<profile>[-<precision>]/<part>/metrics.json: the mean over the test '
-            'images used ± its standard error, with their number; M is the number of importance samples per image. '
-            'bf16 training: bfloat16 forward passes in training, every evaluation in float32. Runs: '
-            + '; '.join(f'{r["name"]} ({run_name(r)}) on {hardware[r["name"]]}' for r in runs) + '. '
-            + (f'Per-image values, for paired comparisons, are saved for {", ".join(paired)}; a comparison is '
-               f'paired when every part in it saved the per-image values it compares, and marked unpaired otherwise '
-               f'(standard errors combined as if independent). ' if paired else
-               'No run has saved per-image values yet, so every comparison below is unpaired (standard errors '
-               'combined as if independent). ')
-            + 'Published NLLs on binarized MNIST: ' + ', '.join(f'{n} {v:.2f} [[cite:{k}]]' for n, v, k in LITERATURE)
-            + f'. Set beside them, {DATA_NOTE}: each pixel of each test image is drawn once, with probability its '
-              f'grey level, from the seeded stream of `engine.data.BINARIZE_SEED`, so our numbers and theirs are not '
-              f'measured on the same images. ' + checked)
-    if brief:
-        text = ('Nats per image: mean ± standard error (number of test images), read from '
-                '`results/<profile>[-<precision>]/<part>/metrics.json`. Runs: '
-                + '; '.join(f'{r["name"]} ({run_name(r)}) on {hardware[r["name"]]}' for r in runs) + '. '
-                + f'Our binarized test set is a seeded sample, not the fixed one of the papers. {checked}')
-    return [('h', 'Results at a glance'), ('p', text)] + \
-        glance_table(runs, ['5b', '5c'], 'p5', 'Problem 5, Gaussian VAEs on MNIST.') + \
-        glance_table(runs, ['6a', '6b', '6c', '6d'], 'p6', 'Problem 6a–d, binarized MNIST.') + \
-        glance_table(runs, REMEDIES, '6e', 'Problem 6e: PixelVAE with an IAF encoder, without and with a remedy for '
-                                           'posterior collapse; the true ELBO and the NLL, whatever each trained.')
-
-
-def chapter(runs):
-    """The blocks of the results chapter: settings, tables, then one answer per handout item. Each
-    part is quoted from its first run directory (runs: course settings first, float32 before bf16),
-    and an answer says which of its parts have no course-settings run yet."""
-    blocks = [('h', 'Settings')] + settings_blocks() + glance_blocks(runs)
-    view = View(runs)
-    for heading, needs, write in ANSWERS:
-        missing = [p for p in needs if p not in view]
-        blocks.append(('h', heading))
-        blocks += [('p', f'Not run yet: {", ".join(missing)}.')] if missing else write(view)
-    return blocks
-
-
-def numbering(blocks):
-    """{'fig:x' or 'tab:x': number}, in the order LaTeX numbers the floats."""
-    count, out = {'fig': 0, 'table': 0}, {}
-    for b in blocks:
-        if b[0] in count:
-            count[b[0]] += 1
-            out[f'{b[0][:3]}:{b[1]}'] = count[b[0]]
-    return out
-
-
-def resolve(text, numbers, tex=False):
-    """The [[fig:x]], [[tab:x]] and [[cite:key]] marks of a text, in LaTeX or in words."""
-    def one(match):
-        kind, key = match.groups()
-        word = {'fig': 'Figure', 'tab': 'Table'}.get(kind)
-        if kind == 'cite':
-            return f'\\cite{{{key}}}' if tex else f'({CITES[key]})'
-        if f'{kind}:{key}' not in numbers:
-            return f'{word.lower()} (not drawn)'
-        return f'{word}~\\ref{{{kind}:{key}}}' if tex else f'{word} {numbers[f"{kind}:{key}"]}'
-    return re.sub(r'\[\[(fig|tab|cite):([^\]]+)\]\]', one, text)
-
-
-def to_markdown(blocks, base):
-    """The chapter in Markdown; figure paths relative to base (the README's folder)."""
-    numbers, out = numbering(blocks), []
-    for b in blocks:
-        if b[0] == 'h':
-            out.append(f'### {b[1]}\n')
-        elif b[0] == 'p':
-            out.append(resolve(b[1], numbers) + '\n')
-        elif b[0] == 'table':
-            out.append(f'**Table {numbers["tab:" + b[1]]}.** {resolve(b[2], numbers)}\n\n| ' + ' | '.join(b[3])
-                       + ' |\n|' + '---|' * len(b[3]) + '\n' + ''.join(f'| {" | ".join(map(str, r))} |\n' for r in b[4]))
-        else:
-            links = ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, base)})' for p in b[2])
-            out.append(f'**Figure {numbers["fig:" + b[1]]}** ({links}). {resolve(b[3], numbers)}\n')
-    return '\n'.join(out)
-
-
-TEX = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '_': r'\_', '#': r'\#', '$': r'\$', '{': r'\{',
-       '}': r'\}', '^': r'\^{}', '~': r'$\sim$', '|': '$|$', '<': r'\textless{}', '>': r'\textgreater{}', '−': '$-$',
-       '–': '--', '±': r'$\pm$', '‖': r'$\|$', '≥': r'$\geq$', '≈': r'$\approx$', '→': r'$\to$', 'σ': r'$\sigma$',
-       'μ': r'$\mu$', 'λ': r'$\lambda$', '²': '$^2$', '×': r'$\times$', 'ø': r'{\o}'}
-
-
-def tex(text, numbers=None):
-    """Plain text as LaTeX: special characters escaped, `code` in typewriter type (breakable after / . _),
-    references and citations resolved."""
-    s = ''.join(TEX.get(ch, ch) for ch in text)
-    s = re.sub(r'`([^`]*)`', lambda m: r'\texttt{' + re.sub(r'(/|\.|\\_)', r'\1\\allowbreak{}', m.group(1)) + '}', s)
-    return resolve(s, numbers or {}, tex=True)
-
-
-def tex_float(b, numbers, base):
-    """A table or figure block as a LaTeX float; a table wider than the line is scaled down to it."""
-    if b[0] == 'table':
-        _, label, caption, header, rows, columns = b
-        ragged = ['\\raggedright ' if c.startswith('p') else '' for c in re.findall(r'[lrc]|p\{[^}]*\}', columns)]
-        def line(cells):
-            return ' & '.join(r + tex(str(c)) for r, c in zip(ragged, cells)) + r' \tabularnewline'
-        return [r'\begin{table}[htbp]\centering\small', f'\\caption{{{tex(caption, numbers)}}}\\label{{tab:{label}}}',
-                r'\setbox0\hbox{\begin{tabular}{' + columns + r'}\hline', line(header) + r' \hline', *map(line, rows),
-                r'\hline\end{tabular}}%', r'\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\box0}\else\box0\fi',
-                r'\end{table}']
-    width = {'samples.png': 0.28, 'reconstructions.png': 0.55, '6e_kl.png': 0.75}
-    return [r'\begin{figure}[htbp]\centering', r'\quad'.join(
-        f'\\includegraphics[width={width.get(os.path.basename(p), 0.6)}\\linewidth]{{{os.path.relpath(p, base)}}}'
-        for p in b[2]), f'\\caption{{{tex(b[3], numbers)}}}\\label{{fig:{b[1]}}}', r'\end{figure}']
-
-
-def latex(runs, tex_path):
-    """analysis/results.tex: the chapter, from every run directory in runs (load_runs)."""
-    blocks = chapter(runs)
-    numbers = numbering(blocks)
-    out = [r'\renewcommand{\topfraction}{0.85}\renewcommand{\bottomfraction}{0.6}\renewcommand{\textfraction}{0.1}'
-           r'\renewcommand{\floatpagefraction}{0.8}',  # floats fill text pages rather than half-empty float pages
-           r'\section*{Implementation results}', r'\begingroup\sloppy']
-    section = []
-    for b in blocks + [('h', None)]:  # a float lands no earlier than its place in the source: each section's first
-        if b[0] != 'h':
-            section.append(b)
-            continue
-        for c in sorted(section, key=lambda c: c[0] == 'p'):
-            out += [tex(c[1], numbers) + '\n'] if c[0] == 'p' else tex_float(c, numbers, os.path.dirname(
-                os.path.abspath(tex_path)))
-        out += [f'\\subsection*{{{tex(b[1])}}}'] if b[1] is not None else []
-        section = []
-    with open(tex_path, 'w') as fh:
-        fh.write('\n'.join(out + [r'\par\endgroup']) + '\n')
+def glance(runs):
+    """README.md's results tables, after one paragraph on where the numbers come from."""
+    text = ('Read from `results/<profile>[-<precision>]/<part>/metrics.json`. Each configuration trained once, from '
+            'one seed: the standard errors are over test images, not between seeds. The importance-sampled NLLs '
+            'cover the test images each cell names; the first 1,000 are easier than the rest, so compare them only '
+            'over the same images. Which run is which, where it trained and what the handout sets: '
+            '[`docs/results.md`](docs/results.md), "Runs and settings". Our binarized test set is a seeded sample, '
+            'not the fixed one of the papers. ' + (verification(runs) or ''))
+    tables = [glance_table(runs, ['5b', '5c'], 'Problem 5, Gaussian VAEs on MNIST.'),
+              glance_table(runs, ['6a', '6b', '6c', '6d'], 'Problem 6a–d, binarized MNIST.'),
+              glance_table(runs, REMEDIES, 'Problem 6e: PixelVAE with an IAF encoder, without and with a remedy for '
+                                          'posterior collapse; the true ELBO and the NLL, whatever each trained.')]
+    return '\n'.join([text + '\n'] + [t for t in tables if t])
 
 
 def verification(runs):
@@ -311,31 +223,34 @@ def notebook_cell(notebook, needle):
     return f'`{notebook}` cell {found[0] + 1}' if found else f'`{notebook}`'
 
 
+def map_row(runs, base, item, asks, parts, qs, fig, nb, code):
+    """One item of the homework map: the number that answers it (from the first run that has each
+    part, course settings first; the run of each named where an item mixes runs), its figure,
+    notebook cell and implementation."""
+    numbers, figs, names = [], [], []
+    for part in parts:
+        run = next((r for r in runs if part in r['parts']), None)
+        m = run and run['parts'][part]
+        numbers.append((run and run_name(run, parts), [f'{part}: not run yet'] if m is None else [
+            (f'{part} ' if len(parts) > 1 else '') + f'{quantity_label(q)}: {with_n(m["values"][q], table=True)}'
+            for q in (is_q(m) if q == 'test_nll_is' else q for q in qs) if q in m['values']]))
+        names += [run_name(run, parts)] if run and run_name(run, parts) not in names else []
+        path = m and os.path.join(m['dir'] if fig != '6e_kl' else run['path'], f'{fig}.png')
+        figs += [path] if path and os.path.exists(path) and path not in figs else []
+    if len(names) > 1:
+        number = '; '.join('; '.join(texts) + (f' ({name})' if name else '') for name, texts in numbers)
+    else:
+        number = '; '.join(t for _, texts in numbers for t in texts) + (f'; {names[0]}' if names else '')
+    return (f'| {item} | {asks} | {number or ("proof" if item.startswith("Problem") else "code")} | '
+            + ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, base)})' for p in figs)
+            + f' | {notebook_cell(*nb[:2]) + nb[2] if nb else ""} | {code} |')
+
+
 def homework_map(runs, base):
-    """The handout's items: the number that answers each (from the first run that has it, course
-    settings first; an item whose parts come from different runs names the run of each), its
-    figure, notebook cell and implementation."""
+    """The handout's items, one row each (map_row)."""
     lines = ['| item | the handout asks | number: nats per image ± standard error (test images); run | figure | '
              'notebook | implementation |', '|---|---|---|---|---|---|']
-    for item, asks, parts, qs, fig, nb, code in HOMEWORK:
-        numbers, figs, names = [], [], []
-        for part in parts:
-            run = next((r for r in runs if part in r['parts']), None)
-            m = run and run['parts'][part]
-            numbers.append((run and run_name(run), [f'{part}: not run yet'] if m is None else [
-                (f'{part} ' if len(parts) > 1 else '') + f'{quantity_label(q)}: {with_n(m["values"][q], table=True)}'
-                for q in (is_q(m) if q == 'test_nll_is' else q for q in qs) if q in m['values']]))
-            names += [run_name(run)] if run and run_name(run) not in names else []
-            path = m and os.path.join(m['dir'] if fig != '6e_kl' else run['path'], f'{fig}.png')
-            figs += [path] if path and os.path.exists(path) and path not in figs else []
-        if len(names) > 1:
-            number = '; '.join('; '.join(texts) + (f' ({name})' if name else '') for name, texts in numbers)
-        else:
-            number = '; '.join(t for _, texts in numbers for t in texts) + (f'; {names[0]}' if names else '')
-        lines.append(f'| {item} | {asks} | {number or ("proof" if item.startswith("Problem") else "code")} | '
-                     + ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, base)})' for p in figs)
-                     + f' | {notebook_cell(*nb[:2]) + nb[2] if nb else ""} | {code} |')
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines + [map_row(runs, base, *h) for h in HOMEWORK]) + '\n'
 
 
 def on_gpu(m):
@@ -354,7 +269,7 @@ def gpu_time(runs):
                 'stand-ins only. `python experiments.py estimate --profile full` measures the machine it runs on and '
                 'prints the expected time of each part.\n')
     return '| part | run | hardware | training | evaluation |\n|---|---|---|---|---|\n' + ''.join(
-        f'| {m["part"]} | {run_name(r)} | {trained_on(m)} | {training_minutes(m, digits=0)} | '
+        f'| {m["part"]} | {run_name(r, [m["part"]])} | {trained_on(m)} | {training_minutes(m, digits=0)} | '
         f'{m.get("eval_seconds", 0) / 60:.0f} min'
         + (f' {m["hardware"]}' if m.get('hardware') and trained_on(m) != m['hardware'] else '') + ' |\n' for r, m in rows)
 
@@ -375,18 +290,17 @@ def update_readme(readme, runs, results_dir='results'):
     """README.md's homework map, results tables, GPU times and course-settings times on a CPU, from
     runs (load_runs) and the benchmark's files in results_dir."""
     base = os.path.dirname(os.path.abspath(readme))
-    tables = to_markdown(glance_blocks(runs, brief=True), base) if runs else 'No run has finished yet.\n'
-    fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)), (TABLES_BEGIN, TABLES_END, tables),
+    fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)),
+                       (TABLES_BEGIN, TABLES_END, glance(runs) if runs else 'No run has finished yet.\n'),
                        (GPU_BEGIN, GPU_END, gpu_time(runs)),
                        (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir) + '\n' + unfinished_markdown(runs, results_dir))])
 
 
-def update_docs(docs, runs, results_dir):
-    """The generated sections of docs/: the results chapter (results.md), the bf16 parity table
-    (running.md), the mutation scores (mutation.md) and the speed tables (speed.md)."""
-    path = os.path.join(docs, 'results.md')
-    fill_file(path, [(BEGIN, END, to_markdown(chapter(runs), os.path.dirname(os.path.abspath(path))) if runs
-                      else 'No run has finished yet.\n')])
+def update_docs(docs, results_dir, chapter=None):
+    """The generated sections of docs/: the results chapter (results.md, when given), the bf16 parity
+    table (running.md), the mutation scores (mutation.md) and the speed tables (speed.md)."""
+    if chapter is not None:
+        fill_file(os.path.join(docs, 'results.md'), [(BEGIN, END, chapter)])
     fill_file(os.path.join(docs, 'running.md'), [(PRECISION_BEGIN, PRECISION_END, bf16_runs_markdown(results_dir) or
                                                   'No part has been trained in both precisions yet.\n')])
     fill_file(os.path.join(docs, 'mutation.md'), [(MUTATION_BEGIN, MUTATION_END, mutation_markdown(results_dir))])
@@ -398,24 +312,32 @@ def main():
     ap.add_argument('--results-dir', default='results', help='the folder of the run directories <profile>[-<precision>]')
     ap.add_argument('--readme', default='README.md')
     ap.add_argument('--docs', default='docs', help='the folder of results.md, running.md, mutation.md and speed.md')
-    ap.add_argument('--tex', default=os.path.join('analysis', 'results.tex'))
+    ap.add_argument('--analysis', default='analysis', help='the folder of results.tex, numbers.tex and figures/')
     args = ap.parse_args()
     runs = load_runs(args.results_dir)
-    for r in runs:
-        remedies_kl_figure(r['path'])
-    latex(runs, args.tex)
+    r = Runs(args.results_dir)
+    numbers, tables = chapter_numbers(r), chapter_tables(r)
+    with open(os.path.join(args.analysis, 'numbers.tex'), 'w') as fh:
+        fh.write(numbers_tex(numbers, tables))
+    figures = gaussian_figures(runs, os.path.join(args.analysis, 'figures'))
+    chapter = chapter_markdown(os.path.join(args.analysis, 'results.tex'), numbers, tables,
+                               os.path.abspath(args.docs))
     update_readme(args.readme, runs, args.results_dir)
-    update_docs(args.docs, runs, args.results_dir)
-    print(f'{sum(len(r["parts"]) for r in runs)} parts in {len(runs)} run directories -> {args.tex}, {args.readme}, '
-          f'{args.docs}/')
+    update_docs(args.docs, args.results_dir, chapter)
+    print(f'{len(numbers)} numbers and {len(tables)} tables -> {args.analysis}/numbers.tex; {len(figures)} figures -> '
+          f'{args.analysis}/figures/; {args.readme}, {args.docs}/')
 
 
 def remedies_markdown(metrics):
     """The 6e table of one run directory's metrics (true ELBO and IS NLL, whatever each remedy trained)."""
     run = dict(name='', profile=metrics[0]['profile'] if metrics else '', parts={m['part']: m for m in metrics},
                precision=with_defaults(metrics[0].get('config') or {})['precision'] if metrics else 'fp32')
-    blocks = glance_table([run], REMEDIES, '6e', 'PixelVAE with an IAF encoder, remedies for posterior collapse.')
-    return to_markdown(blocks, '.') if blocks else ''
+    return glance_table([run], REMEDIES, 'PixelVAE with an IAF encoder, remedies for posterior collapse.')
+
+
+def resolve(text, numbers=None):
+    """[[cite:key]] marks of a text in words (the notebooks' readings)."""
+    return re.sub(r'\[\[cite:([^\]]+)\]\]', lambda m: f'({CITES[m[1]]})', text)
 
 
 if __name__ == '__main__':

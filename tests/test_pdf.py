@@ -5,7 +5,8 @@ says what the answers say.
 file in analysis/ and of every figure an uncommented \\includegraphics names, paths relative to the
 repository root. Here the same list is rebuilt from the sources on disk (the rules of
 analysis/Makefile) and compared with the recorded one, digest by digest. The PDF itself is read
-(pypdf, else poppler's pdftotext) and must hold each answer's main number as results/ gives it.
+(pypdf, else poppler's pdftotext) and must hold each answer's main number, and every number of
+each macro the results chapter uses (analysis/numbers.tex), as results/ gives them today.
 """
 import glob
 import hashlib
@@ -99,13 +100,14 @@ def pdf_text(path):
 
 
 def key_numbers(results_dir):
-    """{part: its main number as the answers print it (2 decimals)}: the importance-sampled NLL, the
-    exact NLL or the −ELBO of each part's preferred run (course settings first)."""
-    from reporting.answers import View, is_q
+    """{part: its main number as the chapter prints it (2 decimals, thousands separated)}: the
+    importance-sampled NLL, the exact NLL or the −ELBO of each part's preferred run (course settings
+    first)."""
+    from reporting.answers import View, nll_q
     from reporting.reader import load_runs
     view = View(load_runs(results_dir))
-    return {part: f'{m["values"][q]["value"]:.2f}' for part, m in view.items()
-            for q in [is_q(m) or ('test_nll' if 'test_nll' in m['values'] else 'test_elbo')]}
+    return {part: f'{m["values"][q]["value"]:,.2f}' for part, m in view.items()
+            for q in [nll_q(m) or 'test_elbo']}
 
 
 def pdf_problems(path, numbers):
@@ -127,6 +129,35 @@ def test_pdf_holds_each_answers_number():
     assert numbers, 'no finished part in results/'
     problems = pdf_problems(PDF, numbers)
     assert not problems, f'{STALE} ({"; ".join(problems)})'
+
+
+def chapter_macros(results_dir):
+    """{name: text} of each number macro that analysis/results.tex uses, as report.py computes it
+    from results_dir today (reporting/numbers.py)."""
+    from reporting.numbers import Runs, chapter_numbers
+    numbers = chapter_numbers(Runs(results_dir))
+    with open(os.path.join(ANALYSIS, 'results.tex'), encoding='utf-8') as f:
+        used = set(re.findall(r'\\([A-Za-z]+)', COMMENT.sub(r'\1', f.read())))
+    return {name: numbers[name].text for name in sorted(used & set(numbers))}
+
+
+def numerals(text):
+    """The numbers written in a text, without their signs: '−3.05 ± 0.10 (first 1,000)' -> 3.05, 0.10, 1,000."""
+    return re.findall(r'\d[\d,]*(?:\.\d+)?', text)
+
+
+def test_pdf_holds_every_number_of_the_chapter():
+    macros = chapter_macros(os.path.join(ROOT, 'results'))
+    assert len(macros) > 50
+    text = re.sub(r'\s+', ' ', pdf_text(PDF))
+    missing = [f'\\{name} {n}' for name, said in macros.items() for n in numerals(said) if n not in text]
+    assert not missing, f'{STALE} (not in the PDF: {", ".join(missing[:10])})'
+
+
+def test_the_pdf_results_chapter_is_at_most_about_2500_words_with_its_tables():
+    text = pdf_text(PDF)
+    chapter = text[text.index('Implementation results'):text.index('Side remarks to the proofs')]
+    assert len(chapter.split()) <= 2600, len(chapter.split())
 
 
 def test_a_garbage_or_foreign_pdf_is_refused(tmp_path):

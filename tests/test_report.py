@@ -110,50 +110,28 @@ def test_without_per_image_values_the_comparison_is_unpaired_and_says_so(tmp_pat
     assert 'unpaired' in text and text.startswith('no measurable difference')  # 0.3 < 2 x 0.9
 
 
-def iaf_pair(tmp_path, with_per_image, alike=True):
-    """6b and 6d whose bounds differ in tightness by 0.6 nats per image, measurable only when paired."""
+def test_iaf_bound_tightness_is_measurable_only_when_paired(tmp_path):
+    """6b and 6d whose bounds differ in tightness by 0.6 nats per image: the paired contrast resolves
+    it, the unpaired one (no per_image.pt) does not."""
     g = torch.Generator().manual_seed(1)
     nll_b = 88 + 20 * torch.randn(1000, generator=g, dtype=torch.float64)
     nll_d = nll_b + 0.3 * torch.randn(1000, generator=g, dtype=torch.float64)
     elbo_b = nll_b + 7.4 + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64)
     elbo_d = nll_d + 6.8 + 0.5 * torch.randn(1000, generator=g, dtype=torch.float64)
-    run = str(tmp_path / 'cpu')
-    like_6d = {k: config('6d', 'cpu')[k] for k in ('epochs', 'lr_drop_epoch')} if alike else {}
-    for part, elbo, nll in (('6b', elbo_b, nll_b), ('6d', elbo_d, nll_d)):
-        values = {'test_elbo': summary(elbo), 'kl': v(30.0, 0.1), 'test_nll_is1000': dict(summary(nll), M=1000)}
-        write_part(run, part, values, {'test_elbo': elbo, 'test_nll_is1000': nll} if with_per_image else None,
-                   **(like_6d if part == '6b' else {}))
-    return {m['part']: m for m in reader.load_metrics(run)}
-
-
-def test_iaf_tightness_sentence_follows_the_two_standard_error_rule(tmp_path):
-    text = answers.answer_6d(iaf_pair(tmp_path / 'paired', True))[0][1]
-    assert re.search(r'With the flow the bound is tighter, here by 0\.\d\d ± 0\.0\d nats \(paired, 1000 test images\)',
-                     text)
-    text = answers.answer_6d(iaf_pair(tmp_path / 'unpaired', False))[0][1]
-    assert 'tighter' not in text and 'not resolved here: no measurable difference' in text and 'unpaired' in text
-
-
-def test_iaf_answer_draws_no_conclusion_from_runs_that_differ_in_more_than_the_flow(tmp_path):
-    text = answers.answer_6d(iaf_pair(tmp_path, True, alike=False))[0][1]   # the cpu profile: 8 against 4 epochs
-    assert 'tighter' not in text and 'looser' not in text
-    assert 'These runs also differ in epochs 4 against 8' in text and 'no conclusion about the flow' in text
-    assert 'set down to the flow' in text
-
-
-def test_kl_estimator_verdict_follows_the_difference_and_its_error(tmp_path):
-    def verdict(b, c, name):
+    found = {}
+    for name, with_per_image in (('paired', True), ('unpaired', False)):
         run = str(tmp_path / name / 'cpu')
-        write_part(run, '5b', {'test_elbo': v(b, 5.0, 100)})
-        write_part(run, '5c', {'test_elbo': v(c, 5.0, 100)})
-        return answers.answer_5c({m['part']: m for m in reader.load_metrics(run)})[0][1]
-    assert 'no measurable mark' in verdict(1500.0, 1510.0, 'same')       # 10 < 2 x 7.07
-    assert 'worse test bound' in verdict(1500.0, 1520.0, 'worse')
-    better = verdict(1520.0, 1500.0, 'better')
-    assert 'better test bound' in better and 'not measured' in better and 'unpaired' in better
+        for part, elbo, nll in (('6b', elbo_b, nll_b), ('6d', elbo_d, nll_d)):
+            values = {'test_elbo': summary(elbo), 'test_nll_is1000': dict(summary(nll), M=1000)}
+            write_part(run, part, values, {'test_elbo': elbo, 'test_nll_is1000': nll} if with_per_image else None)
+        ms = {m['part']: m for m in reader.load_metrics(run)}
+        found[name] = answers.contrast([(1, ms['6b'], 'test_elbo'), (-1, ms['6b'], 'test_nll_is1000'),
+                                        (-1, ms['6d'], 'test_elbo'), (1, ms['6d'], 'test_nll_is1000')])
+    assert answers.measurable(found['paired']) and found['paired']['value'] == pytest.approx(0.6, abs=0.1)
+    assert not answers.measurable(found['unpaired']) and not found['unpaired']['paired']
 
 
-def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(tmp_path):
+def test_readme_and_docs_carry_the_measured_numbers_course_settings_first(tmp_path):
     root = tmp_path / 'results'
     for run, nll in (('cpu', 90.1234), ('full-bf16', 80.5)):
         write_part(str(root / run), '6b', {'test_elbo': v(95.4321, 0.25, 10000), 'kl': v(20.5, 0.1, 10000),
@@ -174,136 +152,44 @@ def test_readme_latex_and_map_carry_the_measured_numbers_course_settings_first(t
     runs = reader.load_runs(str(root))
     assert [r['name'] for r in runs] == ['full-bf16', 'cpu']
     writeup.update_readme(str(readme), runs, str(root))
-    writeup.update_docs(str(docs), runs, str(root))
-    writeup.latex(runs, str(tmp_path / 'results.tex'))
-    text, tex = readme.read_text(), (tmp_path / 'results.tex').read_text()
-    chapter = (docs / 'results.md').read_text()
-    for page in (text, chapter):  # the README's tables and the chapter's
-        assert 'old' not in page and '90.12 ± 0.31 (1000)' in page and '95.43 ± 0.25 (10000)' in page
-        header = next(line for line in page.splitlines() if line.startswith('| part | quantity |'))
-        assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
-    assert '### Problem 6b' not in text  # the answers are in docs/results.md, not in the README
-    answer = chapter[chapter.index('### Problem 6b'):]
-    assert '80.50 ± 0.31 (1000 test images, M = 1000)' in answer.split('###')[1]   # quoted from the course run
-    assert ("6b in the full profile, bfloat16 training, float32 evaluation, CPU (test); the full profile's settings "
-            "(the course settings)") in answer and 'No course-settings run' not in answer.split('###')[1]
+    writeup.update_docs(str(docs), str(root), chapter='the chapter\n')
+    text = readme.read_text()
+    assert 'old' not in text and '90.12 ± 0.31 (first 1,000)' in text and '95.43 ± 0.25 (all 10,000)' in text
+    header = next(line for line in text.splitlines() if line.startswith('| part | quantity |'))
+    assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
+    assert 'one seed' in text and '### ' not in text  # the answers are in docs/results.md, not in the README
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
-    assert '80.50 ± 0.31 (1000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
+    assert '80.50 ± 0.31 (first 1,000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'Nothing has been measured on a GPU yet' in text
+    assert (docs / 'results.md').read_text() == f'# results.md\n{writeup.BEGIN}\nthe chapter\n{writeup.END}\n'
     assert 'Mutation testing has not been run here yet' in (docs / 'mutation.md').read_text()
     assert 'No part has been trained in both precisions yet.' in (docs / 'running.md').read_text()
     assert 'No benchmark has been run yet.' in (docs / 'speed.md').read_text()
-    assert '](../results/' in chapter or 'Figure' not in chapter   # links from docs/ reach results/
-    assert '80.50 $\\pm$ 0.31' in tex and '\\cite{kingma2016}' in tex and '[[' not in tex
 
 
-def test_settings_section_is_generated_from_config():
-    rows = next(b[4] for b in writeup.settings_blocks() if b[0] == 'table')
-    text = dict((r[0], r[2]) for r in rows)
-    for part in ('5b', '6a', '6b', '6e-baseline'):
-        cpu, full = config(part, 'cpu'), config(part, 'full')
-        assert f'epochs {cpu["epochs"]} (full {full["epochs"]})' in text[part]
-    assert 'decoder depth 21 (full 51)' in text['6b'] and 'encoder capacity 64 (full 128)' in text['5b']
-    assert 'epochs 4 (handout 20)' in text['6c']            # the handout sets 6c's 20 epochs
-    assert 'test images for importance sampling 500 (full all)' in text['6e-weak']
-    assert 'KL warm-up epochs 1 (full 5), KL warm-up from epoch 2 (full 10)' in text['6e-warmup']
-
-
-def test_figures_are_referenced_numbered_and_captioned(tmp_path):
-    run = str(tmp_path / 'results' / 'cpu')
-    hist = dict(step=list(range(1, 301)), kl=[30.0] * 150 + [10.0] * 150, test_loss=[92.0, 90.0], autoregress_step=150)
-    write_part(run, '6c', {'test_elbo': v(90.5, 0.2, 10000), 'kl': v(9.4, 0.04, 10000), 'active_units': v(30, None, 10000),
-                           'test_nll_is1000': v(86.4, 0.65, 1000, M=1000)}, history=hist, epochs=3)
-    open(os.path.join(run, '6c', 'kl.png'), 'wb').write(b'png')
-    blocks = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})
-    figures = [b for b in blocks if b[0] == 'fig']
-    assert [f[1] for f in figures] == ['6c-kl'] and 'What to look for' in figures[0][3]
-    assert '(iteration 150) it averages 30.0 nats per image, over the last 100 10.0' in blocks[0][1]
-    assert ('so this gap understates that divergence. Set against the KL term of the bound, 9.40 nats over 10000 test '
-            'images, it is 44%, the two measured on different sets of test images.') in blocks[0][1]
-    assert 'the exact NLL of the PixelCNN alone' not in blocks[0][1]   # no 6a in this run directory
-    write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)})
-    text = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})[0][1]
-    assert ("6a's an exact NLL, 88.00 ± 0.20 (10000 test images). 6c (cpu profile, float32, 3 epochs) − 6a "
-            "(cpu profile, float32, 4 epochs): -1.60 ± 0.68 nats (unpaired, 1000 and 10000 test images). These runs "
-            "also differ in epochs 3 against 4 and learning-rate drop to 3e-4 at epoch none against 3") in text
-    assert 'models the test images better' not in text     # another learning-rate schedule: no conclusion
-    assert '6a trained' not in text  # no history of 6a: nothing to set against the same epochs
-    write_part(run, '6a', {'test_nll': v(88.0, 0.2, 10000)}, history=dict(test_loss=[95.0, 91.5, 89.0, 88.0]))
-    text = answers.answer_6c({m['part']: m for m in reader.load_metrics(run)})[0][1]  # cpu 6a: drop after epoch 3
-    assert ('6a trained 4 epochs and 6c 3. On the first 1000 test images (one evaluation per epoch, in its history) '
-            'the NLL of 6a was 89.00 after epoch 3, before its learning-rate drop, and 88.00 after epoch 4: its further '
-            'epochs gained it 1.00 nats.') in text
-    md = writeup.to_markdown([('p', 'See [[fig:6c-kl]] and [[fig:none]].')] + figures, str(tmp_path))
-    assert 'See Figure 1 and figure (not drawn).' in md and '(results/cpu/6c/kl.png)' in md
-    tex = writeup.tex('See [[fig:6c-kl]], [[cite:chen2017]], `models.IAF` and q(z|x) ± 1.', {'fig:6c-kl': 1})
-    assert 'Figure~\\ref{fig:6c-kl}' in tex and '\\cite{chen2017}' in tex and '$\\pm$' in tex and '\\texttt{models.' in tex
-
-
-def test_remedies_reading_follows_the_numbers(tmp_path):
+def test_the_gaussian_figures_are_drawn_again_at_the_size_of_the_others(tmp_path):
+    """5b's raw grids (28-pixel tiles, padding 2) become figures of the engine's size, with a title."""
+    from PIL import Image
+    import torchvision.utils as vutils
     run = str(tmp_path / 'cpu')
-
-    def remedy(part, nll, kl, au):
-        write_part(run, part, {'test_elbo': v(nll + 5, 0.3, 500), 'test_nll_is1000': v(nll, 0.5, 500, M=1000),
-                               'kl': v(kl, 0.01, 500), 'active_units': v(au, None, 500)}, title=f'remedy {part}')
-
-    remedy('6e-baseline', 90.0, 0.05, 0)   # collapsed
-    remedy('6e-warmup', 90.3, 0.4, 0)      # collapsed too
-    remedy('6e-freebits', 91.0, 6.0, 12)   # in use, 1 nat worse than the baseline
-    remedy('6e-weak', 95.0, 20.0, 30)      # in use, much worse
-    write_part(run, '6a', {'test_nll': v(85.0, 0.2, 10000)})
-    metrics = reader.load_metrics(run)
-    table = writeup.remedies_markdown(metrics)
-    assert table.count('| 6e-') == 16 and '12 of 49' in table and '91.00 ± 0.50 (500)' in table
-    reading = answers.remedies_reading(metrics)
-    assert '2 of 4 keep the latent in use' in reading and '6e-freebits, 6e-weak' in reading
-    assert 'Of these, 6e-freebits has the lowest' in reading
-    assert ("Final test KL term against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − 6e-baseline "
-            "(likewise): +0.35 ± 0.01 nats (unpaired, 500 test images)") in reading
-    assert "As a multiple of the baseline's: 6e-warmup 8.00, 6e-freebits 120.00, 6e-weak 400.00. " in reading
-    remedy('6e-baseline', 90.0, 0.0, 0)   # a KL term of exactly 0: differences, no multiples
-    assert 'As a multiple' not in answers.remedies_reading(reader.load_metrics(run))
-    remedy('6e-baseline', 90.0, 0.05, 0)
-    assert ("its importance-sampled NLL against the baseline's: 6e-warmup (cpu profile, float32, 4 epochs) − "
-            "6e-baseline (likewise): no measurable difference (+0.30 ± 0.71 nats") in reading
-    assert ('6e-freebits (cpu profile, float32, 4 epochs) − 6e-baseline (likewise): no measurable difference '
-            '(+1.00 ± 0.71 nats, unpaired') in reading
-    assert ('Against the PixelCNN alone (6a), an exact NLL: 6e-freebits (cpu profile, float32, 4 epochs) − 6a '
-            '(likewise): +6.00 ± 0.54 nats (unpaired, 500 and 10000 test images). These runs also differ in PixelCNN '
-            'depth 5 against 9') in reading
-    remedy('6e-freebits', 91.0, 0.5, 0)
-    remedy('6e-weak', 95.0, 0.9, 0)
-    assert 'No configuration kept the KL term' in answers.remedies_reading(reader.load_metrics(run))
+    write_part(run, '5b', {'test_elbo': v(1500.0, 7.0, 10000)})
+    tiles = torch.rand(59, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for name, images, nrow in (('samples', tiles[:49], 7), ('reconstructions', tiles[49:59].repeat(2, 1, 1, 1), 10)):
+        vutils.save_image(vutils.make_grid(images, nrow=nrow, padding=2, pad_value=0.5), os.path.join(run, '5b', f'{name}.png'))
+    drawn = writeup.gaussian_figures(reader.load_runs(str(tmp_path)), str(tmp_path / 'figures'))
+    assert [os.path.basename(p) for p in drawn] == ['5b-samples.png', '5b-reconstructions.png']
+    assert Image.open(drawn[0]).size == (946, 847)                  # as results/full/6b/samples.png
+    assert Image.open(drawn[1]).size == (1276, 297)                 # as results/full/6b/reconstructions.png
 
 
-def test_6a_answer_reads_the_learning_rate_drop_from_the_history(tmp_path):
-    run = str(tmp_path / 'full-bf16')
-    losses = [90.0 - 0.5 * k for k in range(30)] + [74.0, 73.5, 73.25, 73.0, 72.9, 72.8, 72.7, 72.6, 72.5, 72.4]
-    write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses})
-    text = answers.answer_6a({m['part']: m for m in reader.load_metrics(run)})[0][1]
-    assert 'fell from 0.001 to 0.0003 after epoch 30: the test NLL was 75.50 then and 72.40 after epoch 40' in text
-    assert '3.10 lower' in text and 'by 0.10 nats per epoch' in text
-    assert 'The NLL on all test images after epochs 1: 90.00, 5: 88.00, 10: 85.50,' in text and '40: 72.40 (' in text
-    write_part(run, '6a', {'test_nll': v(72.4, 0.2, 10000)}, history={'test_loss': losses[:30]})
-    assert 'learning rate fell' not in answers.answer_6a({m['part']: m for m in reader.load_metrics(run)})[0][1]
-
-
-def test_an_answer_sets_parts_of_one_profile_trained_in_either_precision_side_by_side(tmp_path):
-    a, b = correlated_pair(-2.0, 0.5)
-    root = tmp_path / 'results'
-    write_part(str(root / 'full-bf16'), '6a', {'test_nll': summary(a)}, {'test_nll': a})
-    write_part(str(root / 'full'), '6c', {'test_elbo': summary(b + 3), 'kl': v(1.0, 0.01, 1000),
-                                          'test_nll_is1000': dict(summary(b), M=1000)},
-               {'test_elbo': b + 3, 'test_nll_is1000': b})
-    write_part(str(root / 'cpu'), '6a', {'test_nll': v(95.0, 0.2, 10000)})
-    blocks = writeup.chapter(reader.load_runs(str(root)))
-    text = next(b[1] for b in blocks if b[0] == 'p' and b[1].startswith('Run: 6c'))
-    assert '6c in the full profile, float32' in text
-    assert ('6c (full profile, the course settings, float32, 20 epochs) − 6a (full profile, the course settings, bf16 '
-            'training, 40 epochs): ') in text
-    assert f'{(b - a).mean():+.2f} ± {(b - a).std().item() / 1000 ** 0.5:.2f} nats (paired, 1000 test images)' in text
-    assert 'precision (float32 against bfloat16 training, float32 evaluation)' in text
-    assert answers.trained_apart(*(reader.load_runs(str(root))[0]['parts']['6c'],) * 2) == ''
+def test_remedies_table_for_the_notebooks_names_the_images_of_each_number(tmp_path):
+    run = str(tmp_path / 'cpu')
+    for part, nll, kl, au in (('6e-baseline', 90.0, 0.05, 0), ('6e-freebits', 91.0, 6.0, 12)):
+        write_part(run, part, {'test_elbo': v(nll + 5, 0.3, 10000), 'test_nll_is1000': v(nll, 0.5, 500, M=1000),
+                               'kl': v(kl, 0.01, 10000), 'active_units': v(au, None, 10000)})
+    table = writeup.remedies_markdown(reader.load_metrics(run))
+    assert table.count('| 6e-') == 8 and '12 of 49' in table and '91.00 ± 0.50 (first 500)' in table
+    assert writeup.remedies_markdown([]) == ''
 
 
 def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
@@ -311,7 +197,7 @@ def test_remedies_kl_figure_draws_every_configuration_apart(tmp_path):
     for part in answers.REMEDIES:
         write_part(run, part, {'kl': v(10.0, 0.1)}, history=dict(step=list(range(200)), kl=[10.0] * 200,
                                                                   autoregress_step=100))
-    assert os.path.exists(writeup.remedies_kl_figure(run))
+    assert os.path.exists(figures.remedies_kl_figure(run))
     styles = [(s['ls'], s['marker']) for s in figures.STYLES.values()]
     assert len(set(styles)) == len(styles) == len(answers.REMEDIES)
 
@@ -340,12 +226,12 @@ def test_homework_map_names_the_run_of_each_part_where_an_item_mixes_runs(tmp_pa
         write_part(str(root / 'cpu'), part, {'kl': v(14.4, 0.04, 10000)})
     row = next(line for line in writeup.homework_map(reader.load_runs(str(root)), str(tmp_path)).splitlines()
                if line.startswith('| 6e |'))
-    assert '6e-baseline KL term: 10.40 ± 0.03 (10000) (course settings, float32); 6e-warmup KL term: 14.40 ± 0.04 ' \
-           '(10000) (cpu profile, float32)' in row
+    assert '6e-baseline KL term: 10.40 ± 0.03 (all 10,000) (full profile, our design, float32); 6e-warmup KL term: ' \
+           '14.40 ± 0.04 (all 10,000) (cpu profile, float32)' in row     # 6e: the handout sets nothing
     write_part(str(root / 'full'), '6b', {'test_nll_is1000': v(85.1, 0.7, 1000, M=1000)})
     row = next(line for line in writeup.homework_map(reader.load_runs(str(root)), str(tmp_path)).splitlines()
                if line.startswith('| 6b |'))
-    assert '| NLL, importance sampling (M = 1000): 85.10 ± 0.70 (1000); course settings, float32 |' in row
+    assert '| NLL, importance sampling (M = 1000): 85.10 ± 0.70 (first 1,000); course settings, float32 |' in row
 
 
 def test_verification_counts_only_checks_of_the_values_reported_now(tmp_path):
@@ -385,13 +271,6 @@ def test_every_number_verified_is_said_once_for_all_runs(tmp_path):
 
 
 # The speed tables (tools/bench.py's JSON files) --------------------------------------------------------
-
-
-def test_a_setting_shared_by_a_profile_names_the_parts_that_set_it_otherwise(monkeypatch):
-    from engine import config as C
-    monkeypatch.setitem(C.PROFILES, 'trial', {'*': dict(dec_depth=7), '6d': dict(dec_depth=51)})
-    text = ' '.join(b[1] for b in writeup.settings_blocks() if b[0] == 'p')
-    assert 'The parts of the trial profile also have dec_depth = 7 (full profile 51, except 6d).' in text
 
 
 def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
@@ -513,7 +392,7 @@ def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_
     assert rows == ['| 6b | course settings, float32 | 60 | 0.2 h | 2.0 min | 0 min |']  # 600 s; median of 90, 210, 120 s
     # 60000 images at 50 and 25 images/s: 20 and 40 min an epoch, 20 epochs
     assert '20 min an epoch in bf16 and 40 min an epoch in float32, so 6.7 h and 13.3 h of training' in text
-    assert text.startswith('The course-settings runs') and '5b and 5c (the Gaussian VAE) have no' in text
+    assert text.startswith('The full-profile runs') and '5b and 5c (the Gaussian VAE) have no' in text
     write_part(str(root / 'full'), '5b', {'test_elbo': v(1500.0, 7.0, 10000)})
     write_part(str(root / 'full'), '5c', {'test_elbo': v(1500.0, 7.0, 10000)})
     text = tables.cpu_hours_markdown(reader.load_runs(str(root)), str(root))
