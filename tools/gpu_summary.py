@@ -38,10 +38,24 @@ def cumulative(d):
                                        read(os.path.join(d, 'run.log')))]
 
 
+def preflight_section(work):
+    """The preflight's findings: the Python, the packages, what is missing and which steps it stops."""
+    lines = read(os.path.join(work, 'preflight.txt')).splitlines()
+    if lines:
+        print('== preflight:')
+        for line in lines:
+            if line.startswith(('python ', 'missing ', 'step ', 'gpu data', 'preflight ')):
+                print('   ' + line[:400])
+
+
 def steps_section(work):
     steps = [line.split() for line in read(os.path.join(work, 'steps.txt')).splitlines() if line.strip()]
-    print('== steps:', ', '.join(f'{s[0]} {s[3]} {int(s[2]) - int(s[1])}s' if s[1] != '-' else f'{s[0]} {s[3]}'
-                                 for s in steps))
+    print('== steps (exit status, seconds of its limit):', ', '.join(
+        f'{s[0]} {s[3]} {int(s[2]) - int(s[1])}s/{s[4].split("=")[1] if len(s) > 4 else "?"}' if s[1] != '-'
+        else f'{s[0]} {s[3]}' for s in steps))
+    skipped = [s for s in steps if s[1] == '-']
+    if skipped:
+        print('   SKIPPED: ' + ', '.join(f'{s[0]} ({s[3]})' for s in skipped))
     for s in steps:
         bad = [line for line in read(os.path.join(work, s[0] + '.log')).splitlines() if re.search(BAD, line)]
         if bad:
@@ -83,7 +97,7 @@ def resume_section(work, results, profile):
           f"(~{1000 * seconds / steps:.2f} ms/step if a whole epoch); eval {m['eval_seconds']:.1f} s; "
           f"message of the other device: {'another device' in read(os.path.join(d, 'run.log'))}; "
           f"test -ELBO {value(m, 'test_elbo')}; IS {value(m, 'test_nll_is' + str(m['config']['is_samples']))}; "
-          f"hardware {m['hardware']}")
+          f"precision {m.get('precision', '?')}; hardware {m['hardware']}")
 
 
 def eval_section(work):
@@ -153,6 +167,7 @@ def busy_section(work, steps):
 def main(work, profile):
     results = os.path.join(work, 'results')
     print('== device:', ' | '.join(read(os.path.join(work, 'gpu.txt')).split('\n')).strip(' |'))
+    preflight_section(work)
     steps = steps_section(work)
     smoke_section(results)
     resume_section(work, results, profile)

@@ -17,6 +17,10 @@
 # after each batch (beside the model, eval_partial_*.pt) and stops after MINUTES (default a day);
 # rerun the queue to resume it. A part whose number already covers that many images is skipped.
 #
+# QUEUE, RECOMPUTE, PROFILE, IS_IMAGES and MINUTES are checked before anything runs, against the
+# parts and profiles of the code the queue runs (tools/queue_info.py): a wrong one stops the queue
+# with one line and exit status 2. No value is ever pasted into Python code.
+#
 # At the end of a sitting, to go on in another (on this machine or a fresh clone): stop the queue
 # after an epoch's checkpoint, then `python experiments.py carry --profile full` writes the
 # checkpoint of each unfinished part as <part>/checkpoint.pack (pieces git can hold) to commit with
@@ -30,20 +34,30 @@ parts=${QUEUE-6b 6e-baseline 6e-freebits 6e-warmup 6e-weak 6d}
 py=${PY:-$root/.venv/bin/python}
 profile=${PROFILE:-full}          # the tests use the smoke profile
 results=${RESULTS:-$root/results}
+recompute=${RECOMPUTE:-}
+is_images=${IS_IMAGES:-10000}
+minutes=${MINUTES:-1440}
+# the checkout's own helper, whatever commit the worktree is at; the engine it asks is the worktree's
+info() { "$py" "$root/tools/queue_info.py" "$@"; }
+code=$root; [ -d "$run" ] && code=$run
+info check --code "$code" --profile "$profile" --queue "$parts" --recompute "$recompute" \
+     --is-images "$is_images" --minutes "$minutes" || exit $?
+read -r -d '' -a queue_parts <<< "$parts" || true
+read -r -d '' -a recompute_parts <<< "$recompute" || true
 [ -d "$run" ] || git -C "$root" worktree add --quiet --detach "$run" HEAD
 cd "$run"
-echo "queue: $(git rev-parse --short HEAD) in $run, parts: $parts"
-for part in $parts; do
+echo "queue: $(git rev-parse --short HEAD) in $run, parts: ${queue_parts[*]+${queue_parts[*]}}"
+for part in ${queue_parts[@]+"${queue_parts[@]}"}; do
   HW2_DATA=$root/data nice -n 10 "$py" experiments.py run "$part" --profile "$profile" --is-images 1000 \
     --results-dir "$results" --no-progress ${EXTRA:-} || { echo "queue: $part failed; the parts after it did not run"; exit 1; }
 done
-for part in ${RECOMPUTE:-}; do
-  quantity=$("$py" -c "from engine.config import config, is_quantity; print(is_quantity(config('$part', '$profile')))")
-  covered=$("$py" -c "import json; print(json.load(open('$results/$profile/$part/metrics.json'))['values']['$quantity']['n_images'])")
-  if [ "$covered" = "${IS_IMAGES:-10000}" ]; then echo "queue: $part's $quantity already covers $covered test images"; continue; fi
+for part in ${recompute_parts[@]+"${recompute_parts[@]}"}; do
+  quantity=$(info quantity --code "$run" "$part" "$profile")
+  covered=$(info covered "$results/$profile/$part/metrics.json" "$quantity")
+  if [ "$covered" -eq "$is_images" ]; then echo "queue: $part's $quantity already covers $covered test images"; continue; fi
   status=0
   HW2_DATA=$root/data nice -n 10 "$py" experiments.py eval "$part" --quantity "$quantity" --profile "$profile" \
-    --is-images "${IS_IMAGES:-10000}" --keep --update --minutes "${MINUTES:-1440}" --results-dir "$results" || status=$?
+    --is-images "$is_images" --keep --update --minutes "$minutes" --results-dir "$results" || status=$?
   if [ "$status" -eq 3 ]; then echo "queue: $part stopped at the time limit; rerun to resume"; exit 3; fi
   [ "$status" -eq 0 ] || { echo "queue: recomputing $part failed; the parts after it did not run"; exit 1; }
 done
