@@ -25,8 +25,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from engine import files
 import losses
 from engine.config import is_quantity, quantities
@@ -34,8 +32,11 @@ from engine.config import is_quantity, quantities
 
 def bar(items, show, desc, **options):
     """items, drawn as a progress bar on stderr while they are iterated (nothing drawn if not show);
-    options: tqdm's, e.g. initial and total."""
-    return tqdm(items, desc=desc, leave=False, disable=not show, **options)  # pragma: no mutate (display only)
+    options: tqdm's, e.g. initial and total. Without a bar, tqdm is not needed (a bare GPU machine)."""
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+    return tqdm(items, desc=desc, leave=False, **options)  # pragma: no mutate (display only)
 
 
 def noise(generator, shape):

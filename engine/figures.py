@@ -7,8 +7,6 @@ import os
 
 import numpy as np
 import torch
-import torchvision.utils as vutils
-from matplotlib.figure import Figure
 
 import models
 from engine.config import TITLES
@@ -18,6 +16,8 @@ from engine.files import read_json
 
 def image_rows(rows, path, title, ncol):
     """A labelled figure of image rows: rows = [(label, images (n, 1, 28, 28))], ncol images a row."""
+    import torchvision.utils as vutils  # here, not at import: a machine without them still trains
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(1.0 * ncol + 1.6, 1.0 * sum(math.ceil(len(x) / ncol) for _, x in rows) + 0.7),
                  tight_layout=True)
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
@@ -114,6 +114,7 @@ def curve_figures(part, cfg, hist, out):
     """loss.png (train loss per iteration and test loss per epoch; reconstruction and KL for
     VAEs) and kl.png (the KL term against training iteration, the switch to autoregression and,
     under KL warm-up, the weight beta)."""
+    from matplotlib.figure import Figure
     width = max(1, min(100, len(hist['step']) // 20))
     vae = cfg['model'] != 'pixelcnn'
     fig = Figure(figsize=(12 if vae else 6, 4), tight_layout=True)
@@ -135,6 +136,7 @@ def curve_figures(part, cfg, hist, out):
 
 def kl_figure(part, hist, width, path):
     """The KL term of the ELBO against training iteration, with beta when it is not always 1."""
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 4), tight_layout=True)
     ax = fig.subplots()
     draw_curve(ax, hist, 'kl', 'test_kl', width, 'KL(q(z|x) || r(z)), nats')
