@@ -19,7 +19,7 @@ from reporting.markdown import to_markdown
 from reporting.numbers import Runs, chapter_numbers, chapter_tables
 from reporting.tables import bf16_runs_markdown, cpu_hours_markdown, mutation_markdown, speed_markdown, \
     unfinished_markdown
-from reporting.reader import load_runs, trained_on, training_minutes
+from reporting.reader import load_runs, trained_on, training_minutes, training_time
 from engine.files import read_json
 
 
@@ -31,6 +31,9 @@ CPU_BEGIN, CPU_END = '<!-- cpu:begin -->', '<!-- cpu:end -->'
 SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
 MUTATION_BEGIN, MUTATION_END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
 PRECISION_BEGIN, PRECISION_END = '<!-- precision:begin -->', '<!-- precision:end -->'
+PROFILES_BEGIN, PROFILES_END = '<!-- profiles:begin -->', '<!-- profiles:end -->'
+PROFILE_WORDS = {'full': "the course's settings", 'cpu': 'smaller networks, fewer epochs, for a laptop CPU',
+                 'smoke': 'a few steps of tiny networks: checks that everything runs, learns nothing'}
 
 
 # The handout's items: (item, what it asks, parts and quantities that answer it, figure, (notebook,
@@ -286,6 +289,32 @@ def fill_file(path, sections):
         fh.write(text)
 
 
+def profile_times(runs):
+    """What each profile is, and how long a part of it took (training and evaluation, wall time over
+    its sittings) on the hardware of the committed runs: the fastest and slowest part, named."""
+    lines = ['| profile | what it is | a part took (training + evaluation), on | on a GPU |', '|---|---|---|---|']
+    for profile, words in PROFILE_WORDS.items():
+        ms = [m for r in runs if r['profile'] == profile for m in r['parts'].values()]
+        cpu = [m for m in ms if all(label.startswith('CPU') for label, _ in training_time(m))]
+        gpu = [m for m in ms if m not in cpu]
+        lines.append(f'| {profile} | {words} | {part_span(cpu)} | {part_span(gpu)} |')
+    return '\n'.join(lines) + '\n'
+
+
+def part_span(ms):
+    """'6d 14 min – 6c 56 min (results/cpu), CPU (x86_64), 2 cores' over the runs ms, or 'not measured yet'."""
+    if not ms:
+        return 'not measured yet'
+    took = sorted((m['train_seconds'] + m['eval_seconds'], m['part'], m) for m in ms)
+    (lo, lo_part, _), (hi, hi_part, _) = took[0], took[-1]
+    hardware = ' and '.join(sorted({label for m in ms for label, _ in training_time(m)}))
+    return f'{lo_part} {duration_words(lo)} – {hi_part} {duration_words(hi)}; {hardware}'
+
+
+def duration_words(seconds):
+    return f'{seconds / 60:.0f} min' if seconds < 5400 else f'{seconds / 3600:.1f} h'
+
+
 def update_readme(readme, runs, results_dir='results'):
     """README.md's homework map, results tables, GPU times and course-settings times on a CPU, from
     runs (load_runs) and the benchmark's files in results_dir."""
@@ -293,6 +322,7 @@ def update_readme(readme, runs, results_dir='results'):
     fill_file(readme, [(MAP_BEGIN, MAP_END, homework_map(runs, base)),
                        (TABLES_BEGIN, TABLES_END, glance(runs) if runs else 'No run has finished yet.\n'),
                        (GPU_BEGIN, GPU_END, gpu_time(runs)),
+                       (PROFILES_BEGIN, PROFILES_END, profile_times(runs)),
                        (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir) + '\n' + unfinished_markdown(runs, results_dir))])
 
 
