@@ -31,7 +31,6 @@ import sys
 
 import torch
 
-import models
 from engine import student
 
 AUTOREGRESS_EPOCH = 10  # PixelVAE: epochs of warm-up before g.autoregress = True (course setting)
@@ -59,9 +58,9 @@ DEFAULTS = dict(
     kl_warmup_start=0,         # epoch at which that rise starts (beta = 1 before it)
     free_bits=0.0,             # lambda: train on sum_d max(lambda, batch-mean KL_d) (0: off)
     train_images=None,         # train on the first n training images (None: all 60000)
-    test_images=None,          # test ELBO / NLL / KL / active units on the first n (None: all 10000)
-    monitor_images=None,       # test loss after each epoch on the first n test images (None: all)
-    is_images=None,            # importance-sampled NLL on the first n test images (None: all)
+    test_images=None,          # test ELBO / NLL / KL / active units on a seeded uniform sample of n test images (evaluate.test_subset; None: all 10000)
+    monitor_images=None,       # test loss after each epoch on a uniform sample of n test images, nested in the final test ELBO's (None: all)
+    is_images=None,            # importance-sampled NLL on a uniform sample of n test images (None: all)
     is_samples=1000,           # M, samples z_i ~ q(z|x) per image
     is_batch=100,              # images per encoder pass in importance sampling
     is_chunk=100,              # samples per image per decoder pass (is_batch * is_chunk latents)
@@ -129,7 +128,7 @@ PROFILES = {
             layout='v1',            # the networks the committed cpu runs were trained with (see CPU_REASONS)
             init_output_bias=True,  # Gaussian VAE output bias at the logit of the mean image (see CPU_REASONS)
             monitor_images=1000,    # per-epoch test loss on 1000 test images (the final test ELBO uses all 10000)
-            is_images=1000,         # IS NLL on the first 1000 test images, M = 1000 (full: all 10000)
+            is_images=1000,         # IS NLL on a uniform sample of 1000 test images, M = 1000 (full: all 10000); the committed cpu runs used the first 1000
             is_batch=20,            # 20 images x 100 samples per decoder pass
         ),
         # encoder and decoder capacity 64 depth 5 (full: 128, 51: ~5 images/s, 70 h); 6 epochs (full: 20)
@@ -202,6 +201,8 @@ AUTO_PROFILES = ('cpu', 'full')  # smoke's numbers show nothing, so tests train 
 BF16_FLAGS = ('amx_bf16', 'avx512_bf16', 'bf16')  # /proc/cpuinfo: x86 AMX and AVX-512, Arm's BF16
 
 REMEDIES = ('baseline', 'warmup', 'freebits', 'weak')
+
+LAYOUTS = ('course', 'v1')  # models.py's layouts: the framework's networks, and those of the committed cpu runs
 
 
 # Every number a part can report: key -> (label, the model kinds whose summary reports it).
@@ -287,7 +288,8 @@ def config(part, profile='full', **overrides):
         raise ValueError(f'unknown setting(s) {sorted(unknown)}; the settings are {sorted(cfg)}')
     cfg.update(overrides)
     check_precision(cfg['precision'])
-    models._check_layout(cfg['layout'])
+    if cfg['layout'] not in LAYOUTS:
+        raise ValueError(f'layout must be one of {", ".join(LAYOUTS)}, got {cfg["layout"]!r}')
     cfg['epochs'] = as_int(cfg['epochs'], 'epochs', minimum=1)
     cfg['compile_train'] = as_bool(cfg['compile_train'], 'compile_train')
     if cfg['is_images'] is not None:
@@ -434,6 +436,19 @@ MODEL_SPECS = {'pixelcnn': _pixelcnn_spec, 'gaussian_vae': _gaussian_vae_spec, '
 def model_spec(cfg):
     """{name: (class name in models.py, constructor kwargs)}: what rebuilds the part's models."""
     return MODEL_SPECS[cfg['model']](cfg)
+
+
+def check_extras(part, profile, cfg):
+    """Refuse, in one sentence, a part whose settings need this project's extras that the models.py
+    here has not (a file written to the course's API only: student.needed_extras); the other parts run."""
+    need = student.needed_extras(model_spec(cfg), cfg)
+    if not need:
+        return
+    full = [p for p in PARTS if not student.needed_extras(model_spec(config(p, 'full')), config(p, 'full'))]
+    raise student.NeedsExtrasError(
+        f'{part} needs {"; and ".join(need)}, in the {profile} profile: these are this project\'s extras, not the '
+        f'course\'s API, so your models.py cannot train {part} here, and every part that needs none of them runs'
+        + (f' (in the full profile, the course\'s settings: {", ".join(full)})' if full and profile != 'full' else ''))
 
 
 def part_dir(results_dir, part, profile, precision='fp32'):

@@ -16,6 +16,7 @@ from engine.files import read_json
 from engine.locks import RunLockedError
 from engine.runs import ForeignCodeError, ResultsExistError, guard_results_dir, pick_precision, run_part, switches
 from engine.timing import estimate
+from engine.student import NeedsExtrasError
 from engine.train import CheckpointError
 
 ENTRY_POINT = os.path.join(ROOT, 'experiments.py')  # what a --jobs process runs
@@ -179,7 +180,8 @@ class PartsFailedError(RuntimeError):
     """`all` ran every part it could, and some could not run (skipped or failed)."""
 
 
-REFUSALS = (ResultsExistError, RunLockedError, CheckpointError, ForeignCodeError)  # the engine declined to run a part: nothing was done
+# the engine declined to run a part: nothing was done
+REFUSALS = (ResultsExistError, RunLockedError, CheckpointError, ForeignCodeError, NeedsExtrasError)
 
 
 def run_one(part, out, **kwargs):
@@ -313,13 +315,14 @@ def run_jobs(parts, estimates, plan, jobs, outcomes=None):
             del running[part]
             outcome = job_outcome(part, proc.returncode, log, estimates[part]['precision'], plan, first)
             print(f'{part}: {outcome} after {fmt_time(time.time() - t0)}', flush=True)
-            (stopped if outcome == 'stopped' else failed if outcome.startswith(('failed', 'skipped')) else []).append(part)
+            ended = stopped if outcome == 'stopped' else failed if outcome.startswith(('failed', 'skipped')) else []
+            ended.append(part)
             if outcomes is not None:
                 outcomes[part] = (outcome.split(' ')[0].rstrip(':'), f'{outcome} (its output: {log})')
     if failed and outcomes is None:
         logs = [os.path.join(part_dir(plan['results_dir'], p, plan['profile'], estimates[p]['precision']), JOB_LOG)
                 for p in failed]
-        raise PartsFailedError('; '.join(f'{p} failed (its output: {log})' for p, log in zip(failed, logs))
+        raise PartsFailedError('; '.join(f'{p} failed (its output: {log})' for p, log in zip(failed, logs, strict=True))
                                + '; the other parts ran to their end; no summary written')
     return stopped
 

@@ -27,11 +27,14 @@ from engine import figures, student
 from engine.config import (AUTO_PROFILES, BF16_PARITY, PRECISIONS, TITLES, as_bool, bf16_units, changes, config,
                            describe_hardware, gpu_precision, model_spec, part_dir, pick_device, pick_profile,
                            precisions_started, run_dir, with_defaults)
-from engine.evaluate import SUBSET_SEED, EvaluationStopped, PartialPass, evaluate, subset_of, to_host64
+from engine.config import check_extras
+from engine.evaluate import evaluate, to_host64
 from engine.files import keep_out_of_git, read_json, write_json
 from engine.locks import part_lock
+from engine.partial import EvaluationStopped, PartialPass
 from engine.reproduce import git_commit
 from engine.student import code_digest
+from engine.subsets import SUBSET_SEED, subset_of
 from engine.timing import precision_speeds
 from engine.train import atomic_save, build, init_output_bias, load_data, model_record, say, train
 from engine.transfer import PACK_BYTES, carry, drop_carried, restore_carried
@@ -48,7 +51,7 @@ class ForeignCodeError(RuntimeError):
 # settings a finished run does not depend on: how the steps were executed, not what they computed (ours:
 # compile_train's CUDA graphs run the same operations; a change of it mid-run is one line of run.log)
 FINISHED_IGNORES = ('compile', 'compile_train', 'checkpoint_minutes')
-PARTIAL = 'is_partial.pt'  # an importance-sampling pass in progress, resumed by a rerun (evaluate.PartialPass)
+PARTIAL = 'is_partial.pt'  # an importance-sampling pass in progress, resumed by a rerun (partial.PartialPass)
 AUTO_SPEEDUP = 1.1  # 'auto' trains in bfloat16 only where it measures at least this much faster
 CODE_COPY = 'code'  # <part dir>/code/: the models.py and losses.py of a run made with a student's code
 
@@ -116,7 +119,7 @@ def keep_code(out):
 def describe_images(n, subset=None):
     if n is None or subset == 'all':
         return 'all test images'
-    if subset is not None and subset.startswith('uniform:'):  # evaluate.test_subset's sample
+    if subset is not None and subset.startswith('uniform:'):  # subsets.test_subset's sample
         return f'a uniform sample of {n} test images (seed {subset.split(":", 1)[1]})'
     return f'the first {n} test images'
 
@@ -141,15 +144,17 @@ def finished_run(paths, cfg, out, part, profile):
         if not differ and cfg['model'] == 'binary_vae':
             results = os.path.dirname(os.path.dirname(out))
             recorded = done['values'].get(f'test_nll_is{saved["is_samples"]}') or dict(n_images=0, subset='all')
-            print(f'{out}: its importance-sampled NLL covers {describe_images(saved["is_images"], subset_of(recorded))}, '
-                  f'not {describe_images(cfg["is_images"], f"uniform:{SUBSET_SEED}")} as asked; to recompute it from the model: python '
-                  f'experiments.py eval {part} --quantity test_nll_is{saved["is_samples"]} --profile {profile}'
+            print(f'{out}: its importance-sampled NLL covers '
+                  f'{describe_images(saved["is_images"], subset_of(recorded))}, not '
+                  f'{describe_images(cfg["is_images"], f"uniform:{SUBSET_SEED}")} as asked; to recompute it from the '
+                  f'model: python experiments.py eval {part} --quantity test_nll_is{saved["is_samples"]} '
+                  f'--profile {profile}'
                   + (f' --precision {cfg["precision"]}' if cfg['precision'] != 'fp32' else '')
                   + (f' --results-dir {shlex.quote(results)}' if results != 'results' else '')
                   + ' --is-images N --keep --update', flush=True)
     if differ:
-        raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it is '
-                                f'kept as it is. To train this part with the new settings, {way_out}')
+        raise ResultsExistError(f'{out} holds a finished run with other settings ({changes(saved, cfg, differ)}); it '
+                                f'is kept as it is. To train this part with the new settings, {way_out}')
     changed = [f for f, digest in code_digest().items() if (done.get('code') or {}).get(f) != digest]
     if changed:
         raise ResultsExistError(f'{out} holds a finished run whose numbers came from another {" and ".join(changed)} '
@@ -259,6 +264,7 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     profile = pick_profile(profile, device)
     precision, why = pick_precision(precision, part, profile, device, results_dir, fresh)
     cfg = config(part, profile, precision=precision, **overrides, **switches(is_images, compile_train))
+    check_extras(part, profile, cfg)  # a models.py of the course's API only: one sentence on what the part needs
     out = part_dir(results_dir, part, profile, cfg['precision'])
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
@@ -349,9 +355,11 @@ def carry_parts(profile, precision='fp32', results_dir='results', parts=None, pi
     """`carry` the checkpoint of each of `parts` (default: every unfinished part with one) in
     results_dir/<profile>[-<precision>]; returns the manifests written."""
     from engine.config import PARTS
-    found = [p for p in PARTS if os.path.exists(os.path.join(part_dir(results_dir, p, profile, precision), 'checkpoint.pt'))
+    found = [p for p in PARTS
+             if os.path.exists(os.path.join(part_dir(results_dir, p, profile, precision), 'checkpoint.pt'))
              and not os.path.exists(os.path.join(part_dir(results_dir, p, profile, precision), 'metrics.json'))]
     if parts is None and not found:
         raise ValueError(f'no unfinished part in {run_dir(results_dir, profile, precision)} has a checkpoint: nothing '
                          f'to carry')
-    return [carry(part_dir(results_dir, p, profile, precision), piece_bytes) for p in (found if parts is None else parts)]
+    return [carry(part_dir(results_dir, p, profile, precision), piece_bytes)
+            for p in (found if parts is None else parts)]

@@ -27,7 +27,7 @@ import losses
 import models
 from engine import student
 from engine.config import changes, describe_hardware, model_spec, settings_differ
-from engine.evaluate import bar, cuda_numerics, noise
+from engine.evaluate import bar, cuda_numerics, noise, test_subset
 
 # CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
 # the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
@@ -62,7 +62,9 @@ def adam(params, lr):
 
 
 def build(spec, device):
-    return {name: getattr(models, cls)(**kwargs).to(device) for name, (cls, kwargs) in spec.items()}
+    """The part's networks, {name: models.<class>(**kwargs)} on `device` (student.construct: a class written
+    to the course's API gets the course's arguments only)."""
+    return {name: student.construct(cls, kwargs).to(device) for name, (cls, kwargs) in spec.items()}
 
 
 def init_output_bias(nets, cfg, device):
@@ -75,6 +77,10 @@ def init_output_bias(nets, cfg, device):
     its gradient is alive. Only the initial values change; a checkpoint's weights replace them."""
     if cfg['model'] != 'gaussian_vae' or not cfg['init_output_bias']:
         return
+    bias = getattr(nets['decoder'], 'bias', None)
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (28, 28):
+        raise student.NeedsExtrasError("init_output_bias needs the decoder's per-pixel output bias, "
+                                       "models.GaussianVAEDecoder.bias of shape (28, 28), which the one here has not")
     mean = load_data(cfg, train=True).mean(0)[0].clamp(1e-3, 1 - 1e-3)  # (28, 28)
     with torch.no_grad():
         nets['decoder'].bias.copy_(torch.logit(mean).to(device))
@@ -173,12 +179,13 @@ def pixelcnn_objective(nets, cfg, x, eps, beta):
 
 
 def _encode(nets, cfg, x, eps, decode):
-    """z ~ q(z|x) by reparameterisation and the decoder's output, under the training precision."""
+    """z ~ q(z|x) by reparameterisation and the decoder's output, under the training precision. The
+    encoder's logqzx comes as its (B, 49) per-dimension terms where it gives them (this project's
+    encoder: free bits needs them), else as (B,) (an encoder written to the course's API only)."""
     f = nets['encoder']
     with low_precision(cfg['precision'], x.device):
-        h, mu, logvar = f.encode(x)                                   # (B, C, 7, 7), (B, 49), (B, 49)
-        z, terms = f.reparameterize(h, mu, logvar, eps, per_dim=True)  # (B, 49), (B, 49)
-        out = decode(nets['decoder'], z, x)                           # (B, 1, 28, 28)
+        z, terms, mu, logvar = student.posterior(f, x, eps, per_dim=student.is_projects(type(f)))
+        out = decode(nets['decoder'], z, x)  # (B, 1, 28, 28)
     return tuple(t.float() for t in (z, terms, mu, logvar, out))
 
 
@@ -193,8 +200,10 @@ def binary_vae_objective(nets, cfg, x, eps, beta):
     """-log p(x|z) + beta (log q(z|x) - log r(z)), one z per image (6b-6e); with free bits the KL
     term is sum_d max(lambda, batch-mean KL_d) instead."""
     z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z, x))
-    recon, kl = loss_on(losses.discrete_output_elbo, x.device)(out, x, z, terms.sum(1))
+    recon, kl = loss_on(losses.discrete_output_elbo, x.device)(out, x, z, terms.sum(1) if terms.dim() == 2 else terms)
     if cfg['free_bits'] > 0:
+        if terms.dim() != 2:
+            raise student.NeedsExtrasError(f'free bits needs {student.PER_DIM}, which the encoder here does not give')
         # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
         return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
     return recon + beta * kl, recon, kl
@@ -240,6 +249,17 @@ def captured(fn, device):
                 fast[0] = None
         return fn(nets, cfg, x, eps, beta)
     return call
+
+
+def fresh_compiler(cfg):
+    """Start the part with torch.compile's caches empty, when it compiles anything (the training
+    objective, or importance sampling on the CPU). TorchDynamo keeps compiled code per Python
+    function across the parts of one process (`all`, a notebook): every part's networks and
+    settings add graphs to those of the objective, and a function that holds
+    torch._dynamo.config.recompile_limit of them (8) runs eagerly from then on, with only a log
+    warning (the parts of `all --compile-train` in a row: from 6e-freebits' autoregressive phase on)."""
+    if cfg['compile_train'] or cfg['compile']:
+        torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +350,7 @@ def load_models(record, device, autoregress):
     autoregression on or off as recorded."""
     nets = {}
     for name, r in record.items():
-        nets[name] = getattr(models, r['cls'])(**model_kwargs(r)).to(device)
+        nets[name] = student.construct(r['cls'], model_kwargs(r)).to(device)
         load_state(nets[name], model_state(r), f'the {name} of a model file', 'Load it with the code that trained it, '
                    'or retrain the part with the code here')
         nets[name].eval()
@@ -472,7 +492,7 @@ class Stepping:
         cfg, state = self.cfg, self.state
         bs = cfg['batch_size']
         x = x_train[self.order[b * bs:(b + 1) * bs]]  # (B, 1, 28, 28)
-        eps = noise(self.noise, (len(x), models.LATENT ** 2)) if cfg['model'] != 'pixelcnn' else None
+        eps = noise(self.noise, (len(x), student.LATENT_DIMS)) if cfg['model'] != 'pixelcnn' else None
         # KL warm-up, counted in steps: beta rises over kl_warmup epochs from kl_warmup_start
         beta = kl_weight(state['step'], cfg['kl_warmup'] * steps_per_epoch, cfg['kl_warmup_start'] * steps_per_epoch)
         loss, recon, kl = self.objective(self.nets, cfg, x, eps, beta)
@@ -596,6 +616,7 @@ class Training(Checkpointing, Stepping, Epochs):
         self.pending = []     # per-step numbers not yet read from the device
         self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
         self.order = None     # the epoch's data order (state['perm']) on the device
+        fresh_compiler(cfg)
         self.objective = captured(objective, self.device) if cfg['compile_train'] else objective
 
     def run(self, stop_at=None):
@@ -609,7 +630,9 @@ class Training(Checkpointing, Stepping, Epochs):
             return True
         x_train = load_data(cfg, train=True).to(self.device)
         check_training_data(x_train, self.device)
-        x_monitor = load_data(cfg, train=False)[:cfg['monitor_images']].to(self.device)
+        x_test = load_data(cfg, train=False)
+        index = test_subset(len(x_test), cfg['monitor_images'])  # the sample the final test ELBO covers
+        x_monitor = (x_test if index is None else x_test[index]).to(self.device)
         steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
         last_save = time.time()
         for epoch in range(state['epoch'], cfg['epochs']):

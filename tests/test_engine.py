@@ -7,6 +7,7 @@ optimiser, the output bias and bfloat16 training."""
 import json
 import math
 import os
+import pathlib
 import re
 import time
 import warnings
@@ -53,7 +54,7 @@ def seeded_eps(shape, seed=SEED):
 def per_image_by_hand(loss, *tensors):
     """loss evaluated on each image on its own (a batch of one), its terms stacked: (n,) each."""
     rows = [loss(*(t[i:i + 1] for t in tensors)) for i in range(len(tensors[0]))]
-    return [torch.stack(column) for column in zip(*rows)]
+    return [torch.stack(column) for column in zip(*rows, strict=True)]
 
 
 def sample_stats(values):
@@ -161,7 +162,7 @@ def test_per_image_runs_each_loss_on_one_image_at_a_time_under_vmap():
                         (x1, x2, z, mu, logvar))):
         got = V.per_image(loss, *args)
         want = per_image_by_hand(loss, *args)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert g.shape == (5,)
             torch.testing.assert_close(g, w)
     torch.testing.assert_close(V.per_image(losses.cross_entropy, x1, x2), per_image_by_hand(
@@ -223,13 +224,17 @@ def test_evaluate_reports_each_quantity_of_a_binary_vae_on_its_images():
                                                         test_nll_is4=3)
     assert out['test_nll_is4']['M'] == 4 and keep['test_nll_is4'].shape == (3,)
     assert out['test_nll_is4']['value'] == round(keep['test_nll_is4'].double().mean().item(), 6)
-    assert set(keep) == {'test_elbo', 'test_recon', 'kl', 'test_nll_is4'} and keep['kl'].shape == (6,)
+    assert set(keep) == {'test_elbo', 'test_recon', 'kl', 'test_nll_is4', 'test_elbo_index', 'test_recon_index',
+                         'kl_index', 'test_nll_is4_index'} and keep['kl'].shape == (6,)
+    assert {v['subset'] for v in out.values()} == {f'uniform:{V.SUBSET_SEED}'}
     assert out == V.evaluate(nets, cfg, test_x, progress=False)  # seeded: the same numbers again
     # one quantity at a time: the same numbers, and only its group
     assert V.evaluate(nets, cfg, test_x, only='active_units', progress=False) == dict(active_units=out['active_units'])
     assert V.evaluate(nets, cfg, test_x, only='test_nll_is4', progress=False) == dict(test_nll_is4=out['test_nll_is4'])
-    assert V.evaluate(nets, cfg, test_x, only='kl', progress=False) == {k: out[k] for k in ('test_elbo', 'test_recon', 'kl')}
-    with pytest.raises(ValueError, match="part has no quantity 'test_nll'; it has test_elbo, test_nll_is4, kl, active_units"):
+    assert V.evaluate(nets, cfg, test_x, only='kl', progress=False) == {
+        k: out[k] for k in ('test_elbo', 'test_recon', 'kl')}
+    with pytest.raises(ValueError,
+                       match="part has no quantity 'test_nll'; it has test_elbo, test_nll_is4, kl, active_units"):
         V.evaluate(nets, cfg, test_x, only='test_nll', progress=False)
 
 
@@ -239,10 +244,12 @@ def test_evaluate_draws_each_group_from_its_own_seeded_stream(monkeypatch):
     cfg, nets, test_x = evaluate_setup('6d')
     out = V.evaluate(nets, cfg, test_x, progress=False)
     gen = torch.Generator().manual_seed(cfg['seed'] + 202)
-    nll = V.importance_sampled_nll(nets['encoder'], nets['decoder'], test_x[:3], 4, 2, 2, generator=gen)
-    assert out['test_nll_is4'] == dict(V.mean_stderr(nll), M=4)
+    nll = V.importance_sampled_nll(nets['encoder'], nets['decoder'], test_x[V.test_subset(len(test_x), 3)], 4, 2, 2,
+                                   generator=gen)
+    assert out['test_nll_is4'] == dict(V.mean_stderr(nll), M=4, subset=f'uniform:{V.SUBSET_SEED}')
     seeds = []
-    monkeypatch.setattr(V, 'active_units', lambda f, x, samples, seed: seeds.append((len(x), samples, seed)))
+    monkeypatch.setattr(V, 'active_units', lambda f, x, samples, seed: seeds.append((len(x), samples, seed)) or
+                        dict(value=0, stderr=None, n_images=len(x)))
     V.evaluate(nets, cfg, test_x, only='active_units', progress=False)
     assert seeds == [(6, cfg['au_samples'], cfg['seed'] + 303)]
 
@@ -265,7 +272,8 @@ def test_a_compile_failure_names_what_failed_and_runs_it_eagerly(monkeypatch, ca
     monkeypatch.setattr(torch, 'compile', broken_compile)
     unnamed = V.Compiled(lambda t: t * 2)
     assert torch.equal(unnamed(torch.ones(2)), torch.full((2,), 2.0))
-    assert 'torch.compile of function failed (RuntimeError: no C++ compiler); running it eagerly' in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert 'torch.compile of function failed (RuntimeError: no C++ compiler); running it eagerly' in said
     assert torch.equal(unnamed(torch.ones(2)), torch.full((2,), 2.0)) and capsys.readouterr().err == ''  # said once
     off = V.Compiled(lambda t: t + 1, enabled=False)
     assert torch.equal(off(torch.ones(1)), torch.full((1,), 2.0)) and capsys.readouterr().err == ''
@@ -280,7 +288,8 @@ def test_importance_sampling_on_a_linear_gaussian_model():
     2), equals the ELBO log p(x) - KL(q || p(z|x)) at M = 1, and the gap shrinks as M grows."""
     g = torch.Generator().manual_seed(0)
     model = LinearGaussianModel(g)
-    x = model.b + model.A @ torch.randn(2, generator=g, dtype=DTYPE) + model.s * torch.randn(3, generator=g, dtype=DTYPE)
+    z, noise = torch.randn(2, generator=g, dtype=DTYPE), torch.randn(3, generator=g, dtype=DTYPE)
+    x = model.b + model.A @ z + model.s * noise
     log_px = model.log_marginal(x).item()
     post = model.posterior(x)
     q = torch.distributions.MultivariateNormal(post.loc + 0.4, torch.diag(post.covariance_matrix.diagonal() * 1.5))
@@ -348,7 +357,7 @@ def test_a_partial_pass_of_another_model_or_a_damaged_one_is_not_used(tmp_path, 
         assert torch.equal(nll(partial=V.PartialPass(path), **changed), nll(**changed))
         assert 'holds importance sampling of another model, other test images or other settings' in \
             capsys.readouterr().err
-    open(path, 'wb').write(b'half a file')
+    pathlib.Path(path).write_bytes(b'half a file')
     assert torch.equal(nll(partial=V.PartialPass(path)), nll())
     assert 'cannot be read' in capsys.readouterr().err
 
@@ -626,7 +635,8 @@ def test_free_bits_objective_drops_the_kl_gradient_of_dimensions_under_the_floor
     gradient is that of the reconstruction term alone."""
     f, g = tiny_vae(dtype=torch.float32)
     nets = dict(encoder=f, decoder=g)
-    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3, dtype=torch.float32), generator=torch.Generator().manual_seed(0))
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3, dtype=torch.float32),
+                        generator=torch.Generator().manual_seed(0))
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
     cfg = dict(C.config('6e-freebits', 'smoke'), free_bits=1e3)
     objective, recon, kl = T.objective(nets, cfg, x, eps)
@@ -634,7 +644,7 @@ def test_free_bits_objective_drops_the_kl_gradient_of_dimensions_under_the_floor
     params = [p for net in nets.values() for p in net.parameters()]
     grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
     recon_grads = torch.autograd.grad(recon, params, allow_unused=True)
-    for a, b in zip(grads, recon_grads):
+    for a, b in zip(grads, recon_grads, strict=True):
         assert (a is None and b is None) or torch.allclose(a, b)
 
 
@@ -684,7 +694,7 @@ def test_pixelvae_switches_autoregression_on_at_its_epoch(pixelvae_run):
     # and evaluation used it: the test -ELBO differs from that of the same model without it
     nets = T.load_models(run.model['models'], 'cpu', autoregress=False)
     cfg = run.model['config']
-    x = T.load_data(cfg, train=False)[:cfg['test_images']]
+    x = T.load_data(cfg, train=False)[V.test_subset(10000, cfg['test_images'])]
     off = V.neg_elbo(nets, cfg, x, cfg['seed'] + 101)['test_elbo']['value']
     assert abs(off - run.metrics['values']['test_elbo']['value']) > 1e-3
 
@@ -710,7 +720,8 @@ def test_kl_warmup_rises_per_step_over_its_epochs(request, which, betas):
     assert hist['step'] == list(range(8))
     assert hist['beta'] == pytest.approx(betas)
     # the objective is recon + beta KL, the recorded loss the plain negative ELBO
-    for obj, recon, kl, beta, loss in zip(hist['objective'], hist['recon'], hist['kl'], hist['beta'], hist['loss']):
+    for obj, recon, kl, beta, loss in zip(hist['objective'], hist['recon'], hist['kl'], hist['beta'], hist['loss'],
+                                          strict=True):
         assert obj == pytest.approx(recon + beta * kl, rel=1e-5, abs=1e-3)
         assert loss == pytest.approx(recon + kl)
 
@@ -882,7 +893,7 @@ def test_captured_training_objective_equals_eager(capsys):
         results.append((torch.stack([loss, recon, kl]).detach(), torch.autograd.grad(loss, params)))
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    for g1, g2 in zip(ga, gb):
+    for g1, g2 in zip(ga, gb, strict=True):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
     assert 'failed' not in capsys.readouterr().out
 
@@ -972,7 +983,7 @@ def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
         training.objective = nan_gradient
         with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
             training.step(x_train, b, 2)
-        assert all(torch.equal(p, q) for p, q in zip(training.params, before))
+        assert all(torch.equal(p, q) for p, q in zip(training.params, before, strict=True))
         training.objective = T.objective
         training.step(x_train, b, 2)
 
@@ -990,7 +1001,8 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
                                                 r'optimizer, rng\); rerun with --fresh'):
         training.resume()
     torch.save({'epoch': 1, 'payload': NotATensor()}, training.path)
-    with pytest.raises(T.CheckpointError, match=r'(?s)is corrupt or unreadable .*rerun with --fresh \(fresh=True\) or delete it'):
+    with pytest.raises(T.CheckpointError,
+                       match=r'(?s)is corrupt or unreadable .*rerun with --fresh \(fresh=True\) or delete it'):
         training.resume()
 
 
@@ -1053,7 +1065,8 @@ def test_a_model_record_rebuilds_each_kind_on_the_device_asked_for(part):
             assert back['decoder'].autoregress is autoregress
         for name, net in back.items():
             assert net.state_dict().keys() == nets[name].state_dict().keys()
-            assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), nets[name].state_dict().values()))
+            assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), nets[name].state_dict().values(),
+                                                         strict=True))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # loading weights into meta tensors is a no-op, and torch says so
         far = T.load_models(record, 'meta', False)
@@ -1077,9 +1090,9 @@ def test_fused_adam_takes_the_same_step_as_plain_adam():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
-    assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start))  # every parameter moved
+    assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start, strict=True))  # every parameter moved
 
 
 def test_gaussian_decoder_starts_at_the_mean_digit():
@@ -1118,7 +1131,7 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
     full = T.objective(nets, cfg, x, eps)
     low = T.objective(nets, dict(cfg, precision='bf16'), x, eps)
     assert seen == [torch.float32, torch.bfloat16]   # the objective really runs the networks in bfloat16
-    for a, b in zip(low, full):
+    for a, b in zip(low, full, strict=True):
         assert a.dtype == torch.float32
         assert a.item() == pytest.approx(b.item(), rel=2e-2, abs=0.5)
     params = [p for net in nets.values() for p in net.parameters()]

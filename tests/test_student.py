@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import experiments as E
+from engine import jobs
 from engine import student
 from engine import train as T
 from reporting import versus
@@ -102,8 +103,8 @@ def test_parameters_that_do_not_fit_are_named(tmp_path):
 
 
 def test_all_goes_on_past_a_part_that_cannot_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(E, 'estimate_all', lambda profile, parts, *a, **k: {p: dict(seconds=0.0, precision='fp32')
-                                                                        for p in parts})
+    monkeypatch.setattr(jobs, 'estimate_all', lambda profile, parts, *a, **k: {p: dict(seconds=0.0, precision='fp32')
+                                                                           for p in parts})
     monkeypatch.setattr(E, 'write_summary', lambda *a, **k: None)
 
     def run_part(part, **kwargs):
@@ -112,7 +113,7 @@ def test_all_goes_on_past_a_part_that_cannot_run(tmp_path, monkeypatch, capsys):
         if part == '5c':
             raise NotImplementedError('my encoder is not written yet')
         return {'values': {'test_nll': {'value': 1.5, 'stderr': 0.1}}}
-    monkeypatch.setattr(E, 'run_part', run_part)
+    monkeypatch.setattr(jobs, 'run_part', run_part)
     with pytest.raises(SystemExit) as stop:
         E.main(['all', '--profile', 'smoke', '--parts', '5b,5c,6a', '--device', 'cpu', '--results-dir', str(tmp_path)])
     assert stop.value.code not in (0, None) and '2 of 3 parts did not run (5b, 5c)' in str(stop.value.code)
