@@ -373,14 +373,17 @@ def total_grad_norm(params):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def stop_message(part, where, path, saved, what):
-    """Why a run stops on a non-finite number, where, and which checkpoint is kept."""
+def stop_message(part, where, path, saved, what, first=False):
+    """Why a run stops on a non-finite number, where, which checkpoint is kept, and the suspect: at the
+    first step (first=True), before any update, the model or the loss code; later, the learning rate."""
     kept = (f'the last good checkpoint, {path}, holds epoch {saved["epoch"]} + {saved["batch"]} batches and was '
             f'not overwritten; rerunning resumes from it' if saved else
             f'no checkpoint had been written yet ({path} does not exist); a rerun starts from scratch')
-    return (f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. '
-            f'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or use '
-            f'--precision fp32 if this was a bf16 or fp16 run.')
+    advice = ('This was the first step, before any parameter was updated, so the learning rate is not the cause: '
+              'look at the networks of models.py and the losses of losses.py (pytest -m course_api checks both).'
+              if first else 'A rerun with the same settings meets the same numbers: lower the learning rate (lr) or '
+                             'use --precision fp32 if this was a bf16 or fp16 run.')
+    return f'part {part}: {what} at {where}; training stopped, nothing non-finite was saved: {kept}. {advice}'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +530,8 @@ class Stepping:
                 self.pending = []
                 what = (f'the training loss is {obj}' if not math.isfinite(obj)
                         else f'the gradient norm is {grad_norm} (the loss is {obj})')
-                message = stop_message(self.part, self.where(b, step), self.path, self.saved, what)
+                message = stop_message(self.part, self.where(b, step), self.path, self.saved, what,
+                                       first=step == 0)
                 say(self.out, message)
                 raise NonFiniteLossError(message)
             for k, v in (('step', step), ('objective', obj), ('recon', recon), ('kl', kl), ('beta', beta)):

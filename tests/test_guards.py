@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def students_code(tmp_path, monkeypatch):
     code = tmp_path / 'code'
     code.mkdir()
     shutil.copy(os.path.join(ROOT, 'models.py'), code / 'models.py')
-    (code / 'losses.py').write_text(open(os.path.join(ROOT, 'losses.py')).read() + '\n# my edit\n')
+    (code / 'losses.py').write_text(pathlib.Path(ROOT, 'losses.py').read_text() + '\n# my edit\n')
     monkeypatch.setattr(student, 'CODE_DIR', str(code))
     assert student.changed_files() == ['losses.py']
     return code
@@ -111,10 +112,10 @@ def test_the_run_lock_removes_only_the_engines_files_whose_writer_is_gone(tmp_pa
     try:
         live = files._tmp_path(str(out / 'checkpoint.pt')).replace(f'.{os.getpid()}.', f'.{sleeper.pid}.')
         (out / 'notes.tmp').write_text('my notes')
-        open(live, 'wb').write(b'being written')
+        pathlib.Path(live).write_bytes(b'being written')
         done = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
         dead = files._tmp_path(str(out / 'model.pt')).replace(f'.{os.getpid()}.', f'.{done.stdout.strip()}.')
-        open(dead, 'wb').write(b'half a model')
+        pathlib.Path(dead).write_bytes(b'half a model')
         with locks.part_lock(str(out)):
             assert (out / 'notes.tmp').exists() and os.path.exists(live)  # a user's file, a live writer's file
             assert not os.path.exists(dead)  # the engine's file of a writer that is gone
@@ -131,9 +132,8 @@ def test_a_recycled_pid_in_the_lock_does_not_refuse_for_ever(tmp_path):
     try:
         started = locks.process_started(sleeper.pid)
         (out / 'run.lock').write_text(json.dumps(dict(pid=sleeper.pid, started=started)))
-        with pytest.raises(locks.RunLockedError, match=f'in use by process {sleeper.pid}'):
-            with locks.part_lock(str(out)):
-                pass
+        with pytest.raises(locks.RunLockedError, match=f'in use by process {sleeper.pid}'), locks.part_lock(str(out)):
+            pass
         (out / 'run.lock').write_text(json.dumps(dict(pid=sleeper.pid, started=started - 3600)))  # another process
         with locks.part_lock(str(out)):
             assert json.loads((out / 'run.lock').read_text())['pid'] == os.getpid()
@@ -197,3 +197,12 @@ def test_auto_on_a_gpu_keeps_the_precision_of_a_run_already_started(tmp_path, mo
     open(os.path.join(bf16, 'checkpoint.pt'), 'wb').close()
     chosen, why = runs.pick_precision('auto', '6b', 'full', 'cuda', str(tmp_path))
     assert chosen == 'fp16' and f'its run in {bf16} is in bf16, which cuda cannot train in' in why
+
+
+def test_a_nan_loss_at_the_first_step_points_at_the_code_not_the_learning_rate(tmp_path, monkeypatch):
+    from engine import train as T
+    objective = T.objective
+    monkeypatch.setattr(T, 'objective', lambda *a, **k: tuple(v * float('nan') for v in objective(*a, **k)))
+    with pytest.raises(T.NonFiniteLossError, match=r'step 0;.*This was the first step') as err:
+        E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
+    assert 'models.py' in str(err.value) and 'lower the learning rate' not in str(err.value)
