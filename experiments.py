@@ -37,13 +37,13 @@ import time
 from engine import student
 from engine.config import PARTS, PRECISIONS, PROFILES, config, list_settings, part_for, pick_device, pick_profile  # noqa: F401
 from engine.devices import check_device
-from engine.evaluate import EvaluationStopped
 from engine.files import read_json  # noqa: F401 (tests)
 from engine.jobs import (JOB_LOG, PartsFailedError, check_parts, check_run_length, estimate_all,  # noqa: F401
                          job_command, run_parts)
 from engine.jobs import run_all as run_parts_all
 from engine.locks import RunLockedError
 from engine.notebooks import run_notebooks
+from engine.partial import EvaluationStopped
 from engine.reproduce import eval_command, git_commit, redraw, verify  # noqa: F401 (tests)
 from engine.runs import (ForeignCodeError, ResultsExistError, carry_parts, guard_run, pick_precision,  # noqa: F401
                          run_part, switches)
@@ -53,6 +53,7 @@ from reporting import versus
 from reporting.display import compare, show, show_finished, show_remedies  # noqa: F401 (notebooks)
 from reporting.summary import write_summary
 from reporting.versus import show_versus  # noqa: F401 (notebooks)
+
 
 def run_all(*args, **kwargs):
     """engine.jobs.run_all, then the summary of each run directory it wrote into."""
@@ -66,7 +67,12 @@ PROFILE_HELP = ("full: the course's settings (a GPU: minutes to hours a part); c
 
 
 def add_commands(sub):
-    """The subcommands and their own options."""
+    """The subcommands and their own options: {name: its parser}."""
+    return {**add_run_commands(sub), **add_reading_commands(sub), **add_moving_commands(sub)}
+
+
+def add_run_commands(sub):
+    """The commands that train and evaluate: all, run, eval, estimate."""
     a = sub.add_parser('all', help='run every part (or --parts), then write the summary')
     a.add_argument('--jobs', type=int, default=1,
                    help='run N parts at once, each a process of its own on the same device, its output in '
@@ -76,7 +82,8 @@ def add_commands(sub):
     r.add_argument('--epochs', type=int, default=None, help="train this many epochs instead of the profile's")
     e = sub.add_parser('eval', help='recompute one number from <run dir>/<part>/model.pt; the last line is the value')
     e.add_argument('part', choices=list(PARTS))
-    e.add_argument('--quantity', required=True, help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
+    e.add_argument('--quantity', required=True,
+                   help='test_elbo, test_elbo_mc, test_nll, test_nll_is<M>, kl, active_units')
     e.add_argument('--keep', action='store_true', help="add the per-image values to the part's per_image.pt")
     e.add_argument('--update', action='store_true', help='write the recomputed value into metrics.json')
     e.add_argument('--is-images', type=int, default=None,
@@ -90,6 +97,11 @@ def add_commands(sub):
                    help='importance sampling only: stop cleanly after this many minutes, the images done saved '
                         'beside the model; the same command resumes there (exit status 3 while images are left)')
     es = sub.add_parser('estimate', help='measure throughput and estimate the time of each part')
+    return dict(all=a, run=r, eval=e, estimate=es)
+
+
+def add_reading_commands(sub):
+    """The commands that read the runs or the code: summary, compare, grade, notebooks, verify, list."""
     s = sub.add_parser('summary', help='rewrite summary.md and summary.json of every run directory')
     cp = sub.add_parser('compare', help="your finished parts (results/mine) beside the reference's, paired over the "
                                         'same test images; suspects among the course_api tests where yours is worse')
@@ -110,6 +122,11 @@ def add_commands(sub):
     v.add_argument('--runs', default=None, help='comma-separated run directories, e.g. cpu,cpu-bf16 (default: all)')
     v.add_argument('--quantities', default=None, help='comma-separated quantities, e.g. test_elbo,kl (default: all)')
     ls = sub.add_parser('list', help='print the parts, their settings and the deviations from the course framework')
+    return dict(summary=s, compare=cp, grade=gr, notebooks=nb, verify=v, list=ls)
+
+
+def add_moving_commands(sub):
+    """The commands that write files of a run or move them between machines: pack, figures, unpack, carry."""
     pk = sub.add_parser('pack', help="write a profile's results into DIR as packs of at most 8 files of 16 MiB")
     pk.add_argument('dir')
     pk.add_argument('--parts', default=None, help="comma-separated parts to pack (default: the profile's whole "
@@ -127,10 +144,10 @@ def add_commands(sub):
                                            'directories), in any order')
     ca = sub.add_parser('carry', help="each unfinished part's checkpoint.pt as <part>/checkpoint.pack: pieces of at "
                                       'most 16 MiB that git can hold between sittings; a rerun restores it')
-    ca.add_argument('--parts', default=None, help='comma-separated parts (default: every unfinished part with a checkpoint)')
+    ca.add_argument('--parts', default=None,
+                    help='comma-separated parts (default: every unfinished part with a checkpoint)')
     ca.add_argument('--piece-mib', type=float, default=PACK_BYTES / 2 ** 20, help='MiB of one piece at most')
-    return dict(all=a, run=r, eval=e, estimate=es, summary=s, compare=cp, grade=gr, notebooks=nb, verify=v, list=ls,
-                pack=pk, figures=fg, unpack=up, carry=ca)
+    return dict(pack=pk, figures=fg, unpack=up, carry=ca)
 
 
 def add_shared_options(p):
@@ -160,10 +177,14 @@ def add_shared_options(p):
          help="the run's training precision: fp32 (results in <results-dir>/<profile>), bf16 or fp16 "
               '(<results-dir>/<profile>-bf16, -fp16)')
     each('all run', '--fresh', action='store_true', help='discard existing checkpoints and results of the part(s)')
+    each('all run eval figures', '--seed', type=int, default=0,
+         help='training seed (default 0, the runs the answers quote); another seed is a run of its own, in '
+              '<part>-seed<k> beside the part, for the spread between training seeds')
     each('all run', '--no-progress', action='store_true', help='no progress bars')
     each('all run eval estimate summary notebooks verify pack unpack figures compare carry', '--results-dir',
          default='results')
-    each('all run eval estimate figures', '--device', default=None, help='cuda, mps or cpu (default: the first available)')
+    each('all run eval estimate figures', '--device', default=None,
+         help='cuda, mps or cpu (default: the first available)')
 
 
 def parser():
@@ -189,7 +210,8 @@ def guard_writes(args, what):
     """eval --update / --keep / --minutes and figures write into a run: only the code that made it may."""
     from engine.config import part_dir
     device = pick_device(args.device)
-    out = part_dir(args.results_dir, args.part, pick_profile(args.profile, device, quiet=True), args.precision)
+    out = part_dir(args.results_dir, args.part, pick_profile(args.profile, device, quiet=True), args.precision,
+                   args.seed)
     guard_run(out, what)
 
 
@@ -198,14 +220,15 @@ def command(args):
     if args.command == 'all':
         parts = args.parts.split(',') if args.parts is not None else None
         run_all(args.profile, parts, args.device, args.fresh, args.results_dir, not args.no_progress, args.precision,
-                args.minutes, args.is_images, args.compile_train, args.jobs)
+                args.minutes, args.is_images, args.compile_train, args.jobs, seed=args.seed)
     elif args.command == 'run':
         extra = {'epochs': args.epochs} if args.epochs is not None else {}
         check_run_length(args.part, pick_profile(args.profile, pick_device(args.device), quiet=True), args.epochs,
                          args.minutes)
         run_part(args.part, args.profile, args.device, args.fresh, args.results_dir, not args.no_progress,
                  stop_at=time.time() + 60 * args.minutes if args.minutes is not None else None,
-                 precision=args.precision, is_images=args.is_images, compile_train=args.compile_train, **extra)
+                 precision=args.precision, is_images=args.is_images, compile_train=args.compile_train, seed=args.seed,
+                 **extra)
     elif args.command == 'eval':
         writes = [flag for flag, on in (('--update', args.update), ('--keep', args.keep),
                                         ('--minutes', args.minutes is not None)) if on]
@@ -213,7 +236,7 @@ def command(args):
             guard_writes(args, f'eval {" ".join(writes)}')
         try:
             eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision,
-                         args.keep, args.update, args.is_images, args.minutes, subset=args.subset)
+                         args.keep, args.update, args.is_images, args.minutes, subset=args.subset, seed=args.seed)
         except EvaluationStopped as stop:
             print(stop, flush=True)
             sys.exit(EVAL_STOPPED)
@@ -243,12 +266,13 @@ def command(args):
              replace=args.replace)
     elif args.command == 'figures':
         guard_writes(args, 'figures')
-        redraw(args.part, args.results_dir, args.device, args.profile, args.precision)
+        redraw(args.part, args.results_dir, args.device, args.profile, args.precision, args.seed)
     elif args.command == 'unpack':
         unpack(args.dir, args.results_dir)
     elif args.command == 'carry':
         carry_parts(pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
-                    check_parts(args.parts.split(',')) if args.parts is not None else None, int(args.piece_mib * 2 ** 20))
+                    check_parts(args.parts.split(',')) if args.parts is not None else None,
+                    int(args.piece_mib * 2 ** 20))
 
 
 def verify_command(args):

@@ -267,11 +267,11 @@ def bf16_units(cpuinfo='/proc/cpuinfo'):
 
 
 def precisions_started(results_dir, part, profile, files=('metrics.json', 'checkpoint.pt',
-                                                          os.path.join('checkpoint.pack', 'manifest.json'))):
+                                                          os.path.join('checkpoint.pack', 'manifest.json')), seed=0):
     """The precisions, float32 first, in which results_dir holds a run of the part: finished
     (metrics.json) or under way (checkpoint.pt, or one carried in checkpoint.pack: engine.transfer.carry)."""
     return [p for p in PRECISIONS
-            if any(os.path.exists(os.path.join(part_dir(results_dir, part, profile, p), f)) for f in files)]
+            if any(os.path.exists(os.path.join(part_dir(results_dir, part, profile, p, seed), f)) for f in files)]
 
 
 def config(part, profile='full', **overrides):
@@ -451,9 +451,23 @@ def check_extras(part, profile, cfg):
         + (f' (in the full profile, the course\'s settings: {", ".join(full)})' if full and profile != 'full' else ''))
 
 
-def part_dir(results_dir, part, profile, precision='fp32'):
-    """results_dir/<profile>[-<precision>]/<part>: where one part's files live."""
-    return os.path.join(run_dir(results_dir, profile, precision), part)
+def part_dir(results_dir, part, profile, precision='fp32', seed=0):
+    """results_dir/<profile>[-<precision>]/<part>: where one part's files live; a training seed other
+    than 0 (the seed of every run the answers quote) in <part>-seed<k> beside it, a run of its own that
+    no reader takes for the part's (seed_dirs finds them, to measure the spread between seeds)."""
+    return os.path.join(run_dir(results_dir, profile, precision), part if not seed else f'{part}-seed{seed}')
+
+
+def seed_dirs(results_dir, part, profile, precision='fp32'):
+    """{seed: part directory} of the part's runs with a finished metrics.json, seed 0 included."""
+    found = {}
+    base = run_dir(results_dir, profile, precision)
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        seed = 0 if name == part else (int(name[len(part) + 5:]) if name.startswith(f'{part}-seed')
+                                       and name[len(part) + 5:].isdigit() else None)
+        if seed is not None and os.path.exists(os.path.join(base, name, 'metrics.json')):
+            found[seed] = os.path.join(base, name)
+    return dict(sorted(found.items()))
 
 
 def list_settings(profile):

@@ -119,8 +119,9 @@ NOT_ESTIMATED = dict(seconds=0.0, train_images_s=None, autoregressive_images_s=N
 
 def estimate_part(part, profile, device, results_dir, fresh, precision, **overrides):
     """One part's estimate with its 'precision' (0 s when it has finished)."""
-    chosen = pick_precision(precision, part, profile, device, results_dir, fresh)[0]
-    out = part_dir(results_dir, part, profile, chosen)
+    seed = overrides.get('seed', 0)
+    chosen = pick_precision(precision, part, profile, device, results_dir, fresh, seed)[0]
+    out = part_dir(results_dir, part, profile, chosen, seed)
     if not fresh and os.path.exists(os.path.join(out, 'metrics.json')):
         return dict(NOT_ESTIMATED, precision=chosen)
     measured = estimate(part, config(part, profile, precision=chosen, **overrides), device, None if fresh else out)
@@ -128,7 +129,7 @@ def estimate_part(part, profile, device, results_dir, fresh, precision, **overri
 
 
 def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='results', progress=True,
-            precision='auto', minutes=None, is_images=None, compile_train=None, jobs=1, summarise=None):
+            precision='auto', minutes=None, is_images=None, compile_train=None, jobs=1, summarise=None, seed=None):
     """Every part (or the given ones) in one profile, with time estimates; then the summary. With
     minutes, stop cleanly once that much time has passed (a checkpoint at the current step; rerun
     the same command, on this machine or another after pack/unpack, to resume). is_images,
@@ -145,7 +146,7 @@ def run_all(profile='auto', parts=None, device=None, fresh=False, results_dir='r
     parts = check_parts(parts) if parts is not None else list(PARTS)
     check_minutes(minutes)
     jobs = as_int(jobs, 'jobs', minimum=1)
-    extra = switches(is_images, compile_train)
+    extra = switches(is_images, compile_train, seed)
     estimates = estimate_all(profile, parts, device, results_dir, fresh, precision, tolerant=True, **extra)
     plan = dict(profile=profile, device=device, fresh=fresh, results_dir=results_dir, extra=extra,
                 stop_at=time.time() + 60 * minutes if minutes is not None else None)  # each slice trains a step
@@ -245,7 +246,8 @@ def run_serial(parts, estimates, plan, progress, t_start, outcomes):
         stop_at, precision = plan['stop_at'], estimates[part]['precision']
         if stop_at is not None and time.time() > stop_at:
             return [part]
-        outcomes[part] = run_one(part, part_dir(plan['results_dir'], part, plan['profile'], precision),
+        out = part_dir(plan['results_dir'], part, plan['profile'], precision, plan['extra'].get('seed', 0))
+        outcomes[part] = run_one(part, out,
                                  profile=plan['profile'], device=plan['device'], fresh=fresh,
                                  results_dir=plan['results_dir'], progress=progress, stop_at=stop_at,
                                  precision=precision, **plan['extra'])
@@ -272,13 +274,15 @@ def job_command(part, precision, plan):
         cmd += ['--is-images', str(plan['extra']['is_images'] or 'all')]
     if 'compile_train' in plan['extra']:
         cmd.append('--compile-train' if plan['extra']['compile_train'] else '--no-compile-train')
+    if plan['extra'].get('seed'):
+        cmd += ['--seed', str(plan['extra']['seed'])]
     return cmd
 
 
 def launch(part, precision, plan):
     """Start one part's process; its output is appended to <part dir>/job.log. Returns (process, log
     path, start time, the log's line where this process's output begins)."""
-    out = part_dir(plan['results_dir'], part, plan['profile'], precision)
+    out = part_dir(plan['results_dir'], part, plan['profile'], precision, plan['extra'].get('seed', 0))
     os.makedirs(out, exist_ok=True)
     log = os.path.join(out, JOB_LOG)
     cmd = job_command(part, precision, plan)
@@ -320,7 +324,8 @@ def run_jobs(parts, estimates, plan, jobs, outcomes=None):
             if outcomes is not None:
                 outcomes[part] = (outcome.split(' ')[0].rstrip(':'), f'{outcome} (its output: {log})')
     if failed and outcomes is None:
-        logs = [os.path.join(part_dir(plan['results_dir'], p, plan['profile'], estimates[p]['precision']), JOB_LOG)
+        logs = [os.path.join(part_dir(plan['results_dir'], p, plan['profile'], estimates[p]['precision'],
+                                      plan['extra'].get('seed', 0)), JOB_LOG)
                 for p in failed]
         raise PartsFailedError('; '.join(f'{p} failed (its output: {log})' for p, log in zip(failed, logs, strict=True))
                                + '; the other parts ran to their end; no summary written')
@@ -332,7 +337,8 @@ def job_outcome(part, returncode, log, precision, plan, start_line=0):
     declined to run it: its `error:` line, no traceback) or 'failed (...)' with the end of the log;
     start_line: where this process's output begins in the log."""
     if returncode == 0:
-        done = os.path.exists(os.path.join(part_dir(plan['results_dir'], part, plan['profile'], precision),
+        out = part_dir(plan['results_dir'], part, plan['profile'], precision, plan['extra'].get('seed', 0))
+        done = os.path.exists(os.path.join(out,
                                            'metrics.json'))
         return 'done' if done else 'stopped'
     with open(log, errors='replace') as fh:

@@ -10,10 +10,12 @@ import time
 import torch
 
 from engine import ROOT, figures
-from engine.config import as_int, is_quantity, pick_device, pick_profile, run_dir, run_dirs, with_defaults
-from engine.evaluate import MNIST_TEST, PartialPass, evaluate, images_for, index_key, subset_of, subset_words, to_host64
+from engine.config import as_int, is_quantity, part_dir, pick_device, pick_profile, run_dir, run_dirs, with_defaults
+from engine.evaluate import evaluate, to_host64
 from engine.files import read_json, write_json
+from engine.partial import PartialPass
 from engine.student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
+from engine.subsets import MNIST_TEST, images_for, index_key, subset_of, subset_words
 from engine.train import CheckpointError, atomic_save, load_data, load_file, load_models
 
 
@@ -32,23 +34,23 @@ SUBSETS = ('uniform', 'first')  # eval_command's subset: a uniform sample of the
 
 
 def eval_command(part, quantity, results_dir='results', device=None, profile='auto', precision='fp32', keep=False,
-                 update=False, is_images=None, minutes=None, subset=None):
+                 update=False, is_images=None, minutes=None, subset=None, seed=0):
     """Recompute one reported number from <run dir>/<part>/model.pt; the last line printed is the value.
     keep: add its per-image values to per_image.pt (for paired comparisons), with the indices of their
-    test images beside them where they cover a subset (evaluate.index_key). update: write the value,
+    test images beside them where they cover a subset (subsets.index_key). update: write the value,
     which states its subset, into metrics.json if it differs (after an estimator is corrected, or over
     more images), recording the previous value and the commit under 'recomputed'. is_images:
     importance-sample that many test images instead of the number the run used. The images are those
     the recorded number covers where it covers as many (so that it reproduces: the first n for a number
     recorded before subsets, metrics.json without 'subset'), otherwise the uniform sample of
-    evaluate.test_subset; subset 'uniform' or 'first' asks for one of the two instead (e.g. 'uniform' to
+    subsets.test_subset; subset 'uniform' or 'first' asks for one of the two instead (e.g. 'uniform' to
     move a number recorded over the first n test images to the uniform sample). minutes: importance
     sampling only, stop cleanly after that many minutes with the images done saved in
-    <part>/eval_partial(...).pt (partial_name), raising evaluate.EvaluationStopped; the same command
+    <part>/eval_partial(...).pt (partial_name), raising partial.EvaluationStopped; the same command
     resumes there and ends with the numbers of an unbroken pass."""
     if subset is not None and subset not in SUBSETS:
         raise ValueError(f'subset must be one of {", ".join(SUBSETS)}, got {subset!r}')
-    path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision)
+    path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision, seed)
     if is_images is not None:
         cfg['is_images'] = as_int(is_images, 'is_images', minimum=1)
     out = os.path.dirname(path)
@@ -100,11 +102,12 @@ def partial_name(quantity, is_images):
     return f'eval_partial_{quantity}_{"all" if is_images is None else is_images}.pt'
 
 
-def load_model_file(part, results_dir, device, profile, precision):
-    """The part's model.pt, checked: (path, record, settings, models in eval mode, device)."""
+def load_model_file(part, results_dir, device, profile, precision, seed=0):
+    """The part's model.pt (of its run with that training seed), checked: (path, record, settings,
+    models in eval mode, device)."""
     device = pick_device(device)
     profile = pick_profile(profile, device)
-    path = os.path.join(run_dir(results_dir, profile, precision), part, 'model.pt')
+    path = os.path.join(part_dir(results_dir, part, profile, precision, seed), 'model.pt')
     if not os.path.exists(path):
         raise CheckpointError(f'{path} does not exist; run `python experiments.py run {part} --profile {profile}'
                               + (f' --precision {precision}' if precision != 'fp32' else '') + '` first')
@@ -120,10 +123,10 @@ def load_model_file(part, results_dir, device, profile, precision):
     return path, record, cfg, nets, device
 
 
-def redraw(part, results_dir='results', device=None, profile='auto', precision='fp32'):
+def redraw(part, results_dir='results', device=None, profile='auto', precision='fp32', seed=0):
     """Draw a finished part's figures again from its model.pt and history.json (same seeds, so the
     same samples) and point metrics.json at them."""
-    path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision)
+    path, record, cfg, nets, device = load_model_file(part, results_dir, device, profile, precision, seed)
     out = os.path.dirname(path)
     figs = figures.sample_figures(part, nets, cfg, load_data(cfg, train=False).to(device), out)
     figs.update(figures.curve_figures(part, cfg, read_json(os.path.join(out, 'history.json')), out))
@@ -174,7 +177,7 @@ def verify(results_dir='results', parts=None, out=None, profiles=None, quantitie
     import subprocess
     root = ROOT
     rows = []
-    for path, profile, precision in run_dirs(results_dir):
+    for path, _, _ in run_dirs(results_dir):
         name = os.path.basename(path)
         if (profiles is None or name in profiles) and os.path.exists(os.path.join(path, 'summary.json')):
             rows += [r for r in read_json(os.path.join(path, 'summary.json')) if (parts is None or r['part'] in parts)

@@ -24,7 +24,7 @@ import time
 import torch
 
 from engine import figures, student
-from engine.config import (AUTO_PROFILES, BF16_PARITY, PRECISIONS, TITLES, as_bool, bf16_units, changes, config,
+from engine.config import (AUTO_PROFILES, BF16_PARITY, PRECISIONS, TITLES, as_bool, as_int, bf16_units, changes, config,
                            describe_hardware, gpu_precision, model_spec, part_dir, pick_device, pick_profile,
                            precisions_started, run_dir, with_defaults)
 from engine.config import check_extras
@@ -163,10 +163,13 @@ def finished_run(paths, cfg, out, part, profile):
     return done
 
 
-def switches(is_images=None, compile_train=None):
+def switches(is_images=None, compile_train=None, seed=None):
     """The overrides of config that `all`, `run` and the notebooks share, without those left at None
-    (the profile's setting); is_images 'all' is every test image."""
+    (the profile's setting); is_images 'all' is every test image; seed: the training seed (0 the runs
+    the answers quote; another, a run of its own in <part>-seed<k>, for the spread between seeds)."""
     out = {}
+    if seed is not None:
+        out['seed'] = as_int(seed, 'seed', minimum=0)
     if is_images is not None:
         out['is_images'] = None if isinstance(is_images, str) and is_images.strip().lower() == 'all' else is_images
     if compile_train is not None:
@@ -204,7 +207,7 @@ def can_train_in(precision, device):
     return None
 
 
-def pick_precision(precision, part, profile, device, results_dir='results', fresh=False):
+def pick_precision(precision, part, profile, device, results_dir='results', fresh=False, seed=0):
     """(precision, why) of a part's training. 'fp32', 'bf16' and 'fp16' are taken as asked (fp16 only
     on a GPU). 'auto': a run of the part already started in results_dir keeps its precision
     (float32 first) where this device can train in it, so that a rerun resumes or finds it;
@@ -220,12 +223,12 @@ def pick_precision(precision, part, profile, device, results_dir='results', fres
         if refused:
             raise ValueError(refused)
         return precision, 'as asked'
-    started = [] if as_bool(fresh, 'fresh') else precisions_started(results_dir, part, profile)
+    started = [] if as_bool(fresh, 'fresh') else precisions_started(results_dir, part, profile, seed=seed)
     for p in started:
         if can_train_in(p, device) is None and not (p == 'bf16' and device.type == 'cuda'
                                                     and gpu_precision(device) == 'fp16'):
-            return p, f'its run in {part_dir(results_dir, part, profile, p)}'
-    note = (f' (its run in {part_dir(results_dir, part, profile, started[0])} is in {started[0]}, which '
+            return p, f'its run in {part_dir(results_dir, part, profile, p, seed)}'
+    note = (f' (its run in {part_dir(results_dir, part, profile, started[0], seed)} is in {started[0]}, which '
             f'{device.type} cannot train in; it stays as it is)' if started else '')
     if device.type != 'cpu':
         if gpu_precision(device) == 'fp16':
@@ -262,10 +265,11 @@ def run_part(part, profile='auto', device=None, fresh=False, results_dir='result
     results_dir = student.results_for(results_dir, say=True)  # a student's code: results/mine
     device = pick_device(device)
     profile = pick_profile(profile, device)
-    precision, why = pick_precision(precision, part, profile, device, results_dir, fresh)
+    seed = as_int(overrides.get('seed', 0), 'seed', minimum=0)
+    precision, why = pick_precision(precision, part, profile, device, results_dir, fresh, seed)
     cfg = config(part, profile, precision=precision, **overrides, **switches(is_images, compile_train))
     check_extras(part, profile, cfg)  # a models.py of the course's API only: one sentence on what the part needs
-    out = part_dir(results_dir, part, profile, cfg['precision'])
+    out = part_dir(results_dir, part, profile, cfg['precision'], cfg['seed'])
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, name) for k, name in (('checkpoint', 'checkpoint.pt'), ('model', 'model.pt'),
                                                               ('metrics', 'metrics.json'), ('history', 'history.json'))}

@@ -2,14 +2,13 @@
 run directory's finished parts, and what a figure is seen to show. Everything in reporting/ reads
 results/ through this module (and engine.files.read_json / engine.config.run_dirs beneath it).
 """
-import hashlib
 import json
 import os
 import re
 
 from engine.config import PARTS, PRECISIONS, PROFILES, gpu_precision, pick_device, pick_profile, precisions_started, \
     run_dir, run_dirs
-from engine.files import read_json
+from engine.files import file_sha256, read_json
 from engine.runs import trained_on, training_time  # noqa: F401 (the readers' names)
 
 
@@ -39,7 +38,8 @@ def training_minutes(m, digits=1):
 EPOCH_LINE = re.compile(r'^(\S+ \S+)\s+\S+: epoch (\d+)/(\d+), step .*, (\d+) s of training')
 
 
-# engine.experiments' header line of each sitting: '... full profile on cpu (CPU (AMD EPYC, x86_64), 2 cores), torch ...'
+# engine.experiments' header line of each sitting:
+# '... full profile on cpu (CPU (AMD EPYC, x86_64), 2 cores), torch ...'
 SITTING_LINE = re.compile(r' profile on \S+ \((.*)\), torch ')
 
 
@@ -113,7 +113,8 @@ def load_runs(results_dir):
     """Every run directory with a finished part, the course settings (`full`) first:
     [{name, profile, precision, path, parts: {part: metrics}}]."""
     runs = [dict(name=os.path.basename(path), profile=profile, precision=precision, path=path,
-                 parts={m['part']: m for m in load_metrics(path)}) for path, profile, precision in run_dirs(results_dir)]
+                 parts={m['part']: m for m in load_metrics(path)})
+            for path, profile, precision in run_dirs(results_dir)]
     return sorted(runs, key=lambda r: (list(PROFILES).index(r['profile']), PRECISIONS.index(r['precision'])))
 
 
@@ -134,7 +135,7 @@ def history(m):
 
 def seen(path):
     """What SEEN says the figure file shows, or None."""
-    return SEEN.get(hashlib.sha256(open(path, 'rb').read()).hexdigest()[:16]) if os.path.exists(path) else None
+    return SEEN.get(file_sha256(path)[:16]) if os.path.exists(path) else None
 
 
 # engine.train's lines in run.log: an epoch's end with its test KL, and the settings of a sitting
@@ -147,8 +148,12 @@ def log_attempts(m):
     compile_train setting of the sitting it ran in)]; an epoch not after the one before starts a
     new attempt (trained again from scratch)."""
     path = os.path.join(m['dir'], 'run.log')
+    lines = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            lines = fh.readlines()
     attempts, setting = [], None
-    for line in open(path) if os.path.exists(path) else ():
+    for line in lines:
         found = LOG_SETTINGS.search(line)
         if found:
             setting = json.loads(found[1]).get('compile_train')
@@ -159,3 +164,11 @@ def log_attempts(m):
                 attempts.append([])
             attempts[-1].append((e, float(epoch[2]), setting))
     return attempts
+
+
+def seed_runs(results_dir, part, profile, precision='fp32'):
+    """{training seed: metrics} of the part's finished runs (seed 0 the run the answers quote; others
+    in <part>-seed<k>, engine.config.seed_dirs), each with its 'dir'."""
+    from engine.config import seed_dirs
+    return {seed: dict(read_json(os.path.join(path, 'metrics.json')), dir=path)
+            for seed, path in seed_dirs(results_dir, part, profile, precision).items()}
