@@ -15,7 +15,7 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-from engine import grading, student
+from engine import student, verdicts
 from engine.config import changes, model_spec, quantities, run_dirs, with_defaults
 from engine.files import read_json
 from reporting.answers import contrast, how, measurable, value_text
@@ -84,15 +84,26 @@ def row_line(r):
         return f'| {r["run"]} | {r["part"]} | | | | | {r["verdict"]} |'
     c = r['difference']
     note = f' (other settings: {r["settings"]})' if r['settings'] else ''
+    digits = difference_digits(c['se'])
     return (f'| {r["run"]} | {r["part"]} | {r["quantity"]} | {value_text(r["yours"])} | {value_text(r["reference"])} | '
-            f'{c["value"]:+.2f} ± {c["se"]:.2f} ({how(c)}) | {r["verdict"]}{note} |')
+            f'{c["value"]:+.{digits}f} ± {c["se"]:.{digits}f} ({how(c)}) | {r["verdict"]}{note} |')
 
 
-def course_api_failures(timeout=900):
-    """{test: failure message} of the course_api tests on the models.py and losses.py that run here
-    (pytest in a subprocess, as HW2_MODELS=... HW2_LOSSES=... pytest -m course_api), or None if they
-    could not be run."""
-    env = dict(os.environ, **{var: os.path.join(student.CODE_DIR, name) for var, name in
+def difference_digits(se):
+    """Decimals that show a standard error with two significant digits (at least 2, at most 8), so
+    that a measurable difference never reads '+0.00 ± 0.00'."""
+    if not se or se <= 0:
+        return 2
+    import math
+    return max(2, min(8, 1 - math.floor(math.log10(se))))
+
+
+def course_api_failures(timeout=900, code_dir=None):
+    """{test: failure message} of the course_api tests on the models.py and losses.py in code_dir
+    (default: those that run here), by pytest in a subprocess (HW2_MODELS=... HW2_LOSSES=... pytest -m
+    course_api), or None if they could not be run."""
+    code_dir = code_dir or student.CODE_DIR
+    env = dict(os.environ, **{var: os.path.join(code_dir, name) for var, name in
                                (('HW2_MODELS', 'models.py'), ('HW2_LOSSES', 'losses.py'))})
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, 'course_api.xml')
@@ -131,9 +142,9 @@ def concerned(names, test, message):
     """Whether a failing course_api test concerns any of names: the function it blames when it says the
     fault is in another of the student's functions than the one it calls (mc_gaussian_elbo's check
     against a broken gaussian_elbo concerns gaussian_elbo alone), else the call its message names
-    first, else the name its test's name starts with (grading.concerns; whole names: gaussian_elbo
+    first, else the name its test's name starts with (verdicts.concerns; whole names: gaussian_elbo
     is not mc_gaussian_elbo)."""
-    return bool({n.lower() for n in names} & {c.lower() for c in grading.concerns(test, message)})
+    return bool({n.lower() for n in names} & {c.lower() for c in verdicts.concerns(test, message)})
 
 
 def suspects(worse, failures):
@@ -175,9 +186,37 @@ def versus_markdown(results_dir='results', runs=None, check=True):
              '|---|---|---|---|---|---|---|'] + [row_line(r) for r in found]
     worse = {r['part']: r['m'] for r in found if r['verdict'] == 'yours is measurably worse'}
     if worse:
-        lines += ['', f'Measurably worse: {", ".join(worse)}.'] + suspects(
-            worse.values(), course_api_failures() if check else None)
+        lines += ['', f'Measurably worse: {", ".join(worse)}.']
+        for code_dir, ms in by_code(worse.values()).items():
+            lines += [code_words(code_dir, ms)] + suspects(ms, course_api_failures(code_dir=code_dir) if check
+                                                           else None)
     return '\n'.join(lines) + '\n'
+
+
+def code_of(m):
+    """The folder holding the models.py and losses.py that made the run m: the copy it kept (code/),
+    else the code here when it is the code the run recorded, else None (that code is gone)."""
+    kept = os.path.join(m['dir'], 'code') if 'dir' in m else None
+    if kept and all(os.path.exists(os.path.join(kept, f)) for f in student.CODE_FILES):
+        return kept
+    return student.CODE_DIR if (m.get('code') or {}) == student.code_digest() else None
+
+
+def by_code(ms):
+    """{code folder (or None): [runs made by that code]}, so that each run's checks run on its own code."""
+    groups = {}
+    for m in ms:
+        groups.setdefault(code_of(m), []).append(m)
+    return groups
+
+
+def code_words(code_dir, ms):
+    parts = ', '.join(m['part'] for m in ms)
+    if code_dir is None:
+        return (f'The code that made {parts} is not kept here (its run has no code/ copy and the models.py and '
+                f'losses.py here now differ from what it recorded), so the checks below are of the code here now, '
+                f'not of what made those numbers.')
+    return f'The course_api checks of the code that made {parts} (`{code_dir}`):'
 
 
 def show_versus(results_dir='results'):

@@ -142,7 +142,7 @@ def test_compare_pairs_over_the_same_images_and_names_suspects_where_worse(tmp_p
     reference = 90 + 10 * torch.randn(200, generator=g, dtype=torch.float64)  # a spread over images far above
     fake_run(results, '6a', reference.tolist())                               # the paired difference's
     fake_run(results / 'mine', '6a', (reference + 0.5 + 0.1 * torch.randn(200, generator=g)).tolist())
-    monkeypatch.setattr(versus, 'course_api_failures', lambda: {
+    monkeypatch.setattr(versus, 'course_api_failures', lambda code_dir=None: {
         'test_pixelcnn_is_autoregressive[eval]': 'models.PixelCNN(capacity=8, depth=3)(x) in eval mode: expected '
                                                  'logit i to depend on the pixels before i only',
         'test_gaussian_elbo_matches_distributions': 'losses.gaussian_elbo(...)[0]: expected ...'})
@@ -256,3 +256,29 @@ def test_a_notebook_with_a_student_s_code_shows_their_own_numbers(tmp_path):
     assert 'your runs go to results/mine/' in text
     last = ''.join(o.get('data', {}).get('text/markdown', '') for o in nb.cells[-1].outputs)
     assert '| smoke | 6a | test_nll |' in last and 'paired, 100 test images' in last
+
+
+def test_compare_checks_the_code_that_made_the_run_not_the_code_here_now(tmp_path, monkeypatch):
+    """A run made with a student's code keeps a copy of it (code/); compare's checks run on that copy
+    even after the reference files are back in place, and say which code they checked."""
+    monkeypatch.setattr(student, 'ROOT', str(tmp_path))
+    results = tmp_path / 'results'
+    g = torch.Generator().manual_seed(0)
+    reference = 90 + 10 * torch.randn(200, generator=g, dtype=torch.float64)
+    fake_run(results, '6a', reference.tolist())
+    fake_run(results / 'mine', '6a', (reference + 0.5 + 0.1 * torch.randn(200, generator=g)).tolist())
+    kept = results / 'mine' / 'smoke' / '6a' / 'code'
+    kept.mkdir()
+    for name in student.CODE_FILES:
+        (kept / name).write_text('# the student\'s file that made the run\n')
+    checked = []
+    monkeypatch.setattr(versus, 'course_api_failures', lambda code_dir=None: checked.append(code_dir) or {
+        'test_pixelcnn_is_autoregressive[eval]': 'models.PixelCNN(capacity=8, depth=3)(x): the j = i leak'})
+    text = versus.versus_markdown(str(results))
+    assert checked == [str(kept)] and f'the code that made 6a (`{kept}`)' in text
+    assert 'test_pixelcnn_is_autoregressive[eval]' in text
+
+
+def test_a_difference_is_shown_with_the_digits_its_standard_error_needs():
+    assert versus.difference_digits(0.23) == 2 and versus.difference_digits(0.0004) == 5
+    assert versus.difference_digits(0.0) == 2 and versus.difference_digits(3e-12) == 8
