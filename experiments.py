@@ -248,6 +248,9 @@ def command(args):
     elif args.command == 'summary':
         write_summary(student.results_for(args.results_dir, say=True))
     elif args.command == 'compare':
+        from engine import reference
+        for part, profile, precision in versus.missing_references(args.results_dir):
+            reference.build(part, profile, precision)
         print(versus.versus_markdown(args.results_dir), end='')
     elif args.command == 'grade':
         from engine.grading import grade

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from engine import student, verdicts
 from engine.config import changes, model_spec, quantities, run_dirs, with_defaults
 from engine.files import read_json
+from engine.reference import BUILT
 from reporting.answers import contrast, how, measurable, value_text
 from reporting.reader import load_metrics
 
@@ -36,9 +37,18 @@ def finished_pairs(mine, reference, runs=None):
         run = os.path.basename(path)
         for m in load_metrics(path) if runs is None or run in runs else []:
             ref = os.path.join(reference, run, m['part'])
+            if not os.path.exists(os.path.join(ref, 'metrics.json')):  # one built on first use (engine.reference)
+                ref = os.path.join(reference, BUILT, run, m['part'])
             has = os.path.exists(os.path.join(ref, 'metrics.json'))
             found.append((run, m, dict(read_json(os.path.join(ref, 'metrics.json')), dir=ref) if has else None))
     return found
+
+
+def missing_references(results_dir='results'):
+    """[(part, profile, precision)] of the student's finished parts that have no reference run yet."""
+    reference = os.path.relpath(student.reference_results())
+    return [(m['part'], m['profile'], m['config'].get('precision', 'fp32'))
+            for _, m, ref in finished_pairs(mine_dir(results_dir), reference) if ref is None]
 
 
 def lower_is_better(q):

@@ -282,3 +282,24 @@ def test_compare_checks_the_code_that_made_the_run_not_the_code_here_now(tmp_pat
 def test_a_difference_is_shown_with_the_digits_its_standard_error_needs():
     assert versus.difference_digits(0.23) == 2 and versus.difference_digits(0.0004) == 5
     assert versus.difference_digits(0.0) == 2 and versus.difference_digits(3e-12) == 8
+
+
+def test_compare_builds_a_reference_run_from_the_committed_code_where_none_is_committed(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A student's smoke run has no committed reference: compare trains the committed code's run into
+    results/reference (a process of its own, in a copy of the code) and pairs against it."""
+    from engine import reference
+    results = tmp_path / 'results'
+    monkeypatch.setattr(student, 'ROOT', str(tmp_path))
+    monkeypatch.setenv('HW2_DATA', os.path.join(ROOT, 'data'))
+    mine = E.run_part('6a', profile='smoke', device='cpu', results_dir=str(results / 'mine'), progress=False)
+    assert versus.missing_references(str(results)) == [('6a', 'smoke', 'fp32')]
+    monkeypatch.chdir(tmp_path)
+    E.main(['compare', '--results-dir', str(results)])
+    built = results / reference.BUILT / 'smoke' / '6a' / 'metrics.json'
+    ref = json.loads(built.read_text())
+    assert ref['code'] == student.code_digest()  # the committed code, which is the code here
+    assert ref['values']['test_nll'] == mine['values']['test_nll']  # the same code and settings: the same numbers
+    out = capsys.readouterr().out
+    assert '| smoke | 6a | test_nll |' in out and 'the same numbers' in out
+    assert versus.missing_references(str(results)) == []
