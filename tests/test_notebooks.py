@@ -81,3 +81,16 @@ def test_papermill_string_parameters_and_other_profiles_keep_finished_results(tm
         papermill.execute_notebook(os.path.join(ROOT, 'binaryvae.ipynb'), str(tmp_path / 'c.ipynb'), cwd=ROOT,
                                    kernel_name='python3', progress_bar=False,
                                    parameters=dict(profile='smoke', results_dir=str(results), flows=2))
+
+
+def test_executing_the_notebooks_leaves_the_committed_ones_as_they_are(tmp_path):
+    """`experiments.py notebooks` writes executed copies beside the results, never into the notebooks
+    that the repository holds."""
+    from engine.notebooks import run_notebooks
+    path = os.path.join(ROOT, 'pixelcnn.ipynb')
+    before = open(path, 'rb').read()
+    written = run_notebooks('smoke', str(tmp_path / 'results'), notebooks=('pixelcnn.ipynb',))
+    assert written == [str(tmp_path / 'results' / 'notebooks' / 'smoke' / 'pixelcnn.ipynb')]
+    assert open(path, 'rb').read() == before
+    nb = nbformat.read(written[0], as_version=4)
+    assert any(o for c in nb.cells if c.cell_type == 'code' for o in c.outputs)  # executed, with outputs
