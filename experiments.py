@@ -230,16 +230,7 @@ def command(args):
                  precision=args.precision, is_images=args.is_images, compile_train=args.compile_train, seed=args.seed,
                  **extra)
     elif args.command == 'eval':
-        writes = [flag for flag, on in (('--update', args.update), ('--keep', args.keep),
-                                        ('--minutes', args.minutes is not None)) if on]
-        if writes:
-            guard_writes(args, f'eval {" ".join(writes)}')
-        try:
-            eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision,
-                         args.keep, args.update, args.is_images, args.minutes, subset=args.subset, seed=args.seed)
-        except EvaluationStopped as stop:
-            print(stop, flush=True)
-            sys.exit(EVAL_STOPPED)
+        evaluate_command(args)
     elif args.command == 'estimate':
         device = pick_device(args.device)
         estimate_all(pick_profile(args.profile, device), args.parts.split(',') if args.parts is not None
@@ -276,6 +267,21 @@ def command(args):
         carry_parts(pick_profile(args.profile, pick_device(None)), args.precision, args.results_dir,
                     check_parts(args.parts.split(',')) if args.parts is not None else None,
                     int(args.piece_mib * 2 ** 20))
+
+
+def evaluate_command(args):
+    """eval: recompute one number; with --update, --keep or --minutes only the code that made the run
+    may write into it, and a pass stopped by --minutes with images left exits with EVAL_STOPPED."""
+    writes = [flag for flag, on in (('--update', args.update), ('--keep', args.keep),
+                                    ('--minutes', args.minutes is not None)) if on]
+    if writes:
+        guard_writes(args, f'eval {" ".join(writes)}')
+    try:
+        eval_command(args.part, args.quantity, args.results_dir, args.device, args.profile, args.precision,
+                     args.keep, args.update, args.is_images, args.minutes, subset=args.subset, seed=args.seed)
+    except EvaluationStopped as stop:
+        print(stop, flush=True)
+        sys.exit(EVAL_STOPPED)
 
 
 def verify_command(args):

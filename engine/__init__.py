@@ -1,7 +1,10 @@
 """The engine: every part of the handout as settings (config) of one training loop (train), one
-evaluation (evaluate) and one set of figures (figures); the data, writing files safely, the code's
-identity (student), each number's reproduction (reproduce), moving runs between machines
-(transfer) and timing (timing). It imports models.py and losses.py and nothing above it.
+evaluation (evaluate: the test images it covers in subsets, a resumable importance-sampling pass in
+partial) and one set of figures (figures); the data, writing files safely, the code's identity
+(student), each number's reproduction (reproduce), moving runs between machines (transfer, and
+packs for reading them back), grading a class (grading: its checks' process in checking, the
+verdict per part in verdicts) and timing (timing). It imports models.py and losses.py and nothing
+above it.
 """
 import os
 

@@ -43,7 +43,7 @@ import torch
 import torchvision
 
 from engine import ROOT
-from engine.files import atomic_write, atomic_save, clean_stale_tmp
+from engine.files import atomic_write, atomic_save, clean_stale_tmp, file_sha256
 
 DATA_DIR = "data"  # default data directory; a relative path is taken from the repository root
 DATA_ENV = "HW2_DATA"  # environment variable that overrides DATA_DIR
@@ -93,14 +93,6 @@ def _split(train):
     return "train" if train else "test"
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_pt(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -122,7 +114,7 @@ def verify_raw(root=None):
     for name, want in RAW_SHA256.items():
         path = os.path.join(raw, name)
         if os.path.exists(path):
-            got = _sha256(path)
+            got = file_sha256(path)
             if got != want:
                 raise MNISTFileError(
                     f"{path} has SHA-256 {got}, expected {want} (the original MNIST file); "

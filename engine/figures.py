@@ -21,7 +21,7 @@ def image_rows(rows, path, title, ncol):
     fig = Figure(figsize=(1.0 * ncol + 1.6, 1.0 * sum(math.ceil(len(x) / ncol) for _, x in rows) + 0.7),
                  tight_layout=True)
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
-    for ax, (label, images) in zip(axes, rows):
+    for ax, (label, images) in zip(axes, rows, strict=True):
         grid = vutils.make_grid(images.float().cpu(), nrow=ncol, padding=2, pad_value=0.5)  # (3, H, W)
         ax.imshow(grid[0].numpy(), cmap='gray', vmin=0, vmax=1, interpolation='nearest')
         ax.set_xticks([])
@@ -88,7 +88,7 @@ def smooth(values, width):
 def test_segments(hist, key):
     """The per-epoch test points as line segments that do not cross the switch to autoregression."""
     switch = hist.get('autoregress_step')
-    points = list(zip(hist['test_step'], hist[key]))
+    points = list(zip(hist['test_step'], hist[key], strict=True))
     if switch is None:
         return [points]
     return [p for p in ([q for q in points if q[0] <= switch], [q for q in points if q[0] > switch]) if p]
@@ -100,7 +100,8 @@ def draw_curve(ax, hist, key, test_key, width, label):
     ax.plot(hist['step'], smooth(hist[key], width), color='C0', label=f'train batches ({width}-step mean)')
     if test_key:
         for i, seg in enumerate(test_segments(hist, test_key)):
-            ax.plot(*zip(*seg), 'o-', color='C1', ms=4, label='test, end of each epoch' if i == 0 else None)
+            ax.plot(*zip(*seg, strict=True), 'o-', color='C1', ms=4,
+                    label='test, end of each epoch' if i == 0 else None)
     if hist['autoregress_step'] is not None:
         ax.axvline(hist['autoregress_step'], color='k', ls='--', lw=1, label='PixelCNN switched on')
     ax.set_xlabel('training iteration')

@@ -8,6 +8,7 @@ os.replace, so a reader sees the old file or the whole new one.
 
 A full disk raises DiskFullError (an OSError, errno ENOSPC) naming the file and what to do.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -38,10 +39,8 @@ def _tmp_path(path):
 
 def _remove_quietly(path):
     """Remove path if it exists; cleanup must never hide the error that caused it."""
-    try:
+    with contextlib.suppress(OSError):
         os.remove(path)
-    except OSError:
-        pass
 
 
 def _fsync(f):
@@ -160,7 +159,10 @@ def keep_out_of_git(directory, name, limit=None):
     if size <= limit:
         return None
     ignore = os.path.join(directory, UNCOMMITTED)
-    listed = open(ignore).read().split() if os.path.exists(ignore) else []
+    listed = []
+    if os.path.exists(ignore):
+        with open(ignore) as fh:
+            listed = fh.read().split()
     if name not in listed:
         atomic_write(ignore, lambda f: f.write(('\n'.join(listed + [name]) + '\n').encode()))
     return (f'{name} is {size / 2 ** 20:.0f} MiB, over the {limit / 2 ** 20:.0f} MiB a committed file may have; '
@@ -175,3 +177,12 @@ def read_json(path):
     except (OSError, ValueError) as err:
         raise ValueError(f'{path} cannot be read ({type(err).__name__}: {err}); restore it with git '
                          f'(`git checkout -- {path}`) or delete the part\'s directory and rerun it') from err
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, in hex, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as fh:
+        for block in iter(lambda: fh.read(2 ** 20), b''):
+            h.update(block)
+    return h.hexdigest()

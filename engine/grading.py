@@ -8,33 +8,33 @@ SUBMISSIONS holds one folder per student with models.py and/or losses.py (found 
 deeper when the folder holds neither itself). A file a student did not hand in is the reference's:
 the checks of that file are not run and the report says so.
 
-Each student's checks run in processes of their own (`python -m engine.grading --child`, pytest with
-HW2_MODELS / HW2_LOSSES as tests/conftest.py reads them); the grader's process never imports a
-student's code, it only reads the checks' outcomes. The process first loads each file by itself: a
-file that does not load (a syntax error, an exception or an endless loop at import) is that file's
-verdict, and the other file is still checked. Every check has a time limit (`timeout` seconds): an
-interval timer interrupts Python code that runs past it, and the check fails as "timed out in
-<test>", naming the student's function it was in; code that the timer cannot interrupt (a call that
-never returns to Python, a loop that catches the interruption) is stopped `GRACE` seconds later by
-faulthandler, which writes where it was and ends the process; the checks left then run in a new one.
-A process that dies in a check is that check's verdict ("crash"), and the rest run on.
+Each student's checks run in processes of their own (`python -m engine.grading --child`,
+engine/checking.py: pytest with HW2_MODELS / HW2_LOSSES as tests/conftest.py reads them); the
+grader's process never imports a student's code, it only reads the checks' outcomes. The process
+first loads each file by itself: a file that does not load (a syntax error, an exception or an
+endless loop at import) is that file's verdict, and the other file is still checked. Every check has
+a time limit (`timeout` seconds): an interval timer interrupts Python code that runs past it, and
+the check fails as "timed out in <test>", naming the student's function it was in; code that the
+timer cannot interrupt (a call that never returns to Python, a loop that catches the interruption)
+is stopped `GRACE` seconds later by faulthandler, which writes where it was and ends the process;
+the checks left then run in a new one. A process that dies in a check is that check's verdict
+("crash"), and the rest run on.
 
-Verdicts per part (PARTS), worst first: error (a file the part needs does not load), crash,
-timeout, fail, pass (every check of the part that ran passed), not checked (no check of the part
-ran: its file was not handed in). CHECKS maps each course_api test to the parts whose code it
-exercises; a failing check counts against the parts that use the function it names (USES): the
-call its message names first, the student's function it timed out or raised in, or the function a
-check blames by "the fault is in <module>.<name>" (tests/course.py's FAULT, when a student's
-function is compared with another of theirs and only the other is wrong).
+Verdicts per part (PARTS, engine/verdicts.py), worst first: error (a file the part needs does not
+load), crash, timeout, fail, pass (every check of the part that ran passed), not checked (no check
+of the part ran: its file was not handed in). CHECKS maps each course_api test to the parts whose
+code it exercises; a failing check counts against the parts that use the function it names (USES):
+the call its message names first, the student's function it timed out or raised in, or the
+function a check blames by "the fault is in <module>.<name>" (tests/course.py's FAULT, when a
+student's function is compared with another of theirs and only the other is wrong).
 
 Output, in out_dir (by default SUBMISSIONS/../grades; never inside the repository's results/):
 <student>.md, one report per student, and grades.csv and grades.md, one row per student.
 """
 import argparse
-import ast
 import concurrent.futures
+import contextlib
 import csv
-import faulthandler
 import json
 import os
 import re
@@ -44,49 +44,15 @@ import sys
 import tempfile
 import time
 
-import pytest
-
 from engine import ROOT
+from engine.checking import child, place, qualname_at, student_frame
+from engine.verdicts import CHECKS, FILES, PARTS, TEST_FILES, VARIABLES, verdicts
+# Re-exported: the checks' table and the verdicts were parts of this module, and the tests name them as grading's.
+from engine.verdicts import USES, blamed_parts, concerns  # noqa: F401
 
-PARTS = ('5a', '5b', '5c', '6a', '6b', '6c', '6d')
-FILES = ('models.py', 'losses.py')
-VARIABLES = {'models.py': 'HW2_MODELS', 'losses.py': 'HW2_LOSSES'}          # tests/conftest.py
-TEST_FILES = {'models.py': 'tests/test_models.py', 'losses.py': 'tests/test_losses.py'}
 TIMEOUT = 30.0   # seconds one check may run (the reference's slowest: 4 s on 2 idle cores, 10 s on busy ones)
 GRACE = 10.0     # then this long more for the timer to interrupt it, before the process is ended
 STARTUP = 180.0  # seconds a process may take to load the files and reach its first check
-
-_M, _L = 'tests/test_models.py::', 'tests/test_losses.py::'
-# Every course_api test, by node id: the parts whose code it exercises.
-CHECKS = {
-    _M + 'test_pixelcnn_is_autoregressive[train]': ('6a', '6c'),
-    _M + 'test_pixelcnn_is_autoregressive[eval]': ('6a', '6c'),
-    _M + 'test_pixelvae_decoder_is_autoregressive[train]': ('6c',),
-    _M + 'test_pixelvae_decoder_is_autoregressive[eval]': ('6c',),
-    _M + 'test_iaf_is_autoregressive': ('6d',),
-    _M + 'test_iaf_encoder_logqzx_is_exact': ('6d',),
-    _M + 'test_iaf_returns_m_and_one_plus_s': ('6d',),
-    _M + 'test_encoder_logqzx_matches_normal_log_prob': ('6b', '6c'),
-    _M + 'test_course_calls_and_shapes': PARTS,
-    _M + 'test_course_samplers': ('5b', '5c', '6a', '6b', '6c', '6d'),
-    _L + 'test_gaussian_elbo_matches_distributions': ('5b',),
-    _L + 'test_mc_gaussian_elbo_matches_log_probs_and_closed_form': ('5c',),
-    _L + 'test_cross_entropy_matches_bernoulli': ('6a', '6b', '6c', '6d'),
-    _L + 'test_discrete_output_elbo_kl_is_log_q_minus_log_r': ('6b', '6c', '6d'),
-    _L + 'test_losses_return_two_scalars': ('5b', '5c', '6a', '6b', '6c', '6d'),
-}
-# The parts that use each class of models.py and function of losses.py.
-USES = {
-    'MaskedConv2d': ('6a', '6c', '6d'), 'MaskedConvnetBlock': ('6a', '6c', '6d'), 'PixelCNN': ('6a', '6c'),
-    'ConvnetBlock': ('5a', '5b', '5c', '6b', '6c', '6d'), 'VAEEncoder': ('5b', '5c', '6b', '6c', '6d'),
-    'GaussianVAEDecoder': ('5b', '5c'), 'DiscreteVAEDecoder': ('6b', '6c', '6d'), 'IAF': ('6d',),
-    'gaussian_elbo': ('5b',), 'mc_gaussian_elbo': ('5c',), 'cross_entropy': ('6a', '6b', '6c', '6d'),
-    'discrete_output_elbo': ('6b', '6c', '6d'),
-}
-NEEDS = {part: ('models.py',) if part == '5a' else FILES for part in PARTS}  # the files each part runs
-VERDICTS = ('error', 'crash', 'timeout', 'fail', 'pass', 'not checked')  # worst first
-CULPRIT = re.compile(r'the fault is in (?:models|losses)\.([A-Za-z_]\w*)', re.IGNORECASE)  # course.FAULT
-CALL = re.compile(r'(?<![\w.])(?:models|losses)\.(?!py\b)([A-Za-z_]\w*)')
 
 
 def add_arguments(parser):
@@ -100,255 +66,6 @@ def add_arguments(parser):
     parser.add_argument('--jobs', type=int, default=2, help='students checked at once, each in processes of its own '
                                                             '(default 2)')
     return parser
-
-
-# ---------------------------------------------------------------------------------------------
-# What a check's outcome concerns
-
-
-def short(test):
-    return test.split('::', 1)[-1]
-
-
-def culprit(message):
-    """The function a failure blames by "the fault is in <module>.<name>" (tests/course.py), or None."""
-    found = CULPRIT.search(message or '')
-    return found.group(1) if found else None
-
-
-def subject(check):
-    """The student's class or function a failing check is about: the one it blames, else the one it
-    timed out or raised in, else the first call its message names (the first of these that USES
-    knows, else the first found); None if none is known."""
-    function = check.get('function')
-    called = CALL.search(check.get('message') or '')
-    found = [culprit(check.get('message')), function and function.split('.')[0], called and called.group(1)]
-    found = [name for name in found if name]
-    return next((name for name in found if name in USES), found[0] if found else None)
-
-
-def concerns(test, message):
-    """The names of models.py and losses.py that a failing course_api test concerns, for
-    reporting.versus: the function it blames when it blames another, else the call its message names
-    first; with neither, the name its test's name starts with (test_<name>_...)."""
-    named = subject(dict(message=message))
-    if named:
-        return {named}
-    stem = short(test).split('[')[0]
-    stem = stem[len('test_'):] if stem.startswith('test_') else stem
-    return {stem.split('_')[0]} | {n for n in USES if stem.lower().startswith(n.lower() + '_')}
-
-
-def blamed_parts(test, check):
-    """The parts a failing check counts against: those of its test that use its subject, or, where
-    none does (it blames a function the test only compares with), the parts that use the subject."""
-    parts = CHECKS.get(test, ())
-    named = subject(check)
-    if named not in USES:
-        return parts
-    return tuple(p for p in parts if p in USES[named]) or USES[named]
-
-
-# ---------------------------------------------------------------------------------------------
-# The checks' process (python -m engine.grading --child): never run in the grader's own process
-
-
-def qualname_at(path, line):
-    """'Class.method' (or 'function') of the def or class around line `line` of the Python file at
-    path, from its syntax tree: nothing is imported. None where there is none or the file does not parse."""
-    try:
-        with open(path, encoding='utf-8', errors='replace') as fh:
-            tree = ast.parse(fh.read())
-    except (OSError, SyntaxError, ValueError):
-        return None
-    names, nodes = [], list(ast.iter_child_nodes(tree))
-    while nodes:
-        node = next((n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                     and n.lineno <= line <= (n.end_lineno or n.lineno)), None)
-        if node is None:
-            break
-        names.append(node.name)
-        nodes = list(ast.iter_child_nodes(node))
-    return '.'.join(names) or None
-
-
-def place(path, line):
-    """'models.py line 12, PixelCNN.forward': a line of a student's file, in words."""
-    name = qualname_at(path, line)
-    return f'{os.path.basename(path)} line {line}' + (f', {name}' if name else '')
-
-
-def student_frame(frames, paths):
-    """(path, line) of the innermost of (filename, line) frames, innermost first, in a student's file."""
-    for filename, line in frames:
-        if os.path.realpath(filename) in paths:
-            return os.path.realpath(filename), line
-    return None
-
-
-def stack_frames(frame):
-    while frame is not None:
-        yield frame.f_code.co_filename, frame.f_lineno
-        frame = frame.f_back
-
-
-class _Interrupted(BaseException):
-    """The interval timer's interruption of a check or of loading a file (not an Exception: the
-    course's calls catch those, and a student's `except Exception` does too)."""
-
-
-def _on_timer(signum, frame):
-    raise _Interrupted(frame)
-
-
-def _load(path, timeout):
-    """None if the student's file at path loads (executed as a module of its own, in this child
-    process), else why not, in words."""
-    import importlib.util
-    import traceback
-    try:
-        with open(path, 'rb') as fh:
-            compile(fh.read(), path, 'exec')
-    except SyntaxError as e:
-        text = (e.text or '').strip()
-        return f'{type(e).__name__}: {e.msg} (line {e.lineno}' + (f': {text})' if text else ')')
-    except (OSError, ValueError) as e:
-        return f'{type(e).__name__}: {e}'
-    spec = importlib.util.spec_from_file_location('_submitted_' + os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    previous = signal.signal(signal.SIGALRM, _on_timer)
-    signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
-    try:
-        spec.loader.exec_module(module)
-        return None
-    except _Interrupted as e:
-        at = student_frame(stack_frames(e.args[0]), {os.path.realpath(path)})
-        return f'loading it did not end within {timeout:g} s' + (f' ({place(*at)})' if at else '')
-    except BaseException as e:  # whatever a student's module raises, SystemExit included
-        at = student_frame(((f.filename, f.lineno) for f in reversed(traceback.extract_tb(e.__traceback__))),
-                           {os.path.realpath(path)})
-        return f'{type(e).__name__}: {e}' + (f' ({place(*at)})' if at else '')
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _failure(report, call, fired, paths):
-    """outcome, message (and where, function) of a check's phase that did not pass; fired: where the
-    interval timer interrupted it (() outside the student's files), None if it did not."""
-    if report.skipped:
-        return dict(outcome='skipped', message=str(getattr(call.excinfo.value, 'msg', '')))
-    out = dict(outcome='failed' if call.when == 'call' else 'error')
-    if call.when == 'call' and fired is not None:
-        out['outcome'] = 'timeout'
-        if fired:
-            out.update(where=place(*fired), function=qualname_at(*fired))
-    error = call.excinfo.value
-    if isinstance(error, pytest.fail.Exception):
-        return dict(out, message=str(error.msg))
-    out['message'] = '\n'.join(call.excinfo.exconly().splitlines()[:12])
-    at = student_frame([(str(entry.path), entry.lineno + 1) for entry in reversed(call.excinfo.traceback)], paths)
-    if at and out['outcome'] != 'timeout':
-        out.update(message=out['message'] + f' (raised in {place(*at)})', where=place(*at), function=qualname_at(*at))
-    return out
-
-
-class _Limits:
-    """The pytest plugin of a checks process: it keeps the checks asked for (only, less skip), limits
-    each one's time and writes each one's outcome through emit as it ends."""
-
-    def __init__(self, emit, timeout, grace, threads, paths, stack, only, skip):
-        self.emit, self.timeout, self.grace, self.threads = emit, timeout, grace, threads
-        self.paths, self.stack, self.only, self.skip = paths, stack, only, skip
-        self.outcomes, self.fired = {}, None
-
-    def pytest_collection_modifyitems(self, config, items):
-        keep = [i for i in items if (not self.only or i.nodeid in self.only) and i.nodeid not in self.skip]
-        if len(keep) < len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-            items[:] = keep
-
-    def pytest_collection_finish(self, session):
-        import torch
-        torch.set_num_threads(self.threads)  # after the test modules set theirs
-        self.emit(event='collected', tests=[item.nodeid for item in session.items])
-
-    def pytest_runtest_logstart(self, nodeid, location):
-        self.outcomes[nodeid] = dict(outcome='passed', message='', seconds=0.0)
-        self.emit(event='start', test=nodeid)
-
-    def interrupt(self, signum, frame):
-        at = student_frame(stack_frames(frame), self.paths)
-        self.fired = at or ()
-        raise pytest.fail.Exception(f'timed out: still running after {self.timeout:g} s, the limit of one check'
-                                    + (f', in {place(*at)}' if at else ' (outside the submitted files)'), pytrace=False)
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_call(self, item):
-        self.fired = None
-        previous = signal.signal(signal.SIGALRM, self.interrupt)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout, 1.0)  # again every second while it runs on
-        faulthandler.dump_traceback_later(self.timeout + self.grace, exit=True, file=self.stack)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            faulthandler.cancel_dump_traceback_later()
-            signal.signal(signal.SIGALRM, previous)
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        report = (yield).get_result()
-        result = self.outcomes.setdefault(item.nodeid, dict(outcome='passed', message='', seconds=0.0))
-        result['seconds'] += report.duration
-        if not report.passed and result['outcome'] == 'passed':  # the first phase that did not pass says why
-            result.update(_failure(report, call, self.fired, self.paths))
-
-    def pytest_runtest_logfinish(self, nodeid, location):
-        self.emit(event='end', test=nodeid, **self.outcomes.get(nodeid, dict(outcome='passed')))
-
-
-def _child(argv):
-    """A checks process: load the student's files, then run the course_api checks of those that load."""
-    p = argparse.ArgumentParser(prog='python -m engine.grading --child')
-    p.add_argument('--child', action='store_true')
-    p.add_argument('--events', required=True)
-    p.add_argument('--stack', required=True)
-    p.add_argument('--timeout', type=float, required=True)
-    p.add_argument('--grace', type=float, required=True)
-    p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--select', required=True, help='a JSON file: {"files": {name: path}, "only": [...], "skip": [...]}')
-    a = p.parse_args(argv)
-    with open(a.select) as fh:
-        select = json.load(fh)
-    events = open(a.events, 'a', encoding='utf-8')
-
-    def emit(**event):
-        events.write(json.dumps(event) + '\n')
-        events.flush()
-
-    import torch  # noqa: F401 (imported before the student's files, so that their time limit is their own)
-    files, run = select['files'], []
-    stack = open(a.stack, 'w')
-    for name, path in files.items():
-        emit(event='loading', file=name)
-        faulthandler.dump_traceback_later(a.timeout + a.grace, exit=True, file=stack)
-        error = _load(path, a.timeout)
-        faulthandler.cancel_dump_traceback_later()
-        if error:
-            emit(event='load', file=name, error=error)
-        else:
-            run.append(name)
-    for name in FILES:
-        os.environ[VARIABLES[name]] = files[name] if name in run else os.path.join(ROOT, name)
-    if not run:
-        emit(event='collected', tests=[])
-        return 0
-    paths = {os.path.realpath(files[name]) for name in run}
-    plugin = _Limits(emit, a.timeout, a.grace, a.threads, paths, stack, set(select.get('only') or ()),
-                     set(select.get('skip') or ()))
-    return pytest.main(['-q', '-p', 'no:cacheprovider', '--rootdir', ROOT, '-c', os.path.join(ROOT, 'pytest.ini'),
-                        '-m', 'course_api', *[os.path.join(ROOT, TEST_FILES[name]) for name in run]], plugins=[plugin])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,10 +95,8 @@ def _events(path):
     if os.path.exists(path):
         with open(path, encoding='utf-8') as fh:
             for line in fh:
-                try:
+                with contextlib.suppress(ValueError):  # the last line of a process that was ended while writing it
                     out.append(json.loads(line))
-                except ValueError:
-                    pass  # the last line of a process that was ended while writing it
     return out
 
 
@@ -519,55 +234,7 @@ def check_submission(folder, timeout=TIMEOUT, threads=1, tests=None, grace=GRACE
 
 
 # ---------------------------------------------------------------------------------------------
-# Verdicts and reports
-
-
-def reason(test, check):
-    if check['outcome'] == 'timeout':
-        return f'timed out in {short(test)}' + (f' ({check["where"]})' if check.get('where') else '')
-    if check['outcome'] == 'crash':
-        return f'crashed in {short(test)}: {check["message"]}'
-    return f'{short(test)}: {check["message"]}'
-
-
-def verdicts(result):
-    """{part: dict(verdict, reasons=[...], notes=[...])} of one student's checks."""
-    out = {part: dict(verdict='not checked', reasons=[], notes=[]) for part in PARTS}
-
-    def worse(part, verdict, why=None):
-        v = out[part]
-        if VERDICTS.index(verdict) < VERDICTS.index(v['verdict']):
-            v['verdict'] = verdict
-        if why:
-            v['reasons'].append(why)
-
-    if result['problem']:
-        for part in PARTS:
-            worse(part, 'error', result['problem'])
-    for name, why in result['load'].items():
-        for part in PARTS:
-            if name in NEEDS[part]:
-                worse(part, 'error', f'{name} does not load: {why}')
-    for test, check in sorted(result['checks'].items()):
-        outcome = check['outcome']
-        if outcome == 'skipped':
-            continue
-        if outcome == 'passed':
-            for part in CHECKS.get(test, ()):
-                worse(part, 'pass')
-            continue
-        blamed = blamed_parts(test, check)
-        verdict = {'timeout': 'timeout', 'crash': 'crash'}.get(outcome, 'fail')
-        for part in blamed:
-            worse(part, verdict, reason(test, check))
-        mine = CHECKS.get(test, ())
-        for part in mine:  # what the check ran of the other parts' code passed it
-            if part not in blamed:
-                worse(part, 'pass')
-                if not set(blamed) & set(mine):  # it fails only because of another part's code: say so
-                    out[part]['notes'].append(f'{short(test)} fails, counted against {", ".join(blamed)}: '
-                                              f'{check["message"]}')
-    return out
+# Reports
 
 
 def cell(text, limit=None):
@@ -604,7 +271,7 @@ def student_markdown(name, result, parts, timeout):
     if result['checks']:
         lines += ['', '## The checks', '', '| check | parts | outcome | seconds | message |', '|---|---|---|---|---|']
         for test, check in sorted(result['checks'].items()):
-            mapped = ', '.join(CHECKS[test]) if test in CHECKS else 'not mapped to a part (engine/grading.py, CHECKS)'
+            mapped = ', '.join(CHECKS[test]) if test in CHECKS else 'not mapped to a part (engine/verdicts.py, CHECKS)'
             lines.append(f'| {cell(test)} | {mapped} | {check["outcome"]} | {check.get("seconds", 0):.1f} | '
                          f'{cell(check.get("message", ""))} |')
     return '\n'.join(lines) + '\n'
@@ -720,6 +387,6 @@ def grade(submissions_dir, out_dir=None, timeout=TIMEOUT, jobs=2, say=print):
 
 if __name__ == '__main__':
     if '--child' in sys.argv[1:]:
-        sys.exit(_child(sys.argv[1:]))
+        sys.exit(child(sys.argv[1:]))
     args = add_arguments(argparse.ArgumentParser(prog='python -m engine.grading')).parse_args()
     grade(args.submissions, args.out, args.timeout, args.jobs)

@@ -81,7 +81,7 @@ def part_lock(out):
             pid, started = holder(path)
             if held_by_live_process(pid, started):
                 raise RunLockedError(f'{out} is in use by process {pid} ({path}); wait for it to finish, or stop '
-                                     f'that process; a lock of a process that is gone is cleared by itself')
+                                     f'that process; a lock of a process that is gone is cleared by itself') from None
             os.remove(path)
     else:
         raise RunLockedError(f'could not take the lock {path}; remove it if no run of this part is going on')

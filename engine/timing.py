@@ -134,7 +134,7 @@ def precision_speeds(part, profile, device, repeats=3):
         nets = build(model_spec(cfg), device)
         x = binary_batch(cfg['batch_size'], device, seed=0)
         eps = None if cfg['model'] == 'pixelcnn' else torch.randn(len(x), 49, device=device)
-        steps[precision] = train_step(list(nets.values()), lambda x, nets=nets, cfg=cfg: objective(
+        steps[precision] = train_step(list(nets.values()), lambda x, nets=nets, cfg=cfg, eps=eps: objective(
             nets, cfg, x, eps)[0], x)
     seconds = in_turns(steps, device, repeats=repeats, warmup=1)
     return {precision: len(x) / s for precision, s in seconds.items()}

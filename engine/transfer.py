@@ -10,7 +10,8 @@ written into DIR itself; more goes to DIR/pack-1, DIR/pack-2, ..., each movable 
 of 16 MiB is what one transfer may carry, our limit); a directory holds one pack. `unpack` takes
 them in any order and from several directories, and checks everything before it writes anything:
 it refuses while a piece is missing, damaged or no part of a gzip'd tar, takes a run whole (a
-part's metrics with the model file they belong to), and never replaces a finished run.
+part's metrics with the model file they belong to), and never replaces a finished run (reading a
+pack back and those checks: engine/packs.py).
 
 `carry` does the same for one checkpoint of a run in progress, so that git can hold it between
 sittings although it is over the size a committed file may have: <part>/checkpoint.pack/ holds its
@@ -18,37 +19,18 @@ pieces and a manifest with the epoch and step it has reached; `restore_carried` 
 before a run resumes, unless the checkpoint already there is as far on.
 """
 import datetime
-import hashlib
 import io
-import json
 import os
-import posixpath
-import re
 import tarfile
-import zlib
 
 import torch
 
 from engine.config import run_dir
-from engine.files import atomic_write, read_json, write_json
-
+from engine.files import atomic_write, file_sha256, read_json, write_json
+from engine.packs import (MANIFEST, METRICS, MODEL, PIECE, Incoming, check_finished, check_paths, check_whole,
+                          describe, digest, find_packs, merge, packs_in, piece_name, read_pieces, same_file)
 
 PACK_FILES, PACK_BYTES = 8, 16 * 2 ** 20  # what a transfer may carry: 8 files of at most 16 MiB
-MANIFEST = 'manifest.json'
-METRICS, MODEL = 'metrics.json', 'model.pt'  # a finished part: its metrics and the model they belong to
-PIECE = re.compile(r'^[^/\\]+\.tar\.gz\.\d{2,}$')  # <run>.tar.gz.NN, the name pack gives a piece
-
-
-def digest(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_digest(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as fh:
-        for block in iter(lambda: fh.read(2 ** 20), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tar_blob(source, parts=None, leave_out=()):
@@ -129,7 +111,7 @@ def left_out_models(source, parts, leave_out):
         if not os.path.isfile(model):
             alone.append(os.path.join(source, part, METRICS))
         elif MODEL in leave_out:
-            models[part] = file_digest(model)
+            models[part] = file_sha256(model)
     if alone:
         raise ValueError('; '.join(f'{m} has no {MODEL} beside it' for m in alone) + f': a finished part is packed '
                          f'with its model file (or its sha256, with --leave-out {MODEL}), the one its metrics belong '
@@ -141,7 +123,7 @@ def write_pack(where, run, pieces, first, number, packs, whole, parts, created=N
     """One pack: its pieces (numbered from `first` across all packs) and its manifest."""
     names = write_pieces(where, f'{run}.tar.gz', pieces, first)
     manifest = dict(run=run, parts=parts, pack=number, packs=packs, first=first, sha256=whole, created=created,
-                    pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces)])
+                    pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces, strict=True)])
     if left_out:
         manifest['left_out_models'] = left_out
     write_json(os.path.join(where, MANIFEST), manifest, indent=1)
@@ -152,7 +134,7 @@ def write_pieces(where, stem, pieces, first=0):
     """The pieces as where/<stem>.00, .01, ... (numbered from `first`); returns their names."""
     os.makedirs(where, exist_ok=True)
     names = [f'{stem}.{first + i:02d}' for i in range(len(pieces))]
-    for name, piece in zip(names, pieces):
+    for name, piece in zip(names, pieces, strict=True):
         with open(os.path.join(where, name), 'wb') as fh:
             fh.write(piece)
     return names
@@ -167,194 +149,6 @@ def remove_pack(directory, where, manifest):
             os.remove(os.path.join(where, name))
     if os.path.abspath(where) != os.path.abspath(directory) and not os.listdir(where):
         os.rmdir(where)
-
-
-def plain_name(name):
-    return isinstance(name, str) and name not in ('', '.', '..') and '/' not in name and '\\' not in name
-
-
-def piece_name(piece):
-    return piece if isinstance(piece, str) else piece.get('name')
-
-
-def read_manifest(path):
-    """A pack's manifest, refused (ValueError naming it) unless it is one that `pack` writes."""
-    try:
-        with open(path) as fh:
-            manifest = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise ValueError(f'{path} cannot be read ({type(err).__name__}: {err}); copy it again') from err
-    pieces = manifest.get('pieces') if isinstance(manifest, dict) else None
-    if not (isinstance(pieces, list) and pieces and plain_name(manifest.get('run'))
-            and isinstance(manifest.get('sha256'), str)
-            and all(plain_name(piece_name(p)) if isinstance(p, (str, dict)) else False for p in pieces)):
-        raise ValueError(f'{path} is not the manifest of a pack written by `experiments.py pack` (it names no run, '
-                         f'digest or pieces); move it away or use another directory')
-    return manifest
-
-
-def packs_in(directory):
-    """[(directory, manifest)] of the pack in `directory` itself and those in its pack-* directories."""
-    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-    candidates = [directory] + [os.path.join(directory, n) for n in names if n.startswith('pack-')]
-    return [(c, read_manifest(os.path.join(c, MANIFEST))) for c in candidates
-            if os.path.isfile(os.path.join(c, MANIFEST))]
-
-
-def written_at(where, manifest):
-    """(seconds since the epoch, in words) when a pack was written: what its manifest records, or,
-    for a manifest written before they recorded it, the manifest file's modification time."""
-    created = manifest.get('created')
-    if isinstance(created, str):
-        try:
-            when = datetime.datetime.fromisoformat(created)
-            if when.tzinfo is not None:
-                return when.timestamp(), created
-        except ValueError:
-            pass
-    seconds = os.path.getmtime(os.path.join(where, MANIFEST))
-    when = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec='microseconds')
-    return seconds, f"{when} (its manifest file's time: it records none)"
-
-
-def describe(where, manifest):
-    parts = manifest.get('parts')
-    return (f'{manifest["run"]}, written {written_at(where, manifest)[1]}'
-            + (f', parts {", ".join(map(str, parts))}' if isinstance(parts, list) and parts else '') + f', in {where}')
-
-
-def newest(folder, runs):
-    """The packs of the pack run written last among `runs` (lists of (directory, manifest)) found in
-    one folder, said in one line; a tie is refused."""
-    dated = sorted(((max(written_at(w, m)[0] for w, m in packs), packs) for packs in runs),
-                   key=lambda t: t[0], reverse=True)
-    if dated[0][0] == dated[1][0]:
-        raise ValueError(f'{folder} holds {len(runs)} packs and two of them were written at the same time ('
-                         + '; '.join(describe(*p[0]) for _, p in dated[:2]) + '): keep the one you want there, or '
-                         'unpack each from a directory of its own (nothing was unpacked)')
-    latest = lambda packs: max(packs, key=lambda p: written_at(*p)[0])  # noqa: E731
-    print(f'{folder} holds {len(runs)} packs: unpacking the newest ({describe(*latest(dated[0][1]))}) and leaving '
-          f'the older ({"; ".join(describe(*latest(p)) for _, p in dated[1:])})', flush=True)
-    return dated[0][1]
-
-
-def find_packs(directories):
-    """[(directory, manifest)] of every pack in the directories and their pack-* subdirectories; of a
-    directory that holds more than one pack run, only the newest."""
-    found, seen = [], set()
-    for d in directories:
-        here = [(w, m) for w, m in packs_in(d) if os.path.realpath(w) not in seen]
-        seen.update(os.path.realpath(w) for w, _ in here)
-        runs = {}
-        for where, manifest in here:
-            runs.setdefault(manifest['sha256'], []).append((where, manifest))
-        found += newest(d, list(runs.values())) if len(runs) > 1 else here
-    if not found:
-        raise ValueError(f'no {MANIFEST} in {", ".join(directories)} or a pack-* directory there: not a pack '
-                         f'written by `experiments.py pack`')
-    return found
-
-
-def read_pieces(where, manifest):
-    """The bytes of one pack's pieces, each checked against its digest (manifests written before
-    per-piece digests: the whole is checked later)."""
-    data = []
-    for piece in manifest['pieces']:
-        name = piece_name(piece)
-        path = os.path.join(where, name)
-        if not os.path.exists(path):
-            raise ValueError(f'the pieces in {where} do not match their manifest: {name} is missing; copy it again '
-                             f'(nothing was unpacked)')
-        with open(path, 'rb') as fh:
-            data.append(fh.read())
-        if not isinstance(piece, str) and digest(data[-1]) != piece.get('sha256'):
-            raise ValueError(f'the pieces in {where} do not match their manifest: {name} is damaged (its sha256 '
-                             f'differs); copy it again (nothing was unpacked)')
-    return data
-
-
-def assemble(packs):
-    """[(path, bytes)] of the pieces of one pack run from its packs, in any order: every pack
-    present, every digest right."""
-    run, total, whole = packs[0][1]['run'], packs[0][1].get('packs', 1), packs[0][1]['sha256']
-    numbers = {m.get('pack', 1): (where, m) for where, m in packs}
-    missing = sorted(set(range(1, total + 1)) - set(numbers))
-    if missing:
-        held = ', '.join(f'{n} ({numbers[n][0]})' for n in sorted(numbers))
-        raise ValueError(f'pack(s) {", ".join(map(str, missing))} of {total} of {run} are missing (found {held}); '
-                         f'unpack all of them together (nothing was unpacked)')
-    pieces = []
-    for n in range(1, total + 1):
-        where, manifest = numbers[n]
-        pieces += [(os.path.join(where, piece_name(p)), data)
-                   for p, data in zip(manifest['pieces'], read_pieces(where, manifest))]
-    if digest(b''.join(data for _, data in pieces)) != whole:
-        raise ValueError(f'the pieces in {", ".join(w for w, _ in packs)} do not match their manifest (a piece is '
-                         f'missing, truncated or from another pack); copy them again (nothing was unpacked)')
-    return pieces
-
-
-def read_tar(run, pieces):
-    """The tar (an open TarFile) and its members, from the gzip'd pieces [(path, bytes)] of pack run
-    `run`; a piece that does not carry on the gzip'd tar (not gzip, no tar inside, cut short, bytes
-    after its end) is refused, named, and so is a member outside the run's directory."""
-    def refuse(path, why):
-        return ValueError(f"{path} passes its sha256 check but is not part of a gzip'd tar written by "
-                          f'`experiments.py pack` ({why}); nothing was unpacked')
-
-    inflate, raw, ends = zlib.decompressobj(16 + zlib.MAX_WBITS), io.BytesIO(), []
-    for path, data in pieces:
-        try:
-            raw.write(inflate.decompress(data))
-        except zlib.error as err:
-            raise refuse(path, f'not gzip data: {err}') from err
-        if inflate.unused_data:
-            raise refuse(path, 'bytes after the end of the gzip stream')
-        ends.append(raw.tell())
-    if not inflate.eof:
-        raise refuse(pieces[-1][0], 'the gzip stream stops short of its end')
-    at = lambda offset: next((p for (p, _), end in zip(pieces, ends) if offset < end), pieces[-1][0])  # noqa: E731
-    raw.seek(0)
-    tar = None
-    try:
-        tar = tarfile.open(fileobj=raw, mode='r:')
-        members = tar.getmembers()
-    except tarfile.TarError as err:
-        raise refuse(at(tar.offset if tar is not None else 0), f'no tar inside: {err}') from err
-    size = ends[-1] if ends else 0
-    for m in members:
-        if m.isfile() and m.offset_data + m.size > size:
-            raise refuse(at(size - 1), f'the tar stops short inside {m.name}')
-        if (os.path.isabs(m.name) or '..' in m.name.split('/') or not (m.isfile() or m.isdir())
-                or m.name.split('/')[0] != run):
-            raise ValueError(f'the pack of {run} holds a path outside its run directory; nothing was unpacked')
-    return tar, members
-
-
-class Incoming:
-    """One pack run opened for unpacking: its packs, its files {name: member} and its directories."""
-
-    def __init__(self, packs):
-        self.packs, self.run = packs, packs[0][1]['run']
-        self.tar, members = read_tar(self.run, assemble(packs))
-        norm = lambda m: posixpath.normpath(m.name)  # noqa: E731
-        self.files = {norm(m): m for m in members if m.isfile()}
-        self.dirs = {norm(m): m for m in members if m.isdir()}
-        self.left_out = {}
-        for _, manifest in packs:
-            self.left_out.update(manifest.get('left_out_models') or {})
-        self.label = ', '.join(sorted({w for w, _ in packs}))
-
-    def read(self, name):
-        return self.tar.extractfile(self.files[name]).read()
-
-
-def same_file(path, data):
-    """Whether path is a file holding exactly data."""
-    if not os.path.isfile(path) or os.path.getsize(path) != len(data):
-        return False
-    with open(path, 'rb') as fh:
-        return fh.read() == data
 
 
 def unpack(directories, results_dir='results'):
@@ -395,7 +189,7 @@ def unpack(directories, results_dir='results'):
         if same_file(target, data):
             counts[id(run)][1] += 1
             continue
-        atomic_write(target, lambda fh: fh.write(data))
+        atomic_write(target, lambda fh, data=data: fh.write(data))
         os.utime(target, (member.mtime, member.mtime))
         counts[id(run)][0] += 1
         if name in alone:
@@ -408,103 +202,6 @@ def unpack(directories, results_dir='results'):
         print(f'unpacked {done} files into {targets[-1]}' + (f' ({kept} already there, the same)' if kept else ''),
               flush=True)
     return targets[0] if len(targets) == 1 else targets
-
-
-def merge(opened):
-    """{name: (Incoming, member)} of every file the packs carry; one carried differently by two is refused."""
-    incoming, clashes = {}, []
-    for run in opened:
-        for name, member in run.files.items():
-            if name not in incoming:
-                incoming[name] = (run, member)
-            elif incoming[name][0].read(name) != run.read(name):
-                clashes.append((name, incoming[name][0]))
-        if clashes:
-            name, other = clashes[0]
-            raise ValueError(f'the packs in {other.label} and in {run.label} carry {name} with different contents'
-                             + (f' (and {len(clashes) - 1} more files)' if len(clashes) > 1 else '')
-                             + ': unpack the one you want, or each into its own --results-dir (nothing was unpacked)')
-    return incoming
-
-
-def check_whole(opened, incoming, results_dir):
-    """Each pack's metrics.json files with the model they belong to (unpack's docstring); returns
-    {name of metrics.json: sha256 of its model} for those unpacked before their model file."""
-    alone = {}
-    for run in opened:
-        for name in sorted(run.files):
-            bits = name.split('/')
-            if len(bits) != 3 or bits[2] != METRICS:
-                continue
-            model, want = f'{bits[0]}/{bits[1]}/{MODEL}', run.left_out.get(bits[1])
-            if model in run.files:
-                continue
-            if want is None:
-                if any(model in o.files and name in o.files and o.read(name) == run.read(name) for o in opened):
-                    continue  # another of the packs carries the same metrics with their model
-                raise ValueError(f'the pack in {run.label} holds {name} without the {MODEL} it belongs to (it has no '
-                                 f'{MODEL} for {bits[1]} and its manifest records none): a finished run is unpacked '
-                                 f'whole; pack {bits[1]} again with its model file, or unpack this pack together with '
-                                 f'the one that holds it (nothing was unpacked)')
-            there = os.path.join(results_dir, bits[0], bits[1], MODEL)
-            if model in incoming:
-                have, where = digest(incoming[model][0].read(model)), f'the {model} in {incoming[model][0].label}'
-            elif os.path.isfile(there):
-                have, where = file_digest(there), there
-            else:
-                alone[name] = want
-                continue
-            if have != want:
-                raise ValueError(f'the {name} in {run.label} belongs to a {MODEL} with sha256 {want[:12]}..., but '
-                                 f'{where} is another (sha256 {have[:12]}...): its metrics would sit beside the wrong '
-                                 f'model; unpack it into another --results-dir, or with the pack that holds its model '
-                                 f'(nothing was unpacked)')
-    return alone
-
-
-def check_finished(incoming, results_dir):
-    """A finished run there is never changed (unpack's docstring)."""
-    changes = {}
-    for name, (run, _) in sorted(incoming.items()):
-        bits = name.split('/')
-        if len(bits) < 3:
-            continue
-        part_dir = os.path.join(results_dir, bits[0], bits[1])
-        metrics, target = os.path.join(part_dir, METRICS), os.path.join(results_dir, *bits)
-        if not os.path.isfile(metrics) or same_file(target, run.read(name)):
-            continue
-        metrics_name = f'{bits[0]}/{bits[1]}/{METRICS}'
-        carried = incoming.get(metrics_name)
-        if not os.path.lexists(target) and carried and same_file(metrics, carried[0].read(metrics_name)):
-            continue  # a file the same finished run lacks here
-        verb = 'replace' if os.path.lexists(target) else 'add'
-        changes.setdefault(part_dir, []).append(f'{verb} {"/".join(bits[2:])}')
-    if changes:
-        said = '; '.join(f'{d} holds a finished run ({METRICS}'
-                         + (f' and {MODEL}' if os.path.isfile(os.path.join(d, MODEL)) else '')
-                         + f'): unpacking would {", ".join(c[:4])}' + (f' and {len(c) - 4} more' if len(c) > 4 else '')
-                         for d, c in changes.items())
-        raise ValueError(f'{said}. Unpacking never replaces a finished run: unpack into another directory '
-                         f'(--results-dir DIR) and compare, or move {", ".join(changes)} away first (nothing was '
-                         f'unpacked)')
-
-
-def check_paths(opened, incoming, results_dir):
-    """Every file and directory of the packs can be written where it goes: no name that is a file in
-    one place and a directory in another, here or in the packs."""
-    wanted = {n: True for run in opened for n in run.dirs}
-    for name in incoming:
-        bits = name.split('/')
-        for k in range(1, len(bits) + 1):
-            key, is_dir = '/'.join(bits[:k]), k < len(bits)
-            if wanted.setdefault(key, is_dir) != is_dir:
-                raise ValueError(f'the packs hold {key} both as a file and as a directory; unpack them one at a time, '
-                                 f'each into its own --results-dir (nothing was unpacked)')
-    for name, is_dir in sorted(wanted.items()):
-        path = os.path.join(results_dir, *name.split('/'))
-        if os.path.lexists(path) and os.path.isdir(path) != is_dir:
-            raise ValueError(f'{path} is {"a file" if is_dir else "a directory"} where the pack has '
-                             f'{"a directory" if is_dir else "a file"}; move it away first (nothing was unpacked)')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,9 +226,11 @@ def carry(part_dir, piece_bytes=PACK_BYTES):
     reached), replacing an earlier pack. Returns the manifest."""
     path = os.path.join(part_dir, CHECKPOINT)
     if not os.path.exists(path):
-        raise ValueError(f'{path} does not exist: nothing to carry (a finished run keeps its model file, not a checkpoint)')
+        raise ValueError(f'{path} does not exist: nothing to carry (a finished run keeps its model file, not a '
+                         f'checkpoint)')
     if os.path.exists(os.path.join(part_dir, 'metrics.json')):
-        raise ValueError(f'{part_dir} has finished (metrics.json): its model file is what is committed, not its checkpoint')
+        raise ValueError(f'{part_dir} has finished (metrics.json): its model file is what is committed, not its '
+                         f'checkpoint')
     if piece_bytes < 1:
         raise ValueError(f'piece_bytes must be at least 1, got {piece_bytes}')
     with open(path, 'rb') as fh:
@@ -542,7 +241,7 @@ def carry(part_dir, piece_bytes=PACK_BYTES):
     pieces = [blob[i:i + piece_bytes] for i in range(0, len(blob), piece_bytes)]
     names = write_pieces(where, CHECKPOINT, pieces)
     manifest = dict(file=CHECKPOINT, epoch=at[0], batch=at[1], step=at[2], sha256=digest(blob), bytes=len(blob),
-                    pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces)])
+                    pieces=[dict(name=n, sha256=digest(p), bytes=len(p)) for n, p in zip(names, pieces, strict=True)])
     write_json(os.path.join(where, MANIFEST), manifest, indent=1)
     print(f'carried {path} ({describe_reached(at)}, {len(blob) / 2 ** 20:.1f} MiB) into {where} '
           f'({len(pieces)} piece(s) of at most {piece_bytes / 2 ** 20:.0f} MiB); commit it with: git add {where}',
@@ -582,7 +281,8 @@ def restore_carried(part_dir, log=print):
     if local is not None:
         aside = os.path.join(part_dir, f'checkpoint-step{max(local[2], 0)}.pt')
         os.replace(path, aside)
-        log(f'{path} ({describe_reached(local)}) has trained less than the one carried in {where}: it is kept as {aside}')
+        log(f'{path} ({describe_reached(local)}) has trained less than the one carried in {where}: it is kept as '
+            f'{aside}')
     atomic_write(path, lambda fh: fh.write(blob))
     log(f'restored {path} ({describe_reached(at)}) from {where}')
     return path

@@ -10,7 +10,7 @@ them their numbers. What is left here is generated for a student's own runs: the
 notebooks display (remedies_reading).
 """
 from engine.config import PARTS, with_defaults
-from engine.evaluate import MNIST_TEST, subset_of, test_subset  # noqa: F401 (subset_of: the readers of answers)
+from engine.subsets import MNIST_TEST, subset_of, test_subset  # noqa: F401 (subset_of: the readers of answers)
 from reporting.reader import per_image
 
 
@@ -88,7 +88,8 @@ def paired_series(terms):
     series = [per_image(m).get(q) for _, m, q in terms]
     if any(s is None for s in series):
         return None
-    indexed = [dict(zip(image_index(m, q, len(s)), s.double().tolist())) for (_, m, q), s in zip(terms, series)]
+    indexed = [dict(zip(image_index(m, q, len(s)), s.double().tolist(), strict=True))
+               for (_, m, q), s in zip(terms, series, strict=True)]
     common = [i for i in indexed[0] if all(i in d for d in indexed[1:])]
     import torch
     values = [torch.tensor([d[i] for i in common], dtype=torch.float64) for d in indexed]
@@ -106,14 +107,14 @@ def contrast(terms):
     paired = paired_series(terms)
     if paired is not None and paired[1]:
         values, common, subset = paired
-        d = sum(c * s for (c, _, _), s in zip(terms, values))
+        d = sum(c * s for (c, _, _), s in zip(terms, values, strict=True))
         n = len(common)
         words = images_words(subset, n) if subset != 'some' else f'{n:,} test images'
         return dict(value=d.mean().item(), se=d.std().item() / n ** 0.5, n=[n], paired=True, images=words)
     vs = [m['values'][q] for _, m, q in terms]
     subsets = list(dict.fromkeys(images_words(subset_of(v), v['n_images']) for v in vs))
-    return dict(value=sum(c * v['value'] for (c, _, _), v in zip(terms, vs)), paired=False,
-                se=sum((c * v['stderr']) ** 2 for (c, _, _), v in zip(terms, vs)) ** 0.5,
+    return dict(value=sum(c * v['value'] for (c, _, _), v in zip(terms, vs, strict=True)), paired=False,
+                se=sum((c * v['stderr']) ** 2 for (c, _, _), v in zip(terms, vs, strict=True)) ** 0.5,
                 n=sorted({v['n_images'] for v in vs}), images=' and '.join(subsets))
 
 

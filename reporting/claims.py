@@ -37,6 +37,27 @@ def below(c, by=0.0):
     return c['value'] + 2 * c['se'] < -by
 
 
+def bound_above_nll(r, part):
+    """Whether a part's −ELBO lies measurably above its NLL over the same images, and the gap in words."""
+    g = r.gap(part)
+    return measurable(g) and g['value'] > 0, f'−ELBO − NLL: {said(g)}'
+
+
+def kl_after_switch(r, part):
+    """(test KL term at the switch to autoregression, final KL term, active units, the three in words)
+    of a part that switches its PixelCNN on."""
+    at = r.epochs_kl(part)[with_defaults(r[part]['config'])['autoregress_epoch'] - 1]
+    kl, au = r.value(part, 'kl')['value'], r.value(part, 'active_units')['value']
+    return at, kl, au, f'KL at the switch {at:.2f}, final {kl:.2f}, {au} units active'
+
+
+def still_falling(r, part, floor=None):
+    """Whether a part's test KL term was still falling over the last six epochs (slope below zero by
+    two standard errors, and above floor, nats per epoch, if given), and the slope in words."""
+    b, se = r.trend(part)
+    return b + 2 * se < 0 and (floor is None or b > floor), f'slope {b:+.3f} ± {se:.3f} nats per epoch'
+
+
 def settings_apart(a, b):
     """The settings in which two runs differ, beside the test images they were evaluated on."""
     ca, cb = (with_defaults(m['config']) for m in (a, b))
@@ -69,8 +90,8 @@ def _(r):
     import os
     said_of = {(p, k): seen(os.path.join(r[p]['dir'], f'{k}.png')) for p in ('5b', '5c')
                for k in ('samples', 'reconstructions')}
-    ok = all('not digits' in (said_of[(p, 'samples')] or '') and 'test digits' in (said_of[(p, 'reconstructions')] or '')
-             for p in ('5b', '5c'))
+    ok = all('not digits' in (said_of[(p, 'samples')] or '')
+             and 'test digits' in (said_of[(p, 'reconstructions')] or '') for p in ('5b', '5c'))
     return ok, '; '.join(f'{p} {k}: {v}' for (p, k), v in said_of.items())
 
 
@@ -110,29 +131,25 @@ def _(r):
 
 @claim('six-b-bound-above-nll', '6b\'s −ELBO lies measurably above its NLL over the same images')
 def _(r):
-    g = r.gap('6b')
-    return measurable(g) and g['value'] > 0, f'−ELBO − NLL: {said(g)}'
+    return bound_above_nll(r, '6b')
 
 
 @claim('six-c-bound-above-nll', '6c\'s −ELBO lies measurably above its NLL over the same images')
 def _(r):
-    g = r.gap('6c')
-    return measurable(g) and g['value'] > 0, f'−ELBO − NLL: {said(g)}'
+    return bound_above_nll(r, '6c')
 
 
 @claim('six-c-collapse-partial', '6c\'s KL term falls after the PixelCNN is switched on, to under half its level at '
                                  'the switch, but not to zero: some latent dimensions stay active')
 def _(r):
-    at = r.epochs_kl('6c')[with_defaults(r['6c']['config'])['autoregress_epoch'] - 1]
-    kl, au = r.value('6c', 'kl')['value'], r.value('6c', 'active_units')['value']
-    return kl < at / 2 and kl >= 1 and au > 0, f'KL at the switch {at:.2f}, final {kl:.2f}, {au} units active'
+    at, kl, au, said = kl_after_switch(r, '6c')
+    return kl < at / 2 and kl >= 1 and au > 0, said
 
 
 @claim('six-c-kl-still-falling', '6c\'s KL term was still falling over the last six epochs (slope below zero by two '
                                  'standard errors)')
 def _(r):
-    b, se = r.trend('6c')
-    return b + 2 * se < 0, f'slope {b:+.3f} ± {se:.3f} nats per epoch'
+    return still_falling(r, '6c')
 
 
 @claim('six-c-above-six-a', '6c\'s NLL is measurably above 6a\'s over the same images, and the two runs differ in '
@@ -195,9 +212,8 @@ def _(r):
 @claim('six-e-baseline-collapses-partly', 'without a remedy the KL term falls after the switch, to under half its '
                                           'level there, but some dimensions stay active')
 def _(r):
-    at = r.epochs_kl('6e-baseline')[with_defaults(r['6e-baseline']['config'])['autoregress_epoch'] - 1]
-    kl, au = r.value('6e-baseline', 'kl')['value'], r.value('6e-baseline', 'active_units')['value']
-    return kl < at / 2 and au > 0, f'KL at the switch {at:.2f}, final {kl:.2f}, {au} units active'
+    at, kl, au, said = kl_after_switch(r, '6e-baseline')
+    return kl < at / 2 and au > 0, said
 
 
 @claim('six-e-freebits-meets-the-goal', 'free bits keeps a KL term at least twice the baseline\'s, with every latent '
@@ -244,13 +260,13 @@ def _(r):
     cfg = with_defaults(r['6e-warmup']['config'])
     at = r.epochs_kl('6e-baseline')[cfg['autoregress_epoch'] - 1]
     return cfg['kl_warmup_start'] == cfg['autoregress_epoch'] and at >= 1, \
-        f'warm-up from epoch {cfg["kl_warmup_start"]}, switch after epoch {cfg["autoregress_epoch"]}, baseline KL {at:.2f}'
+        f'warm-up from epoch {cfg["kl_warmup_start"]}, switch after epoch {cfg["autoregress_epoch"]}, ' \
+        f'baseline KL {at:.2f}'
 
 
 @claim('warm-up-still-falling', 'the warm-up run\'s KL term was still falling over the last six epochs')
 def _(r):
-    b, se = r.trend('6e-warmup')
-    return b + 2 * se < 0, f'slope {b:+.3f} ± {se:.3f} nats per epoch'
+    return still_falling(r, '6e-warmup')
 
 
 @claim('free-bits-bound-looser', 'free bits\' −ELBO is measurably above the baseline\'s while its NLL is measurably '
@@ -264,8 +280,7 @@ def _(r):
 
 @claim('six-e-baseline-still-falling', 'the baseline\'s KL term was still falling slowly over the last six epochs')
 def _(r):
-    b, se = r.trend('6e-baseline')
-    return b + 2 * se < 0 and b > -0.5, f'slope {b:+.3f} ± {se:.3f} nats per epoch'
+    return still_falling(r, '6e-baseline', floor=-0.5)
 
 
 @claim('flow-helps-the-pixelvae', 'the baseline\'s NLL is measurably below 6c\'s, which differs from it in the flow '

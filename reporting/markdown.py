@@ -96,7 +96,7 @@ class Converter:
             if ch == '\\':
                 m = re.match(r'\\([A-Za-z]+)\*?', s[i:])
                 if m is None:
-                    out.append(ESCAPES.get(s[i + 1], None) or self.unknown(s, i))
+                    out.append(ESCAPES.get(s[i + 1]) or self.unknown(s, i))
                     i += 2
                     continue
                 text, i = self.command(s, m[1], i + len(m[0]))

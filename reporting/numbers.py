@@ -249,7 +249,8 @@ def problem6d_numbers(r):
     off = [e for e, _, setting in last if not setting]
     earlier = attempts[0] if len(attempts) > 1 else []
     earlier_stall = next((i for i, (_, kl, _) in enumerate(earlier) if kl >= 1), len(earlier))
-    return {'DiffSixDSixB': difference(r.diff('6d', '6b', 'nll')), 'SixDTighter': difference(gap_difference(r, '6b', '6d')),
+    return {'DiffSixDSixB': difference(r.diff('6d', '6b', 'nll')),
+            'SixDTighter': difference(gap_difference(r, '6b', '6d')),
             'DiffSixDSixBKL': difference(r.diff('6d', '6b', 'kl')),
             'SixDStall': plain(r.stall('6d')), 'SixDUsedEpochs': plain(r['6d']['epochs'] - r.stall('6d')),
             'SixBStall': plain(r.stall('6b')), 'SixDCompileOffEpochs': plain(len(off)),
@@ -297,14 +298,14 @@ class Table:
     say only how they pair; otherwise each cell names its own images."""
     def __init__(self, header, rows, align):
         self.align = align
-        columns = list(zip(*rows)) if rows else [()] * len(header)
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
         self.header, out = [], []
-        for head, cells in zip(header, columns):
+        for head, cells in zip(header, columns, strict=True):
             images = {c[1] for c in cells if isinstance(c, tuple)}
             one = len(images) == 1
             self.header.append(f'{head} ({images.pop()})' if one else head)
             out.append([self.text(c, one) for c in cells])
-        self.rows = [list(r) for r in zip(*out)]
+        self.rows = [list(r) for r in zip(*out, strict=True)]
 
     @staticmethod
     def text(c, images_in_header):
@@ -338,8 +339,9 @@ def hardware(m):
 def runs_table(r):
     """The runs the chapter quotes: profile, precision, epochs, hardware and the test images of each number."""
     rows = []
-    for label, m in [(p, r[p]) for p in ('5b', '5c', '6a')] + [
-            ('6a', r.cpu.get('6a')), ('6a', r.cpu_bf16.get('6a'))] + [(p, r[p]) for p in PARTS if p[:2] in ('6b', '6c', '6d', '6e')]:
+    quoted = ([(p, r[p]) for p in ('5b', '5c', '6a')] + [('6a', r.cpu.get('6a')), ('6a', r.cpu_bf16.get('6a'))]
+              + [(p, r[p]) for p in PARTS if p[:2] in ('6b', '6c', '6d', '6e')])
+    for label, m in quoted:
         if m is None:
             continue
         cfg = cfg_of(m)
@@ -397,8 +399,8 @@ def table_6b(r):
 
 def table_6c(r):
     c, a = r['6c'], r['6a']
-    rows = [['6c', str(c['epochs']), cell(c['values'][is_q(c)]), cell(c['values']['test_elbo']), cell(c['values']['kl']),
-             cell(c['values']['active_units'])],
+    rows = [['6c', str(c['epochs']), cell(c['values'][is_q(c)]), cell(c['values']['test_elbo']),
+             cell(c['values']['kl']), cell(c['values']['active_units'])],
             ['6a', str(a['epochs']), cell(r.first('6a', 'test_nll', c['values'][is_q(c)]['n_images'])), '', '', ''],
             ['6c − 6a', '', diff_cell(r.diff('6c', '6a', 'nll')), '', '', '']]
     return Table(['part', 'epochs', 'NLL', '−ELBO', 'KL term', 'active units'], rows, 'lrrrrr')

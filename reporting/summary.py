@@ -55,7 +55,8 @@ def metrics_table(metrics, reported_only=False):
 def write_summary(results_dir='results', profile=None, precision='fp32'):
     """<run dir>/summary.md (a table) and <run dir>/summary.json (one entry per reported number, with
     its reproduce command), for the run directory of (profile, precision), or for every one."""
-    dirs = run_dirs(results_dir) if profile is None else [(run_dir(results_dir, profile, precision), profile, precision)]
+    dirs = (run_dirs(results_dir) if profile is None
+            else [(run_dir(results_dir, profile, precision), profile, precision)])
     metrics = []
     for path, _, _ in dirs:
         these = [read_json(os.path.join(path, p, 'metrics.json')) for p in PARTS

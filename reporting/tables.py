@@ -41,19 +41,22 @@ def bf16_markdown(bf16, fp32, plain, path):
     """Training throughput with bfloat16 forward passes (experiments.py run --precision bf16) beside
     float32, from the same machine; not counted against the goals, which ask for the same arithmetic."""
     lines = [f'Opt-in bfloat16 training (`{path}`): not the same arithmetic, so not counted against the goals '
-             f'above.', '', '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward |'
-             ' goal |', '|---|---|---|---|---|---|']
+             f'above.', '',
+             '| training, images/s | bfloat16 | float32 | bfloat16 / float32 | bfloat16 / straightforward | goal |',
+             '|---|---|---|---|---|---|']
     for key, a in bf16.items():
         b, c, g = fp32.get(key), plain.get(key), GOALS.get(key)
-        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | {"" if b is None else f"{a / b:.1f}x"} | '
-                     f'{"" if c is None else f"{a / c:.1f}x"} | {"" if g is None else f"{g:g}x"} |')
+        lines.append(f'| {key} | {a:.2f} | {"" if b is None else f"{b:.2f}"} | '
+                     f'{"" if b is None else f"{a / b:.1f}x"} | {"" if c is None else f"{a / c:.1f}x"} | '
+                     f'{"" if g is None else f"{g:g}x"} |')
     return '\n'.join(lines) + '\n'
 
 
 def bf16_parity(results_dir):
     """[(part, quantity, bf16 metrics, fp32 metrics, contrast)] for each likelihood bound or estimate
-    (test NLL, test ELBO, importance-sampled NLL) of each part trained in both precisions in the cpu profile (results_dir/cpu-bf16 and results_dir/cpu): bfloat16 minus
-    float32, paired over the same test images where both saved per-image values."""
+    (test NLL, test ELBO, importance-sampled NLL) of each part trained in both precisions in the cpu
+    profile (results_dir/cpu-bf16 and results_dir/cpu): bfloat16 minus float32, paired over the same
+    test images where both saved per-image values."""
     low_dir, full_dir = os.path.join(results_dir, 'cpu-bf16'), os.path.join(results_dir, 'cpu')
     found = []
     for part in PARTS:
@@ -86,12 +89,14 @@ def bf16_runs_markdown(results_dir):
     return ('Parts trained again in bfloat16 (`python experiments.py run PART --profile cpu --precision bf16`, '
             f'results in `{root}`) against their float32 run, both evaluated in float32; nats per image, lower is '
             'better. The difference is bfloat16 minus float32 over the same test images, with the standard error '
-            'of the paired difference, which counts the spread over test images, not that between two training runs. '
+            'of the paired difference, which counts the spread over test images, not that between two training '
+            'runs. '
             'Parity: bfloat16 is not measurably worse (its difference is below two standard errors). Each bfloat16 '
             'number is recomputed by `python experiments.py eval PART --quantity QUANTITY --profile cpu --precision '
             'bf16`; training speeds in bfloat16 and float32, measured side by side: '
             '[`docs/speed.md`](speed.md).\n\n'
-            '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | same settings and seed |\n'
+            '| part | quantity | bfloat16 | float32 | difference | parity | images | epochs | '
+            'same settings and seed |\n'
             '|---|---|---|---|---|---|---|---|---|\n'
             + '\n'.join(lines) + '\n\n' + ' '.join(readings) + '\n')
 
@@ -110,15 +115,18 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
             if any(not label.startswith('CPU') for label, _ in spent):
                 continue
             hardware.update(label for label, _ in spent)
-            rows.append((list(PARTS).index(part), f'| {part} | {run_name(r, [part])} | {m["epochs"]} | {sum(s for _, s in spent) / 3600:.1f} h | '
+            hours = sum(s for _, s in spent) / 3600
+            rows.append((list(PARTS).index(part), f'| {part} | {run_name(r, [part])} | {m["epochs"]} | {hours:.1f} h | '
                         + median_epoch(epoch_seconds_by_hardware(m), len(spent) == 1) + ' | '
                         f'{m.get("eval_seconds", 0) / 60:.0f} min |'))
     lines = []
     if rows:
-        lines += [f'The full-profile runs (the course settings; 6e: our design) in `{results_dir}/` that trained on a CPU ({"; ".join(sorted(hardware))}), '
+        lines += [f'The full-profile runs (the course settings; 6e: our design) in `{results_dir}/` that trained on a '
+                  f'CPU ({"; ".join(sorted(hardware))}), '
                   'in wall time summed over their sittings (`metrics.json`); some sittings shared the CPU with other '
                   'work, which the median epoch (from `run.log`) is less affected by:', '',
-                  '| part | run | epochs | training | median epoch | evaluation |', '|---|---|---|---|---|---|', *(row for _, row in sorted(rows)), '']
+                  '| part | run | epochs | training | median epoch | evaluation |', '|---|---|---|---|---|---|',
+                  *(row for _, row in sorted(rows)), '']
     rates = {precision: read_beside(results_dir, bench + '.json', suffix) for precision, suffix in
              (('bf16', '_bf16'), ('float32', ''))}
     missing = [p for p in ('5b', '5c') if not any(r['profile'] == 'full' and p in r['parts'] for r in runs)]
@@ -131,7 +139,8 @@ def cpu_hours_markdown(runs, results_dir, bench='bench_cpu'):
         lines.append(f'{" and ".join(missing)} (the Gaussian VAE) have no course-settings run yet. '
                      'Its training step at course sizes (batch 100, one Adam step) runs at '
                      + ' and '.join(f'{v:.1f} images/s in {k}' for k, v in rates.items())
-                     + f', timed by `tools/bench.py` on a 2-core CPU (`{results_dir}/{bench}_bf16.json`, `{results_dir}/{bench}.json`): '
+                     + f', timed by `tools/bench.py` on a 2-core CPU (`{results_dir}/{bench}_bf16.json`, '
+                     f'`{results_dir}/{bench}.json`): '
                      + ' and '.join(f'{s / 60:.0f} min an epoch in {k}' for k, s in per_epoch.items())
                      + f', so {hours} '
                      f'of training for the {cfg["epochs"]} epochs of each part, before evaluation. These are rates '
@@ -156,7 +165,8 @@ def unfinished_markdown(runs, results_dir):
     run.log, committed at the end of a sitting, in results_dir/full[-<precision>]/<part>/), and which
     have not started."""
     done = {p for r in runs if r['profile'] == 'full' for p in r['parts']}
-    dirs = sorted(d for d in os.listdir(results_dir) if d.partition('-')[0] == 'full') if os.path.isdir(results_dir) else []
+    dirs = (sorted(d for d in os.listdir(results_dir) if d.partition('-')[0] == 'full')
+            if os.path.isdir(results_dir) else [])
     going, waiting = [], []
     for part in (p for p in PARTS if p not in done):
         found = [(d, progress(os.path.join(results_dir, d, part))) for d in dirs
@@ -164,8 +174,9 @@ def unfinished_markdown(runs, results_dir):
         if not found:
             waiting.append(part)
         for d, at in found:
-            going.append(f'{part} (`{results_dir}/{d}/{part}`): ' + (f'epoch {at["epoch"]} of {at["epochs"]} done by {at["when"]}'
-                                                                     if at else 'started, no epoch done'))
+            going.append(f'{part} (`{results_dir}/{d}/{part}`): '
+                         + (f'epoch {at["epoch"]} of {at["epochs"]} done by {at["when"]}' if at
+                            else 'started, no epoch done'))
     if not going and not waiting:
         return 'Every part has finished at the course settings.\n'
     lines = []
@@ -193,7 +204,7 @@ def mutation_markdown(results_dir):
         runs = m.get('runs') or []
         minutes = (f"{m['seconds'] / 60:.0f} min" + (f' in {len(runs)} runs' if len(runs) > 1 else '')
                    if m.get('seconds') else '')
-        lines.append(f"| `{m.get('path', module + '.py')}` | {m['mutants']} | {caught} | {m['equivalent']} | {len(m['survivors'])} | "
-                     f"{m['score']}% | {minutes}{'' if m['complete'] else ' (not complete)'} |")
+        lines.append(f"| `{m.get('path', module + '.py')}` | {m['mutants']} | {caught} | {m['equivalent']} | "
+                     f"{len(m['survivors'])} | {m['score']}% | {minutes}{'' if m['complete'] else ' (not complete)'} |")
     return ('\n'.join(lines) + f"\n\nmutmut {s['mutmut']}, torch {s['torch']}, {s['cores']} cores, one test worker "
             f"per core; each survivor and equivalent mutant is listed in `results/mutation/summary.md`.\n")

@@ -23,15 +23,21 @@ from reporting.reader import load_runs, trained_on, training_minutes, training_t
 from engine.files import read_json
 
 
-BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
-TABLES_BEGIN, TABLES_END = '<!-- tables:begin -->', '<!-- tables:end -->'
-MAP_BEGIN, MAP_END = '<!-- map:begin -->', '<!-- map:end -->'
-GPU_BEGIN, GPU_END = '<!-- gpu:begin -->', '<!-- gpu:end -->'
-CPU_BEGIN, CPU_END = '<!-- cpu:begin -->', '<!-- cpu:end -->'
-SPEED_BEGIN, SPEED_END = '<!-- speed:begin -->', '<!-- speed:end -->'
-MUTATION_BEGIN, MUTATION_END = '<!-- mutation:begin -->', '<!-- mutation:end -->'
-PRECISION_BEGIN, PRECISION_END = '<!-- precision:begin -->', '<!-- precision:end -->'
-PROFILES_BEGIN, PROFILES_END = '<!-- profiles:begin -->', '<!-- profiles:end -->'
+def markers(name):
+    """The two comments between which a generated section of a Markdown file stands."""
+    return f'<!-- {name}:begin -->', f'<!-- {name}:end -->'
+
+
+BEGIN, END = markers('results')
+TABLES_BEGIN, TABLES_END = markers('tables')
+MAP_BEGIN, MAP_END = markers('map')
+GPU_BEGIN, GPU_END = markers('gpu')
+CPU_BEGIN, CPU_END = markers('cpu')
+SPEED_BEGIN, SPEED_END = markers('speed')
+MUTATION_BEGIN, MUTATION_END = markers('mutation')
+PRECISION_BEGIN, PRECISION_END = markers('precision')
+PROFILES_BEGIN, PROFILES_END = markers('profiles')
+
 PROFILE_WORDS = {'full': "the course's settings", 'cpu': 'smaller networks, fewer epochs, for a laptop CPU',
                  'smoke': 'a few steps of tiny networks: checks that everything runs, learns nothing'}
 
@@ -194,7 +200,8 @@ def verification(runs):
     path = os.path.join(os.path.dirname(os.path.normpath(runs[0]['path'])), 'verify.json') if runs else ''
     if not os.path.exists(path):
         return None
-    checks = {(c.get('profile', 'cpu'), c.get('precision', 'fp32'), c['part'], c['quantity']): c for c in read_json(path)}
+    checks = {(c.get('profile', 'cpu'), c.get('precision', 'fp32'), c['part'], c['quantity']): c
+              for c in read_json(path)}
     rows, unchecked = [], {}
     for r in runs:
         for m in r['parts'].values():
@@ -274,7 +281,8 @@ def gpu_time(runs):
     return '| part | run | hardware | training | evaluation |\n|---|---|---|---|---|\n' + ''.join(
         f'| {m["part"]} | {run_name(r, [m["part"]])} | {trained_on(m)} | {training_minutes(m, digits=0)} | '
         f'{m.get("eval_seconds", 0) / 60:.0f} min'
-        + (f' {m["hardware"]}' if m.get('hardware') and trained_on(m) != m['hardware'] else '') + ' |\n' for r, m in rows)
+        + (f' {m["hardware"]}' if m.get('hardware') and trained_on(m) != m['hardware'] else '') + ' |\n'
+        for r, m in rows)
 
 
 def fill_file(path, sections):
@@ -284,7 +292,8 @@ def fill_file(path, sections):
     for begin, end, body in sections:
         if begin not in text or end not in text:
             raise ValueError(f'{path} has no {begin} ... {end} section to fill')
-        text = re.sub(re.escape(begin) + '.*?' + re.escape(end), lambda _: f'{begin}\n{body}{end}', text, flags=re.S)
+        filled = f'{begin}\n{body}{end}'
+        text = re.sub(re.escape(begin) + '.*?' + re.escape(end), lambda _, filled=filled: filled, text, flags=re.S)
     with open(path, 'w') as fh:
         fh.write(text)
 
@@ -323,7 +332,8 @@ def update_readme(readme, runs, results_dir='results'):
                        (TABLES_BEGIN, TABLES_END, glance(runs) if runs else 'No run has finished yet.\n'),
                        (GPU_BEGIN, GPU_END, gpu_time(runs)),
                        (PROFILES_BEGIN, PROFILES_END, profile_times(runs)),
-                       (CPU_BEGIN, CPU_END, cpu_hours_markdown(runs, results_dir) + '\n' + unfinished_markdown(runs, results_dir))])
+                       (CPU_BEGIN, CPU_END,
+                        cpu_hours_markdown(runs, results_dir) + '\n' + unfinished_markdown(runs, results_dir))])
 
 
 def update_docs(docs, results_dir, chapter=None):
@@ -339,7 +349,8 @@ def update_docs(docs, results_dir, chapter=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--results-dir', default='results', help='the folder of the run directories <profile>[-<precision>]')
+    ap.add_argument('--results-dir', default='results',
+                    help='the folder of the run directories <profile>[-<precision>]')
     ap.add_argument('--readme', default='README.md')
     ap.add_argument('--docs', default='docs', help='the folder of results.md, running.md, mutation.md and speed.md')
     ap.add_argument('--analysis', default='analysis', help='the folder of results.tex, numbers.tex and figures/')

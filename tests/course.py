@@ -7,12 +7,12 @@ the test's own code (pytest.fail with pytrace=False).
 A failure names the likeliest fix where the numbers point at one: a value off by exactly a factor
 (ratio: "exactly 2× the closed form: a missing ½?"), and a check that compares one of the student's
 functions with another of theirs says which of the two is wrong (elsewhere): its message then ends
-with FAULT, "the fault is in <module>.<name>", which engine/grading.py and reporting/versus.py read
+with FAULT, "the fault is in <module>.<name>", which engine/verdicts.py and reporting/versus.py read
 to count the failure against that function rather than the one the check calls."""
 import pytest
 import torch
 
-FAULT = 'the fault is in {}'  # engine/grading.py's CULPRIT reads it back: keep the two in step
+FAULT = 'the fault is in {}'  # engine/verdicts.py's CULPRIT reads it back: keep the two in step
 
 
 def fail(message):
@@ -76,7 +76,7 @@ def returns(what, fn, shape, *args):
 def tensors(what, value, *shapes):
     """value, checked to be a tuple of len(shapes) tensors of those shapes."""
     ok = isinstance(value, (tuple, list)) and len(value) == len(shapes) and all(
-        isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(s) for v, s in zip(value, shapes))
+        isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(s) for v, s in zip(value, shapes, strict=True))
     if not ok:
         fail(f'{what} should return {len(shapes)} tensors of shapes {", ".join(map(shape_text, shapes))}; '
              f'it returned {describe(value)}')

@@ -11,7 +11,8 @@ class LinearGaussianModel:
     posterior is N(m, S) with S = (I + A^T A / s^2)^{-1}, m = S A^T (x - b) / s^2."""
 
     def __init__(self, g, d=2, D=3, s=0.5):
-        self.A, self.b, self.s = torch.randn(D, d, generator=g, dtype=DTYPE), torch.randn(D, generator=g, dtype=DTYPE), s
+        self.A, self.b = torch.randn(D, d, generator=g, dtype=DTYPE), torch.randn(D, generator=g, dtype=DTYPE)
+        self.s = s
         self.d, self.D = d, D
 
     def log_marginal(self, x):

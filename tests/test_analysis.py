@@ -7,6 +7,7 @@ computes at least one plausible wrong version of the identity (a flipped sign, a
 term, a log-det evaluated at the wrong point) and asserts that the comparison rejects
 it, so the check has the power to fail.
 """
+import itertools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -117,7 +118,7 @@ def test_p2_importance_sampling_bias_and_consistency():
     assert abs(gaps[0] - kl_divergence(q, post)) < 4 * ses[0]
     # The divergence the other way round, KL(posterior || q), is not the M = 1 gap.
     assert abs(gaps[0] - kl_divergence(post, q)) > 20 * ses[0]
-    for (gap, se), (next_gap, next_se) in zip(zip(gaps, ses), zip(gaps[1:], ses[1:])):
+    for (gap, se), (next_gap, next_se) in itertools.pairwise(zip(gaps, ses, strict=True)):
         assert gap - next_gap > 4 * math.hypot(se, next_se), 'the gap does not shrink with M'
 
     large = importance_estimates(model, x, q, M=100_000, repeats=10, g=g)

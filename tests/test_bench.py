@@ -3,6 +3,7 @@ and the speed tables it renders from its JSON files (no timing is asserted)."""
 import contextlib
 import json
 import os
+import pathlib
 
 import pytest
 import torch
@@ -184,11 +185,11 @@ def test_bench_runs_on_the_cpu_at_tiny_size_with_the_engines_settings(tmp_path, 
     out = bench.main(['--device', 'cpu', '--is-images', '3', '--json', paths['ours'], '--baseline-json',
                       paths['plain']])
     assert calls and all(flag and chunk_batch == (100, 20) for flag, chunk_batch in calls)  # the cpu profile's pass
-    ours = json.load(open(paths['ours']))
+    ours = json.loads(pathlib.Path(paths['ours']).read_text())
     assert ours['settings'] == bench.engine_settings('cpu')
     assert '20 images x 100 draws = 2000 latents' in ours['settings']
     for key in ('ours', 'plain'):
-        values = json.load(open(paths[key]))
+        values = json.loads(pathlib.Path(paths[key]).read_text())
         assert set(values['train_img_per_s']) == set(KEYS) and set(values['is_img_per_s']) == {'binary_vae', 'pixelvae'}
         assert all(v > 0 for v in values['train_img_per_s'].values()) and values == {
             k: v for k, v in out[key].items()}

@@ -14,7 +14,7 @@ import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE_FILES = ('engine/config.py', 'engine/train.py', 'engine/evaluate.py', 'engine/figures.py', 'experiments.py',
-                'tools/bench.py', 'engine/transfer.py')
+                'tools/bench.py', 'engine/transfer.py', 'engine/subsets.py', 'engine/partial.py')
 FACTORIES = {'zeros', 'ones', 'empty', 'full', 'rand', 'randn', 'randint', 'randperm', 'arange', 'tensor', 'eye',
              'linspace'}
 MARKER = '# cpu:'  # on a line of the call, followed by why the tensor belongs on the CPU
@@ -111,10 +111,9 @@ def test_every_timer_waits_for_the_device(monkeypatch):
 
 def test_channels_last_is_restored_after_an_error():
     before = models.CHANNELS_LAST
-    with pytest.raises(RuntimeError):
-        with bench.channels_last(not before):
-            assert models.CHANNELS_LAST is (not before)
-            raise RuntimeError
+    with pytest.raises(RuntimeError), bench.channels_last(not before):
+        assert models.CHANNELS_LAST is (not before)
+        raise RuntimeError
     assert models.CHANNELS_LAST == before
 
 
@@ -315,7 +314,7 @@ def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch
         results.append((torch.stack(terms).detach(), torch.autograd.grad(terms[0], params, allow_unused=True)))
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
-    for g1, g2 in zip(ga, gb):
+    for g1, g2 in zip(ga, gb, strict=True):
         assert (g1 is None) == (g2 is None)
         if g1 is not None:
             torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)

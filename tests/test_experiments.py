@@ -4,6 +4,7 @@ the objective and the training loop: test_engine.py)."""
 import json
 import math
 import os
+import pathlib
 import shlex
 import subprocess
 import sys
@@ -88,8 +89,9 @@ def test_second_run_of_the_same_part_refuses_while_the_first_lives(tmp_path):
         sleeper.kill()
         sleeper.wait()
     dead = files._tmp_path(str(out / 'checkpoint.pt')).replace(f'.{os.getpid()}.', f'.{sleeper.pid}.')
-    open(dead, 'wb').write(b'half a checkpoint')  # left by the engine's writer, killed
-    E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)  # a dead pid's lock is cleared
+    pathlib.Path(dead).write_bytes(b'half a checkpoint')  # left by the engine's writer, killed
+    # a dead pid's lock is cleared
+    E.run_part('6a', profile='smoke', results_dir=str(tmp_path), progress=False, epochs=1)
     assert not os.path.exists(out / 'run.lock') and not os.path.exists(dead)
 
 
@@ -166,7 +168,8 @@ def bf16_cpu(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_with_parity_units_and_measured_speed(bf16_cpu, monkeypatch, tmp_path):
-    pick = lambda part, device='cpu', profile='smoke': E.pick_precision('auto', part, profile, device, str(tmp_path))
+    def pick(part, device='cpu', profile='smoke'):
+        return E.pick_precision('auto', part, profile, device, str(tmp_path))
     assert pick('6a') == ('bf16', 'bf16: the CPU has amx_bf16, 200 against 100 training images/s, measured in '
                                   'turns, and 6a has shown parity')
     assert pick('6c')[0] == 'fp32' and 'has not shown bf16 parity' in pick('6c')[1]

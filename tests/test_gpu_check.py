@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import stat
 import subprocess
@@ -171,7 +172,7 @@ def test_gpu_check_gives_every_step_its_share_of_the_budget_with_python3_alone(t
     assert calls(tmp_path)[0].startswith('tools/gpu_preflight.py data')  # python3, the only Python there
     ran = steps(tmp_path)
     assert set(ran) == STEPS, ran    # none skipped, in the budget that fits them all
-    for name, (t0, t1, rc, limit, share) in ran.items():
+    for name, (_, _, rc, limit, share) in ran.items():
         assert rc == 'rc=124' and int(limit[6:-1]) >= int(share[6:-1]) == shares[name], (name, ran[name])
     starts, ends = [int(f[0]) for f in ran.values()], [int(f[1]) for f in ran.values()]
     assert max(ends) - min(starts) <= 30 + 2 * len(ran)  # within the budget, but for the kills' own seconds
@@ -226,7 +227,7 @@ def test_mnist_travels_gzipped_and_is_unpacked_and_checked_there(tmp_path):
                               text=True, timeout=300)
     assert unpacked.returncode == 0, unpacked.stderr
     for n in names:
-        assert (there / 'MNIST' / 'raw' / n).read_bytes() == open(os.path.join(raw, n), 'rb').read()
+        assert (there / 'MNIST' / 'raw' / n).read_bytes() == pathlib.Path(raw, n).read_bytes()
     # a damaged file is refused, and nothing half-written is left where engine/data.py looks
     with gzip.open(gz / 't10k-labels-idx1-ubyte.gz', 'wb') as fh:
         fh.write(b'not MNIST')

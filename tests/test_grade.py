@@ -72,7 +72,7 @@ def test_every_course_api_test_is_mapped_to_the_parts_it_checks():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     collected = {line.strip() for line in run.stdout.splitlines() if '::' in line}
     assert len(collected) >= 15
-    assert collected - set(grading.CHECKS) == set(), 'course_api tests that engine/grading.py CHECKS does not map'
+    assert collected - set(grading.CHECKS) == set(), 'course_api tests that engine/verdicts.py CHECKS does not map'
     assert set(grading.CHECKS) - collected == set(), 'CHECKS names tests that are gone'
     for parts in list(grading.CHECKS.values()) + list(grading.USES.values()):
         assert parts and set(parts) <= set(grading.PARTS)
@@ -150,14 +150,15 @@ def test_a_check_that_ignores_its_time_limit_or_kills_its_process_is_a_verdict_a
                                                            'test_course_samplers', 'test_iaf_returns_m_and_one_plus_s')]
     result = grading.check_submission(str(tmp_path / 'student'), timeout=3, tests=chosen, grace=2)
     checks = result['checks']
-    assert {t: c['outcome'] for t, c in checks.items()} == dict(zip(chosen, ('passed', 'timeout', 'crash'))), checks
+    assert {t: c['outcome'] for t, c in checks.items()} == dict(
+        zip(chosen, ('passed', 'timeout', 'crash'), strict=True)), checks
     stuck = checks[chosen[1]]
     assert stuck['function'] == 'GaussianVAEDecoder.sample' and 'could not interrupt it' in stuck['message']
     assert 'ended in this one, with exit status 3' in checks[chosen[2]]['message'] and result['processes'] == 2
     assert result['problem'] is None
     parts = grading.verdicts(result)
-    assert {part: parts[part]['verdict'] for part in ('5b', '6d', '6b')} == dict(zip(('5b', '6d', '6b'),
-                                                                                   ('timeout', 'crash', 'pass')))
+    assert {part: parts[part]['verdict'] for part in ('5b', '6d', '6b')} == dict(
+        zip(('5b', '6d', '6b'), ('timeout', 'crash', 'pass'), strict=True))
 
 
 def test_grade_never_writes_into_results(tmp_path):

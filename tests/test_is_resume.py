@@ -1,4 +1,4 @@
-"""An importance-sampling pass resumed over several sittings (evaluate.PartialPass): the seconds of
+"""An importance-sampling pass resumed over several sittings (partial.PartialPass): the seconds of
 every sitting count in its evaluation time, and a partial pass is taken up only by the very pass
 that made it, never by one whose draws or weights differ, only if it holds what that pass could
 have saved (its number of images, finite positive NLLs, the generator's state its draws leave, its
@@ -6,12 +6,14 @@ digest), and with the message about the device type where it was saved on anothe
 import importlib
 import math
 import os
+import pathlib
 import re
 
 import pytest
 import torch
 
 from engine import evaluate as V
+from engine import partial as P
 from engine import reproduce as R
 import experiments as E
 import models
@@ -41,7 +43,7 @@ def clock(monkeypatch):
             fake.now += fake.per_batch
         return save(partial, *args, **kwargs)
     monkeypatch.setattr(V.PartialPass, 'save', timed)
-    for module in (V, E, R, *runs_module()):
+    for module in (P, E, R, *runs_module()):
         monkeypatch.setattr(module, 'time', fake)
     return fake
 
@@ -202,7 +204,7 @@ def test_a_pass_with_other_draws_or_weights_starts_afresh(saved_pass, change):
     f, g = settings.pop('vae')
     x = settings.pop('x')
     unbroken = one_pass(f, g, x, **settings)
-    open(path, 'wb').write(saved_bytes)
+    pathlib.Path(path).write_bytes(saved_bytes)
     messages = []
     nll = one_pass(f, g, x, **settings, partial=V.PartialPass(path, log=messages.append))
     assert torch.equal(nll, unbroken)
@@ -242,8 +244,8 @@ def unbroken_pass():
 def draws_of(images, seed=BASE['seed']):
     """The state of a BASE pass's generator after the draws of its first `images` images."""
     gen = torch.Generator().manual_seed(seed)
-    for i in range(0, images, BASE['batch']):
-        for j in range(0, BASE['samples'], BASE['chunk']):
+    for _ in range(0, images, BASE['batch']):
+        for _ in range(0, BASE['samples'], BASE['chunk']):
             V.latent_noise(gen, BASE['chunk'], BASE['batch'], torch.zeros(1, 49, dtype=torch.float64))
     return gen.get_state()
 

@@ -174,7 +174,7 @@ def test_results_are_the_same_arithmetic_as_before():
                       (losses.mc_gaussian_elbo(x1, x2, z, sigma, mu, logvar), (recon, kl_mc)),
                       (losses.discrete_output_elbo(x1, x2, z, logqzx), (bce, (0.5 * z.pow(2).sum(1) - logqzx).mean())),
                       ((losses.cross_entropy(x1, x2), bce), (bce, bce))):
-        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     torch.testing.assert_close(losses.gaussian_elbo(x1, x2, z, torch.tensor(sigma), mu, logvar)[0], recon)
 
 

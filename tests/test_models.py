@@ -7,6 +7,7 @@ course-compatible models.py: HW2_MODELS=path/to/models.py pytest -m course_api (
 """
 import math
 import os
+import pathlib
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -170,7 +171,7 @@ def test_iaf_is_autoregressive():
     what = f'{built}(z, h) -> (m, s)'
     course.tensors(what, course.call(what, iaf, z.view(1, 1, 7, 7), h), (1, 1, 7, 7), (1, 1, 7, 7))
     for k, name in enumerate(('m', 's')):
-        j = jacobian(lambda v: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
+        j = jacobian(lambda v, k=k: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
         course.check(torch.triu(j).abs().max() == 0, f'{what}: {name}', f'{name}_i to depend on z_j for j < i only '
                      '(raster order)', leak_text(j.diagonal().abs().max().item(), torch.triu(j, 1).abs().max().item(),
                                                  'train', name, 'z', "the IAF's embedding of z, embedz"))
@@ -298,8 +299,8 @@ def test_per_dimension_terms_are_log_diagonals_of_each_step():
     for b in range(2):
         A = [torch.diag((0.5 * logvar[b]).exp())]
         for enc in (first, f):
-            A.append(jacobian(lambda e: enc.reparameterize(h[b:b + 1], mu[b:b + 1], logvar[b:b + 1],
-                                                          e.view(1, 49))[0].flatten(), eps[b]))
+            A.append(jacobian(lambda e, enc=enc, b=b: enc.reparameterize(
+                h[b:b + 1], mu[b:b + 1], logvar[b:b + 1], e.view(1, 49))[0].flatten(), eps[b]))
         log_diagonals = [torch.linalg.solve(A[t - 1], A[t], left=False).diagonal().abs().log() for t in (1, 2)]
         expected = 0.5 * (logvar[b] + eps[b].pow(2)) + log_diagonals[0] + log_diagonals[1]
         torch.testing.assert_close(terms[b], expected, rtol=0, atol=1e-10)
@@ -427,7 +428,7 @@ def test_course_api_tests_fail_on_a_broken_models_file(tmp_path):
     """HW2_MODELS swaps in another models.py for the course_api tests: an unbroken copy passes them,
     and a copy whose PixelCNN sees the current pixel and whose encoder drops the flows' log|det|
     fails each test that checks that property."""
-    source = open(os.path.join(ROOT, 'models.py')).read()
+    source = pathlib.Path(ROOT, 'models.py').read_text()
     (tmp_path / 'good').mkdir()
     (tmp_path / 'broken').mkdir()
     good, broken = tmp_path / 'good' / 'models.py', tmp_path / 'broken' / 'models.py'
@@ -628,7 +629,8 @@ def test_iaf_step_is_the_frameworks_formula(layout):
     block and a two-channel head, m and s its channels."""
     iaf = randomize(models.IAF(4, depth=2, layout=layout), std=0.2).double().eval()
     g = torch.Generator().manual_seed(3)
-    z, h = torch.randn(2, 49, generator=g, dtype=torch.float64), torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 49, generator=g, dtype=torch.float64)
+    h = torch.randn(2, 4, 7, 7, generator=g, dtype=torch.float64)
     m, s = iaf(z, h)
     grid = z.view(2, 1, 7, 7)
     with torch.no_grad():
@@ -638,7 +640,7 @@ def test_iaf_step_is_the_frameworks_formula(layout):
         else:
             out = iaf.head(torch.relu(iaf.block(iaf.embed(grid) + iaf.context(h))))
             expected = out[:, :1], out[:, 1:]
-    for got, want in zip((m, s), expected):
+    for got, want in zip((m, s), expected, strict=True):
         assert got.shape == (2, 1, 7, 7)
         torch.testing.assert_close(got, want)
 
@@ -649,7 +651,7 @@ def test_iaf_of_layout_v1_is_autoregressive_and_sees_h():
     h = torch.randn(1, 4, 7, 7, generator=g, dtype=torch.float64)
     z = torch.randn(49, generator=g, dtype=torch.float64)
     for k in range(2):
-        j = jacobian(lambda v: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
+        j = jacobian(lambda v, k=k: iaf(v.view(1, 1, 7, 7), h)[k].flatten(), z, iaf)  # (49, 49)
         assert torch.triu(j).abs().max() == 0 and torch.tril(j, -1).abs().max() > 0
         assert not torch.equal(iaf(z.view(1, 1, 7, 7), h)[k], iaf(z.view(1, 1, 7, 7), 2 * h)[k])
 

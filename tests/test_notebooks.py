@@ -2,6 +2,7 @@
 headless at the smoke profile."""
 import json
 import os
+import pathlib
 
 import nbformat
 import papermill
@@ -88,9 +89,9 @@ def test_executing_the_notebooks_leaves_the_committed_ones_as_they_are(tmp_path)
     that the repository holds."""
     from engine.notebooks import run_notebooks
     path = os.path.join(ROOT, 'pixelcnn.ipynb')
-    before = open(path, 'rb').read()
+    before = pathlib.Path(path).read_bytes()
     written = run_notebooks('smoke', str(tmp_path / 'results'), notebooks=('pixelcnn.ipynb',))
     assert written == [str(tmp_path / 'results' / 'notebooks' / 'smoke' / 'pixelcnn.ipynb')]
-    assert open(path, 'rb').read() == before
+    assert pathlib.Path(path).read_bytes() == before
     nb = nbformat.read(written[0], as_version=4)
     assert any(o for c in nb.cells if c.cell_type == 'code' for o in c.outputs)  # executed, with outputs

@@ -114,7 +114,7 @@ def pdf_problems(path, numbers):
     """What is wrong with the PDF at path: not a PDF, unreadable, or lacking one of numbers
     ({part: number}); [] if nothing."""
     with open(path, 'rb') as f:
-        if not f.read(5) == b'%PDF-':
+        if f.read(5) != b'%PDF-':
             return [f'{path} is not a PDF (no %PDF- header)']
     try:
         text = re.sub(r'\s+', ' ', pdf_text(path))

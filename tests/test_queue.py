@@ -83,14 +83,14 @@ def test_the_queue_runs_from_its_own_worktree_and_resumes(tmp_path):
         again = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=env, capture_output=True, text=True)
         assert again.returncode == 0 and again.stdout.count('already done') == 2, again.stdout + again.stderr
         # then 6b's importance-sampled NLL over more test images, written into its metrics
-        more = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'),
-                              capture_output=True, text=True)
+        more = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT,
+                              env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'), capture_output=True, text=True)
         assert more.returncode == 0 and 'every part done' in more.stdout, more.stdout + more.stderr
         m = json.loads((results / 'smoke' / '6b' / 'metrics.json').read_text())
         assert m['values']['test_nll_is16']['n_images'] == 12 and m['recomputed']['test_nll_is16']['is_images'] == 12
         assert not list((results / 'smoke' / '6b').glob('eval_partial_*'))
-        once = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'),
-                              capture_output=True, text=True)
+        once = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT,
+                              env=dict(env, QUEUE='', RECOMPUTE='6b', IS_IMAGES='12'), capture_output=True, text=True)
         assert once.returncode == 0 and "6b's test_nll_is16 already covers 12 test images" in once.stdout, once.stdout
         # a part that has not finished has nothing to recompute: one line, no traceback
         unfinished = subprocess.run(['bash', 'tools/queue.sh'], cwd=ROOT, env=dict(env, QUEUE='', RECOMPUTE='6c'),

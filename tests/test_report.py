@@ -159,7 +159,8 @@ def test_readme_and_docs_carry_the_measured_numbers_course_settings_first(tmp_pa
     assert header.index('course settings, bf16 training') < header.index('cpu profile, float32')
     assert 'one seed' in text and '### ' not in text  # the answers are in docs/results.md, not in the README
     row = next(line for line in text.splitlines() if line.startswith('| 6b |'))
-    assert '80.50 ± 0.31 (first 1,000)' in row and 'course settings, bf16 training' in row and '`binaryvae.ipynb` cell' in row
+    assert '80.50 ± 0.31 (first 1,000)' in row and 'course settings, bf16 training' in row
+    assert '`binaryvae.ipynb` cell' in row
     assert '6a: not run yet' in text and 'Nothing has been measured on a GPU yet' in text
     assert (docs / 'results.md').read_text() == f'# results.md\n{writeup.BEGIN}\nthe chapter\n{writeup.END}\n'
     assert 'Mutation testing has not been run here yet' in (docs / 'mutation.md').read_text()
@@ -175,7 +176,8 @@ def test_the_gaussian_figures_are_drawn_again_at_the_size_of_the_others(tmp_path
     write_part(run, '5b', {'test_elbo': v(1500.0, 7.0, 10000)})
     tiles = torch.rand(59, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     for name, images, nrow in (('samples', tiles[:49], 7), ('reconstructions', tiles[49:59].repeat(2, 1, 1, 1), 10)):
-        vutils.save_image(vutils.make_grid(images, nrow=nrow, padding=2, pad_value=0.5), os.path.join(run, '5b', f'{name}.png'))
+        vutils.save_image(vutils.make_grid(images, nrow=nrow, padding=2, pad_value=0.5),
+                          os.path.join(run, '5b', f'{name}.png'))
     drawn = writeup.gaussian_figures(reader.load_runs(str(tmp_path)), str(tmp_path / 'figures'))
     assert [os.path.basename(p) for p in drawn] == ['5b-samples.png', '5b-reconstructions.png']
     assert Image.open(drawn[0]).size == (946, 847)                  # as results/full/6b/samples.png
@@ -275,7 +277,8 @@ def test_every_number_verified_is_said_once_for_all_runs(tmp_path):
 
 def test_mutation_table_reads_the_scores_and_times_of_the_last_run(tmp_path):
     summary = dict(modules=dict(losses=dict(mutants=10, counts=dict(killed=8, timeout=1, survived=1), equivalent=0,
-                                            score=90.0, complete=True, seconds=300.0, survivors={'losses.x_f__mutmut_1': 'survived'}),
+                                            score=90.0, complete=True, seconds=300.0,
+                                            survivors={'losses.x_f__mutmut_1': 'survived'}),
                                 train=dict(mutants=4, counts={'killed': 3, 'not checked': 1}, equivalent=1,
                                            score=100.0, complete=False, seconds=None, survivors={})),
                    equivalent={}, mutmut='3.8.1', torch='2.14.1', cores=2, machine='x86_64')
@@ -313,7 +316,8 @@ def test_time_spent_on_each_device_is_quoted_apart_never_credited_to_one(tmp_pat
     with open(path) as fh:
         legacy = json.load(fh)
     moved = dict(legacy, device='cuda', hardware='NVIDIA H100', train_seconds=5700.0, sittings=[
-        dict(device='cpu', hardware='CPU (test)', seconds=3000.0), dict(device='cpu', hardware='CPU (test)', seconds=2100.0),
+        dict(device='cpu', hardware='CPU (test)', seconds=3000.0),
+        dict(device='cpu', hardware='CPU (test)', seconds=2100.0),
         dict(device='cuda', hardware='NVIDIA H100', seconds=600.0)])
     assert training_minutes(moved) == '85.0 min CPU (test) + 10.0 min NVIDIA H100'
     assert training_minutes(legacy) == '10.0 min' and 'CPU (test) |' in metrics_table([legacy])
@@ -358,14 +362,16 @@ def sitting_line(hardware):
 
 def test_epochs_on_two_cpu_models_get_a_median_each_never_one_across_them(tmp_path):
     m = logged_part(tmp_path, epoch_line(1, 60, 50)                     # before any header names the hardware
-                    + sitting_line('CPU (Intel Xeon, x86_64), 2 cores') + epoch_line(2, 60, 290) + epoch_line(3, 60, 530)
+                    + sitting_line('CPU (Intel Xeon, x86_64), 2 cores')
+                    + epoch_line(2, 60, 290) + epoch_line(3, 60, 530)
                     + sitting_line('CPU (AMD EPYC, x86_64), 2 cores') + epoch_line(4, 60, 1130)
                     + epoch_line(5, 60, 1730) + epoch_line(6, 60, 2390))
     assert reader.epoch_seconds_by_hardware(m) == [(None, [50]), ('CPU (Intel Xeon, x86_64), 2 cores', [240, 240]),
                                                     ('CPU (AMD EPYC, x86_64), 2 cores', [600, 600, 660])]
     assert reader.epoch_seconds(m) == [50, 240, 240, 600, 600, 660]
     assert tables.median_epoch(reader.epoch_seconds_by_hardware(m)[1:]) == (
-        '4.0 min on CPU (Intel Xeon, x86_64), 2 cores (2 epochs); 10.0 min on CPU (AMD EPYC, x86_64), 2 cores (3 epochs)')
+        '4.0 min on CPU (Intel Xeon, x86_64), 2 cores (2 epochs); '
+        '10.0 min on CPU (AMD EPYC, x86_64), 2 cores (3 epochs)')
     assert tables.median_epoch([('CPU (AMD EPYC, x86_64), 2 cores', [600, 660, 600])]) == '10.0 min'
     assert tables.median_epoch([('CPU (x86_64), 2 cores', [594]), ('CPU (AMD EPYC, x86_64), 2 cores', [510, 500])]) == (
         '9.9 min on CPU (x86_64), 2 cores (1 epoch); 8.4 min on CPU (AMD EPYC, x86_64), 2 cores (2 epochs)')
@@ -376,7 +382,8 @@ def test_epochs_on_two_cpu_models_get_a_median_each_never_one_across_them(tmp_pa
 def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_the_gaussian_vae(tmp_path):
     root = tmp_path / 'results'
     write_part(str(root / 'full'), '6b', {'test_elbo': v(95.0, 0.25, 10000)})
-    (root / 'full' / '6b' / 'run.log').write_text(epoch_line(1, 60, 90) + epoch_line(2, 60, 300) + epoch_line(3, 60, 420))
+    (root / 'full' / '6b' / 'run.log').write_text(epoch_line(1, 60, 90) + epoch_line(2, 60, 300)
+                                                   + epoch_line(3, 60, 420))
     write_part(str(root / 'cpu'), '6c', {'test_elbo': v(95.0, 0.25, 10000)})          # not course settings
     write_part(str(root / 'full-bf16'), '6a', {'test_nll': v(82.0, 0.2, 10000)})
     with open(root / 'full-bf16' / '6a' / 'metrics.json') as fh:
@@ -389,7 +396,8 @@ def test_cpu_hours_give_measured_course_settings_runs_and_the_benchmark_rate_of_
         json.dump(dict(precision='bf16', train_img_per_s=dict(gaussian_vae=50.0)), fh)
     text = tables.cpu_hours_markdown(reader.load_runs(str(root)), str(root))
     rows = [line for line in text.splitlines() if line.startswith('| 6')]
-    assert rows == ['| 6b | course settings, float32 | 60 | 0.2 h | 2.0 min | 0 min |']  # 600 s; median of 90, 210, 120 s
+    # 600 s; median of 90, 210, 120 s
+    assert rows == ['| 6b | course settings, float32 | 60 | 0.2 h | 2.0 min | 0 min |']
     # 60000 images at 50 and 25 images/s: 20 and 40 min an epoch, 20 epochs
     assert '20 min an epoch in bf16 and 40 min an epoch in float32, so 6.7 h and 13.3 h of training' in text
     assert text.startswith('The full-profile runs') and '5b and 5c (the Gaussian VAE) have no' in text

@@ -1,8 +1,10 @@
 """The storage policy (docs/engine.md, "What is committed"): no committed file over the limit, no
-checkpoint (plain or carried) beside a finished run, a carried one committed whole, a model file too large for git kept out of it by the run itself,
-and `verify` naming why it cannot recompute a number whose model file is not here."""
+checkpoint (plain or carried) beside a finished run, a carried one committed whole, a model file too
+large for git kept out of it by the run itself, and `verify` naming why it cannot recompute a number
+whose model file is not here."""
 import json
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -44,7 +46,7 @@ def test_an_in_progress_checkpoint_is_committed_only_as_pieces_with_their_manife
     tracked = {p for p, _ in committed_files()}
     packs = {os.path.dirname(p) for p in tracked if os.path.basename(os.path.dirname(p)) == 'checkpoint.pack'}
     for where in sorted(packs):
-        manifest = json.loads(open(os.path.join(ROOT, where, 'manifest.json')).read())
+        manifest = json.loads(pathlib.Path(ROOT, where, 'manifest.json').read_text())
         assert {f'{where}/{piece["name"]}' for piece in manifest['pieces']} | {f'{where}/manifest.json'} == \
             {p for p in tracked if os.path.dirname(p) == where}, f'{where}: committed pieces differ from its manifest'
 

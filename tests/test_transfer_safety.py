@@ -53,12 +53,12 @@ def hand_pack(where, pieces, run='smoke', parts=None, created=None):
     manifest whose digests match them."""
     os.makedirs(where, exist_ok=True)
     names = [f'{run}.tar.gz.{i:02d}' for i in range(len(pieces))]
-    for name, data in zip(names, pieces):
+    for name, data in zip(names, pieces, strict=True):
         with open(os.path.join(where, name), 'wb') as fh:
             fh.write(data)
     sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
     manifest = dict(run=run, parts=parts, pack=1, packs=1, first=0, sha256=sha(b''.join(pieces)),
-                    pieces=[dict(name=n, sha256=sha(p), bytes=len(p)) for n, p in zip(names, pieces)])
+                    pieces=[dict(name=n, sha256=sha(p), bytes=len(p)) for n, p in zip(names, pieces, strict=True)])
     if created is not None:
         manifest['created'] = created
     with open(os.path.join(where, 'manifest.json'), 'w') as fh:

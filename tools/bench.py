@@ -215,7 +215,7 @@ def flops_report(device):
         else:
             _, nets = engine(name, device)
             f, g = nets['encoder'].eval(), nets['decoder'].eval()
-            per_image = count_flops(lambda: importance_sampled_nll(f, g, x[:1], M, IS_CHUNK, IS_BATCH))
+            per_image = count_flops(lambda f=f, g=g: importance_sampled_nll(f, g, x[:1], M, IS_CHUNK, IS_BATCH))
         out['gflop_per_image'][key] = per_image / 1e9
         spec = main_layer(name, training)
         if spec not in rates:

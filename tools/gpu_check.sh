@@ -38,13 +38,8 @@ set -u
 MODE=${1:-check}
 case $MODE in check|plan) ;; *) echo "usage: OUT=DIR bash tools/gpu_check.sh [plan]" >&2; exit 2 ;; esac
 [ "$MODE" = plan ] || : "${OUT:?set OUT to an empty directory}"
-if [ -z "${PY:-}" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python
-  elif command -v python3 > /dev/null 2>&1; then PY=python3
-  elif command -v python > /dev/null 2>&1; then PY=python
-  else echo "gpu_check: neither python3 nor python is on the PATH; set PY" >&2; exit 2
-  fi
-fi
+. tools/gpu_common.sh  # from the repository root, like every path of this script
+find_python gpu_check
 DEVICE=${DEVICE:-cuda}
 P=${CHECK_PROFILE:-full}             # the profile of the resume, estimate and eager/graphs steps
 BENCH_PROFILE=${BENCH_PROFILE:-full}
@@ -58,9 +53,7 @@ EST_IS=${EST_IS_IMAGES:-1000}        # importance-sampled test images in the est
 GRAPH_EPOCHS=${GRAPH_EPOCHS:-2}      # the first epoch compiles; the second is timed
 read -r -a BENCH_ARGS <<< "${BENCH_ARGS:-}"   # more options of tools/bench.py (the CPU stand-in: --no-baseline)
 EVAL_RESULTS=${EVAL_RESULTS:-results}
-for n in BUDGET SPARE MIN_STEP IS EST_IS GRAPH_EPOCHS; do
-  [[ ${!n} =~ ^[0-9]+$ ]] || { echo "gpu_check: $n=${!n}: expected a whole number" >&2; exit 2; }
-done
+whole_numbers gpu_check BUDGET SPARE MIN_STEP IS EST_IS GRAPH_EPOCHS
 
 # The steps in order and their weights: seconds at the default BUDGET (they sum to 410 = 420 - SPARE)
 NAMES=() WEIGHTS=()

@@ -155,7 +155,11 @@ def busy_section(work, steps):
     def local(ts):
         t = datetime.datetime.fromtimestamp(int(ts))
         return t.hour * 3600 + t.minute * 60 + t.second
-    secs = [(sum(int(a) * b for a, b in zip(t.split(':'), (3600, 60, 1))), u) for t, u in util]
+
+    def clock(hms):  # dmon's 'HH:MM:SS', in seconds since midnight
+        h, m, s = map(int, hms.split(':'))
+        return h * 3600 + m * 60 + s
+    secs = [(clock(t), u) for t, u in util]
     parts = []
     for s in steps:
         if s[1] != '-':

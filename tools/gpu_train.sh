@@ -22,13 +22,8 @@
 # one, saying which); nothing is trained then. PY: default .venv/bin/python, else python3, else python.
 set -u
 : "${OUT:?set OUT to an empty directory}"
-if [ -z "${PY:-}" ]; then
-  if [ -x .venv/bin/python ]; then PY=.venv/bin/python
-  elif command -v python3 > /dev/null 2>&1; then PY=python3
-  elif command -v python > /dev/null 2>&1; then PY=python
-  else echo "gpu_train: neither python3 nor python is on the PATH; set PY" >&2; exit 2
-  fi
-fi
+. tools/gpu_common.sh  # from the repository root, like every path of this script
+find_python gpu_train
 DEVICE=${DEVICE:-cuda}
 PROFILE=${PROFILE:-full}
 PARTS=${PARTS:-5b,5c}
@@ -39,9 +34,7 @@ WORK=${WORK:-.gpu-work}
 RETURN_FILES=${RETURN_FILES:-8}      # what one command of a lent machine returns
 RETURN_MIB=${RETURN_MIB:-64}
 PIECE_MIB=${PIECE_MIB:-16}           # the most one returned file may hold
-for n in JOBS RETURN_FILES RETURN_MIB; do
-  [[ ${!n} =~ ^[0-9]+$ ]] || { echo "gpu_train: $n=${!n}: expected a whole number" >&2; exit 2; }
-done
+whole_numbers gpu_train JOBS RETURN_FILES RETURN_MIB
 [[ $PIECE_MIB =~ ^[0-9]*\.?[0-9]+$ ]] || { echo "gpu_train: PIECE_MIB=$PIECE_MIB: expected a number" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 mkdir -p "$OUT" "$WORK"

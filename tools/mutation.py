@@ -67,7 +67,8 @@ V1_NAMES = ('renames the parameters of a record that has a layout as if it were 
             '(test_v1_renaming_leaves_todays_parameter_names_alone)')
 CLOCK_TIE = ('`>=` for `>` between a reading of the wall clock and a limit: the two differ only when the clock reads '
              'the limit exactly, a tie that "more than checkpoint_minutes" and "past stop_at" leave to either side '
-             '(tests on a stepped clock pin everything else: test_training_time_checkpoints_and_a_time_limit_follow_the_clock)')
+             '(tests on a stepped clock pin everything else: '
+             'test_training_time_checkpoints_and_a_time_limit_follow_the_clock)')
 ZERO_OFFSET = ('the default offset, zeros, made in float32 instead of the model\'s dtype: added to float32 or float64 '
                'logits it changes neither value nor dtype (samplers run in those two; training alone uses bfloat16)')
 NO_BIAS = 'bias=None for bias=False: a convolution reads either as "no bias" (`if bias:`)'
@@ -97,7 +98,8 @@ EQUIVALENT = {
     'losses.x__values_hidden__mutmut_1': ('_is_compiling() and any(', BATCHED_CHECK),
     'losses.x__check_probabilities__mutmut_1': ('_values_hidden(None)', BATCHED_CHECK),
     'losses.x__check_sigma__mutmut_10': ('_values_hidden(None)', BATCHED_CHECK),
-    'losses.x__check_sigma__mutmut_27': ("float('INF')", "float('INF') is float('inf'): float() reads the name in any case"),
+    'losses.x__check_sigma__mutmut_27': ("float('INF')",
+                                         "float('INF') is float('inf'): float() reads the name in any case"),
     'engine.evaluate.x_mean_stderr__mutmut_12': ("float('NAN')", "float('NAN') is float('nan')"),
     'engine.evaluate.x_mean_stderr__mutmut_5': ('if (len(v) > 1) or True', ONE_IMAGE),
     'engine.evaluate.x_mean_stderr__mutmut_8': ('if len(v) >= 1', ONE_IMAGE),
@@ -115,8 +117,8 @@ EQUIVALENT = {
     'engine.train.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
     'engine.train.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
     'engine.train.xǁTrainingǁ__init____mutmut_27': ('torch.Generator(None).manual_seed', CPU_DEVICE),
-    'engine.train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only reading "
-                                             "of it is stop_message's `if saved`"),
+    'engine.train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only "
+                                                     "reading of it is stop_message's `if saved`"),
     'engine.train.x_captured__mutmut_3': ('float(beta), device=None)', CPU_DEVICE),
     'engine.train.x_captured__mutmut_5': ('float(beta), )', CPU_DEVICE),
     'engine.train.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
@@ -128,7 +130,8 @@ EQUIVALENT = {
         'empty, so both return True having trained nothing')),
     'engine.train.xǁTrainingǁrun__mutmut_18': ('load_data(cfg, train=True).to(None)', CPU_DEVICE),
     'engine.train.xǁTrainingǁrun__mutmut_25': ("[:cfg['monitor_images']].to(None)", CPU_DEVICE),
-    'engine.train.xǁTrainingǁrun__mutmut_27': ('load_data(cfg, train=None)', 'None is false: the test images, as with train=False'),
+    'engine.train.xǁTrainingǁrun__mutmut_27': ('load_data(cfg, train=None)',
+                                               'None is false: the test images, as with train=False'),
     'engine.train.x_train__mutmut_7': ('Training(part, cfg, nets, out, device, None)', PROGRESS),
     'engine.train.x_train__mutmut_14': ('cuda = None', CUDNN),
     'engine.train.x_train__mutmut_16': ("!= 'cuda'", CUDNN),
@@ -142,7 +145,8 @@ EQUIVALENT = {
     'engine.train.xǁSteppingǁstep__mutmut_25': ("cfg['model'] != 'XXpixelcnnXX'", PIXELCNN_EPS),
     'engine.train.xǁSteppingǁstep__mutmut_26': ("cfg['model'] != 'PIXELCNN'", PIXELCNN_EPS),
     'engine.train.xǁTrainingǁrun__mutmut_67': ("time.time() - last_save >= 60 * cfg['checkpoint_minutes']", CLOCK_TIE),
-    'engine.train.xǁTrainingǁrun__mutmut_76': ('(stop_at is not None and time.time() >= stop_at)) and b + 1', CLOCK_TIE),
+    'engine.train.xǁTrainingǁrun__mutmut_76': ('(stop_at is not None and time.time() >= stop_at)) and b + 1',
+                                               CLOCK_TIE),
     'engine.train.xǁTrainingǁrun__mutmut_89': ('if stop_at is not None and time.time() >= stop_at:', CLOCK_TIE),
     'engine.train.xǁTrainingǁ__init____mutmut_62': ("self.check_every = 1 if (self.device.type == 'cpu') or True", (
         'the numbers are read at every step on every device, as on the CPU, where the suite runs; on a GPU that '
@@ -246,7 +250,8 @@ def outcomes(module):
     except (ValueError, KeyError) as err:  # mutmut rewrites the file in place; a killed run can leave it cut short
         sys.exit(f'{path} cannot be read ({type(err).__name__}: {err}): a mutmut run was probably stopped while '
                  f'writing it. Its verdicts are lost: delete mutants/{PATHS[module]} and {path}, then run '
-                 f'`python -m tools.mutation {module}` again. Stop a run with Ctrl-C, which lets mutmut finish writing.')
+                 f'`python -m tools.mutation {module}` again. Stop a run with Ctrl-C, which lets mutmut finish '
+                 f'writing.')
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
@@ -304,7 +309,8 @@ def markdown(modules):
     lines += [f'- `{n}` ({st})' for s in modules.values() for n, st in s['survivors'].items()] or ['- none']
     seen = [n for n in EQUIVALENT if module_of(n) in modules]
     lines += ['', 'Equivalent mutants (left out of the score; mutation.EQUIVALENT):', '']
-    lines += [f'- `{n}` (`{EQUIVALENT[n][0].strip()}`): {EQUIVALENT[n][1]}' for n in seen if equivalent(n)] or ['- none']
+    lines += ([f'- `{n}` (`{EQUIVALENT[n][0].strip()}`): {EQUIVALENT[n][1]}' for n in seen if equivalent(n)]
+              or ['- none'])
     stale = [n for n in seen if not equivalent(n)]
     if stale:
         lines += ['', 'Listed as equivalent, but the mutant of that name no longer makes the listed change (counted '
@@ -316,7 +322,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('modules', nargs='*', help=f'any of {", ".join(MODULES)} (default: all)')
     ap.add_argument('--children', type=int, default=os.cpu_count(), help='mutants run at once')
-    ap.add_argument('--survivors', action='store_true', help='check only the mutants that survived or are not checked yet')
+    ap.add_argument('--survivors', action='store_true',
+                    help='check only the mutants that survived or are not checked yet')
     ap.add_argument('--report', action='store_true', help='only rewrite the report from mutants/')
     args = ap.parse_args(argv)
     unknown = set(args.modules) - set(MODULES)
