@@ -58,18 +58,22 @@ DEFAULTS = dict(
     kl_warmup_start=0,         # epoch at which that rise starts (beta = 1 before it)
     free_bits=0.0,             # lambda: train on sum_d max(lambda, batch-mean KL_d) (0: off)
     train_images=None,         # train on the first n training images (None: all 60000)
-    test_images=None,          # test ELBO / NLL / KL / active units on a seeded uniform sample of n test images (evaluate.test_subset; None: all 10000)
-    monitor_images=None,       # test loss after each epoch on a uniform sample of n test images, nested in the final test ELBO's (None: all)
+    test_images=None,          # test ELBO / NLL / KL / active units on a seeded uniform sample of n test images
+                               # (subsets.test_subset; None: all 10000)
+    monitor_images=None,       # test loss after each epoch on a uniform sample of n test images, nested in the final
+                               # test ELBO's (None: all)
     is_images=None,            # importance-sampled NLL on a uniform sample of n test images (None: all)
     is_samples=1000,           # M, samples z_i ~ q(z|x) per image
     is_batch=100,              # images per encoder pass in importance sampling
     is_chunk=100,              # samples per image per decoder pass (is_batch * is_chunk latents)
     au_samples=10,             # draws of z averaged to estimate E_q[z_d] for active units (flows > 0)
     n_samples=49,              # images in the samples figure (a 7x7 grid)
-    layout='course',           # models.py layout: 'course' (the framework's), 'v1' (the networks of the committed cpu runs)
+    layout='course',           # models.py layout: 'course' (the framework's), 'v1' (the networks of the committed cpu
+                               # runs)
     iaf_depth=9,               # masked residual blocks per IAF step (the framework's IAF(filters, depth=9))
     init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
-    precision='fp32',          # 'bf16' / 'fp16': training forward passes in bfloat16 / float16 (train.low_precision); run_part's 'auto' picks
+    precision='fp32',          # 'bf16' / 'fp16': training forward passes in bfloat16 / float16 (train.low_precision);
+                               # run_part's 'auto' picks
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
     compile_train=False,       # the training objective through torch.compile (CUDA graphs on CUDA); eager fallback
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
@@ -128,7 +132,8 @@ PROFILES = {
             layout='v1',            # the networks the committed cpu runs were trained with (see CPU_REASONS)
             init_output_bias=True,  # Gaussian VAE output bias at the logit of the mean image (see CPU_REASONS)
             monitor_images=1000,    # per-epoch test loss on 1000 test images (the final test ELBO uses all 10000)
-            is_images=1000,         # IS NLL on a uniform sample of 1000 test images, M = 1000 (full: all 10000); the committed cpu runs used the first 1000
+            is_images=1000,         # IS NLL on a uniform sample of 1000 test images, M = 1000 (full: all 10000); the
+                                    # committed cpu runs used the first 1000
             is_batch=20,            # 20 images x 100 samples per decoder pass
         ),
         # encoder and decoder capacity 64 depth 5 (full: 128, 51: ~5 images/s, 70 h); 6 epochs (full: 20)
@@ -180,8 +185,8 @@ CPU_REASONS = dict(
 
 REASONS = dict(cpu=CPU_REASONS, smoke=dict(layout='see cpu'))
 
-RESUMABLE = ('compile', 'compile_train', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples', 'is_batch',
-             'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
+RESUMABLE = ('compile', 'compile_train', 'epochs', 'test_images', 'monitor_images', 'is_images', 'is_samples',
+             'is_batch', 'is_chunk', 'au_samples', 'n_samples', 'checkpoint_minutes')  # may change between runs
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
@@ -266,8 +271,10 @@ def bf16_units(cpuinfo='/proc/cpuinfo'):
     return ()
 
 
-def precisions_started(results_dir, part, profile, files=('metrics.json', 'checkpoint.pt',
-                                                          os.path.join('checkpoint.pack', 'manifest.json')), seed=0):
+STARTED_FILES = ('metrics.json', 'checkpoint.pt', os.path.join('checkpoint.pack', 'manifest.json'))
+
+
+def precisions_started(results_dir, part, profile, files=STARTED_FILES, seed=0):
     """The precisions, float32 first, in which results_dir holds a run of the part: finished
     (metrics.json) or under way (checkpoint.pt, or one carried in checkpoint.pack: engine.transfer.carry)."""
     return [p for p in PRECISIONS
@@ -456,18 +463,6 @@ def part_dir(results_dir, part, profile, precision='fp32', seed=0):
     than 0 (the seed of every run the answers quote) in <part>-seed<k> beside it, a run of its own that
     no reader takes for the part's (seed_dirs finds them, to measure the spread between seeds)."""
     return os.path.join(run_dir(results_dir, profile, precision), part if not seed else f'{part}-seed{seed}')
-
-
-def seed_dirs(results_dir, part, profile, precision='fp32'):
-    """{seed: part directory} of the part's runs with a finished metrics.json, seed 0 included."""
-    found = {}
-    base = run_dir(results_dir, profile, precision)
-    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        seed = 0 if name == part else (int(name[len(part) + 5:]) if name.startswith(f'{part}-seed')
-                                       and name[len(part) + 5:].isdigit() else None)
-        if seed is not None and os.path.exists(os.path.join(base, name, 'metrics.json')):
-            found[seed] = os.path.join(base, name)
-    return dict(sorted(found.items()))
 
 
 def list_settings(profile):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import losses
+from engine import student
 from engine.config import is_quantity, quantities
 from engine.partial import PartialPass, draws_key, fingerprint
 from engine.subsets import images_for, with_index
@@ -117,8 +118,8 @@ def pixelcnn_terms(nets, cfg, xb, gen):
 
 def posterior_sample(encoder, xb, gen):
     """z ~ q(z|x) by reparameterisation with seeded eps: z, logqzx (B, 49), (B,) and mu, logvar (B, 49)."""
-    h, mu, logvar = encoder.encode(xb)
-    z, logqzx = encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape))
+    h, mu, logvar = student.fast(encoder, 'encode')(xb)
+    z, logqzx = student.fast(encoder, 'reparameterize')(h, mu, logvar, noise(gen, mu.shape))
     return z, logqzx, mu, logvar
 
 
@@ -214,8 +215,8 @@ def batch_nll(encoder, decoder, xb, samples, chunk, noise_for, reparameterize, l
     """-log p(x) (B,) of a batch of images xb (B, 1, 28, 28), M = samples draws each, chunk at a time;
     noise_for(m, start, mu) gives the eps of m of them (batch_noise)."""
     n = len(xb)
-    h, mu, logvar = encoder.encode(xb)     # (B, C, 7, 7), (B, 49), (B, 49)
-    pixel = decoder.pixel_logits(xb)       # (B, 1, 28, 28), or 0 without autoregression
+    h, mu, logvar = student.fast(encoder, 'encode')(xb)     # (B, C, 7, 7), (B, 49), (B, 49)
+    pixel = student.fast(decoder, 'pixel_logits')(xb)       # (B, 1, 28, 28), or 0 without autoregression
 
     def draw(m, start):
         e = noise_for(m, start, mu)        # (m, B, 49)
@@ -237,7 +238,7 @@ def replay_nll(encoder, decoder, x, samples, chunk, batch, gen, done):
     """Make the draws of the first `done` images from gen, as importance_sampled_nll does, and compute
     again from them the NLLs of the first and the last of those images: {position: NLL}
     (PartialPass's replay)."""
-    _, mu, _ = encoder.encode(x[:1])
+    _, mu, _ = student.fast(encoder, 'encode')(x[:1])
     check = {0: [], done - 1: []}
     for i in range(0, done, batch):
         n = min(batch, len(x) - i)
@@ -267,8 +268,8 @@ def importance_sampled_nll(encoder, decoder, x, samples, chunk, batch, generator
     from if it holds part of this very pass (engine/partial.py says what is checked first).
     """
     fast = compile and x.device.type == 'cpu'
-    reparameterize = Compiled(encoder.reparameterize, fast, 'the encoder\'s reparameterize')
-    latent_logits = Compiled(decoder.latent_logits, fast, 'the decoder\'s latent_logits')
+    reparameterize = Compiled(student.fast(encoder, 'reparameterize'), fast, 'the encoder\'s reparameterize')
+    latent_logits = Compiled(student.fast(decoder, 'latent_logits'), fast, 'the decoder\'s latent_logits')
     partial = partial or PartialPass(None)
     key = dict(images=len(x), samples=samples, chunk=chunk, batch=batch, draws=draws_key(generator, eps),
                autoregress=bool(getattr(decoder, 'autoregress', False)),
@@ -315,11 +316,11 @@ def active_units(encoder, x, samples, seed, batch=500, threshold=0.01):
     gen = torch.Generator(x.device).manual_seed(seed)
     means, spreads = [], []
     for i in range(0, len(x), batch):
-        h, mu, logvar = encoder.encode(x[i:i + batch])
+        h, mu, logvar = student.fast(encoder, 'encode')(x[i:i + batch])
         if len(encoder.flows) == 0:
             means.append(mu)
             continue
-        z = torch.stack([encoder.reparameterize(h, mu, logvar, noise(gen, mu.shape))[0]
+        z = torch.stack([student.fast(encoder, 'reparameterize')(h, mu, logvar, noise(gen, mu.shape))[0]
                          for _ in range(samples)])  # (S, B, 49)
         means.append(z.mean(0))
         spreads.append(z.var(0))                    # s^2(x), unbiased over the S draws

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 import models
+from engine import student
 from engine.config import TITLES
 from engine.evaluate import noise
 from engine.files import read_json
@@ -40,8 +41,8 @@ def decode(decoder, z, generator):
         return decoder(z)
     if decoder.autoregress:
         uniforms = torch.rand(len(z), 1, 28, 28, generator=generator, device=z.device)
-        return decoder.sample(z, uniforms=uniforms)
-    return torch.sigmoid(decoder.latent_logits(z))
+        return student.fast(decoder, 'sample')(z, uniforms=uniforms)
+    return torch.sigmoid(student.fast(decoder, 'latent_logits')(z))
 
 
 def what_is_shown(nets):
@@ -63,14 +64,15 @@ def sample_figures(part, nets, cfg, test_x, out):
     n, ncol = cfg['n_samples'], int(math.ceil(math.sqrt(cfg['n_samples'])))
     title = f'{part}: {TITLES[part]}, {what_is_shown(nets)}'
     if 'pixelcnn' in nets:
-        samples = nets['pixelcnn'].sample(n, uniforms=torch.rand(n, 1, 28, 28, generator=gen, device=device))
+        uniforms = torch.rand(n, 1, 28, 28, generator=gen, device=device)
+        samples = student.fast(nets['pixelcnn'], 'sample')(n, uniforms=uniforms)
         return dict(samples=image_rows([('', samples)], os.path.join(out, 'samples.png'), title, ncol))
     f, g = nets['encoder'], nets['decoder']
-    samples = decode(g, noise(gen, (n, models.LATENT ** 2)), gen)
+    samples = decode(g, noise(gen, (n, student.LATENT_DIMS)), gen)
     figs = dict(samples=image_rows([('', samples)], os.path.join(out, 'samples.png'), title, ncol))
     x = test_x[:10]
-    h, mu, logvar = f.encode(x)
-    z, _ = f.reparameterize(h, mu, logvar, torch.zeros_like(mu))
+    h, mu, logvar = student.fast(f, 'encode')(x)
+    z, _ = student.fast(f, 'reparameterize')(h, mu, logvar, torch.zeros_like(mu))
     figs['reconstructions'] = image_rows(
         [('test images', x), ('reconstructions', decode(g, z, gen))], os.path.join(out, 'reconstructions.png'),
         f'{part}: test images and their reconstructions from z = flows(mu(x))', 10)

@@ -116,6 +116,18 @@ def keep_code(out):
 # ---------------------------------------------------------------------------------------------
 # A run already there
 
+def seed_dirs(results_dir, part, profile, precision='fp32'):
+    """{seed: part directory} of the part's runs with a finished metrics.json, seed 0 included."""
+    found = {}
+    base = run_dir(results_dir, profile, precision)
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        seed = 0 if name == part else (int(name[len(part) + 5:]) if name.startswith(f'{part}-seed')
+                                       and name[len(part) + 5:].isdigit() else None)
+        if seed is not None and os.path.exists(os.path.join(base, name, 'metrics.json')):
+            found[seed] = os.path.join(base, name)
+    return dict(sorted(found.items()))
+
+
 def describe_images(n, subset=None):
     if n is None or subset == 'all':
         return 'all test images'

@@ -289,7 +289,8 @@ def load_file(path, advice=FRESH):
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise CheckpointError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                              + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))) from e
+                              + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))
+                              ) from e
 
 
 def on_cpu(obj):
@@ -524,7 +525,7 @@ class Stepping:
             return
         values = torch.stack([v for *_, v in self.pending]).tolist()  # [objective, recon, kl, grad norm] per step
         hist = self.state['history']
-        for (step, b, beta, _), (obj, recon, kl, grad_norm) in zip(self.pending, values):
+        for (step, b, beta, _), (obj, recon, kl, grad_norm) in zip(self.pending, values, strict=True):
             # under loss scaling a gradient that overflowed is a skipped step, not a stop
             if not (math.isfinite(obj) and (math.isfinite(grad_norm) or self.scaler is not None)):
                 self.pending = []
@@ -561,7 +562,8 @@ class Epochs:
             if state['autoregress'] and hist['autoregress_step'] is None:
                 hist['autoregress_step'] = state['step']
         if state['batch'] == 0:
-            state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order from the CPU generator (checkpointed)
+            # cpu: data order from the CPU generator (checkpointed)
+            state['perm'] = torch.randperm(n, generator=self.shuffle)
         self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
         for net in self.nets.values():
             net.train()
@@ -599,6 +601,13 @@ class Epochs:
         self.sitting['seconds'] += seconds
 
 
+def monitor_images(cfg):
+    """The test images of the loss after each epoch: the sample the final test ELBO covers (all, or nested in it)."""
+    x_test = load_data(cfg, train=False)
+    index = test_subset(len(x_test), cfg['monitor_images'])
+    return x_test if index is None else x_test[index]
+
+
 class Training(Checkpointing, Stepping, Epochs):
     """One part's training: its models, optimiser, generators and state, checkpointed to
     out/checkpoint.pt. The state (epoch, batch, step, data order, history) is what a checkpoint holds.
@@ -634,16 +643,15 @@ class Training(Checkpointing, Stepping, Epochs):
             return True
         x_train = load_data(cfg, train=True).to(self.device)
         check_training_data(x_train, self.device)
-        x_test = load_data(cfg, train=False)
-        index = test_subset(len(x_test), cfg['monitor_images'])  # the sample the final test ELBO covers
-        x_monitor = (x_test if index is None else x_test[index]).to(self.device)
+        x_monitor = monitor_images(cfg).to(self.device)
         steps_per_epoch = math.ceil(len(x_train) / cfg['batch_size'])
         last_save = time.time()
         for epoch in range(state['epoch'], cfg['epochs']):
             self.start_epoch(epoch, len(x_train))
             t0 = time.time()
             batches = range(state['batch'], steps_per_epoch)
-            shown = dict(desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}', initial=batches.start)  # pragma: no mutate
+            shown = dict(desc=f'{self.part} epoch {epoch + 1}/{cfg["epochs"]}',  # pragma: no mutate
+                         initial=batches.start)
             for b in bar(batches, self.progress, total=steps_per_epoch, **shown):  # pragma: no mutate (display only)
                 self.step(x_train, b, steps_per_epoch)
                 late = time.time() - last_save > 60 * cfg['checkpoint_minutes']

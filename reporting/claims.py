@@ -121,11 +121,11 @@ def _(r):
     return below(d) and abs(d['value']) < 0.5, f'bf16 − float32: {said(d)}'
 
 
-@claim('six-b-goal', 'the goal of an NLL of at most 86 nats lies within two standard errors of 6b\'s: neither shown '
-                     'met nor shown missed')
+@claim('six-b-goal', '6b\'s NLL over all test images lies more than two standard errors above the goal of at most '
+                     '86 nats: the goal is missed')
 def _(r):
     v = r.value('6b', 'nll')
-    return abs(v['value'] - GOALS['SixBNLL']) < 2 * v['stderr'], \
+    return subset_of(v) == 'all' and v['value'] - GOALS['SixBNLL'] > 2 * v['stderr'], \
         f'6b: {v["value"]:.2f} ± {v["stderr"]:.2f} ({subset_of(v)}), goal {GOALS["SixBNLL"]:g}'
 
 

@@ -168,7 +168,7 @@ def log_attempts(m):
 
 def seed_runs(results_dir, part, profile, precision='fp32'):
     """{training seed: metrics} of the part's finished runs (seed 0 the run the answers quote; others
-    in <part>-seed<k>, engine.config.seed_dirs), each with its 'dir'."""
-    from engine.config import seed_dirs
+    in <part>-seed<k>, engine.runs.seed_dirs), each with its 'dir'."""
+    from engine.runs import seed_dirs
     return {seed: dict(read_json(os.path.join(path, 'metrics.json')), dir=path)
             for seed, path in seed_dirs(results_dir, part, profile, precision).items()}

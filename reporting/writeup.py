@@ -314,7 +314,7 @@ def part_span(ms):
     """'6d 14 min – 6c 56 min (results/cpu), CPU (x86_64), 2 cores' over the runs ms, or 'not measured yet'."""
     if not ms:
         return 'not measured yet'
-    took = sorted((m['train_seconds'] + m['eval_seconds'], m['part'], m) for m in ms)
+    took = sorted((m['train_seconds'] + m.get('eval_seconds', 0.0), m['part'], m) for m in ms)
     (lo, lo_part, _), (hi, hi_part, _) = took[0], took[-1]
     hardware = ' and '.join(sorted({label for m in ms for label, _ in training_time(m)}))
     return f'{lo_part} {duration_words(lo)} – {hi_part} {duration_words(hi)}; {hardware}'

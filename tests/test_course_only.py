@@ -37,16 +37,21 @@ def load(name, path):
     return module
 
 
+def read(path):
+    with open(path) as fh:
+        return fh.read()
+
+
 @pytest.fixture
 def course_only(monkeypatch):
     """The engine in this process on the course-only models.py and losses.py: (models, losses)."""
     m = load('course_only_models', os.path.join(COURSE_ONLY, 'models.py'))
-    l = load('course_only_losses', os.path.join(COURSE_ONLY, 'losses.py'))
+    losses_ = load('course_only_losses', os.path.join(COURSE_ONLY, 'losses.py'))
     monkeypatch.setattr(student, 'models', m)
     monkeypatch.setattr(figures, 'models', m)
     for module in (T, V):
-        monkeypatch.setattr(module, 'losses', l)
-    return m, l
+        monkeypatch.setattr(module, 'losses', losses_)
+    return m, losses_
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +93,8 @@ def test_a_part_that_needs_an_extra_is_refused_in_one_sentence(course_only):
     assert 'models.DiscreteVAEDecoder(pixelcnn_capacity=8, pixelcnn_depth=1)' in said['6c']
     assert 'iaf_depth' not in said['6c'] and 'pixelcnn' not in said['6d']  # only what shapes the part's networks
     assert 'pixelcnn_depth=0' in said['6e-weak'] and 'per-dimension terms of log q(z|x)' in said['6e-freebits']
-    with pytest.raises(student.NeedsExtrasError, match=r'^6e-weak needs models\.DiscreteVAEDecoder\(pixelcnn_depth=1\)'):
+    weak = r'^6e-weak needs models\.DiscreteVAEDecoder\(pixelcnn_depth=1\)'
+    with pytest.raises(student.NeedsExtrasError, match=weak):
         C.check_extras('6e-weak', 'full', C.config('6e-weak', 'full'))
 
 
@@ -161,7 +167,7 @@ def test_methods_of_a_course_only_class_are_never_taken_for_the_engines(course_o
 
 
 def test_the_training_objective_of_a_course_only_file_is_its_forward_and_losses(course_only):
-    m, l = course_only
+    m, losses_ = course_only
     f, g = small_vae(m, flows=2, autoregress=True)
     nets = dict(encoder=f, decoder=g)
     cfg = C.config('6e-baseline', 'full')
@@ -169,7 +175,7 @@ def test_the_training_objective_of_a_course_only_file_is_its_forward_and_losses(
     eps = torch.randn(4, 49, generator=torch.Generator().manual_seed(2))
     loss, recon, kl = T.objective(nets, cfg, x, eps, 0.5)
     z, logqzx, _, _ = f(x, eps.view(4, 1, 7, 7))
-    by_hand = l.discrete_output_elbo(g(z, x), x, z, logqzx)
+    by_hand = losses_.discrete_output_elbo(g(z, x), x, z, logqzx)
     torch.testing.assert_close(torch.stack([recon, kl]), torch.stack(by_hand))
     torch.testing.assert_close(loss, recon + 0.5 * kl)
     with pytest.raises(student.NeedsExtrasError, match='free bits needs the per-dimension terms'):
@@ -237,8 +243,8 @@ def student_checkout(checkout, tmp_path, variant=None):
     """A copy of the checkout whose models.py and losses.py are the course-only ones (changed by variant)."""
     repo = tmp_path / 'repo'
     shutil.copytree(checkout, repo, symlinks=True)
-    files = [open(os.path.join(COURSE_ONLY, name)).read() for name in ('models.py', 'losses.py')]
-    for name, text in zip(('models.py', 'losses.py'), variant(*files) if variant else files):
+    files = [read(os.path.join(COURSE_ONLY, name)) for name in ('models.py', 'losses.py')]
+    for name, text in zip(('models.py', 'losses.py'), variant(*files) if variant else files, strict=True):
         (repo / name).write_text(text)
     return repo
 

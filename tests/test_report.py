@@ -143,7 +143,8 @@ def test_readme_and_docs_carry_the_measured_numbers_course_settings_first(tmp_pa
     readme.write_text(''.join(f'{b}\nold\n{e}\n' for b, e in ((writeup.MAP_BEGIN, writeup.MAP_END),
                                                              (writeup.TABLES_BEGIN, writeup.TABLES_END),
                                                              (writeup.GPU_BEGIN, writeup.GPU_END),
-                                                             (writeup.CPU_BEGIN, writeup.CPU_END))))
+                                                             (writeup.CPU_BEGIN, writeup.CPU_END),
+                                                             (writeup.PROFILES_BEGIN, writeup.PROFILES_END))))
     docs.mkdir()
     for name, (b, e) in (('results.md', (writeup.BEGIN, writeup.END)), ('running.md', (writeup.PRECISION_BEGIN,
                          writeup.PRECISION_END)), ('mutation.md', (writeup.MUTATION_BEGIN, writeup.MUTATION_END)),
@@ -439,3 +440,15 @@ def test_a_summary_row_names_every_device_and_hardware_a_run_trained_on():
     row, = summary_rows([m], 'results')
     assert row['device'] == 'cpu + cuda' and row['hardware'] == 'CPU (x86_64), 2 cores + NVIDIA T4'
     assert row['train_seconds_by_hardware'] == {'CPU (x86_64), 2 cores': 20.0, 'NVIDIA T4': 10.0}
+
+
+def test_the_students_profile_table_names_the_fastest_and_slowest_part_of_each_profile():
+    """Each profile's row gives the quickest and the slowest part of the committed runs, with the
+    hardware they ran on, and says so where nothing was measured (no GPU run yet)."""
+    runs = [dict(profile='cpu', parts={p: dict(part=p, train_seconds=t, eval_seconds=60.0, device='cpu',
+                                               hardware='CPU (x86_64), 2 cores') for p, t in (('6a', 600.0),
+                                                                                               ('6c', 3000.0))})]
+    table = writeup.profile_times(runs)
+    row = next(line for line in table.splitlines() if line.startswith('| cpu |'))
+    assert '6a 11 min – 6c 51 min; CPU (x86_64), 2 cores' in row and row.endswith('| not measured yet |')
+    assert '| full | the course\'s settings | not measured yet | not measured yet |' in table

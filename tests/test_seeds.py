@@ -4,7 +4,7 @@ import json
 import os
 
 import experiments as E
-from engine import config as C
+from engine import runs
 from reporting import reader
 from reporting.summary import summary_rows
 
@@ -15,7 +15,7 @@ def test_another_seed_trains_a_run_of_its_own_that_the_summary_leaves_out(tmp_pa
     one = E.run_part('6a', profile='smoke', device='cpu', results_dir=results, progress=False, seed=1)
     assert one['config']['seed'] == 1 and zero['config']['seed'] == 0
     assert one['values']['test_nll']['value'] != zero['values']['test_nll']['value']  # another training run
-    assert C.seed_dirs(results, '6a', 'smoke') == {0: str(tmp_path / 'smoke' / '6a'),
+    assert runs.seed_dirs(results, '6a', 'smoke') == {0: str(tmp_path / 'smoke' / '6a'),
                                                    1: str(tmp_path / 'smoke' / '6a-seed1')}
     assert set(reader.seed_runs(results, '6a', 'smoke')) == {0, 1}
     E.write_summary(results, 'smoke')

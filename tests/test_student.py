@@ -23,12 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARMLESS = '\n\ndef my_helper():\n    """A function of my own."""\n    return 1\n'
 
 
+def read_bytes(path):
+    with open(path, 'rb') as fh:
+        return fh.read()
+
+
 def changed_code(tmp_path, extra=HARMLESS):
     """A directory holding the repository's losses.py and its models.py with `extra` appended."""
     code = tmp_path / 'code'
     code.mkdir()
     shutil.copy(os.path.join(ROOT, 'losses.py'), code / 'losses.py')
-    (code / 'models.py').write_text(open(os.path.join(ROOT, 'models.py')).read() + extra)
+    (code / 'models.py').write_text(read_bytes(os.path.join(ROOT, 'models.py')).decode() + extra)
     return code
 
 
@@ -37,13 +42,13 @@ def digests(directory, skip=student.MINE):
     found = {}
     for path in sorted(glob.glob(os.path.join(directory, '**', '*'), recursive=True)):
         if os.path.isfile(path) and os.path.relpath(path, directory).split(os.sep)[0] != skip:
-            found[os.path.relpath(path, directory)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+            found[os.path.relpath(path, directory)] = hashlib.sha256(read_bytes(path)).hexdigest()
     return found
 
 
 def test_code_digest_reads_crlf_as_lf_and_keeps_the_digest_of_lf_files(tmp_path, monkeypatch):
     now = student.code_digest()
-    assert now['models.py'] == hashlib.sha256(open(os.path.join(ROOT, 'models.py'), 'rb').read()).hexdigest()
+    assert now['models.py'] == hashlib.sha256(read_bytes(os.path.join(ROOT, 'models.py'))).hexdigest()
     for name in student.CODE_FILES:
         with open(os.path.join(ROOT, name), 'rb') as fh:
             (tmp_path / name).write_bytes(fh.read().replace(b'\n', b'\r\n'))
@@ -172,7 +177,7 @@ def test_the_stub_files_fail_each_course_api_test_with_an_instruction(monkeypatc
 
 
 def test_a_student_solution_with_another_signature_gets_an_instruction(tmp_path):
-    source = open(os.path.join(ROOT, 'models.py')).read()
+    source = read_bytes(os.path.join(ROOT, 'models.py')).decode()
     renamed = source.replace("def __init__(self, capacity=32, depth=9, layout='course'):\n        super().__init__()",
                              "def __init__(self, channels=32, depth=9, layout='course'):\n        capacity = channels\n"
                              "        super().__init__()", 1)
