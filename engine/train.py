@@ -562,8 +562,7 @@ class Epochs:
             if state['autoregress'] and hist['autoregress_step'] is None:
                 hist['autoregress_step'] = state['step']
         if state['batch'] == 0:
-            # cpu: data order from the CPU generator (checkpointed)
-            state['perm'] = torch.randperm(n, generator=self.shuffle)
+            state['perm'] = torch.randperm(n, generator=self.shuffle)  # cpu: data order, CPU generator (checkpointed)
         self.order = state['perm'].to(self.device)  # one copy an epoch: no step copies from the host
         for net in self.nets.values():
             net.train()
