@@ -211,12 +211,20 @@ def trained_on(m):
 # Precision
 
 def can_train_in(precision, device):
-    """Why `precision` cannot train on device, or None: float16 autocast with a loss scaler needs a
-    GPU (on a CPU every step would be skipped and the untrained model written as finished)."""
-    if precision == 'fp16' and torch.device(device).type == 'cpu':
-        return ('fp16 training needs a GPU: on a CPU float16 autocast with a gradient scaler skips its steps; '
-                'use --precision bf16 (on a CPU with bfloat16 units) or fp32')
+    """Why `precision` cannot train on device, or None. Every precision trains on every device type
+    here; a run whose every step was skipped (float16 overflowing at each) is refused as finished
+    instead (check_trained)."""
     return None
+
+
+def check_trained(state):
+    """Refuse (ValueError) to write as finished a run that took no optimiser step: float16 with a loss
+    scaler can skip every step (each overflowed), which would leave the untrained model."""
+    skipped = len(state['history'].get('skipped') or [])
+    if state['step'] and skipped >= state['step']:
+        raise ValueError(f'every one of the {state["step"]} training steps was skipped by loss scaling (float16 '
+                         f'overflowed at each), so nothing was trained and no model is written as finished; '
+                         f'train with --precision bf16 or fp32')
 
 
 def pick_precision(precision, part, profile, device, results_dir='results', fresh=False, seed=0):
@@ -316,6 +324,7 @@ def train_and_evaluate(part, profile, cfg, device, out, paths, progress, stop_at
         say(out, f'{part}: stopped at the time limit at epoch {state["epoch"]}, batch {state["batch"]}; the '
                  f'checkpoint {paths["checkpoint"]} holds it: rerun the same command to resume')
         return None
+    check_trained(state)
     atomic_save(dict(part=part, profile=profile, config=cfg, models=model_record(nets, spec),
                      autoregress=state['autoregress'], epoch=state['epoch'], step=state['step']), paths['model'])
     uncommitted = keep_out_of_git(out, 'model.pt')  # the storage policy: too large for git, kept here only

@@ -166,11 +166,12 @@ def test_all_refuses_an_infinite_time_limit_and_a_part_named_twice(tmp_path, cap
     assert not any(tmp_path.iterdir())
 
 
-def test_fp16_on_a_cpu_is_refused_before_an_untrained_model_is_written(tmp_path, capsys):
-    message = cli_refusal(['run', '6a', '--profile', 'smoke', '--precision', 'fp16', '--device', 'cpu',
-                           '--results-dir', str(tmp_path)], capsys)
-    assert 'fp16 training needs a GPU' in message
-    assert not any(tmp_path.iterdir())
+def test_a_run_whose_every_step_was_skipped_is_not_written_as_finished():
+    """float16 with a loss scaler may skip every step (each overflowed): the untrained model is refused."""
+    with pytest.raises(ValueError, match='every one of the 4 training steps was skipped'):
+        runs.check_trained(dict(step=4, history=dict(skipped=[0, 1, 2, 3])))
+    runs.check_trained(dict(step=4, history=dict(skipped=[0, 1])))  # some steps trained: finished
+    runs.check_trained(dict(step=4, history=dict()))
 
 
 def test_the_message_about_fewer_images_is_said_only_where_there_is_importance_sampling(tmp_path, capsys):

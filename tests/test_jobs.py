@@ -74,7 +74,7 @@ def test_switches_keep_the_profiles_setting_unless_given():
 def test_command_line_switches_reach_run_and_all(monkeypatch):
     seen = {}
     monkeypatch.setattr(E, 'run_part', lambda part, *a, **k: seen.update(run=(part, a, k)))
-    monkeypatch.setattr(E, 'run_all', lambda *a: seen.update(all=a))
+    monkeypatch.setattr(E, 'run_all', lambda *a, **k: seen.update(all=a))
     E.main(['run', '6b', '--is-images', 'all', '--compile-train', '--minutes', '2'])
     part, _, kw = seen['run']
     assert (part, kw['is_images'], kw['compile_train']) == ('6b', 'all', True)

@@ -64,13 +64,14 @@ def test_the_limit_is_a_day_at_ten_thousand_steps_a_second(tmp_path, runs, capsy
 def test_minutes_lift_the_refusal_and_limit_the_run(tmp_path, runs, monkeypatch):
     monkeypatch.setattr(E, 'time', types.SimpleNamespace(time=lambda: 1000.0))
     run(tmp_path, '--epochs', str(10 ** 12), '--minutes', '5')
-    assert runs == [dict(stop_at=1000.0 + 300, precision='auto', epochs=10 ** 12)]
+    assert runs == [dict(stop_at=1000.0 + 300, precision='auto', seed=0, epochs=10 ** 12)]
 
 
 def test_the_profiles_own_epochs_and_sensible_counts_run_unlimited(tmp_path, runs):
     run(tmp_path)
     run(tmp_path, '--epochs', '60')
-    assert runs == [dict(stop_at=None, precision='auto'), dict(stop_at=None, precision='auto', epochs=60)]
+    assert runs == [dict(stop_at=None, precision='auto', seed=0),
+                    dict(stop_at=None, precision='auto', seed=0, epochs=60)]
 
 
 @pytest.mark.parametrize('epochs', ['0', '-3'])
