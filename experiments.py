@@ -47,7 +47,8 @@ from engine.partial import EvaluationStopped
 from engine.reproduce import eval_command, git_commit, redraw, verify  # noqa: F401 (tests)
 from engine.runs import (ForeignCodeError, ResultsExistError, carry_parts, guard_run, pick_precision,  # noqa: F401
                          run_part, switches)
-from engine.train import CheckpointError, NonFiniteLossError
+from engine.modelfiles import CheckpointError
+from engine.train import NonFiniteLossError
 from engine.transfer import PACK_BYTES, PACK_FILES, pack, unpack
 from reporting import versus
 from reporting.display import compare, show, show_finished, show_remedies  # noqa: F401 (notebooks)

@@ -72,8 +72,8 @@ DEFAULTS = dict(
                                # runs)
     iaf_depth=9,               # masked residual blocks per IAF step (the framework's IAF(filters, depth=9))
     init_output_bias=False,    # Gaussian VAE: start the decoder's output bias at the logit of the mean image
-    precision='fp32',          # 'bf16' / 'fp16': training forward passes in bfloat16 / float16 (train.low_precision);
-                               # run_part's 'auto' picks
+    precision='fp32',          # 'bf16' / 'fp16': training forward passes in bfloat16 / float16
+                               # (objectives.low_precision); run_part's 'auto' picks
     compile=True,              # importance sampling through torch.compile on the CPU (see Compiled); False: eager
     compile_train=False,       # the training objective through torch.compile (CUDA graphs on CUDA); eager fallback
     seed=0,                    # torch.manual_seed at part start; shuffling, noise and eval seeds derive from it
@@ -435,7 +435,7 @@ def _binary_vae_spec(cfg):
         pixelcnn_capacity=cfg['pixelcnn_capacity'], pixelcnn_depth=cfg['pixelcnn_depth'], layout=cfg['layout']))}
 
 
-# The model kinds: what models.py builds for each. train.OBJECTIVES, evaluate.TEST_TERMS and
+# The model kinds: what models.py builds for each. objectives.OBJECTIVES, evaluate.TEST_TERMS and
 # figures.DECODE hold the rest of what a kind does; a new kind is a row in each.
 MODEL_SPECS = {'pixelcnn': _pixelcnn_spec, 'gaussian_vae': _gaussian_vae_spec, 'binary_vae': _binary_vae_spec}
 

@@ -17,7 +17,7 @@ from engine.locks import RunLockedError
 from engine.runs import ForeignCodeError, ResultsExistError, guard_results_dir, pick_precision, run_part, switches
 from engine.timing import estimate
 from engine.student import NeedsExtrasError
-from engine.train import CheckpointError
+from engine.modelfiles import CheckpointError
 
 ENTRY_POINT = os.path.join(ROOT, 'experiments.py')  # what a --jobs process runs
 

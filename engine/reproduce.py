@@ -12,11 +12,12 @@ import torch
 from engine import ROOT, figures
 from engine.config import as_int, is_quantity, part_dir, pick_device, pick_profile, run_dir, run_dirs, with_defaults
 from engine.evaluate import evaluate, to_host64
-from engine.files import read_json, write_json
+from engine.files import atomic_save, read_json, write_json
 from engine.partial import PartialPass
 from engine.student import CODE_FILES, code_digest  # noqa: F401 (reproduce.code_digest: the name callers know)
 from engine.subsets import MNIST_TEST, images_for, index_key, subset_of, subset_words
-from engine.train import CheckpointError, atomic_save, load_data, load_file, load_models
+from engine.modelfiles import CheckpointError, load_file, load_models
+from engine.train import load_data
 
 
 def git_commit():

@@ -29,14 +29,15 @@ from engine.config import (AUTO_PROFILES, BF16_PARITY, PRECISIONS, TITLES, as_bo
                            precisions_started, run_dir, with_defaults)
 from engine.config import check_extras
 from engine.evaluate import evaluate, to_host64
-from engine.files import keep_out_of_git, read_json, write_json
+from engine.files import atomic_save, keep_out_of_git, read_json, write_json
 from engine.locks import part_lock
 from engine.partial import EvaluationStopped, PartialPass
 from engine.reproduce import git_commit
 from engine.student import code_digest
 from engine.subsets import SUBSET_SEED, subset_of
 from engine.timing import precision_speeds
-from engine.train import atomic_save, build, init_output_bias, load_data, model_record, say, train
+from engine.modelfiles import model_record
+from engine.train import build, init_output_bias, load_data, say, train
 from engine.transfer import PACK_BYTES, carry, drop_carried, restore_carried
 
 

@@ -13,7 +13,9 @@ import torch
 
 from engine.config import config, model_spec
 from engine.evaluate import float32_eval, importance_sampled_nll
-from engine.train import adam, build, load_data, load_file, objective, training_numerics
+from engine.modelfiles import load_file
+from engine.objectives import objective
+from engine.train import adam, build, load_data, training_numerics
 
 REPEATS = 5       # timed repetitions of each call (after WARMUP)
 WARMUP = 2

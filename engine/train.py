@@ -1,18 +1,13 @@
-"""Training for CSE 599i Homework 2: the objective of each model kind (the negative ELBO of
-Problems 5 and 6, with KL warm-up and free bits for 6e), the optimiser, the training loop and its
-checkpoints. One loop trains every part; engine/config.py says what each part is.
+"""Training for CSE 599i Homework 2: the optimiser, the training loop and its checkpoints. One loop
+trains every part; engine/config.py says what each part is, engine/objectives.py what it minimises,
+engine/modelfiles.py how its files are read back.
 
 The loop: resume (from out/checkpoint.pt, exactly: model, optimiser, data order and noise
 generators), then per epoch start_epoch (learning-rate drop, autoregression switched on, data
-order), train_step per batch, end_of_epoch (test loss on the monitor images, run.log line,
+order), step per batch, end_of_epoch (test loss on the monitor images, run.log line,
 checkpoint). Nothing non-finite is ever written: the loss and the gradient norm are checked before
 the optimiser step on the CPU, and on a GPU every SYNC_EVERY steps and before every checkpoint
 (reading them every step would stall the GPU's queue).
-
-References
-- KL warm-up: Bowman et al. 2016, "Generating Sentences from a Continuous Space";
-  Sønderby et al. 2016, "Ladder Variational Autoencoders".
-- Free bits: Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow".
 """
 import contextlib
 import math
@@ -21,22 +16,21 @@ import time
 
 import torch
 
-from engine import data
-from engine import files
-import losses
-import models
-from engine import student
+from engine import data, objectives, student
 from engine.config import changes, describe_hardware, model_spec, settings_differ
 from engine.evaluate import bar, cuda_numerics, noise, test_subset
+from engine.files import atomic_save
+from engine.modelfiles import (RESUME_ADVICE, CheckpointError, check_code, earlier_sittings, load_file, load_state,
+                               model_record, model_state, on_cpu)
+from engine.objectives import check_training_data, kl_weight, objective
 
 # CUDA in training: deterministic cuDNN kernels without benchmark mode (so a resumed run ends with
 # the numbers of an unbroken one), TF32 allowed (never in evaluation); evaluate.cuda_numerics
 TRAINING_TF32 = True
+
+
 SYNC_EVERY = 50  # steps between reads of the loss and finiteness on a GPU (every step on the CPU)
-# Device types whose values the host reads without waiting for a queue of kernels: there the loss
-# and its finiteness are read every step and losses.py checks its inputs at every call. Elsewhere
-# (CUDA, MPS) a training step reads nothing on the host (see step and loss_on).
-FREE_READS = ('cpu',)
+
 
 _DATA = {}
 
@@ -86,39 +80,6 @@ def init_output_bias(nets, cfg, device):
         nets['decoder'].bias.copy_(torch.logit(mean).to(device))
 
 
-def kl_weight(step, warmup_steps, start_step=0):
-    """beta(step): 1 before start_step, then 0 rising linearly to 1 over warmup_steps (KL warm-up)."""
-    if warmup_steps <= 0 or step < start_step:
-        return 1.0
-    return min(1.0, (step - start_step) / warmup_steps)
-
-
-def free_bits_kl(kl_terms, free_bits):
-    """sum_d max(lambda, mean over the batch of KL_d), kl_terms (B, 49) (Kingma et al. 2016):
-    a dimension whose KL is under the floor lambda costs lambda and gets no gradient from it."""
-    return torch.clamp(kl_terms.mean(0), min=free_bits).sum()
-
-
-LOW_PRECISION = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def low_precision(precision, device):
-    """The context of the training forward passes. 'fp32' (the default): plain float32, no autocast
-    at all (older torch does not accept autocast on every device). 'bf16': torch.autocast to
-    bfloat16, so convolutions and matrix products round their inputs to 8-bit mantissas and run on
-    the CPU's bfloat16 units (AMX, AVX512-BF16) or the GPU's tensor cores. 'fp16': autocast to
-    float16 (10-bit mantissas, but a range that ends at 65504 and underflows below 6e-8), for GPUs
-    whose tensor cores have no bfloat16; its gradients are scaled (loss_scaler). Parameters,
-    gradients, Adam's state and the losses stay float32, and evaluation always runs in float32.
-    Either computes a different function (relative error ~1e-3 per layer): the README sets bf16
-    test numbers beside float32 runs, and `python -m tools.bench --bf16-json` measures its speed."""
-    if precision == 'fp32':
-        return contextlib.nullcontext()
-    if precision not in LOW_PRECISION:
-        raise ValueError(f'precision must be fp32, {" or ".join(LOW_PRECISION)}, got {precision!r}')
-    return torch.autocast(torch.device(device).type, dtype=LOW_PRECISION[precision])
-
-
 def loss_scaler(precision, device):
     """float16 training's gradient scaler (torch.amp.GradScaler), None for the other precisions.
     The loss is multiplied by a scale S before the backward pass, so that small gradients survive
@@ -135,88 +96,6 @@ def loss_scaler(precision, device):
         return torch.cuda.amp.GradScaler()
     raise ValueError(f'precision fp16 on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch '
                      f'{torch.__version__}: use --precision fp32 or bf16')
-
-
-def loss_on(loss, device):
-    """losses.py's `loss` as a training step calls it on `device`. Where reads are free (FREE_READS),
-    the function itself. Elsewhere it is evaluated as a vmap over a batch of one batch: losses.py
-    skips its checks of tensor values under vmap (cross_entropy's data in [0, 1] would otherwise be
-    read at every step, stalling the GPU's queue), and check_training_data checks the data once
-    instead. The same values; the gradients agree to rounding, not bit for bit, so the CPU, where
-    the committed runs were trained, keeps the direct call."""
-    if torch.device(device).type in FREE_READS:
-        return loss
-
-    def batched(*args):
-        dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
-        out = torch.func.vmap(loss, in_dims=dims)(*(a[None] if isinstance(a, torch.Tensor) else a for a in args))
-        return out[0] if isinstance(out, torch.Tensor) else tuple(t[0] for t in out)
-    return batched
-
-
-def check_training_data(x, device):
-    """The training images lie in [0, 1]: what losses.py checks at every call where reads are free,
-    checked once per run elsewhere (loss_on)."""
-    if torch.device(device).type in FREE_READS:
-        return
-    lo, hi = torch.aminmax(x)
-    if not (lo >= 0 and hi <= 1):
-        raise ValueError(f'the training images must lie in [0, 1], got values in [{lo.item():g}, {hi.item():g}]; '
-                         f'load them with data.load_mnist or data.load_binarized_mnist')
-
-
-# ---------------------------------------------------------------------------------------------
-# The objective of each model kind: (training objective, reconstruction, KL), batch means in
-# nats. Reconstruction + KL is the negative ELBO of the handout (for 6a the NLL, with KL = 0),
-# whatever beta and free bits do to the objective.
-
-def pixelcnn_objective(nets, cfg, x, eps, beta):
-    """-log p(x) = sum_i BCE(logit_i, x_i) (6a)."""
-    with low_precision(cfg['precision'], x.device):
-        logits = nets['pixelcnn'](x)
-    nll = loss_on(losses.cross_entropy, x.device)(logits.float(), x)
-    return nll, nll, torch.zeros_like(nll)
-
-
-def _encode(nets, cfg, x, eps, decode):
-    """z ~ q(z|x) by reparameterisation and the decoder's output, under the training precision. The
-    encoder's logqzx comes as its (B, 49) per-dimension terms where it gives them (this project's
-    encoder: free bits needs them), else as (B,) (an encoder written to the course's API only)."""
-    f = nets['encoder']
-    with low_precision(cfg['precision'], x.device):
-        z, terms, mu, logvar = student.posterior(f, x, eps, per_dim=student.is_projects(type(f)))
-        out = decode(nets['decoder'], z, x)  # (B, 1, 28, 28)
-    return tuple(t.float() for t in (z, terms, mu, logvar, out))
-
-
-def gaussian_vae_objective(nets, cfg, x, eps, beta):
-    """||x - g(z)||^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, I)), the KL as losses.py computes it (5b, 5c)."""
-    z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z))
-    recon, kl = loss_on(getattr(losses, cfg['loss']), x.device)(out, x, z, cfg['sigma'], mu, logvar)
-    return recon + beta * kl, recon, kl
-
-
-def binary_vae_objective(nets, cfg, x, eps, beta):
-    """-log p(x|z) + beta (log q(z|x) - log r(z)), one z per image (6b-6e); with free bits the KL
-    term is sum_d max(lambda, batch-mean KL_d) instead."""
-    z, terms, mu, logvar, out = _encode(nets, cfg, x, eps, lambda g, z, x: g(z, x))
-    recon, kl = loss_on(losses.discrete_output_elbo, x.device)(out, x, z, terms.sum(1) if terms.dim() == 2 else terms)
-    if cfg['free_bits'] > 0:
-        if terms.dim() != 2:
-            raise student.NeedsExtrasError(f'free bits needs {student.PER_DIM}, which the encoder here does not give')
-        # per-dimension KL estimate log q(z_d|x) - log r(z_d) = z_d^2 / 2 - logqzx_d
-        return recon + beta * free_bits_kl(0.5 * z.pow(2) - terms, cfg['free_bits']), recon, kl
-    return recon + beta * kl, recon, kl
-
-
-OBJECTIVES = {'pixelcnn': pixelcnn_objective, 'gaussian_vae': gaussian_vae_objective,
-              'binary_vae': binary_vae_objective}
-
-
-def objective(nets, cfg, x, eps, beta=1.0):
-    """The part's training objective, reconstruction and KL on the batch x (B, 1, 28, 28) with
-    reparameterisation noise eps (B, 49) (None for the PixelCNN)."""
-    return OBJECTIVES[cfg['model']](nets, cfg, x, eps, beta)
 
 
 # The settings' floats (free bits' lambda, sigma) compiled in as constants, each value its own graph:
@@ -263,101 +142,11 @@ def fresh_compiler(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and model files
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model file that cannot be used."""
+# Stopping on a non-finite number, and the run log
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training met a NaN or infinite loss."""
-
-
-def atomic_save(obj, path):
-    """torch.save through a temporary file and os.replace: readers see the old file or the new one,
-    never half of one. On failure (a full disk) the temporary file is removed and the error names the path."""
-    files.atomic_save(obj, path)
-
-
-FRESH = 'rerun with --fresh (fresh=True) or delete it'  # what to do about an unusable checkpoint
-
-
-def load_file(path, advice=FRESH):
-    """A checkpoint or model file, onto the CPU, with tensors and plain containers only (no code
-    runs while loading); CheckpointError with `advice` if it cannot be read."""
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f'{path} is corrupt or unreadable ({type(e).__name__}: {e}); '
-                              + advice.replace('PATH', path).replace('PART', os.path.basename(os.path.dirname(path)))
-                              ) from e
-
-
-def on_cpu(obj):
-    """obj with every tensor in it (in dicts, lists and tuples) copied to the CPU: the files a run
-    writes load on any machine, whatever device trained it."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(on_cpu(v) for v in obj)
-    return obj
-
-
-def model_record(nets, spec):
-    """{name: {class, kwargs, state_dict}}: models.<class>(**kwargs) then load_state_dict rebuilds it.
-    The weights are on the CPU."""
-    return {name: dict(cls=spec[name][0], kwargs=spec[name][1], state_dict=on_cpu(net.state_dict()))
-            for name, net in nets.items()}
-
-
-def model_kwargs(r):
-    """The constructor arguments of a model record; one without a layout was written by layout v1."""
-    return {'layout': 'v1', **r['kwargs']}
-
-
-def model_state(r):
-    """The state dict of a model record, under today's parameter names."""
-    return r['state_dict'] if 'layout' in r['kwargs'] else models.upgrade_v1_state_dict(r['state_dict'])
-
-
-RESUME_ADVICE = ('To train this part with the code here, rerun with --fresh (fresh=True), which deletes it, or use '
-                 'another --results-dir')
-
-
-def load_state(net, state, what, advice):
-    """net.load_state_dict(state); parameters that do not fit raise a CheckpointError naming `what`
-    and those parameters, instead of torch's RuntimeError. The file is not touched."""
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        own = net.state_dict()
-        parts = [('missing in the file', [k for k in own if k not in state]),
-                 (f'not in {type(net).__name__} here', [k for k in state if k not in own]),
-                 ('of another shape', [f'{k} {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here'
-                                       for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)])]
-        found = '; '.join(f'{label}: {names(keys)}' for label, keys in parts if keys) or str(e).splitlines()[0]
-        raise CheckpointError(f"{what}: its parameters do not fit models.{type(net).__name__} of the models.py here "
-                              f'({found}); it is kept as it is. {advice}') from None
-
-
-def names(keys, shown=5):
-    return ', '.join(keys[:shown]) + (f' and {len(keys) - shown} more' if len(keys) > shown else '')
-
-
-def load_models(record, device, autoregress):
-    """The networks of a model record on `device`, in eval mode; a decoder with a PixelCNN has
-    autoregression on or off as recorded."""
-    nets = {}
-    for name, r in record.items():
-        nets[name] = student.construct(r['cls'], model_kwargs(r)).to(device)
-        load_state(nets[name], model_state(r), f'the {name} of a model file', 'Load it with the code that trained it, '
-                   'or retrain the part with the code here')
-        nets[name].eval()
-    if 'decoder' in nets and hasattr(nets['decoder'], 'autoregress'):
-        nets['decoder'].autoregress = autoregress
-    return nets
 
 
 def say(out, message):
@@ -390,44 +179,11 @@ def stop_message(part, where, path, saved, what, first=False):
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
-CUDA_GENERATOR_STATE_BYTES = 16  # a CUDA generator's state: seed and offset (a CPU one's is 5056 bytes)
-
-
-def earlier_sittings(ck):
-    """The sittings {device, hardware, seconds} of a checkpoint. One written before they were
-    recorded holds its training seconds as one sitting on the device type its noise generator's
-    state belongs to (a generator of the training device), its hardware unrecorded (None)."""
-    if 'sittings' in ck:
-        return ck['sittings']
-    if not ck.get('train_seconds'):
-        return []
-    size = len(ck['rng']['noise'])
-    device = ('cpu' if size == len(torch.Generator().get_state()) else
-              'cuda' if size == CUDA_GENERATOR_STATE_BYTES else None)
-    return [dict(device=device, hardware=None, seconds=ck['train_seconds'])]
-
 
 def new_history():
     """Per-iteration training curves and per-epoch test points, as history.json stores them."""
     return dict(step=[], loss=[], recon=[], kl=[], objective=[], beta=[], test_epoch=[], test_step=[], test_loss=[],
                 test_kl=[], autoregress_step=None, skipped=[])  # skipped: steps whose update loss scaling skipped
-
-
-def check_code(ck, path):
-    """A checkpoint is resumed only by the code that trained it: one that records the digest of
-    its models.py and losses.py by that code; one written before checkpoints recorded it (a
-    run of the reference code) only by the reference code."""
-    now = student.code_digest()
-    if 'code' in ck:
-        changed = [f for f in student.CODE_FILES if ck['code'].get(f) != now[f]]
-        why = changed and f'was trained by another {" and ".join(changed)} than the one here now'
-    else:
-        changed = student.changed_files()
-        why = changed and (f'records no code digest (it was written before checkpoints did, by the code '
-                           f'behind the committed results), and your {" and ".join(changed)} differ from that code')
-    if why:
-        raise CheckpointError(f"{path} {why}, so it is not resumed: its training would not be your code's. "
-                              f'It is kept as it is. {RESUME_ADVICE}')
 
 
 class Checkpointing:
@@ -626,7 +382,7 @@ class Training(Checkpointing, Stepping, Epochs):
         self.sitting = None   # this process's entry of state['sittings'], made at its first training seconds
         self.saved = None     # {epoch, batch} of the checkpoint on disk
         self.pending = []     # per-step numbers not yet read from the device
-        self.check_every = 1 if self.device.type in FREE_READS else SYNC_EVERY
+        self.check_every = 1 if self.device.type in objectives.FREE_READS else SYNC_EVERY
         self.order = None     # the epoch's data order (state['perm']) on the device
         fresh_compiler(cfg)
         self.objective = captured(objective, self.device) if cfg['compile_train'] else objective

@@ -12,7 +12,7 @@ from engine import timing
 from tools import bench
 from reporting import tables
 from engine import config
-from engine import train
+from engine import objectives
 
 KEYS = ('pixelcnn', 'binary_vae', 'gaussian_vae', 'pixelvae', 'iaf_vae')
 
@@ -41,10 +41,10 @@ def test_pixelcnn_training_step_flops_match_the_count_by_hand(monkeypatch):
 
 
 def test_this_implementations_workloads_train_the_engines_objective(monkeypatch):
-    """The loss the benchmark times is train.objective on the networks of the part's configuration."""
+    """The loss the benchmark times is objectives.objective on the networks of the part's configuration."""
     monkeypatch.setattr(bench, 'PROFILE', 'smoke')
     calls = []
-    real = train.objective
+    real = objectives.objective
 
     def spy(nets, cfg, x, eps, beta=1.0):
         calls.append((cfg, sorted(nets)))

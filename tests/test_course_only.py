@@ -23,6 +23,8 @@ from engine import evaluate as V
 from engine import figures
 from engine import student
 from engine import train as T
+from engine import modelfiles as MF
+from engine import objectives as O
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COURSE_ONLY = os.path.join(ROOT, 'tests', 'fixtures', 'course_only')
@@ -49,7 +51,7 @@ def course_only(monkeypatch):
     losses_ = load('course_only_losses', os.path.join(COURSE_ONLY, 'losses.py'))
     monkeypatch.setattr(student, 'models', m)
     monkeypatch.setattr(figures, 'models', m)
-    for module in (T, V):
+    for module in (O, V):
         monkeypatch.setattr(module, 'losses', losses_)
     return m, losses_
 
@@ -68,7 +70,7 @@ def test_a_course_only_class_gets_the_course_arguments_only(course_only):
                                                         r'VAEEncoder has IAF steps of depth 9'):
         student.construct('VAEEncoder', dict(capacity=8, depth=1, flows=2, iaf_depth=1, layout='course'))
     with pytest.raises(student.NeedsExtrasError, match=r"layout='v1'"):
-        T.load_models({'pixelcnn': dict(cls='PixelCNN', kwargs=dict(capacity=8, depth=1), state_dict={})}, 'cpu',
+        MF.load_models({'pixelcnn': dict(cls='PixelCNN', kwargs=dict(capacity=8, depth=1), state_dict={})}, 'cpu',
                       False)  # a model file from before layouts: layout v1, which the course's class cannot build
 
 
@@ -173,13 +175,13 @@ def test_the_training_objective_of_a_course_only_file_is_its_forward_and_losses(
     cfg = C.config('6e-baseline', 'full')
     x = torch.bernoulli(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
     eps = torch.randn(4, 49, generator=torch.Generator().manual_seed(2))
-    loss, recon, kl = T.objective(nets, cfg, x, eps, 0.5)
+    loss, recon, kl = O.objective(nets, cfg, x, eps, 0.5)
     z, logqzx, _, _ = f(x, eps.view(4, 1, 7, 7))
     by_hand = losses_.discrete_output_elbo(g(z, x), x, z, logqzx)
     torch.testing.assert_close(torch.stack([recon, kl]), torch.stack(by_hand))
     torch.testing.assert_close(loss, recon + 0.5 * kl)
     with pytest.raises(student.NeedsExtrasError, match='free bits needs the per-dimension terms'):
-        T.objective(nets, dict(cfg, free_bits=0.5), x, eps)
+        O.objective(nets, dict(cfg, free_bits=0.5), x, eps)
 
 
 def test_importance_sampling_of_a_course_only_pixelvae_is_the_courses_loop(course_only):

@@ -259,12 +259,12 @@ def host_transfers(monkeypatch):
 @pytest.mark.parametrize('part,overrides', [('6a', {}), ('6b', {}), ('5b', {}), ('6e-warmup', {}),
                                             ('6e-warmup', dict(compile_train=True)), ('6b', dict(precision='fp16'))])
 def test_a_training_step_reads_nothing_from_a_gpu(tmp_path, monkeypatch, host_transfers, part, overrides):
-    """With the CPU standing in for a GPU (train.FREE_READS emptied: the engine then reads the device
+    """With the CPU standing in for a GPU (objectives.FREE_READS emptied: the engine then reads the device
     only every SYNC_EVERY steps, as on CUDA), steps after the first read nothing on the host and copy
     nothing from it."""
     from engine import config
-    from engine import train
-    monkeypatch.setattr(train, 'FREE_READS', ())
+    from engine import objectives, train
+    monkeypatch.setattr(objectives, 'FREE_READS', ())
     cfg = config.config(part, 'smoke', batch_size=20, **overrides)
     torch.manual_seed(0)
     nets = train.build(config.model_spec(cfg), 'cpu')
@@ -285,8 +285,8 @@ def test_where_losses_do_not_check_each_step_the_training_data_is_checked_once(t
     """Raw 0-255 pixels: losses.py would refuse them at the first step; where its checks are skipped
     (a GPU) the run refuses them when it loads them, naming the range found."""
     from engine import config
-    from engine import train
-    monkeypatch.setattr(train, 'FREE_READS', ())
+    from engine import objectives, train
+    monkeypatch.setattr(objectives, 'FREE_READS', ())
     monkeypatch.setattr(train, 'load_data', lambda cfg, train: torch.full((20, 1, 28, 28), 255.0))
     cfg = config.config('6b', 'smoke', batch_size=10)
     training = train.Training('6b', cfg, train.build(config.model_spec(cfg), 'cpu'), str(tmp_path), 'cpu', False)
@@ -300,7 +300,7 @@ def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch
     """loss_on's vmap over a batch of one batch (the path of a GPU) gives the objective and terms of
     the direct call, and its gradients to rounding."""
     from engine import config
-    from engine import train
+    from engine import objectives, train
     cfg = config.config(part, 'smoke')
     torch.manual_seed(0)
     nets = train.build(config.model_spec(cfg), 'cpu')
@@ -309,8 +309,8 @@ def test_the_objective_without_per_step_checks_is_the_same_objective(monkeypatch
     params = [p for net in nets.values() for p in net.parameters()]
     results = []
     for free in (('cpu',), ()):
-        monkeypatch.setattr(train, 'FREE_READS', free)
-        terms = train.objective(nets, cfg, x, eps, 0.5)
+        monkeypatch.setattr(objectives, 'FREE_READS', free)
+        terms = objectives.objective(nets, cfg, x, eps, 0.5)
         results.append((torch.stack(terms).detach(), torch.autograd.grad(terms[0], params, allow_unused=True)))
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)

@@ -21,6 +21,8 @@ import experiments as E
 import losses
 import models
 from engine import train as T
+from engine import modelfiles as MF
+from engine import objectives as O
 from reference import DTYPE, LinearGaussianModel, broken_compile
 
 torch.set_num_threads(2)
@@ -514,8 +516,8 @@ def batch_for(cfg, n=8):
 @pytest.mark.parametrize('part', ['5b', '5c', '6b', '6e-baseline'])
 def test_beta_weighs_the_kl_and_not_the_reconstruction(part):
     cfg, nets, x, eps = informative_setup(part)
-    full, recon1, kl1 = T.objective(nets, cfg, x, eps)
-    objective, recon, kl = T.objective(nets, cfg, x, eps, beta=0.3)
+    full, recon1, kl1 = O.objective(nets, cfg, x, eps)
+    objective, recon, kl = O.objective(nets, cfg, x, eps, beta=0.3)
     assert recon.item() == pytest.approx(recon1.item(), rel=1e-6) and kl.item() == pytest.approx(kl1.item(), rel=1e-5)
     assert full.item() == pytest.approx(recon1.item() + kl1.item(), rel=1e-6)
     assert objective.item() == pytest.approx(recon.item() + 0.3 * kl.item(), rel=1e-6)
@@ -527,7 +529,7 @@ def test_objective_terms_are_the_configured_loss_at_the_given_eps(part):
     cfg, nets = smoke_nets(part, sigma=0.5)
     x = batch_for(cfg)
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
-    _, recon, kl = T.objective(nets, cfg, x, eps)
+    _, recon, kl = O.objective(nets, cfg, x, eps)
     with torch.no_grad():
         z, logqzx, mu, logvar = nets['encoder'](x, eps)
         if cfg['model'] == 'binary_vae':
@@ -541,7 +543,7 @@ def test_objective_terms_are_the_configured_loss_at_the_given_eps(part):
 def test_pixelcnn_objective_is_the_cross_entropy_with_no_kl():
     cfg, nets = smoke_nets('6a')
     x = batch_for(cfg)
-    objective, recon, kl = T.objective(nets, cfg, x, None, beta=0.3)
+    objective, recon, kl = O.objective(nets, cfg, x, None, beta=0.3)
     with torch.no_grad():
         want = losses.cross_entropy(nets['pixelcnn'](x), x)
     assert objective.item() == pytest.approx(want.item(), rel=1e-6) and recon.item() == objective.item()
@@ -574,11 +576,11 @@ def per_dim_kl(nets, x, eps):
 @pytest.mark.parametrize('part', ['6b', '6e-freebits'])
 def test_free_bits_under_every_dimensions_kl_leaves_the_elbo(part):
     cfg, nets, x, eps = informative_setup(part, free_bits=1e-9)
-    objective, recon, kl = T.objective(nets, cfg, x, eps)
+    objective, recon, kl = O.objective(nets, cfg, x, eps)
     assert per_dim_kl(nets, x, eps).min() > 0.1
     assert objective.item() == pytest.approx(recon.item() + kl.item(), rel=1e-6)
     # with beta: the floored KL is weighed like the plain one
-    objective, recon, kl = T.objective(nets, cfg, x, eps, beta=0.3)
+    objective, recon, kl = O.objective(nets, cfg, x, eps, beta=0.3)
     assert objective.item() == pytest.approx(recon.item() + 0.3 * kl.item(), rel=1e-6)
 
 
@@ -588,10 +590,10 @@ def test_free_bits_floor_applies_per_dimension_to_the_batch_mean_kl():
     cfg, nets, x, eps = informative_setup('6e-freebits')
     per_dim = per_dim_kl(nets, x, eps)
     floor = per_dim.median().item()
-    objective, recon, _ = T.objective(nets, dict(cfg, free_bits=floor), x, eps)
+    objective, recon, _ = O.objective(nets, dict(cfg, free_bits=floor), x, eps)
     assert objective.item() == pytest.approx(recon.item() + per_dim.clamp(min=floor).sum().item(), rel=1e-6)
     high = per_dim.max().item() + 1.0
-    objective, recon, _ = T.objective(nets, dict(cfg, free_bits=high), x, eps)
+    objective, recon, _ = O.objective(nets, dict(cfg, free_bits=high), x, eps)
     assert objective.item() == pytest.approx(recon.item() + 49 * high, rel=1e-6)
 
 
@@ -603,7 +605,7 @@ def test_a_floor_under_one_nat_binds_where_the_posterior_is_near_the_prior():
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
     per_dim = per_dim_kl(nets, x, eps)
     assert (per_dim < 0.5).sum() > 10
-    objective, recon, kl = T.objective(nets, dict(cfg, free_bits=0.5), x, eps)
+    objective, recon, kl = O.objective(nets, dict(cfg, free_bits=0.5), x, eps)
     assert objective.item() == pytest.approx(recon.item() + per_dim.clamp(min=0.5).sum().item(), rel=1e-6)
     assert objective.item() > recon.item() + kl.item() + 1.0
 
@@ -612,20 +614,20 @@ def test_a_floor_under_one_nat_binds_where_the_posterior_is_near_the_prior():
 # KL warm-up and free bits
 
 def test_kl_weight_rises_linearly_from_zero_to_one():
-    betas = [T.kl_weight(step, 100) for step in range(301)]
+    betas = [O.kl_weight(step, 100) for step in range(301)]
     assert betas[0] == 0.0
     assert betas[:101] == pytest.approx([s / 100 for s in range(101)])
     assert all(b == 1.0 for b in betas[100:])
-    assert T.kl_weight(7, 0) == 1.0                     # no warm-up: the plain ELBO
-    assert T.kl_weight(19, 100, start_step=20) == 1.0   # before the warm-up starts: the plain ELBO
-    assert T.kl_weight(20, 100, start_step=20) == 0.0
-    assert T.kl_weight(70, 100, start_step=20) == 0.5
-    assert T.kl_weight(120, 100, start_step=20) == 1.0
+    assert O.kl_weight(7, 0) == 1.0                     # no warm-up: the plain ELBO
+    assert O.kl_weight(19, 100, start_step=20) == 1.0   # before the warm-up starts: the plain ELBO
+    assert O.kl_weight(20, 100, start_step=20) == 0.0
+    assert O.kl_weight(70, 100, start_step=20) == 0.5
+    assert O.kl_weight(120, 100, start_step=20) == 1.0
 
 
 def test_free_bits_floor_has_no_gradient_below_it():
     kl = torch.tensor([[0.05, 1.0, 0.3], [0.15, 2.0, 0.1]], requires_grad=True)  # batch means 0.1, 1.5, 0.2
-    total = T.free_bits_kl(kl, 0.25)
+    total = O.free_bits_kl(kl, 0.25)
     assert total.item() == pytest.approx(0.25 + 1.5 + 0.25)
     total.backward()
     assert torch.equal(kl.grad[:, [0, 2]], torch.zeros(2, 2))  # under the floor: no gradient
@@ -641,7 +643,7 @@ def test_free_bits_objective_drops_the_kl_gradient_of_dimensions_under_the_floor
                         generator=torch.Generator().manual_seed(0))
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
     cfg = dict(C.config('6e-freebits', 'smoke'), free_bits=1e3)
-    objective, recon, kl = T.objective(nets, cfg, x, eps)
+    objective, recon, kl = O.objective(nets, cfg, x, eps)
     assert objective.item() == pytest.approx(recon.item() + 49e3)
     params = [p for net in nets.values() for p in net.parameters()]
     grads = torch.autograd.grad(objective, params, retain_graph=True, allow_unused=True)
@@ -694,7 +696,7 @@ def test_pixelvae_switches_autoregression_on_at_its_epoch(pixelvae_run):
     # the PixelCNN is trained from then on: its output bias (0 at the start) has moved
     assert run.model['models']['decoder']['state_dict']['pixelcnn.bias'].abs().max() > 0
     # and evaluation used it: the test -ELBO differs from that of the same model without it
-    nets = T.load_models(run.model['models'], 'cpu', autoregress=False)
+    nets = MF.load_models(run.model['models'], 'cpu', autoregress=False)
     cfg = run.model['config']
     x = T.load_data(cfg, train=False)[V.test_subset(10000, cfg['test_images'])]
     off = V.neg_elbo(nets, cfg, x, cfg['seed'] + 101)['test_elbo']['value']
@@ -839,7 +841,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
 def test_nan_gradient_stops_before_the_step_and_nothing_non_finite_is_saved(tmp_path, monkeypatch):
     """A finite loss whose gradient is NaN (in the resumed second epoch): the step is not taken,
     the checkpoint of epoch 1 is kept with finite weights, and the message, also in run.log, names it."""
-    objective = T.objective
+    objective = O.objective
 
     def nan_gradient(nets, cfg, x, eps, beta=1.0):
         loss, recon, kl = objective(nets, cfg, x, eps, beta)
@@ -865,7 +867,7 @@ def test_nan_loss_stops_the_part_and_keeps_the_last_good_checkpoint(tmp_path, mo
     """A NaN training loss in the resumed second epoch: the run stops at its first step, names it,
     and keeps the checkpoint of epoch 1 with finite weights."""
     E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)
-    objective = T.objective
+    objective = O.objective
     monkeypatch.setattr(T, 'objective', lambda *a, **k: tuple(v * float('nan') for v in objective(*a, **k)))
     with pytest.raises(E.NonFiniteLossError, match=r'part 6b: the training loss is nan at epoch 2, batch 0 of the '
                                                     r'epoch, step 2') as err:
@@ -890,7 +892,7 @@ def test_captured_training_objective_equals_eager(capsys):
     eps = torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
     params = [p for net in nets.values() for p in net.parameters()]
     results = []
-    for fn in (T.objective, T.captured(T.objective, 'cpu')):
+    for fn in (O.objective, T.captured(O.objective, 'cpu')):
         loss, recon, kl = fn(nets, cfg, x, eps, 0.5)
         results.append((torch.stack([loss, recon, kl]).detach(), torch.autograd.grad(loss, params)))
     (a, ga), (b, gb) = results
@@ -908,7 +910,7 @@ def test_captured_objective_follows_each_parts_settings_in_one_process():
     first = C.config('6e-warmup', 'smoke', batch_size=20, compile_train=True)
     torch.manual_seed(0)
     nets = T.build(C.model_spec(first), 'cpu')
-    T.captured(T.objective, 'cpu')(nets, first, T.load_data(first, train=True)[:20], torch.randn(20, 49), 0.0)
+    T.captured(O.objective, 'cpu')(nets, first, T.load_data(first, train=True)[:20], torch.randn(20, 49), 0.0)
     cfg = C.config('6e-freebits', 'smoke', compile_train=True)
     nets = T.build(C.model_spec(cfg), 'cpu')
     nets['decoder'].autoregress = True
@@ -917,8 +919,8 @@ def test_captured_objective_follows_each_parts_settings_in_one_process():
     seen = []
     for free_bits in (0.5, 0.25, 0.75):
         part = dict(cfg, free_bits=free_bits)
-        eager = T.objective(nets, part, x, eps, 1.0)[0]
-        torch.testing.assert_close(T.captured(T.objective, 'cpu')(nets, part, x, eps, 1.0)[0].detach(), eager.detach(),
+        eager = O.objective(nets, part, x, eps, 1.0)[0]
+        torch.testing.assert_close(T.captured(O.objective, 'cpu')(nets, part, x, eps, 1.0)[0].detach(), eager.detach(),
                                    rtol=1e-5, atol=1e-4)
         seen.append(eager.item())
     assert len(set(seen)) == 3                       # lambda changes the objective here
@@ -938,8 +940,8 @@ def test_compile_train_chooses_the_compiled_objective_and_falls_back_to_eager(tm
     assert done['values'] == eager['values']
     cfg, nets = smoke_nets('6b')
     x, eps = batch_for(cfg), torch.randn(8, 49, generator=torch.Generator().manual_seed(1))
-    fallback = T.captured(T.objective, 'cpu')(nets, cfg, x, eps, 0.5)  # the eager path keeps beta
-    assert torch.equal(torch.stack(fallback), torch.stack(T.objective(nets, cfg, x, eps, 0.5)))
+    fallback = T.captured(O.objective, 'cpu')(nets, cfg, x, eps, 0.5)  # the eager path keeps beta
+    assert torch.equal(torch.stack(fallback), torch.stack(O.objective(nets, cfg, x, eps, 0.5)))
 
 
 def smoke_training(tmp_path, part='6b', **overrides):
@@ -956,7 +958,7 @@ def test_training_draws_the_data_order_and_eps_from_their_seeded_streams(tmp_pat
 
     def spy(nets, cfg, x, eps, beta):
         seen.append((x.clone(), eps.clone()))
-        return T.objective(nets, cfg, x, eps, beta)
+        return O.objective(nets, cfg, x, eps, beta)
     training.objective = spy
     x_train = T.load_data(cfg, train=True)
     training.start_epoch(0, len(x_train))
@@ -974,7 +976,7 @@ def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
     """The loss and gradient norm are read at every step on the CPU: the step that meets a NaN
     gradient raises before the optimiser moves any parameter."""
     def nan_gradient(nets, cfg, x, eps, beta):
-        loss, recon, kl = T.objective(nets, cfg, x, eps, beta)
+        loss, recon, kl = O.objective(nets, cfg, x, eps, beta)
         p = next(nets['decoder'].parameters())
         return loss + 0.0 * torch.sqrt(p.sum() * 0.0), recon, kl
     training = smoke_training(tmp_path)
@@ -986,7 +988,7 @@ def test_on_the_cpu_a_nan_gradient_stops_the_step_it_occurs_in(tmp_path):
         with pytest.raises(T.NonFiniteLossError, match='gradient norm is nan'):
             training.step(x_train, b, 2)
         assert all(torch.equal(p, q) for p, q in zip(training.params, before, strict=True))
-        training.objective = T.objective
+        training.objective = O.objective
         training.step(x_train, b, 2)
 
 
@@ -999,11 +1001,11 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     epoch), or that holds more than tensors and plain containers, is refused with what to do."""
     training = smoke_training(tmp_path)
     torch.save({'epoch': 1}, training.path)
-    with pytest.raises(T.CheckpointError, match=r'is not a checkpoint of this project \(it lacks config, models, '
+    with pytest.raises(MF.CheckpointError, match=r'is not a checkpoint of this project \(it lacks config, models, '
                                                 r'optimizer, rng\); rerun with --fresh'):
         training.resume()
     torch.save({'epoch': 1, 'payload': NotATensor()}, training.path)
-    with pytest.raises(T.CheckpointError,
+    with pytest.raises(MF.CheckpointError,
                        match=r'(?s)is corrupt or unreadable .*rerun with --fresh \(fresh=True\) or delete it'):
         training.resume()
 
@@ -1059,9 +1061,9 @@ def test_a_model_record_rebuilds_each_kind_on_the_device_asked_for(part):
     spec = C.model_spec(cfg)
     torch.manual_seed(0)
     nets = T.build(spec, 'cpu')
-    record = T.model_record(nets, spec)
+    record = MF.model_record(nets, spec)
     for autoregress in (False, True):
-        back = T.load_models(record, 'cpu', autoregress)
+        back = MF.load_models(record, 'cpu', autoregress)
         assert set(back) == set(nets) and not any(net.training for net in back.values())
         if 'decoder' in back and hasattr(back['decoder'], 'autoregress'):
             assert back['decoder'].autoregress is autoregress
@@ -1071,7 +1073,7 @@ def test_a_model_record_rebuilds_each_kind_on_the_device_asked_for(part):
                                                          strict=True))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # loading weights into meta tensors is a no-op, and torch says so
-        far = T.load_models(record, 'meta', False)
+        far = MF.load_models(record, 'meta', False)
     assert {p.device.type for net in far.values() for p in net.parameters()} == {'meta'}
 
 
@@ -1130,8 +1132,8 @@ def test_bf16_training_objective_is_close_to_float32_and_keeps_float32_parameter
     conv = next(m for net in nets.values() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     seen = []
     conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    full = T.objective(nets, cfg, x, eps)
-    low = T.objective(nets, dict(cfg, precision='bf16'), x, eps)
+    full = O.objective(nets, cfg, x, eps)
+    low = O.objective(nets, dict(cfg, precision='bf16'), x, eps)
     assert seen == [torch.float32, torch.bfloat16]   # the objective really runs the networks in bfloat16
     for a, b in zip(low, full, strict=True):
         assert a.dtype == torch.float32
@@ -1151,9 +1153,9 @@ def test_precision_setting_is_checked_and_older_checkpoints_still_match():
     assert C.settings_differ(saved, cfg) == []
     assert C.settings_differ(saved, dict(cfg, precision='bf16')) == ['precision']
     p, x = models.PixelCNN(capacity=4, depth=1), torch.zeros(2, 1, 28, 28)
-    with T.low_precision('bf16', 'cpu'):
+    with O.low_precision('bf16', 'cpu'):
         assert p.embed(x).dtype == torch.bfloat16   # the convolutions really run in bfloat16
-    with T.low_precision('fp32', 'cpu'):
+    with O.low_precision('fp32', 'cpu'):
         assert p.embed(x).dtype == torch.float32
 
 
@@ -1193,7 +1195,7 @@ def clocked_training(tmp_path, monkeypatch, step_seconds=10.0, **overrides):
 
     def timed(*args):
         clock.now += step_seconds
-        return T.objective(*args)
+        return O.objective(*args)
     training.objective = timed
     return training, clock
 
@@ -1228,7 +1230,7 @@ def test_each_sitting_records_its_device_hardware_and_seconds(tmp_path, monkeypa
     assert again.state['sittings'] == [dict(device='cpu', hardware='first machine', seconds=30.0),
                                        dict(device='cpu', hardware='second machine', seconds=50.0)]
     assert again.state['train_seconds'] == 80.0
-    assert T.load_file(again.path)['sittings'] == again.state['sittings']
+    assert MF.load_file(again.path)['sittings'] == again.state['sittings']
 
 
 @pytest.mark.parametrize('noise,device', [(torch.Generator().get_state(), 'cpu'),
@@ -1238,7 +1240,7 @@ def test_a_checkpoint_from_before_sittings_were_recorded_is_one_sitting_on_its_d
     state, its hardware unrecorded; this process's seconds come after it."""
     training = smoke_training(tmp_path, epochs=2)
     assert training.run(stop_at=0.0) is False
-    ck = T.load_file(training.path)
+    ck = MF.load_file(training.path)
     earlier = ck['train_seconds']
     del ck['sittings']
     ck['rng']['noise'] = noise
@@ -1287,7 +1289,7 @@ def test_a_non_finite_parameter_is_never_saved_and_the_stop_names_what_was_kept(
     with pytest.raises(T.NonFiniteLossError, match=r'part 6b: a parameter is not finite ' + kept):
         training.save()
     if saved_first:
-        ck = T.load_file(training.path)
+        ck = MF.load_file(training.path)
         assert (ck['epoch'], ck['batch'], ck['step']) == (0, 1, 1)
     else:
         assert not os.path.exists(training.path)
@@ -1311,8 +1313,8 @@ def test_adam_takes_the_fused_kernel_where_torch_has_it_and_the_plain_one_elsewh
 
 
 def test_kl_warm_up_of_one_step_starts_at_zero():
-    assert [T.kl_weight(s, 1, 5) for s in (4, 5, 6, 7)] == [1.0, 0.0, 1.0, 1.0]
-    assert [T.kl_weight(s, 0, 5) for s in (4, 5, 6)] == [1.0, 1.0, 1.0]  # no warm-up
+    assert [O.kl_weight(s, 1, 5) for s in (4, 5, 6, 7)] == [1.0, 0.0, 1.0, 1.0]
+    assert [O.kl_weight(s, 0, 5) for s in (4, 5, 6)] == [1.0, 1.0, 1.0]  # no warm-up
 
 
 def test_a_part_without_autoregression_never_records_it_on(tmp_path):
@@ -1346,12 +1348,12 @@ def test_fp16_trains_with_loss_scaling_and_resumes_exactly(tmp_path):
     assert reference['precision'] == 'fp16' and all(math.isfinite(v['value']) for v in reference['values'].values())
     assert 0 < len(hist['skipped']) < 20 and len(set(hist['loss'])) > 1  # the first steps overflow, later ones train
     assert 'steps skipped by loss scaling' in (out / 'run.log').read_text()
-    scale = T.load_file(out / 'checkpoint.pt')['scaler']['scale']
+    scale = MF.load_file(out / 'checkpoint.pt')['scaler']['scale']
     assert scale == 2.0 ** 16 / 2 ** len(hist['skipped'])                 # halved at each skipped step
     E.run_part('6b', results_dir=str(tmp_path), epochs=1, **settings)
     os.remove(tmp_path / 'smoke-fp16' / '6b' / 'metrics.json')
     assert E.run_part('6b', results_dir=str(tmp_path), stop_at=0.0, **settings) is None
-    ck = T.load_file(tmp_path / 'smoke-fp16' / '6b' / 'checkpoint.pt')
+    ck = MF.load_file(tmp_path / 'smoke-fp16' / '6b' / 'checkpoint.pt')
     assert (ck['epoch'], ck['batch']) == (1, 1)
     training = T.Training('6b', ck['config'], T.build(C.model_spec(ck['config']), 'cpu'),
                           str(tmp_path / 'smoke-fp16' / '6b'), 'cpu', False)
@@ -1373,7 +1375,7 @@ def test_fp16_without_a_gradient_scaler_in_torch_is_refused_by_name(monkeypatch)
 def test_fp16_means_float16_on_every_device(device):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
-        ctx = T.low_precision('fp16', device)
+        ctx = O.low_precision('fp16', device)
     assert ctx.fast_dtype == torch.float16 and ctx.device == device
 
 
@@ -1383,7 +1385,7 @@ def test_bf16_means_bfloat16_on_every_device(device):
     engine names bfloat16 (the context is only built here, so no GPU is needed)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')                     # 'CUDA is not available ... Disabling autocast'
-        ctx = T.low_precision('bf16', device)
+        ctx = O.low_precision('bf16', device)
     assert ctx.fast_dtype == torch.bfloat16 and ctx.device == device
 
 

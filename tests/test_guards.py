@@ -202,7 +202,8 @@ def test_auto_on_a_gpu_keeps_the_precision_of_a_run_already_started(tmp_path, mo
 
 def test_a_nan_loss_at_the_first_step_points_at_the_code_not_the_learning_rate(tmp_path, monkeypatch):
     from engine import train as T
-    objective = T.objective
+    from engine import objectives as O
+    objective = O.objective
     monkeypatch.setattr(T, 'objective', lambda *a, **k: tuple(v * float('nan') for v in objective(*a, **k)))
     with pytest.raises(T.NonFiniteLossError, match=r'step 0;.*This was the first step') as err:
         E.run_part('6b', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=1)

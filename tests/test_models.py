@@ -614,10 +614,10 @@ def test_v1_renaming_leaves_todays_parameter_names_alone(layout):
 def test_committed_v1_model_files_load():
     """A model file that records no layout rebuilds with layout 'v1' under today's parameter names."""
     import os
-    from engine import train as T
+    from engine import modelfiles as MF
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     record = torch.load(os.path.join(root, 'results', 'cpu', '6c', 'model.pt'), weights_only=True)
-    nets = T.load_models(record['models'], 'cpu', record['autoregress'])
+    nets = MF.load_models(record['models'], 'cpu', record['autoregress'])
     assert nets['encoder'].layout == 'v1' and nets['decoder'].layout == 'v1'
     assert nets['decoder'].pixelcnn.layout == 'v1'
 

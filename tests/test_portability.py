@@ -95,7 +95,7 @@ def test_importance_sampling_from_another_device_type_restarts_with_a_note(tmp_p
 def test_model_files_and_checkpoints_hold_cpu_tensors():
     """What a run saves from a GPU (weights, optimiser state) is copied to the CPU first; fake CUDA
     tensors stand in for a GPU's (they carry a device but no data)."""
-    from engine import train as T
+    from engine import modelfiles as MF
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         weight = torch.empty(3, 2, device='cuda')
@@ -106,8 +106,8 @@ def test_model_files_and_checkpoints_hold_cpu_tensors():
             def state_dict(self):
                 return {'weight': weight}
 
-        record = T.model_record({'decoder': OnGPU()}, {'decoder': ('GaussianVAEDecoder', {})})
-        saved = T.on_cpu(state)
+        record = MF.model_record({'decoder': OnGPU()}, {'decoder': ('GaussianVAEDecoder', {})})
+        saved = MF.on_cpu(state)
     assert weight.device.type == 'cuda'
     assert record['decoder']['state_dict']['weight'].device.type == 'cpu'
     assert [t.device.type for t in saved['state'][0].values()] == ['cpu', 'cpu']

@@ -15,7 +15,7 @@ import torch
 import experiments as E
 from engine import jobs
 from engine import student
-from engine import train as T
+from engine import modelfiles as MF
 from reporting import versus
 from engine.config import run_dirs
 
@@ -78,13 +78,13 @@ def test_a_checkpoint_of_other_code_is_never_resumed(tmp_path, monkeypatch):
     assert ck['code'] == student.code_digest()
     monkeypatch.setattr(student, 'CODE_DIR', str(changed_code(tmp_path)))
     before = path.read_bytes()
-    with pytest.raises(T.CheckpointError, match=r'(?s)trained by another models\.py.*not resumed.*kept as it is'):
+    with pytest.raises(MF.CheckpointError, match=r'(?s)trained by another models\.py.*not resumed.*kept as it is'):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
     assert path.read_bytes() == before
     del ck['code']  # as written before checkpoints recorded the code (results/full/6b/checkpoint.pt)
     torch.save(ck, path)
     before = path.read_bytes()
-    with pytest.raises(T.CheckpointError, match=r'(?s)records no code digest.*your models\.py differ.*not resumed'):
+    with pytest.raises(MF.CheckpointError, match=r'(?s)records no code digest.*your models\.py differ.*not resumed'):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
     assert path.read_bytes() == before
     monkeypatch.setattr(student, 'CODE_DIR', ROOT)
@@ -102,7 +102,7 @@ def test_parameters_that_do_not_fit_are_named(tmp_path):
     before = path.read_bytes()
     names = (r'(?s)part 6a: .*checkpoint\.pt \(pixelcnn\).*models\.PixelCNN.*missing in the file: embed\.weight.*'
              r'not in PixelCNN here: embedding\.weight.*kept')
-    with pytest.raises(T.CheckpointError, match=names):
+    with pytest.raises(MF.CheckpointError, match=names):
         E.run_part('6a', profile='smoke', device='cpu', results_dir=str(tmp_path), progress=False, epochs=2)
     assert path.read_bytes() == before
 

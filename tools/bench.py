@@ -10,7 +10,7 @@ report.py makes the speed tables of docs/speed.md.
 
 Workloads: the networks of parts 6a (pixelcnn), 6b (binary_vae), 5b (gaussian_vae), 6c (pixelvae,
 PixelCNN on) and 6d (iaf_vae) at the `full` profile. Training counts one Adam step at batch 100 of
-the engine's objective (train.objective on what train.build makes of the part's configuration);
+the engine's objective (objectives.objective on what train.build makes of the part's configuration);
 importance sampling, M = 1000 draws per image through evaluate.importance_sampled_nll as the
 engine runs it (compiled on the CPU: the first call, which compiles, is printed, not counted).
 The "straightforward" column is a plain solution written the common way at the same sizes, for
@@ -44,7 +44,8 @@ from engine.config import config, describe_hardware, model_spec, pick_device, pi
 from engine.evaluate import float32_eval, importance_sampled_nll
 from engine.timing import binary_batch, clock, in_turns, train_step
 from tools.straightforward import PlainPixelCNN, plain_importance_sample, plain_training, plain_vae
-from engine.train import TRAINING_TF32, build, objective, training_numerics
+from engine.objectives import objective
+from engine.train import TRAINING_TF32, build, training_numerics
 
 PROFILE = 'full'  # the networks' sizes (tests use 'smoke')
 BATCH = 100       # training batch, as in the course notebooks

@@ -161,7 +161,7 @@ step_cpu_checkpoint() {  # one step of 6b trained here on the CPU, checkpointed
 step_resume_6b() {  # the CPU checkpoint (the committed one if there is one) resumed on the device
   mkdir -p "$R/resume/$P/6b"
   [ -f "results/$P/6b/checkpoint.pt" ] && cp "results/$P/6b/checkpoint.pt" "$R/resume/$P/6b/"
-  "$PY" -c "import sys; from engine.train import load_file; c = load_file(sys.argv[1]); print(c['epoch'], c['train_seconds'])" \
+  "$PY" -c "import sys; from engine.modelfiles import load_file; c = load_file(sys.argv[1]); print(c['epoch'], c['train_seconds'])" \
       "$R/resume/$P/6b/checkpoint.pt" > "$WORK/cpu_checkpoint.txt" 2>&1
   local epoch; epoch=$(awk '{print $1; exit}' "$WORK/cpu_checkpoint.txt"); [[ "$epoch" =~ ^[0-9]+$ ]] || epoch=0
   limited "$PY" experiments.py run 6b --profile "$P" --precision fp32 --device "$DEVICE" --epochs $(( epoch + 1 )) \

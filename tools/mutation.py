@@ -31,9 +31,10 @@ try:
 except ImportError:  # a development tool, not in requirements.txt
     sys.exit("mutation testing needs mutmut: pip install 'mutmut>=3.8,<4'")
 
-MODULES = ('losses', 'models', 'train', 'evaluate')
+MODULES = ('losses', 'models', 'train', 'objectives', 'modelfiles', 'evaluate')
 # Each module's file and mutmut's dotted name for it (a mutant is named <dotted name>.<function>__mutmut_<n>)
-PATHS = dict(losses='losses.py', models='models.py', train='engine/train.py', evaluate='engine/evaluate.py')
+PATHS = dict(losses='losses.py', models='models.py', train='engine/train.py', objectives='engine/objectives.py',
+             modelfiles='engine/modelfiles.py', evaluate='engine/evaluate.py')
 DOTTED = {m: path[:-3].replace('/', '.') for m, path in PATHS.items()}
 # The test files that judge each module's mutants (of them, mutmut runs the tests that reach the
 # mutated function; under a mutant, tests/conftest.py skips the rest): a change to the networks is
@@ -41,7 +42,7 @@ DOTTED = {m: path[:-3].replace('/', '.') for m, path in PATHS.items()}
 # the engine's tests, whose smoke runs take minutes together.
 NETWORKS = ('test_models.py', 'test_losses.py', 'test_bad_input.py')
 ENGINE = NETWORKS + ('test_engine.py',)
-TESTS = dict(losses=ENGINE, models=NETWORKS, train=ENGINE, evaluate=ENGINE)
+TESTS = dict(losses=ENGINE, models=NETWORKS, train=ENGINE, objectives=ENGINE, modelfiles=ENGINE, evaluate=ENGINE)
 OUT = os.path.join('results', 'mutation')
 
 # mutant name -> why no test can tell it from the original
@@ -113,18 +114,18 @@ EQUIVALENT = {
     'engine.evaluate.x_evaluate__mutmut_81': ('torch.Generator(None).manual_seed(seed + 202)', CPU_DEVICE),
     'engine.evaluate.x_noise__mutmut_3': ('generator=generator, device=None)', CPU_DEVICE),
     'engine.evaluate.x_noise__mutmut_6': ('generator=generator, )', CPU_DEVICE),
-    'engine.train.x_model_state__mutmut_1': ("('layout' in r['kwargs']) and False", V1_NAMES),
-    'engine.train.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
-    'engine.train.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
+    'engine.modelfiles.x_model_state__mutmut_1': ("('layout' in r['kwargs']) and False", V1_NAMES),
+    'engine.modelfiles.x_model_state__mutmut_5': ("'XXlayoutXX' in r['kwargs']", V1_NAMES),
+    'engine.modelfiles.x_model_state__mutmut_6': ("'LAYOUT' in r['kwargs']", V1_NAMES),
     'engine.train.xǁTrainingǁ__init____mutmut_27': ('torch.Generator(None).manual_seed', CPU_DEVICE),
     'engine.train.xǁTrainingǁ__init____mutmut_58': ('self.saved = ""', "'' for None: both are false, and the only "
                                                      "reading of it is stop_message's `if saved`"),
     'engine.train.x_captured__mutmut_3': ('float(beta), device=None)', CPU_DEVICE),
     'engine.train.x_captured__mutmut_5': ('float(beta), )', CPU_DEVICE),
-    'engine.train.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
-    'engine.train.x_load_file__mutmut_5': ('torch.load(path, weights_only=True)', MAP_LOCATION),
-    'engine.train.x_load_file__mutmut_3': ('weights_only=None', WEIGHTS_ONLY),
-    'engine.train.x_load_file__mutmut_6': ("map_location='cpu', )", WEIGHTS_ONLY),
+    'engine.modelfiles.x_load_file__mutmut_2': ('map_location=None', MAP_LOCATION),
+    'engine.modelfiles.x_load_file__mutmut_5': ('torch.load(path, weights_only=True)', MAP_LOCATION),
+    'engine.modelfiles.x_load_file__mutmut_3': ('weights_only=None', WEIGHTS_ONLY),
+    'engine.modelfiles.x_load_file__mutmut_6': ("map_location='cpu', )", WEIGHTS_ONLY),
     'engine.train.xǁTrainingǁrun__mutmut_13': ("if state['epoch'] > cfg['epochs']:", (
         '`>` for `>=` in the finished-training check: at epoch == epochs the loop over the remaining epochs is '
         'empty, so both return True having trained nothing')),
