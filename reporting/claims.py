@@ -15,6 +15,8 @@ from engine.config import config, with_defaults
 from reporting.answers import contrast, measurable, subset_of
 from reporting.numbers import GOALS, Runs, gap_difference, log_attempts
 from reporting.reader import per_image, seen
+from reporting import seeds
+from reporting.seeds import seed_judgements
 
 Claim = namedtuple('Claim', 'key sentence check')
 CLAIMS = {}
@@ -78,10 +80,26 @@ def _(r):
     return below(d), f'first 1,000 − the other {len(b):,}: {d["value"]:+.2f} ± {d["se"]:.2f} (unpaired)'
 
 
-@claim('one-seed', 'each configuration trained once, from one seed')
+@claim('one-seed', 'each configuration trained once, from one seed, so no comparison has a seed spread')
 def _(r):
-    seeds = {with_defaults(m['config'])['seed'] for ms in r.view.pool.values() for m in ms}
-    return len(seeds) == 1, f'the seeds of the runs: {sorted(seeds)}'
+    used = {with_defaults(m['config'])['seed'] for ms in r.view.pool.values() for m in ms}
+    more = {f'{name} ({spread["profile"]})': spread['seeds'] for name, (_, spread, _) in seed_judgements(r).items()
+            if spread and len(spread['seeds']) > 1}
+    return len(used) == 1 and not more, f'the seeds of the runs: {sorted(used)}; comparisons with seeds: {more}'
+
+
+@claim('cpu-profile-other-sign', 'some comparison takes the other sign at the cpu profile than in the quoted '
+                                 'course-settings runs, each measurably')
+def _(r):
+    other = []
+    for name, (quoted, spread, _) in seed_judgements(r).items():
+        if spread and spread['profile'] == 'cpu' and spread['values'] and measurable(quoted):
+            against = 1.0 if seeds.COMPARISONS[name].q == 'kl ratio' else 0.0
+            at_cpu = spread['values'][0]
+            if (quoted['value'] - against) * (at_cpu - against) < 0 and measurable(
+                    dict(value=at_cpu - against, se=spread['ses'][0])):
+                other.append(f'{name}: {quoted["value"]:+.2f} quoted, {at_cpu:+.2f} at the cpu profile')
+    return bool(other), '; '.join(other) or 'every comparison keeps its sign at the cpu profile'
 
 
 @claim('five-b-samples-not-digits', '5b\'s samples are strokes and squiggles, not digits, and its reconstructions '

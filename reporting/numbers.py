@@ -15,6 +15,8 @@ import re
 from engine.config import PARTS, config
 from reporting.answers import (LITERATURE, MNIST_TEST, REMEDIES, View, cfg_of, contrast, images_words, is_q, nll_q,
                                subset_of)
+from reporting import seeds
+from reporting.formats import Number, Table, cell, diff_cell, error, num, signed
 from reporting.reader import history, load_runs, log_attempts, per_image  # noqa: F401 (claims)
 
 NAMES = {'5b': 'FiveB', '5c': 'FiveC', '6a': 'SixA', '6b': 'SixB', '6c': 'SixC', '6d': 'SixD',
@@ -27,29 +29,6 @@ GOALS = dict(SixBNLL=86.0,   # 6b: an importance-sampled NLL of at most this man
              SixDGain=1.0,   # 6d: at least this many nats below 6b, paired
              KLRatio=2.0,    # 6e: a remedy keeps a KL term at least this many times the baseline's ...
              NLLSlack=0.5)   # ... with an NLL no more than this many nats above the baseline's
-
-
-def num(x, digits=2):
-    """A number as the chapter prints it: thousands separated, a true minus sign."""
-    return f'{x:,.{digits}f}'.replace('-', '−')
-
-
-def signed(x, digits=2):
-    return f'{x:+,.{digits}f}'.replace('-', '−')
-
-
-class Number:
-    """One named number: its text (Markdown, Unicode), and what the claims and tests read from it."""
-    def __init__(self, text, value=None, se=None, n=None):
-        self.text, self.value, self.se, self.n = text, value, se, n
-
-    def __repr__(self):
-        return f'Number({self.text!r})'
-
-
-def error(se):
-    """A standard error to two decimals, or to three where two would read 0.00."""
-    return num(se, 2 if se >= 0.005 else 3)
 
 
 def estimate(v, unit='nats'):
@@ -131,11 +110,7 @@ class Runs:
 
     def ratio(self, a, b, q='kl'):
         """mean(a) / mean(b) of a quantity over the same images, with its delta-method standard error."""
-        ma, mb = self.view[a], self.view[b]
-        x, y = (per_image(m)[q].double() for m in (ma, mb))
-        r = x.mean().item() / y.mean().item()
-        d = (x - r * y) / y.mean()  # the per-image influence of the ratio
-        return dict(value=r, se=d.std().item() / len(d) ** 0.5, n=len(d))
+        return seeds.ratio(self.view[a], self.view[b], q)
 
     def epochs_kl(self, part):
         """The test KL term after each epoch (history.json), over the images monitor_images names."""
@@ -286,47 +261,10 @@ def chapter_numbers(r):
     for part in NAMES:
         if part in r:
             out.update(part_numbers(r, part))
-    for more in (problem5_numbers, problem6a_numbers, problem6c_numbers, problem6d_numbers, problem6e_numbers):
+    for more in (problem5_numbers, problem6a_numbers, problem6c_numbers, problem6d_numbers, problem6e_numbers,
+                 seeds.seed_numbers):
         out.update(more(r))
     return out
-
-
-class Table:
-    """One table of the chapter: a header, rows of cells (Markdown, Unicode) and LaTeX column types.
-    A value's cell is (text, images) and a difference's (text, images, 'paired' or 'unpaired'): a
-    column whose cells all cover the same images names them once, in its header, and its differences
-    say only how they pair; otherwise each cell names its own images."""
-    def __init__(self, header, rows, align):
-        self.align = align
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(header)
-        self.header, out = [], []
-        for head, cells in zip(header, columns, strict=True):
-            images = {c[1] for c in cells if isinstance(c, tuple)}
-            one = len(images) == 1
-            self.header.append(f'{head} ({images.pop()})' if one else head)
-            out.append([self.text(c, one) for c in cells])
-        self.rows = [list(r) for r in zip(*out, strict=True)]
-
-    @staticmethod
-    def text(c, images_in_header):
-        if not isinstance(c, tuple):
-            return c
-        tags = list(c[2:]) if images_in_header else list(c[2:]) + [c[1]]
-        return c[0] + (f' ({", ".join(tags)})' if tags else '')
-
-
-def cell(v):
-    """A value of metrics.json in a table: ('85.14 ± 0.69', 'first 1,000')."""
-    if v['stderr'] is None:
-        return f'{v["value"]} of 49'
-    words = images_words(subset_of(v), v['n_images']).removeprefix('the ').removesuffix(' test images')
-    return f'{num(v["value"])} ± {error(v["stderr"])}', words
-
-
-def diff_cell(c):
-    """A contrast in a table: ('−3.05 ± 0.10', 'first 1,000', 'paired')."""
-    images = c['images'].removeprefix('the ').removesuffix(' test images')
-    return f'{signed(c["value"])} ± {error(c["se"])}', images, 'paired' if c['paired'] else 'unpaired'
 
 
 def hardware(m):
@@ -426,7 +364,8 @@ def table_6e(r):
 
 
 TABLES = {'TableRuns': runs_table, 'TableFiveB': table_5b, 'TableFiveC': table_5c, 'TableSixA': table_6a,
-          'TableSixB': table_6b, 'TableSixC': table_6c, 'TableSixD': table_6d, 'TableSixE': table_6e}
+          'TableSixB': table_6b, 'TableSixC': table_6c, 'TableSixD': table_6d, 'TableSixE': table_6e,
+          'TableSeeds': seeds.table_seeds}
 
 
 def chapter_tables(r):

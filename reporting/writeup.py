@@ -63,7 +63,8 @@ HOMEWORK = [
      ('binaryvae.ipynb', 'run_part(part', ', flows = 8'), '`models.IAF`, `models.VAEEncoder.reparameterize`'),
     ('6e', 'PixelVAE + IAF: prevent posterior collapse?', tuple(REMEDIES), ('kl',), '6e_kl',
      ('binaryvae.ipynb', 'run_part(part', ', remedy = "baseline", "warmup", "freebits" or "weak"'),
-     '`engine.train.kl_weight`, `engine.train.free_bits_kl`, `engine.config.PARTS`, `reporting.display.show_remedies`'),
+     '`engine.objectives.kl_weight`, `engine.objectives.free_bits_kl`, `engine.config.PARTS`, '
+     '`reporting.display.show_remedies`'),
     ('Problem 1', 'KL between Gaussians', (), (), None, None, '`analysis/p1_kl.tex`; used in `losses.gaussian_elbo`'),
     ('Problem 2', 'importance sampling is biased, consistent', (), (), None, None,
      '`analysis/p2_importance_sampling.tex`; used in `engine.evaluate.importance_sampled_nll`'),

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from reporting import answers, markdown, numbers, writeup
+from reporting import answers, formats, markdown, numbers, writeup
 from test_report import summary, v, write_part
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def test_a_value_names_the_test_images_it_covers():
     assert numbers.estimate(v(1546.6, 7.74, 10000)).text == '1,546.60 ± 7.74 nats (all 10,000 test images)'
     c = dict(value=-3.05, se=0.1, n=[1000], paired=True, images='the first 1,000 test images')
     assert numbers.difference(c).text == '−3.05 ± 0.10 nats (paired, first 1,000 test images)'
-    assert numbers.error(0.0012) == '0.001' and numbers.error(0.012) == '0.01'
+    assert formats.error(0.0012) == '0.001' and formats.error(0.012) == '0.01'
 
 
 def test_paired_over_the_first_images_of_a_part_and_all_images_of_another(tmp_path):
