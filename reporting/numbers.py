@@ -131,6 +131,21 @@ class Runs:
         return dict(value=s.mean().item(), stderr=s.std().item() / n ** 0.5, n_images=n)
 
 
+def equal_epochs(r):
+    """6c's NLL minus 6a's after as many epochs as 6c trained, both over all test images, or None
+    until 6c's covers all of them (or 6a's history is shorter). 6a's value after each epoch comes
+    from its history, which keeps no per-image values and no standard error: the difference is
+    unpaired, and 6a's standard error is that of its final NLL over the same images, a stand-in."""
+    v, a = r.value('6c', 'nll'), r.value('6a', 'nll')
+    losses = (history(r['6a']) or {}).get('test_loss') or []
+    epochs = r['6c']['epochs']
+    monitored = cfg_of(r['6a'])['monitor_images']
+    if subset_of(v) != 'all' or subset_of(a) != 'all' or monitored or len(losses) < epochs:
+        return None
+    return dict(value=v['value'] - losses[epochs - 1], se=math.hypot(v['stderr'], a['stderr']), n=[v['n_images']],
+                paired=False, images=f'all {MNIST_TEST:,} test images', epochs=epochs)
+
+
 def gap_difference(r, a, b):
     """a's −ELBO − NLL minus b's, over the images all four values cover: how much looser a's bound is."""
     ma, mb = r[a], r[b]
@@ -200,6 +215,8 @@ def problem6a_numbers(r):
     epochs = r['6c']['epochs']
     if len(losses) >= epochs:
         out['SixANLLAtSixCEpochs'] = per_epoch(r['6a'], losses, epochs)
+    if equal_epochs(r) is not None:
+        out['DiffSixCSixAEqualEpochs'] = difference(equal_epochs(r))
     if '6a' in r.cpu and '6a' in r.cpu_bf16:
         low, full = r.cpu_bf16['6a'], r.cpu['6a']
         out['CpuSixANLL'] = estimate(full['values']['test_nll'])
