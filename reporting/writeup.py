@@ -178,12 +178,22 @@ def glance_table(runs, parts, caption):
             + ''.join(f'| {" | ".join(map(str, r))} |\n' for r in rows))
 
 
+def seeded(runs):
+    """Whether any run directory holds a part trained from another seed (<part>-seed<k>, finished)."""
+    return any(re.fullmatch(r'.+-seed\d+', name) and os.path.exists(os.path.join(r['path'], name, 'metrics.json'))
+               for r in runs for name in os.listdir(r['path']))
+
+
 def glance(runs):
     """README.md's results tables, after one paragraph on where the numbers come from."""
-    text = ('Read from `results/<profile>[-<precision>]/<part>/metrics.json`. Each configuration trained once, from '
-            'one seed: the standard errors are over test images, not between seeds. The importance-sampled NLLs '
-            'cover the test images each cell names; the first 1,000 are easier than the rest, so compare them only '
-            'over the same images. Which run is which, where it trained and what the handout sets: '
+    seeds = ('Some configurations also trained from other seeds (`<part>-seed<k>`): the spread between seeds of '
+             'each comparison is in the seed table of [`docs/results.md`](docs/results.md), and the standard errors '
+             'here are over test images only.' if seeded(runs) else
+             'Each configuration trained once, from one seed: the standard errors are over test images, not between '
+             'seeds.')
+    text = ('Read from `results/<profile>[-<precision>]/<part>/metrics.json`. ' + seeds + ' The importance-sampled '
+            'NLLs cover the test images each cell names; the first 1,000 are easier than the rest, so compare them '
+            'only over the same images. Which run is which, where it trained and what the handout sets: '
             '[`docs/results.md`](docs/results.md), "Runs and settings". Our binarized test set is a seeded sample, '
             'not the fixed one of the papers. ' + (verification(runs) or ''))
     tables = [glance_table(runs, ['5b', '5c'], 'Problem 5, Gaussian VAEs on MNIST.'),

@@ -166,3 +166,13 @@ def test_the_other_sign_sentence_needs_a_measurable_reversal_at_the_cpu_profile(
         fake_part(folder, 'cpu', '6b', 0, base.tolist())
         fake_part(folder, 'cpu', '6d', 0, (base + shift + torch.randn(300, generator=g, dtype=torch.float64)).tolist())
         assert check(Runs(str(folder)))[0] is holds, shift
+
+
+def test_the_readme_says_one_seed_until_a_run_from_another_seed_exists(tmp_path):
+    from reporting import writeup
+    from reporting.reader import load_runs
+    fake_part(tmp_path, 'cpu', '6b', 0, [86.0] * 50)
+    assert 'Each configuration trained once, from one seed' in writeup.glance(load_runs(str(tmp_path)))
+    fake_part(tmp_path, 'cpu', '6b', 1, [86.5] * 50)
+    text = writeup.glance(load_runs(str(tmp_path)))
+    assert 'trained once' not in text and 'the spread between seeds of each comparison is in the seed table' in text
