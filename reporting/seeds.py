@@ -21,7 +21,7 @@ import math
 from collections import namedtuple
 
 from reporting.answers import cfg_of, contrast, images_words, nll_q, paired_series
-from reporting.formats import Number, Table, diff_cell, error, num, signed
+from reporting.formats import Number, Table, error, num, signed
 from reporting.reader import seed_runs
 
 Comparison = namedtuple('Comparison', 'a b q')   # part a's quantity q minus part b's; q 'nll' is the NLL
@@ -117,15 +117,18 @@ def seed_judgements(r):
     return out
 
 
-def seed_words(spread):
+def seed_words(spread, short=False):
     """The between-seed spread of a comparison in words: '0.31 (3 seeds each, cpu profile)', or why
-    there is none."""
-    if spread is None:
-        return 'not measured: no run of both parts at a profile with seeds'
-    k = len(spread['seeds'])
-    if spread['sd'] is None:
+    there is none; short (in a table): '0.31 (3 seeds)', or '—'."""
+    if spread is None or spread['sd'] is None:
+        if short:
+            return '—'
+        if spread is None:
+            return 'not measured: no run of both parts at a profile with seeds'
+        k = len(spread['seeds'])
         return f'not measured: {k} seed{"s" if k != 1 else ""} of both parts ({spread["profile"]} profile)'
-    return f'{error(spread["sd"])} ({k} seeds each, {spread["profile"]} profile)'
+    k = len(spread['seeds'])
+    return f'{error(spread["sd"])} ({k} seeds' + (')' if short else f' each, {spread["profile"]} profile)')
 
 
 def seed_numbers(r):
@@ -135,21 +138,26 @@ def seed_numbers(r):
 
 
 def table_seeds(r):
-    """Each comparison: the quoted runs' value, the same comparison at each training seed of the profile
-    whose spread judges it, the between-seed standard deviation, and whether the quoted value lies
-    beyond it."""
+    """Each comparison: the quoted runs' value (paired), the same comparison at each training seed of
+    the profile whose spread judges it (named in the header when it is one profile for all), the
+    between-seed standard deviation, and whether the quoted value lies beyond two standard errors
+    that include it."""
+    judged = seed_judgements(r)
+    profiles = {spread['profile'] for _, spread, _ in judged.values() if spread}
     rows = []
-    for name, (quoted, spread, judged) in seed_judgements(r).items():
+    for name, (quoted, spread, verdict) in judged.items():
         c = COMPARISONS[name]
         shown = signed if c.q == 'nll' else num
         what = f'{c.a} − {c.b}, NLL' if c.q == 'nll' else f'{c.a} ÷ {c.b}, KL term'
-        per_seed = ((f'{spread["profile"]}: ' + ', '.join(shown(v) for v in spread['values']),
-                     ' and '.join(spread['images']).removeprefix('the ').replace(' test images', ''))
-                    if spread else '')
-        verdict = ('not judged: one seed' if judged['finding'] is None else 'beyond the seed spread'
-                   if judged['finding'] else f'within the spread of {judged["seeds"]} seeds')
-        value = (diff_cell(quoted) if c.q == 'nll' else
-                 (f'{num(quoted["value"])} ± {error(quoted["se"])}',
-                  quoted['images'].removeprefix('the ').removesuffix(' test images'), 'paired'))
-        rows.append([what, value, per_seed, seed_words(spread), verdict])
-    return Table(['comparison', 'quoted runs', 'at each seed', 'between-seed SD', 'the quoted value'], rows, 'lrrrl')
+        per_seed = ''
+        if spread:
+            values = ', '.join(shown(v) for v in spread['values'])
+            per_seed = (values if len(profiles) == 1 else f'{spread["profile"]}: {values}',
+                        ' and '.join(spread['images']).removeprefix('the ').replace(' test images', ''))
+        value = (f'{shown(quoted["value"])} ± {error(quoted["se"])}',
+                 quoted['images'].removeprefix('the ').removesuffix(' test images'))
+        beyond = '—' if verdict['finding'] is None else 'beyond it' if verdict['finding'] else 'within it'
+        rows.append([what, value, per_seed, seed_words(spread, short=True), beyond])
+    at = f'at each seed ({next(iter(profiles))} profile)' if len(profiles) == 1 else 'at each seed'
+    return Table(['comparison', 'quoted runs, paired', at, 'SD between seeds', 'quoted value beyond it?'], rows,
+                 'lrrrl')
