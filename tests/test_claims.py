@@ -83,3 +83,22 @@ def test_a_missing_part_fails_its_claims_rather_than_the_check(tmp_path):
     found = {c.key: (holds, detail) for c, holds, detail in claims.check(str(tmp_path))}
     assert not found['six-d-gain'][0] and 'cannot be checked' in found['six-d-gain'][1]
     assert claims.main([str(tmp_path)]) == 1
+
+
+def test_six_c_against_six_a_at_equal_epochs_is_judged_only_over_all_test_images(tmp_path):
+    """6c's NLL over all test images, measurably above 6a's after as many epochs: the claim holds; at
+    6a's level, or over fewer images than all, it fails."""
+    for part, run in (('6c', 'full'), ('6a', 'full-bf16')):
+        os.makedirs(tmp_path / run / part)
+        for name in ('metrics.json', 'per_image.pt', 'history.json'):
+            shutil.copy(os.path.join(RESULTS, run, part, name), tmp_path / run / part / name)
+    check = claims.CLAIMS['six-c-above-six-a-at-equal-epochs'].check
+    at_twenty = json.loads((tmp_path / 'full-bf16' / '6a' / 'history.json').read_text())['test_loss'][19]
+    path = tmp_path / 'full' / '6c' / 'metrics.json'
+    m = json.loads(path.read_text())
+    q = next(k for k in m['values'] if k.startswith('test_nll_is'))
+    for value, subset, holds in ((at_twenty + 1.0, 'all', True), (at_twenty + 0.1, 'all', False),
+                                 (at_twenty + 1.0, 'uniform:599', False)):
+        m['values'][q].update(value=value, stderr=0.2, n_images=10000 if subset == 'all' else 1000, subset=subset)
+        path.write_text(json.dumps(m))
+        assert check(Runs(str(tmp_path)))[0] is holds, value
