@@ -40,7 +40,6 @@ import warnings
 
 import numpy as np
 import torch
-import torchvision
 
 from engine import ROOT
 from engine.files import atomic_write, atomic_save, clean_stale_tmp, file_sha256
@@ -127,6 +126,7 @@ def _raw_complete(root):
 
 
 def _from_torchvision(root, train):
+    import torchvision.datasets  # here, not at import: it takes seconds, and the cached sets need none of it
     verify_raw(root)
     ds = torchvision.datasets.MNIST(root, train=train, download=False)
     return ds.data, ds.targets.long()
@@ -148,6 +148,7 @@ def _from_course_layout(path):
 
 def _torchvision_download(root):
     """torchvision's own download; a short socket timeout makes it fail fast offline."""
+    import torchvision.datasets
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:

@@ -102,8 +102,10 @@ def loss_scaler(precision, device):
 # where torch.compile makes a float that changed between calls a symbol instead, a use of it under
 # clamp can keep an earlier value, with no error (pytorch/pytorch#194976, #197889; seen in torch
 # 2.14.1: 6e-freebits compiled after 6e-warmup in one process trained with another lambda). Older
-# torch, without the switch, always compiled floats in as constants.
-CONSTANT_FLOATS = dict(specialize_float=True) if hasattr(torch._dynamo.config, 'specialize_float') else {}
+# torch, without the switch, always compiled floats in as constants. Read when a step compiles, not
+# at import: importing torch._dynamo takes seconds, which every command would pay.
+def constant_floats():
+    return dict(specialize_float=True) if hasattr(torch._dynamo.config, 'specialize_float') else {}
 
 
 def captured(fn, device):
@@ -120,7 +122,7 @@ def captured(fn, device):
         beta = weight.fill_(beta)
         if fast[0] is not None:
             try:
-                with torch._dynamo.config.patch(**CONSTANT_FLOATS):
+                with torch._dynamo.config.patch(**constant_floats()):
                     return fast[0](nets, cfg, x, eps, beta)
             except Exception as err:  # any compiler failure: eager computes the same
                 print(f'torch.compile of the training objective failed ({type(err).__name__}: {str(err)[:200]}); '

@@ -182,8 +182,8 @@ def test_bench_runs_on_the_cpu_at_tiny_size_with_the_engines_settings(tmp_path, 
     monkeypatch.setattr(bench, 'importance_sampled_nll', lambda *a, **k: calls.append((bool(inside), a[4:6])) or
                         real(*a, **k))
     paths = {k: str(tmp_path / f'{k}.json') for k in ('ours', 'plain')}
-    out = bench.main(['--device', 'cpu', '--is-images', '3', '--json', paths['ours'], '--baseline-json',
-                      paths['plain']])
+    out = bench.main(['--device', 'cpu', '--profile', 'smoke', '--is-images', '3', '--json', paths['ours'],
+                      '--baseline-json', paths['plain']])
     assert calls and all(flag and chunk_batch == (100, 20) for flag, chunk_batch in calls)  # the cpu profile's pass
     ours = json.loads(pathlib.Path(paths['ours']).read_text())
     assert ours['settings'] == bench.engine_settings('cpu')

@@ -81,7 +81,7 @@ def test_bench_runs_on_the_cpu_and_writes_what_the_speed_tables_read(tiny_bench,
     paths = {key: tmp_path / f'bench_cpu{suffix}.json' for key, suffix in
              (('json', ''), ('baseline-json', '_straightforward'), ('flops-json', '_flops'), ('bf16-json', '_bf16'))}
     before = models.CHANNELS_LAST
-    tiny_bench.main(['--device', 'cpu', '--is-images', '2', '--no-channels-last']
+    tiny_bench.main(['--device', 'cpu', '--profile', 'smoke', '--is-images', '2', '--no-channels-last']
                     + [a for key, path in paths.items() for a in (f'--{key}', str(path))])
     assert models.CHANNELS_LAST == before                     # the layout flag is restored
     ours, plain, flops, bf16 = (json.loads(p.read_text()) for p in paths.values())

@@ -188,7 +188,7 @@ def data_root(root):
 
 
 def pinned_sha256():
-    """engine/data.py's RAW_SHA256, read without importing it (it imports torch and torchvision)."""
+    """engine/data.py's RAW_SHA256, read without importing it (it imports torch)."""
     path = os.path.join(ROOT, 'engine', 'data.py')
     if os.path.isfile(path):
         with open(path, encoding='utf-8') as fh:
