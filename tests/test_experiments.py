@@ -230,3 +230,13 @@ def test_all_trains_each_part_in_its_own_precision_and_summarises_both(bf16_cpu,
         assert json.loads((tmp_path / run / part / 'metrics.json').read_text())['precision'] == precision
         assert f'| {part} |' in (tmp_path / run / 'summary.md').read_text()
     assert not (tmp_path / 'smoke' / '6a').exists() and not (tmp_path / 'smoke-bf16' / '5b').exists()
+
+
+def test_commands_start_without_torchvision_or_the_compiler():
+    """The entry points import neither torchvision nor TorchDynamo when they start (seconds each, paid
+    by every command): they are imported where a step uses them (MNIST without its cached sets,
+    torch.compile)."""
+    probe = ('import sys, experiments, report; '
+             'print(sorted(m for m in ("torchvision", "torch._dynamo") if m in sys.modules))')
+    run = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == '[]', run.stdout + run.stderr[-2000:]
